@@ -1,0 +1,81 @@
+"""The Python API, shaped like NNCF's so that switching is a change of import.
+
+>>> import rayq
+>>> q = rayq.quantize("model.onnx", rayq.Dataset(items, transform_fn))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rayq.core.estimators import needs_histogram
+from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
+from rayq.core.scope import IgnoredScope
+from rayq.pipeline.build import build_quantized, placement_for
+from rayq.session import ModelSession
+
+log = logging.getLogger("rayq")
+
+
+def quantize(
+    model: Any,
+    calibration_dataset: Any,
+    *,
+    preset: str | None = None,
+    target_device: str = "ANY",
+    subset_size: int = 300,
+    fast_bias_correction: bool | None = True,
+    model_type: str | None = None,
+    ignored_scope: IgnoredScope | None = None,
+    advanced_parameters: AdvancedQuantizationParameters | None = None,
+    num_workers: int | None = None,
+    cache: bool = True,
+) -> Any:
+    """Post-training INT8 quantization, with ``nncf.quantize`` semantics.
+
+    Args:
+        model: ``onnx.ModelProto`` or ``.onnx`` path (returns an ``onnx.ModelProto``
+            with QuantizeLinear/DequantizeLinear), or ``openvino.Model`` / ``.xml``
+            path (returns an ``openvino.Model`` with FakeQuantize).
+        calibration_dataset: :class:`rayq.Dataset`, numpy array, ``.npz``/``.npy``/
+            Parquet path, or ``ray.data.Dataset``.
+        preset: ``performance`` (symmetric activations) or ``mixed`` (asymmetric);
+            default ``mixed`` for transformers, else ``performance``.
+        target_device: ``ANY``, ``CPU``, ``GPU``, ``NPU`` or ``CPU_SPR``.
+        subset_size: Number of calibration items (the first ones).
+        fast_bias_correction: True: fast bias correction; False: the exact
+            (data-driven) variant; None: none.
+        model_type: None or ``"transformer"`` (SmoothQuant, transformer placement).
+        ignored_scope: Nodes to keep in FP32.
+        advanced_parameters: :class:`rayq.AdvancedQuantizationParameters`.
+        num_workers: Calibration actors. None: every CPU of the connected Ray cluster
+            (a local one is started when none runs); 1: calibrate in this process.
+        cache: Reuse/store calibration statistics in the Parquet cache.
+
+    Returns:
+        The quantized model, in the input's format.
+
+    Example:
+        >>> import numpy as np, rayq
+        >>> calib = np.load("examples/digits/calibration.npz")["input"]         # doctest: +SKIP
+        >>> q = rayq.quantize("examples/digits/digits_cnn.onnx", calib)           # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    adv = advanced_parameters or AdvancedQuantizationParameters()
+    plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
+                            fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
+    placement = placement_for(session.graph, plan)
+    stats = session.statistics(plan, histograms=needs_histogram(plan.activation_estimator),
+                               num_workers=num_workers, use_cache=cache)
+    qmodel, summary = build_quantized(session.backend, session.model, session.graph, stats, plan,
+                                      placement=placement, batches=session.batches)
+    info = session.info
+    source = "cached statistics" if info and info.cached else f"calibrated on {session.num_items} items"
+    log.info("rayq.quantize: %.1fs, %s, %s", time.perf_counter() - start, source, summary.line())
+    for op, reason in summary.fp32_ops:
+        if reason not in ("fallback", "ignored scope", "not a quantizable op type"):
+            log.info("kept FP32: %s (%s)", op, reason)
+    return qmodel

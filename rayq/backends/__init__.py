@@ -1,0 +1,10 @@
+"""Format-specific code: read, instrument, quantize, run and save models.
+
+Each backend implements the small :class:`rayq.backends.base.Backend` protocol and
+registers itself by name in :mod:`rayq.backends.registry`; nothing above this
+layer branches on the backend.
+"""
+
+from rayq.backends.registry import detect, get_backend, register
+
+__all__ = ["detect", "get_backend", "register"]

@@ -1,0 +1,129 @@
+"""In-graph statistics for ONNX: reduction nodes added as extra outputs.
+
+Only the small reduced tensors ([B] or [B, C]) leave ONNX Runtime. Tensors whose
+first dim is the model's batch dim are reduced per sample; others are reduced to
+a single value per batch (shape [1] / [1, C]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from rayq.backends.base import StatRequest, StatRunner
+from rayq.backends.onnx import reader
+from rayq.errors import BackendError
+
+_PREFIX = "rayq_stat::"
+
+
+def output_name(tensor: str, reduction: str) -> str:
+    return f"{_PREFIX}{tensor}::{reduction}"
+
+
+class _Builder:
+    """Appends reduction nodes to a graph, opset-aware."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = proto
+        self.graph = proto.graph
+        self.opset = reader.opset(proto)
+        self.counter = 0
+
+    def _name(self, base: str) -> str:
+        self.counter += 1
+        return f"rayq_stat_{self.counter}_{base}"
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self._name(op)
+        self.graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value: np.ndarray) -> str:
+        name = self._name("const")
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def reduce(self, op: str, x: str, axes: list[int]) -> str:
+        if not axes:
+            return self.node("Identity", [x])
+        axes_as_input = self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13)
+        if axes_as_input:
+            return self.node(op, [x, self.const(np.array(axes, dtype=np.int64))], keepdims=0)
+        return self.node(op, [x], axes=axes, keepdims=0)
+
+    def output(self, tensor: str, name: str) -> None:
+        self.graph.node.append(helper.make_node("Identity", [tensor], [name], name=self._name("out")))
+        self.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+
+
+def instrument(proto: onnx.ModelProto, requests: Sequence[StatRequest]) -> tuple[onnx.ModelProto, list[str]]:
+    """Return a copy of ``proto`` with reduction outputs, and their names."""
+    _, raw_shapes = reader.build_view(proto)
+    batch_syms = reader.batch_symbols(proto)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    b = _Builder(out)
+    names: list[str] = []
+    for req in requests:
+        dims = raw_shapes.get(req.tensor)
+        if dims is None:
+            raise BackendError(f"cannot collect statistics for tensor {req.tensor!r}: its rank is unknown")
+        rank = len(dims)
+        batched = rank >= 1 and isinstance(dims[0], str) and dims[0] in batch_syms
+        x = req.tensor if batched else b.node("Unsqueeze", [req.tensor, b.const(np.array([0], np.int64))])
+        r = rank if batched else rank + 1
+        if b.opset < 13:
+            raise BackendError("instrumentation needs opset >= 13")
+        ch = None
+        if req.channel_axis is not None:
+            ch = req.channel_axis % rank + (0 if batched else 1)
+            if ch == 0:
+                raise BackendError(f"channel axis of {req.tensor!r} cannot be the batch axis")
+        for red in req.reductions:
+            names.append(output_name(req.tensor, red))
+            b.output(_reduction(b, x, r, red, ch, req.tensor), names[-1])
+    del out.graph.value_info[:]
+    return out, names
+
+
+def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor: str) -> str:
+    if red == "raw":
+        return x
+    if red in ("min", "max"):
+        flat = b.node("Flatten", [x], axis=1)
+        return b.reduce("ReduceMin" if red == "min" else "ReduceMax", flat, [1])
+    if ch is None:
+        raise BackendError(f"reduction {red!r} of {tensor!r} needs a channel axis")
+    axes = [i for i in range(1, rank) if i != ch]
+    if red == "ch_mean":
+        return b.reduce("ReduceMean", x, axes)
+    if red == "ch_min":
+        return b.reduce("ReduceMin", x, axes)
+    if red == "ch_max":
+        return b.reduce("ReduceMax", x, axes)
+    if red == "ch_absmax":
+        return b.reduce("ReduceMax", b.node("Abs", [x]), axes)
+    raise BackendError(f"unknown reduction {red!r}")
+
+
+def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *, num_threads: int = 0) -> StatRunner:
+    """Instrument ``proto``, create one ONNX Runtime session, return the batch runner."""
+    from rayq.backends.onnx import runtime
+
+    instrumented, names = instrument(proto, requests)
+    session = runtime.ort_session(instrumented, num_threads=num_threads)
+    specs = reader.input_specs(proto)
+    keys = [(r.tensor, red) for r in requests for red in r.reductions]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        values = runtime.run_session(session, specs, feeds, names)
+        result: dict[str, dict[str, np.ndarray]] = {}
+        for (tensor, red), value in zip(keys, values):
+            result.setdefault(tensor, {})[red] = np.asarray(value, dtype=np.float32)
+        return result
+
+    return run

@@ -1,0 +1,234 @@
+"""Reading ONNX models: loading, opset upgrade, and the metatyped graph view."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from rayq.backends.base import InputSpec
+from rayq.core import graph as g
+from rayq.core.graph import GraphView, NodeInfo, TensorInfo
+from rayq.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+_TWO_GB = 2**31 - 1
+
+_META = {
+    "Conv": g.CONV, "ConvTranspose": g.CONV_TRANSPOSE, "MatMul": g.MATMUL, "Gemm": g.MATMUL,
+    "Add": g.ADD, "Mul": g.MUL, "Concat": g.CONCAT, "MaxPool": g.MAX_POOL,
+    "AveragePool": g.AVG_POOL, "GlobalAveragePool": g.AVG_POOL,
+    "Reshape": g.SHAPE, "Transpose": g.SHAPE, "Flatten": g.SHAPE, "Squeeze": g.SHAPE,
+    "Unsqueeze": g.SHAPE, "Softmax": g.SOFTMAX, "LayerNormalization": g.NORM,
+    "BatchNormalization": g.NORM, "InstanceNormalization": g.NORM,
+    "Relu": g.ACTIVATION, "Sigmoid": g.ACTIVATION, "Tanh": g.ACTIVATION, "Gelu": g.ACTIVATION,
+    "Clip": g.ACTIVATION, "LeakyRelu": g.ACTIVATION, "HardSwish": g.ACTIVATION,
+    "HardSigmoid": g.ACTIVATION, "Elu": g.ACTIVATION,
+}
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+}
+
+
+def load_model(model: Any) -> onnx.ModelProto:
+    """Load and validate an ONNX model from a ``ModelProto`` or a path.
+
+    Nodes without a name get a unique one; opsets below 13 are upgraded.
+
+    Raises:
+        BackendError: the file is missing, not ONNX, invalid, or cannot be upgraded.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    else:
+        path = Path(os.fspath(model))
+        if not path.is_file():
+            raise BackendError(f"model file {str(path)!r} does not exist")
+        try:
+            proto = onnx.load(str(path), load_external_data=True)
+        except Exception as exc:  # protobuf DecodeError, OSError for external data
+            raise BackendError(f"{str(path)!r} is not a readable ONNX model: {exc}") from exc
+    if not proto.graph.node:
+        raise BackendError("the ONNX model has no nodes (not a model, or an empty graph)")
+    proto = _upgrade_opset(proto)
+    _name_nodes(proto)
+    try:
+        if proto.ByteSize() < _TWO_GB:
+            onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise BackendError(f"the ONNX model is invalid: {str(exc).splitlines()[0]}") from exc
+    return proto
+
+
+def opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    version = opset(proto)
+    if version >= MIN_OPSET:
+        return proto
+    log.info("upgrading ONNX opset %d -> %d", version, MIN_OPSET)
+    try:
+        from onnx import version_converter
+
+        return version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:
+        raise BackendError(
+            f"the model uses ONNX opset {version}; rayq needs opset >= {MIN_OPSET} (per-channel "
+            f"DequantizeLinear) and the automatic upgrade failed: {exc}. Re-export with opset >= 13."
+        ) from exc
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def fingerprint(proto: onnx.ModelProto) -> str:
+    """sha256 of the graph structure and every initializer's bytes."""
+    h = hashlib.sha256()
+    graph = onnx.GraphProto()
+    graph.CopyFrom(proto.graph)
+    del graph.initializer[:]
+    h.update(graph.SerializeToString(deterministic=True))
+    for init in proto.graph.initializer:
+        h.update(init.name.encode())
+        h.update(numpy_helper.to_array(init).tobytes())
+    return h.hexdigest()
+
+
+def _shape(vi: onnx.ValueInfoProto) -> tuple[tuple[int | str | None, ...] | None, str]:
+    t = vi.type.tensor_type
+    dtype = _DTYPES.get(t.elem_type, "unknown")
+    if not t.HasField("shape"):
+        return None, dtype
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+    return dims, dtype
+
+
+def input_specs(proto: onnx.ModelProto) -> list[InputSpec]:
+    inits = {i.name for i in proto.graph.initializer}
+    specs = []
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims, dtype = _shape(vi)
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (dims or ()))
+        specs.append(InputSpec(vi.name, shape, dtype))
+    return specs
+
+
+def batch_symbols(proto: onnx.ModelProto) -> set[str]:
+    """Symbolic names of the inputs' first dims (the batch dimension)."""
+    out = set()
+    for vi in proto.graph.input:
+        dims, _ = _shape(vi)
+        if dims and isinstance(dims[0], str):
+            out.add(dims[0])
+    return out
+
+
+def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        if proto.ByteSize() < _TWO_GB:
+            return shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as exc:  # inference is best-effort
+        log.debug("shape inference failed: %s", exc)
+    return proto
+
+
+def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
+    """Build the :class:`GraphView`; also returns raw shapes (with dim symbols)."""
+    inferred = infer(proto)
+    graph = inferred.graph
+    constants: dict[str, onnx.TensorProto] = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    raw_shapes: dict[str, tuple] = {}
+    tensors: dict[str, TensorInfo] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        dims, dtype = _shape(vi)
+        raw_shapes[vi.name] = dims
+        shape = None if dims is None else tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
+        tensors[vi.name] = TensorInfo(vi.name, shape, dtype, vi.name in constants)
+    for name, t in constants.items():
+        tensors[name] = TensorInfo(name, tuple(t.dims), _DTYPES.get(t.data_type, "unknown"), True)
+    producers = {}
+    for node in graph.node:
+        for out in node.output:
+            producers[out] = node.name
+            info = tensors.get(out, TensorInfo(out, None, "unknown"))
+            tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name)
+    nodes = [_node_info(n, tensors, graph) for n in graph.node if n.op_type != "Constant"]
+    cache: dict[str, np.ndarray] = {}
+
+    def constant_fn(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = numpy_helper.to_array(constants[name])
+        return cache[name]
+
+    inits = set(constants)
+    inputs = [vi.name for vi in graph.input if vi.name not in inits]
+    return GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn), raw_shapes
+
+
+def _node_info(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx.GraphProto) -> NodeInfo:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.type in (1, 2, 3, 7)}
+    meta = _META.get(node.op_type, g.OTHER) if node.domain in ("", "ai.onnx") else g.OTHER
+    info = dict(weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None, bias_node=None)
+
+    def const(i: int) -> bool:
+        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i], None) is not None \
+            and tensors[node.input[i]].is_constant
+
+    if meta in (g.CONV, g.CONV_TRANSPOSE) and const(1):
+        out_axis = 0 if meta == g.CONV else 1
+        info.update(weight_input=1, weight_axis=out_axis, weight_in_axis=1 - out_axis)
+        if const(2):
+            info["bias_input"] = 2
+    elif node.op_type == "Gemm" and const(1) and not attrs.get("transA", 0):
+        trans_b = bool(attrs.get("transB", 0))
+        info.update(weight_input=1, weight_axis=0 if trans_b else 1, weight_in_axis=1 if trans_b else 0)
+        if const(2):
+            info["bias_input"] = 2
+    elif node.op_type == "MatMul" and const(1) and (tensors[node.input[1]].rank or 0) == 2:
+        info.update(weight_input=1, weight_axis=1, weight_in_axis=0)
+        info["bias_node"] = _bias_add(node, tensors, graph)
+    return NodeInfo(node.name, node.op_type, meta, tuple(node.input), tuple(node.output), attrs=attrs, **info)
+
+
+def _bias_add(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx.GraphProto) -> str | None:
+    """The Add right after a MatMul that adds a constant vector, if any."""
+    out = node.output[0]
+    users = [n for n in graph.node if out in n.input]
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    other = [t for t in users[0].input if t != out]
+    if len(other) == 1 and tensors.get(other[0]) is not None and tensors[other[0]].is_constant:
+        shape = tensors[other[0]].shape or ()
+        if len([d for d in shape if d != 1]) <= 1:
+            return users[0].name
+    return None

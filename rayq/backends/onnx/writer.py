@@ -1,0 +1,169 @@
+"""Writing a :class:`~rayq.core.recipe.Recipe` into an ONNX model as QDQ.
+
+Activations: ``x -> QuantizeLinear -> DequantizeLinear -> consumers``; weights:
+int8 initializer -> ``DequantizeLinear(axis)``; Conv/Gemm biases become int32
+initializers with ``DequantizeLinear(scale = s_x * s_w)`` when both inputs are
+quantized, which is what lets ONNX Runtime fuse the group into ``QLinearConv``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from rayq.core.params import QParams
+from rayq.core.recipe import ActivationQuant, Recipe, WeightQuant
+from rayq.errors import BackendError
+
+_PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+class _Writer:
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = onnx.ModelProto()
+        self.proto.CopyFrom(proto)
+        self.graph = self.proto.graph
+        self.nodes = {n.name: n for n in self.graph.node}
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.dq_params: dict[str, QParams] = {}  # DQ output tensor -> params
+
+    def init(self, name: str, value: np.ndarray) -> str:
+        t = numpy_helper.from_array(np.asarray(value), name)
+        self.graph.initializer.append(t)
+        self.inits[name] = t
+        return name
+
+    def add(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.new_nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def set_input(self, node: str, index: int, tensor: str) -> None:
+        if node not in self.nodes:
+            raise BackendError(f"recipe refers to unknown node {node!r}")
+        self.nodes[node].input[index] = tensor
+
+    def activation(self, a: ActivationQuant) -> None:
+        src = a.tensor
+        if a.smooth is not None:
+            factor = self.init(f"{a.tensor}/rayq_smooth", a.smooth.astype(np.float32))
+            src = self.add("Mul", [a.tensor, factor], f"{a.tensor}/rayq_smoothed")
+        p = a.params
+        scale = self.init(f"{src}/rayq_scale", np.asarray(p.scale, np.float32).reshape(()))
+        zp = self.init(f"{src}/rayq_zp", np.asarray(p.zero_point, p.dtype).reshape(()))
+        q = self.add("QuantizeLinear", [src, scale, zp], f"{src}/rayq_q")
+        dq = self.add("DequantizeLinear", [q, scale, zp], f"{src}/rayq_dq")
+        self.dq_params[dq] = p
+        for e in a.edges:
+            self.set_input(e.node, e.index, dq)
+
+    def weight(self, w: WeightQuant) -> None:
+        p = w.params
+        base = f"{w.node}/rayq_w"
+        q = self.init(f"{base}_q", w.values.astype(np.int8))
+        scale = self.init(f"{base}_scale", np.asarray(p.scale, np.float32))
+        zp = self.init(f"{base}_zp", np.asarray(p.zero_point, np.int8))
+        attrs = {"axis": int(p.axis)} if p.axis is not None and np.ndim(p.scale) == 1 else {}
+        dq = self.add("DequantizeLinear", [q, scale, zp], f"{base}_dq", **attrs)
+        self.dq_params[dq] = p
+        self.set_input(w.node, w.edge.index, dq)
+
+    def bias(self, node_name: str, value: np.ndarray) -> None:
+        node = self.nodes[node_name]
+        if node.op_type in ("Conv", "Gemm", "ConvTranspose") and len(node.input) > 2 and node.input[2]:
+            old = self.inits[node.input[2]]
+            node.input[2] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old.dims))
+            return
+        for add in self.graph.node:  # MatMul + Add(bias)
+            if add.op_type == "Add" and node.output[0] in add.input:
+                idx = 1 - list(add.input).index(node.output[0])
+                old = self.inits[add.input[idx]]
+                add.input[idx] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old.dims))
+                return
+        raise BackendError(f"cannot correct the bias of {node_name!r}: no bias found")
+
+    def _upstream_dq(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> QParams | None:
+        while tensor in producers:
+            node = producers[tensor]
+            if tensor in self.dq_params:
+                return self.dq_params[tensor]
+            if node.op_type not in _PASS_THROUGH:
+                return None
+            tensor = node.input[0]
+        return self.dq_params.get(tensor)
+
+    def int32_biases(self) -> None:
+        """Quantize Conv/Gemm biases to int32 where input and weight are quantized."""
+        producers = {o: n for n in [*self.graph.node, *self.new_nodes] for o in n.output}
+        for node in self.graph.node:
+            if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in self.inits:
+                continue
+            wp = self.dq_params.get(node.input[1])
+            xp = self._upstream_dq(node.input[0], producers)
+            if wp is None or xp is None:
+                continue
+            bias = numpy_helper.to_array(self.inits[node.input[2]]).astype(np.float64)
+            scale = (np.float64(xp.scale) * np.asarray(wp.scale, np.float64)).reshape(-1)
+            if scale.size not in (1, bias.size) or bias.ndim != 1:
+                continue
+            scale = np.broadcast_to(scale, bias.shape)
+            q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            base = f"{node.name}/rayq_bias32"
+            q_name = self.init(f"{base}_q", q)
+            s_name = self.init(f"{base}_scale", scale.astype(np.float32))
+            z_name = self.init(f"{base}_zp", np.zeros(bias.shape, np.int32))
+            node.input[2] = self.add("DequantizeLinear", [q_name, s_name, z_name], f"{base}_dq", axis=0)
+
+    def finish(self) -> onnx.ModelProto:
+        used = {t for n in [*self.graph.node, *self.new_nodes] for t in n.input}
+        keep = [i for i in self.graph.initializer if i.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+        ordered = _toposort([*self.graph.node, *self.new_nodes], self.graph)
+        del self.graph.node[:]
+        self.graph.node.extend(ordered)
+        return self.proto
+
+
+def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    producers: dict[str, int] = {o: i for i, n in enumerate(nodes) for o in n.output}
+    done: set[int] = set()
+    order: list[onnx.NodeProto] = []
+
+    def visit(i: int) -> None:
+        stack = [(i, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if j in done:
+                continue
+            if expanded:
+                done.add(j)
+                order.append(nodes[j])
+                continue
+            stack.append((j, True))
+            for t in nodes[j].input:
+                if t not in available and t in producers and producers[t] not in done:
+                    stack.append((producers[t], False))
+
+    for i in range(len(nodes)):
+        visit(i)
+    return order
+
+
+def apply_recipe(proto: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
+    """Return a QDQ copy of ``proto`` with ``recipe`` applied."""
+    w = _Writer(proto)
+    for node, value in recipe.biases.items():
+        w.bias(node, value)
+    for a in recipe.activations:
+        w.activation(a)
+    for wq in recipe.weights:
+        w.weight(wq)
+    w.int32_biases()
+    out = w.finish()
+    opsets = [o for o in out.opset_import if o.domain in ("", "ai.onnx")]
+    if opsets and opsets[0].version < 13:
+        raise BackendError("QDQ with per-channel weights needs opset >= 13")
+    return out

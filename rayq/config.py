@@ -1,0 +1,163 @@
+"""Frozen run configurations, shared by the Python API, the CLI and YAML files.
+
+``configs/README.md`` documents every field. A config is validated on creation
+and saved as ``config.yaml`` next to each run's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
+from rayq.core.scope import IgnoredScope
+from rayq.errors import ConfigError
+
+COMMANDS = ("quantize", "search", "sweep")
+OUTPUT_FORMATS = ("onnx", "openvino")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Configuration of ``rayq quantize`` (basic post-training quantization).
+
+    Example:
+        >>> QuantizeConfig(model="m.onnx", calibration="calib.npz", output="out/m_int8.onnx").preset is None
+        True
+    """
+
+    model: str
+    calibration: str
+    output: str
+    preset: str | None = None
+    target_device: str = "ANY"
+    subset_size: int = 300
+    fast_bias_correction: bool | None = True
+    model_type: str | None = None
+    ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
+    advanced: AdvancedQuantizationParameters = field(default_factory=AdvancedQuantizationParameters)
+    num_workers: int | None = None
+    output_format: str | None = None
+    address: str | None = None
+    validation: str | None = None
+    validation_fn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            _check_choice("preset", self.preset, PRESETS)
+        if self.output_format is not None:
+            _check_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        if self.subset_size < 1:
+            raise ConfigError(f"subset_size={self.subset_size} must be >= 1")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
+        if self.validation_fn is not None:
+            check_reference(self.validation_fn, "validation_fn")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ignored_scope"] = self.ignored_scope.to_dict()
+        data["advanced"] = asdict(self.advanced)
+        return {"command": "quantize", **data}
+
+
+def check_reference(ref: str, name: str) -> None:
+    """``module:function`` references are the only way configs name code."""
+    module, _, func = ref.partition(":")
+    if not module or not func or not all(p.isidentifier() for p in module.split(".")) or not all(
+        p.isidentifier() for p in func.split(".")
+    ):
+        raise ConfigError(f"{name}={ref!r} must be a 'package.module:function' reference")
+
+
+def resolve_reference(ref: str, name: str = "reference"):
+    """Import the function named by a ``module:function`` reference (never eval)."""
+    import importlib
+
+    check_reference(ref, name)
+    module, _, func = ref.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in func.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{name}={ref!r} cannot be imported: {exc}") from exc
+    if not callable(obj):
+        raise ConfigError(f"{name}={ref!r} is not callable")
+    return obj
+
+
+def _build(cls, data: dict) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {data.get('command', cls.__name__)} config field(s): {unknown}; "
+                          f"valid fields: {sorted(names)}")
+    data = dict(data)
+    if "ignored_scope" in data:
+        data["ignored_scope"] = IgnoredScope.from_dict(data["ignored_scope"])
+    if "advanced" in data:
+        data["advanced"] = AdvancedQuantizationParameters.from_dict(data["advanced"])
+    missing = [f.name for f in fields(cls) if f.name not in data and f.default is f.default_factory is _MISSING]
+    if missing:
+        raise ConfigError(f"{cls.__name__} is missing required field(s): {missing}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+from dataclasses import MISSING as _MISSING  # noqa: E402
+
+_REGISTRY: dict[str, type] = {"quantize": QuantizeConfig}
+
+
+def register_config(command: str, cls: type) -> None:
+    """Register the config class of a command (used by the search and sweep modules)."""
+    _REGISTRY[command] = cls
+
+
+def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = None) -> Any:
+    """Build the config of ``command`` (or ``data['command']``) from a mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of field names to values")
+    data = dict(data)
+    cmd = data.pop("command", None) or command
+    if command and cmd != command:
+        raise ConfigError(f"config is for 'rayq {cmd}', not 'rayq {command}'")
+    if cmd not in _REGISTRY:
+        raise ConfigError(f"config 'command' must be one of {sorted(_REGISTRY)}, got {cmd!r}")
+    if base_dir:
+        for key in ("model", "calibration", "validation"):
+            value = data.get(key)
+            if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
+                candidate = os.path.join(base_dir, value)
+                if not os.path.exists(value) and os.path.exists(candidate):
+                    data[key] = candidate
+    return _build(_REGISTRY[cmd], data)
+
+
+def load(path: str, *, command: str | None = None, overrides: dict | None = None) -> Any:
+    """Read a YAML config file (``yaml.safe_load``), apply ``overrides``, validate."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path!r}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(data, command=command)
+
+
+def dump(config: Any) -> str:
+    """The config as YAML text (round-trips through :func:`from_dict`)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,188 @@
+"""Quantizer placement: where Q/DQ (or FakeQuantize) go, and the fallback groups.
+
+The unit of placement is the *quantizable op* (Conv, MatMul, residual Add, ...):
+its activation inputs get per-tensor quantizers and its constant weight a
+per-channel one. Reverting an op to FP32 (a *fallback group*) removes exactly the
+quantizer edges that serve it, so fallback sets compose freely.
+
+Activation quantizers are moved upward through data-movement ops (Reshape,
+Transpose, Flatten, MaxPool...) with a single consumer, so those ops run on INT8
+data instead of adding a Q/DQ pair each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rayq.core import graph as g
+from rayq.core.graph import GraphView, NodeInfo
+
+ACTIVATION = "activation"
+WEIGHT = "weight"
+
+_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.AVG_POOL})
+_TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
+_PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
+_FLOAT = ("float32", "float16", "float64", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Input ``index`` of node ``node``."""
+
+    node: str
+    index: int
+
+
+@dataclass(frozen=True)
+class QuantizerPoint:
+    """One quantizer: a tensor and the op inputs that read its quantized value.
+
+    Attributes:
+        id: Stable id, ``a:<tensor>`` for activations, ``w:<node>`` for weights.
+        tensor: The quantized tensor.
+        kind: :data:`ACTIVATION` or :data:`WEIGHT`.
+        edges: Op inputs rewired to the dequantized tensor.
+        serves: The quantizable op each edge serves (parallel to ``edges``).
+        axis: Per-channel axis of a weight quantizer.
+    """
+
+    id: str
+    tensor: str
+    kind: str
+    edges: tuple[Edge, ...]
+    serves: tuple[str, ...]
+    axis: int | None = None
+
+    def active_edges(self, fallback: frozenset[str]) -> tuple[Edge, ...]:
+        return tuple(e for e, op in zip(self.edges, self.serves) if op not in fallback)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """All quantizers of a model for a given preset / model type / ignored scope.
+
+    Attributes:
+        ops: Quantizable ops in topological order -- the fallback groups.
+        points: Quantizer points.
+        skipped: ``(node, reason)`` for weighted ops left FP32 by the rules.
+        first_layer: Weighted ops reached from the inputs without another weighted op.
+    """
+
+    ops: tuple[str, ...]
+    points: tuple[QuantizerPoint, ...]
+    skipped: tuple[tuple[str, str], ...]
+    first_layer: frozenset[str]
+
+    def group(self, op: str) -> tuple[str, ...]:
+        """Ids of the quantizers that serve ``op`` (its fallback group)."""
+        return tuple(p.id for p in self.points if op in p.serves)
+
+    def active(self, fallback: Iterable[str] = ()) -> list[tuple[QuantizerPoint, tuple[Edge, ...]]]:
+        """Points that still have at least one edge once ``fallback`` ops are FP32."""
+        fb = frozenset(fallback)
+        out = []
+        for p in self.points:
+            edges = p.active_edges(fb)
+            if edges:
+                out.append((p, edges))
+        return out
+
+    def activation_tensors(self) -> tuple[str, ...]:
+        return tuple(p.tensor for p in self.points if p.kind == ACTIVATION)
+
+
+def _is_float_activation(graph: GraphView, tensor: str) -> bool:
+    info = graph.tensors.get(tensor)
+    return bool(tensor) and info is not None and not info.is_constant and info.dtype in _FLOAT
+
+
+def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> str | None:
+    """Return None if ``node`` is quantizable, else the reason it is not."""
+    ops = _TRANSFORMER_OPS if model_type == "transformer" else _CNN_OPS
+    if node.meta not in ops:
+        return "not a quantizable op type"
+    acts = [t for t in node.inputs if _is_float_activation(graph, t)]
+    if not acts and node.weight_input is None:
+        return "no float inputs"
+    if node.meta == g.ADD and len(acts) < 2:
+        return "Add with a constant operand stays FP32"
+    if node.meta in g.WEIGHTED and node.weight_input is None and len(acts) < 2:
+        return "weight is not a constant"
+    return None
+
+
+def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
+    """Walk from ``edge`` up through single-consumer data-movement ops."""
+    while True:
+        producer = graph.producer(tensor)
+        if producer is None or producer.meta not in _PASS_THROUGH:
+            return edge, tensor
+        if len(graph.consumers(tensor)) != 1 or graph.tensors[tensor].name in graph.outputs:
+            return edge, tensor
+        source = producer.inputs[0]
+        if not _is_float_activation(graph, source):
+            return edge, tensor
+        edge, tensor = Edge(producer.name, 0), source
+
+
+def _first_layer(graph: GraphView) -> frozenset[str]:
+    reached = set(graph.inputs)
+    first = set()
+    for node in graph.nodes:
+        if not any(t in reached for t in node.inputs):
+            continue
+        if node.meta in g.WEIGHTED:
+            first.add(node.name)
+        else:
+            reached.update(node.outputs)
+    return frozenset(first)
+
+
+def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] = frozenset()) -> Placement:
+    """Compute the quantizer placement for ``graph``.
+
+    Args:
+        graph: The model's graph view.
+        model_type: None (CNN-style rules) or ``"transformer"``.
+        ignored: Node names that must stay FP32 (resolved ignored scope).
+
+    Returns:
+        The :class:`Placement`; weighted ops that cannot be quantized are listed in
+        ``skipped`` with the reason.
+
+    Example:
+        >>> placement = place(view, model_type=None)           # doctest: +SKIP
+        >>> placement.group(placement.ops[0])                   # doctest: +SKIP
+        ('a:input', 'w:/conv1/Conv')
+    """
+    acts: dict[str, tuple[list[Edge], list[str]]] = {}
+    weights: list[QuantizerPoint] = []
+    ops: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for node in graph.nodes:
+        if node.name in ignored:
+            if node.meta in g.WEIGHTED:
+                skipped.append((node.name, "ignored scope"))
+            continue
+        reason = _quantizable(node, graph, model_type)
+        if reason is not None:
+            if node.meta in g.WEIGHTED:
+                skipped.append((node.name, reason))
+            continue
+        ops.append(node.name)
+        for i, tensor in enumerate(node.inputs):
+            if i == node.weight_input or not _is_float_activation(graph, tensor):
+                continue
+            edge, src = _move_up(graph, Edge(node.name, i), tensor)
+            edges, serves = acts.setdefault(src, ([], []))
+            edges.append(edge)
+            serves.append(node.name)
+        if node.weight_input is not None:
+            weights.append(QuantizerPoint(
+                f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
+                (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
+            ))
+    points = [QuantizerPoint(f"a:{t}", t, ACTIVATION, tuple(e), tuple(s)) for t, (e, s) in acts.items()]
+    return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))

@@ -1,0 +1,55 @@
+"""Connecting to (or starting) a Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rayq.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -> dict:
+    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one.
+
+    A local cluster is started without the dashboard; an existing connection is
+    reused. Returns the cluster's resources.
+
+    Example:
+        >>> import rayq
+        >>> rayq.init(num_cpus=2)            # doctest: +SKIP
+        {'CPU': 2.0, ...}
+
+    Raises:
+        ClusterError: the address cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = address or os.environ.get("RAY_ADDRESS")
+    opts = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
+    opts.update(kwargs)
+    try:
+        if address:
+            ray.init(address=address, **opts)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **opts)
+    except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
+        where = f"at {address!r}" if address else "locally"
+        raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc
+    return ray.cluster_resources()
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

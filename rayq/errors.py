@@ -1,0 +1,56 @@
+"""rayq's error hierarchy.
+
+Every error rayq raises on purpose derives from :class:`RayqError`; third-party
+exceptions (onnx, onnxruntime, openvino, ray, optuna) are translated at the
+boundary of the layer that calls them (``raise BackendError(...) from exc``),
+so users catch one family and always get a message that names the problem.
+
+- :class:`ConfigError` -- a config value, argument or ignored-scope rule is wrong.
+- :class:`DataError` -- the calibration/validation data is empty, malformed,
+  holds NaN/Inf, or does not match the model's inputs.
+- :class:`BackendError` -- a model cannot be read, instrumented, built or run.
+- :class:`CalibrationError` -- statistics collection failed.
+- :class:`SearchError` -- the accuracy-control search cannot proceed.
+- :class:`ClusterError` -- Ray cannot be reached or a worker died for good.
+"""
+
+from __future__ import annotations
+
+
+class RayqError(Exception):
+    """Base class of every error rayq raises on purpose."""
+
+
+class ConfigError(RayqError, ValueError):
+    """A configuration value, argument or ignored-scope rule is invalid."""
+
+
+class DataError(RayqError, ValueError):
+    """Calibration or validation data is empty, malformed, or does not fit the model."""
+
+
+class BackendError(RayqError):
+    """A model could not be read, instrumented, transformed, run or saved."""
+
+
+class CalibrationError(RayqError):
+    """Calibration statistics could not be collected or merged."""
+
+
+class SearchError(RayqError):
+    """The accuracy-control search could not proceed."""
+
+
+class ClusterError(RayqError):
+    """The Ray cluster is unreachable or a worker failed permanently."""
+
+
+__all__ = [
+    "RayqError",
+    "ConfigError",
+    "DataError",
+    "BackendError",
+    "CalibrationError",
+    "SearchError",
+    "ClusterError",
+]

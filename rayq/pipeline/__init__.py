@@ -1,0 +1,1 @@
+"""Single-process verbs everything else is built from: calibrate, build, evaluate, measure."""

@@ -1,0 +1,216 @@
+"""Datasets: ``rayq.Dataset`` (``nncf.Dataset`` semantics) and the loaders behind it.
+
+Accepted calibration/validation inputs: a :class:`Dataset`, any iterable of items,
+a numpy array (items along axis 0), a ``.npz``/``.npy`` path, a Parquet file or
+directory, or a ``ray.data.Dataset``. Items are turned into model feeds by
+``transform_fn`` (identity by default): an array (single-input models), a dict
+``{input name: array}``, or a tuple/list in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayq.backends.base import InputSpec
+from rayq.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class Dataset:
+    """A calibration/validation dataset: items plus an optional transform.
+
+    Args:
+        data_source: Any iterable of items (list, generator, torch DataLoader...).
+        transform_fn: Maps one item to model input(s). Identity if None.
+
+    Example:
+        >>> import numpy as np
+        >>> ds = Dataset(np.zeros((4, 1, 8, 8), np.float32), lambda x: x[None])
+        >>> len(list(ds.get_inference_data()))
+        4
+    """
+
+    def __init__(self, data_source: Iterable[Any], transform_fn: Callable[[Any], Any] | None = None) -> None:
+        self._source = data_source
+        self._transform = transform_fn
+
+    def get_data(self, indices: Iterable[int] | None = None) -> Iterator[Any]:
+        """Raw items (optionally only those at sorted ``indices``)."""
+        if indices is None:
+            return iter(self._source)
+        wanted = set(indices)
+        return (item for i, item in enumerate(self._source) if i in wanted)
+
+    def get_inference_data(self, indices: Iterable[int] | None = None) -> Iterator[Any]:
+        """Transformed items, ready to feed the model."""
+        transform = self._transform or (lambda x: x)
+        return (transform(item) for item in self.get_data(indices))
+
+    def get_length(self) -> int | None:
+        return len(self._source) if hasattr(self._source, "__len__") else None
+
+    def get_batch_size(self) -> int | None:
+        return None
+
+
+def as_dataset(data: Any) -> Dataset:
+    """Wrap any accepted input as a :class:`Dataset`."""
+    if isinstance(data, Dataset):
+        return data
+    if hasattr(data, "get_inference_data") and hasattr(data, "get_data"):  # nncf.Dataset duck-type
+        return data
+    if isinstance(data, np.ndarray):
+        return Dataset(list(data))
+    if isinstance(data, (str, os.PathLike)):
+        return Dataset(load_path(Path(data)))
+    if type(data).__module__.startswith("ray.data"):
+        return Dataset(_ray_rows(data))
+    if isinstance(data, dict):
+        return Dataset(_split_columns(data, "dict"))
+    if isinstance(data, Iterable):
+        return Dataset(data)
+    raise DataError(f"unsupported dataset type {type(data).__name__}: pass a rayq.Dataset, an array, "
+                    "a .npz/.npy/.parquet path or a ray.data.Dataset")
+
+
+def load_path(path: Path) -> list[Any]:
+    """Items from a ``.npy``, ``.npz`` (one item per row of every array) or Parquet path."""
+    if not path.exists():
+        raise DataError(f"dataset path {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return list(np.load(path, allow_pickle=False))
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return _split_columns({k: z[k] for k in z.files}, str(path))
+        if suffix == ".parquet" or path.is_dir():
+            return _split_columns(_read_parquet(path), str(path))
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile/pyarrow/ValueError on corrupt files
+        raise DataError(f"cannot read dataset {str(path)!r}: {exc}") from exc
+    raise DataError(f"unsupported dataset file {str(path)!r}: use .npy, .npz or .parquet")
+
+
+def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        shape_note = meta.get(f"rayq.shape.{name}")
+        if hasattr(col, "flatten") and col.type.num_fields == 0 and str(col.type).startswith(("list", "fixed_size_list")):
+            values = np.asarray(col.flatten().to_numpy(zero_copy_only=False))
+            rows = len(col)
+            shape = tuple(int(s) for s in shape_note.split(",")) if shape_note else (-1,)
+            columns[name] = values.reshape((rows, *shape))
+        else:
+            columns[name] = col.to_numpy(zero_copy_only=False)
+    return columns
+
+
+def _split_columns(columns: dict[str, np.ndarray], where: str) -> list[Any]:
+    if not columns:
+        raise DataError(f"dataset {where} holds no arrays")
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"dataset {where}: columns have different lengths {lengths}")
+    n = next(iter(lengths.values()))
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def _ray_rows(ds: Any) -> Iterator[dict[str, Any]]:
+    for row in ds.iter_rows():
+        yield {k: np.asarray(v) for k, v in row.items()}
+
+
+def take(dataset: Dataset, subset_size: int | None) -> list[Any]:
+    """The first ``subset_size`` transformed items (all when None), deterministically."""
+    items = list(itertools.islice(dataset.get_inference_data(), subset_size))
+    if not items:
+        raise DataError("the dataset is empty")
+    if subset_size is not None and len(items) < subset_size:
+        log.warning("subset_size=%d but the dataset has %d items: using all of them", subset_size, len(items))
+    return items
+
+
+def to_feeds(item: Any, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """One transformed item as ``{input name: array}`` with a batch axis."""
+    names = [s.name for s in specs]
+    if isinstance(item, dict):
+        feeds = {k: np.asarray(v) for k, v in item.items() if k in names}
+        if len(feeds) < len(names):
+            if len(names) == 1 and len(item) >= 1 and names[0] not in item:
+                raise DataError(f"data item keys {sorted(item)} do not include the model input {names[0]!r}")
+            missing = sorted(set(names) - set(feeds))
+            raise DataError(f"data item is missing model input(s) {missing}; it has keys {sorted(item)}")
+    elif isinstance(item, (tuple, list)):
+        if len(item) != len(names):
+            raise DataError(f"data item has {len(item)} parts but the model has {len(names)} inputs {names}")
+        feeds = {n: np.asarray(v) for n, v in zip(names, item)}
+    else:
+        if len(names) != 1:
+            raise DataError(f"the model has inputs {names}: items must be dicts or tuples, not arrays")
+        feeds = {names[0]: np.asarray(item)}
+    for spec in specs:
+        value = feeds[spec.name]
+        if value.ndim == len(spec.shape) - 1:
+            feeds[spec.name] = value = value[None]
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise DataError(f"input {spec.name!r} contains NaN or Inf values")
+        if value.dtype == np.float64 and spec.dtype == "float32":
+            feeds[spec.name] = value.astype(np.float32)
+    return feeds
+
+
+def batches(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Group consecutive feeds into batches along axis 0 (batch k = items [k*bs, (k+1)*bs))."""
+    if batch_size <= 1:
+        return feeds
+    out = []
+    for start in range(0, len(feeds), batch_size):
+        chunk = feeds[start:start + batch_size]
+        out.append({s.name: np.concatenate([f[s.name] for f in chunk], axis=0) for s in specs})
+    return out
+
+
+def batch_size_for(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], requested: int | None) -> int:
+    """Largest safe batch size: 1 unless every input has a dynamic first dim and equal item shapes."""
+    if requested is not None:
+        if requested > 1 and not _batchable(feeds, specs):
+            raise DataError("batch_size > 1 needs a dynamic batch dimension and equally shaped items")
+        return requested
+    return 16 if _batchable(feeds, specs) else 1
+
+
+def _batchable(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec]) -> bool:
+    for s in specs:
+        if not s.shape or s.shape[0] is not None:
+            return False
+        shapes = {f[s.name].shape[1:] for f in feeds}
+        if len(shapes) != 1:
+            return False
+    return True
+
+
+def fingerprint(feeds: list[dict[str, np.ndarray]]) -> str:
+    """sha256 over every item's input names, dtypes, shapes and bytes, in order."""
+    h = hashlib.sha256()
+    for f in feeds:
+        for name in sorted(f):
+            v = np.ascontiguousarray(f[name])
+            h.update(f"{name}|{v.dtype}|{v.shape}|".encode())
+            h.update(v.tobytes())
+    return h.hexdigest()

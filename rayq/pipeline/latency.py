@@ -1,0 +1,68 @@
+"""Latency measurement: warm-up, then the median of timed repeats, with spread."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rayq.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Measured latency in milliseconds.
+
+    Attributes:
+        median_ms: Median over repeats.
+        iqr_ms: Inter-quartile range (the spread).
+        min_ms: Fastest repeat.
+        repeats: Number of timed runs.
+        runtime: ``onnxruntime`` or ``openvino``.
+        threads: Threads the runtime was pinned to (0: runtime default).
+    """
+
+    median_ms: float
+    iqr_ms: float
+    min_ms: float
+    repeats: int
+    runtime: str
+    threads: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats: int = 50,
+                min_seconds: float = 0.0) -> list[float]:
+    """Call ``run(feeds)`` ``warmup`` times, then time at least ``repeats`` calls (ms)."""
+    for _ in range(warmup):
+        run(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_seconds:
+        t0 = time.perf_counter()
+        run(feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summarize(times: list[float], runtime: str, threads: int) -> Latency:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Latency(statistics.median(times), q[2] - q[0], min(times), len(times), runtime, threads)
+
+
+def measure_latency(backend: Backend, model, feeds: dict[str, np.ndarray], *, runtime: str | None = None,
+                    device: str = "CPU", threads: int = 0, warmup: int = 10, repeats: int = 50) -> Latency:
+    """Compile ``model`` on ``runtime`` and measure one batch's latency.
+
+    Example:
+        >>> lat = measure_latency(get_backend("onnx"), model, feeds, threads=2)   # doctest: +SKIP
+        >>> lat.median_ms                                                          # doctest: +SKIP
+        1.92
+    """
+    runtime = runtime or backend.runtimes[0]
+    run = backend.runner(model, runtime=runtime, device=device, num_threads=threads)
+    return summarize(time_runner(run, feeds, warmup=warmup, repeats=repeats), runtime, threads)

@@ -1,0 +1,36 @@
+"""The accuracy-controlled search: the only rayq package that imports Optuna.
+
+- :class:`SearchSpace` maps Optuna parameters to and from
+  :class:`~rayq.core.plan.QuantPlan` (preset, range estimator, bias correction,
+  SmoothQuant alpha, "revert the top-k fallback groups").
+- :class:`Evaluator` is what the driver needs from the layer that builds and
+  measures plans (Ray actors in production, a fake in tests);
+  :class:`EvalResult` is its answer for one plan.
+- :class:`SearchDriver` runs generations of ask/evaluate/tell, minimising
+  measured latency subject to ``drop <= max_drop``, persisting every trial and
+  resuming a study by name; it returns a :class:`DriverOutcome` (best trial,
+  all :class:`TrialRecord` s, trials frame, Pareto front).
+- :func:`plot_pareto` draws latency vs. accuracy.
+
+Example:
+    >>> from rayq.search import SearchSpace
+    >>> SearchSpace(ranking=("fc", "conv1")).max_fallback
+    2
+"""
+
+from rayq.search.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
+from rayq.search.evaluator import EvalResult, Evaluator
+from rayq.search.plot import plot_pareto
+from rayq.search.space import SearchSpace
+
+__all__ = [
+    "SearchSpace",
+    "EvalResult",
+    "Evaluator",
+    "SearchDriver",
+    "DriverOutcome",
+    "TrialRecord",
+    "open_storage",
+    "pareto_front",
+    "plot_pareto",
+]

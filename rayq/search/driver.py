@@ -1,0 +1,485 @@
+"""The ask/tell search driver: generations of trials, constraints, storage, resume.
+
+Each *generation* asks a fixed number of trials (independent of how many
+workers evaluate them), evaluates their plans with ONE ``evaluator.evaluate``
+call, and tells them in trial-number order, so a seeded search gives the same
+answer with any worker count. Every trial is told (persisted) before the next
+generation is asked. Trial user attributes hold the plan (JSON), metric, drop,
+latency, spread, status and error; a plan already recorded in the study is not
+evaluated again, its result is reused.
+
+Storage: None keeps the study in memory (for this driver's lifetime); a path
+ending ``.log``/``.journal`` is an Optuna journal file; a URL with ``://`` is
+an RDB. Re-running with the same storage and study name resumes: finished
+trials count toward ``n_trials`` and are not re-evaluated; trials a stopped
+driver left running are marked failed ("interrupted") and their plans asked
+again. Only one driver may run a given study at a time.
+
+Example:
+    >>> from rayq.search.evaluator import EvalResult
+    >>> class Fake:
+    ...     def evaluate(self, plans):
+    ...         return [EvalResult(p.key(), 0.9, 0.01 * (2 - len(p.fallback)), 5.0 + len(p.fallback), 0.1, "ok")
+    ...                 for p in plans]
+    >>> space = SearchSpace(presets=(), estimators=(), bias_corrections=(), ranking=("a", "b"))
+    >>> out = SearchDriver(space, QuantPlan(), Fake(), max_drop=0.01, n_trials=4).run()
+    >>> out.status, out.best.plan.fallback
+    ('met', ('a',))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from rayq.core.accuracy import within_budget
+from rayq.core.plan import QuantPlan
+from rayq.errors import ConfigError, SearchError
+from rayq.search.evaluator import EvalResult, Evaluator
+from rayq.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "nsga2")
+DEFAULT_STUDY_NAME = "rayq-search"
+_RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint")
+_DONE = (TrialState.COMPLETE, TrialState.FAIL)
+_INTERRUPTED = "interrupted: the driver stopped before the trial finished"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial, as the driver reports it.
+
+    ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
+    ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
+
+    Example:
+        >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
+        True
+    """
+
+    number: int
+    plan: QuantPlan
+    metric: float | None
+    drop: float | None
+    latency_ms: float | None
+    latency_spread_ms: float | None
+    status: str
+    error: str | None
+    feasible: bool
+    source: str
+    reused: bool = False
+    eval_seconds: float = 0.0
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _record_row(r: TrialRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
+        "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
+        "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
+        "error": r.error, "eval_seconds": float(r.eval_seconds), "plan_key": r.plan.key(),
+    }
+    plan = r.plan.to_dict()
+    plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
+    plan["ignored_scope"] = json.dumps(plan["ignored_scope"], sort_keys=True)
+    plan["fallback"] = json.dumps(plan["fallback"])
+    row.update(plan)
+    row["n_fallback"] = len(r.plan.fallback)
+    row["plan_json"] = r.plan.to_json()
+    return row
+
+
+@dataclass(frozen=True)
+class DriverOutcome:
+    """What a search returns.
+
+    Args:
+        best: With ``status="met"``, the feasible trial with the lowest latency
+            (ties: lowest trial number); otherwise the ok trial with the
+            smallest drop (None when no trial succeeded).
+        status: ``"met"`` or ``"budget not met"``.
+        records: Every finished trial of the study, by trial number.
+        study_name: The Optuna study name.
+        max_drop: The budget the records were judged against.
+
+    Example:
+        >>> DriverOutcome(None, "budget not met", [], "s", 0.01).trials_frame().empty
+        True
+    """
+
+    best: TrialRecord | None
+    status: str
+    records: list[TrialRecord] = field(default_factory=list)
+    study_name: str = DEFAULT_STUDY_NAME
+    max_drop: float = 0.0
+
+    def trials_frame(self) -> pd.DataFrame:
+        """One row per trial with the plan's fields flattened.
+
+        ``fallback`` and ``ignored_scope`` are JSON strings, ``plan_json`` is the
+        whole plan (``QuantPlan.from_json``), None numbers are NaN. The frame
+        round-trips through ``to_parquet``/``pd.read_parquet``.
+
+        Example:
+            >>> rec = TrialRecord(3, QuantPlan(fallback=("b", "a")), 0.9, 0.0, 1.0, None, "ok", None, True, "seed")
+            >>> DriverOutcome(rec, "met", [rec]).trials_frame().loc[0, "fallback"]
+            '["a", "b"]'
+        """
+        rows = [_record_row(r) for r in self.records]
+        if not rows:
+            return pd.DataFrame(columns=list(_record_row(_EMPTY_RECORD)))
+        return pd.DataFrame(rows)
+
+    def pareto(self) -> pd.DataFrame:
+        """The ok trials not dominated on (latency_ms: lower, metric: higher).
+
+        Exact duplicates keep the lowest trial number. Sorted by latency.
+
+        Example:
+            >>> recs = [TrialRecord(i, QuantPlan(), m, 0.0, lat, None, "ok", None, True, "sampler")
+            ...         for i, (lat, m) in enumerate([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)])]
+            >>> DriverOutcome(None, "met", recs).pareto()["number"].tolist()
+            [0, 2]
+        """
+        return pareto_front(self.trials_frame())
+
+
+_EMPTY_RECORD = TrialRecord(0, QuantPlan(), None, None, None, None, "ok", None, False, "sampler")
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a trials frame not dominated on (latency_ms min, metric max).
+
+    Only rows with ``status == "ok"`` take part; exact duplicates keep the
+    lowest ``number``.
+
+    Example:
+        >>> f = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"],
+        ...                   "latency_ms": [1.0, 1.0], "metric": [0.8, 0.9]})
+        >>> pareto_front(f)["number"].tolist()
+        [1]
+    """
+    ok = frame[frame["status"] == "ok"].sort_values(
+        ["latency_ms", "metric", "number"], ascending=[True, False, True], kind="mergesort")
+    keep, best = [], -math.inf
+    for index, metric in zip(ok.index, ok["metric"]):
+        if metric > best:
+            keep.append(index)
+            best = metric
+    return ok.loc[keep].reset_index(drop=True)
+
+
+def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
+    """Turn the ``storage`` argument into an Optuna storage.
+
+    Args:
+        storage: None (in memory), a ``.log``/``.journal`` path (journal file),
+            a URL with ``://`` (RDB), or an Optuna storage object.
+
+    Returns:
+        The storage.
+
+    Raises:
+        ConfigError: A string that is neither a journal path nor a URL.
+
+    Example:
+        >>> type(open_storage(None)).__name__
+        'InMemoryStorage'
+    """
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    text = os.fspath(storage)
+    if text.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(text))
+    if "://" in text:
+        try:
+            return optuna.storages.RDBStorage(text)
+        except Exception as exc:  # sqlalchemy/driver errors: translate at the boundary
+            scheme = text.split("://", 1)[0]
+            raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
+    raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
+
+
+class SearchDriver:
+    """Minimise measured latency subject to ``drop <= max_drop`` with Optuna.
+
+    Args:
+        space: What the study varies.
+        base_plan: Supplies every plan field the space does not vary.
+        evaluator: Builds, validates and times plans (see :class:`Evaluator`).
+        max_drop: Accuracy budget (same drop type as the evaluator reports).
+        n_trials: Finished trials the study should hold (resumed ones count;
+            interrupted ones do not).
+        timeout: Seconds after which no new generation is started.
+        generation_size: Trials asked and evaluated together; keep it fixed
+            across worker counts for reproducible results.
+        seed: Sampler seed; each generation's sampler is seeded from
+            ``(seed, trials so far)``, so a resumed study continues deterministically.
+        storage: None, a journal path, an RDB URL or an Optuna storage.
+        study_name: Optuna study name (default ``"rayq-search"``).
+        sampler: ``"tpe"`` (constrained TPE) or ``"nsga2"`` (NSGA-II with constraints).
+        on_trial: Called with each :class:`TrialRecord` after its generation is told.
+
+    Example:
+        >>> SearchDriver(SearchSpace(), QuantPlan(), None, max_drop=0.01, n_trials=1).study_name
+        'rayq-search'
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        base_plan: QuantPlan,
+        evaluator: Evaluator,
+        *,
+        max_drop: float,
+        n_trials: int,
+        timeout: float | None = None,
+        generation_size: int = 4,
+        seed: int = 0,
+        storage: str | os.PathLike | optuna.storages.BaseStorage | None = None,
+        study_name: str | None = None,
+        sampler: str = "tpe",
+        on_trial: Callable[[TrialRecord], None] | None = None,
+    ) -> None:
+        within_budget(0.0, max_drop)  # validates max_drop
+        if n_trials < 0 or generation_size < 1:
+            raise ConfigError(f"n_trials={n_trials} must be >= 0 and generation_size={generation_size} >= 1")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout={timeout} must be > 0 seconds or None")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={sampler!r} is not valid; choose one of {list(SAMPLERS)}")
+        self.space, self.base_plan, self.evaluator = space, base_plan, evaluator
+        self.max_drop, self.n_trials, self.timeout = float(max_drop), int(n_trials), timeout
+        self.generation_size, self.seed, self.sampler = int(generation_size), int(seed), sampler
+        self.study_name = study_name or DEFAULT_STUDY_NAME
+        self.on_trial = on_trial
+        self._storage = open_storage(storage)
+
+    def run(self, seeds: Sequence[QuantPlan] = ()) -> DriverOutcome:
+        """Run (or resume) the study until it holds ``n_trials`` finished trials.
+
+        Args:
+            seeds: Plans enqueued first (in order) unless already in the study;
+                see :meth:`SearchSpace.to_params` for fallback sets that are not
+                a top-k prefix.
+
+        Returns:
+            The outcome over every finished trial of the study.
+
+        Raises:
+            ConfigError: The study was started with another budget, space or base plan.
+            SearchError: The evaluator broke its contract or the storage failed.
+
+        Example:
+            See the module docstring.
+        """
+        study = self._open_study()
+        self._recover(study)
+        self._enqueue(study, [(self.space.to_params(p), "seed") for p in seeds])
+        cache = self._results(study)
+        started = time.monotonic()
+        while (remaining := self.n_trials - self._n_done(study)) > 0:
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                logger.info("timeout of %.1f s reached with %d trial(s) to go", self.timeout, remaining)
+                break
+            study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
+            self._generation(study, min(self.generation_size, remaining), cache)
+        return self._outcome(study)
+
+    # -- study setup -----------------------------------------------------------------
+
+    def _open_study(self) -> optuna.Study:
+        try:
+            study = optuna.create_study(storage=self._storage, sampler=self._make_sampler(0),
+                                        study_name=self.study_name, direction="minimize", load_if_exists=True)
+        except Exception as exc:  # optuna/storage errors: translate at the boundary
+            raise SearchError(f"cannot open study {self.study_name!r}: {exc}") from exc
+        expected = {"max_drop": self.max_drop, "space": self.space.fingerprint(), "base_plan": self.base_plan.key()}
+        recorded = study.user_attrs
+        for name, value in expected.items():
+            if name not in recorded:
+                study.set_user_attr(name, value)
+            elif recorded[name] != value:
+                raise ConfigError(f"study {self.study_name!r} was run with {name}={recorded[name]!r}, "
+                                  f"not {value!r}; use another study name to start afresh")
+        return study
+
+    def _make_sampler(self, n_trials_so_far: int) -> optuna.samplers.BaseSampler:
+        seed = int(np.random.SeedSequence([self.seed, n_trials_so_far]).generate_state(1)[0])
+        if self.sampler == "nsga2":
+            size = max(8, 2 * self.generation_size)
+            return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Fail trials a stopped driver left running; re-enqueue interrupted plans."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            logger.warning("trial %d of study %r was left running; recording it as interrupted",
+                           t.number, self.study_name)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        redo = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            plan = self._plan_of(t)
+            if t.user_attrs.get("status") != "failed" and plan is not None:
+                redo.append((self.space.to_params(plan), t.user_attrs.get("source", "sampler")))
+        self._enqueue(study, redo)
+
+    def _enqueue(self, study: optuna.Study, items: Sequence[tuple[dict, str]]) -> None:
+        known = set(self._results(study))
+        known |= {t.user_attrs.get("enqueued_key") for t in study.get_trials(states=(TrialState.WAITING,))}
+        for params, source in items:
+            key = self.space.from_params(params, self.base_plan).key()
+            if key in known:
+                logger.debug("plan %s is already in study %r; not enqueued", key, self.study_name)
+                continue
+            study.enqueue_trial(params, user_attrs={"source": source, "enqueued_key": key})
+            known.add(key)
+
+    # -- one generation --------------------------------------------------------------
+
+    def _generation(self, study: optuna.Study, size: int, cache: dict[str, dict]) -> None:
+        trials: list[optuna.Trial] = []
+        try:
+            for _ in range(size):
+                trials.append(study.ask())
+            plans = [self._suggest(t) for t in trials]
+            fresh = list({p.key(): p for p in plans if p.key() not in cache}.values())
+            results = self._evaluate(fresh)
+        except BaseException as exc:
+            for t in trials:
+                t.set_user_attr("status", "interrupted")
+                t.set_user_attr("error", f"interrupted by {type(exc).__name__}: {exc}")
+                study.tell(t, state=TrialState.FAIL)
+            raise
+        records = []
+        for trial, plan in zip(trials, plans):
+            key = plan.key()
+            reused = key not in results
+            attrs = cache[key] if reused else results.pop(key)
+            cache[key] = attrs
+            records.append(self._tell(study, trial, attrs, reused))
+        for record in records:
+            logger.info("trial %d (%s): %s latency=%s drop=%s", record.number, record.source,
+                        record.status, record.latency_ms, record.drop)
+            if self.on_trial is not None:
+                self.on_trial(record)
+
+    def _suggest(self, trial: optuna.Trial) -> QuantPlan:
+        plan = self.space.suggest(trial, self.base_plan)
+        trial.set_user_attr("plan", plan.to_json())
+        trial.set_user_attr("plan_key", plan.key())
+        if "source" not in trial.user_attrs:
+            trial.set_user_attr("source", "sampler")
+        return plan
+
+    def _evaluate(self, plans: list[QuantPlan]) -> dict[str, dict]:
+        if not plans:
+            return {}
+        results = list(self.evaluator.evaluate(plans))
+        if len(results) != len(plans):
+            raise SearchError(f"the evaluator returned {len(results)} result(s) for {len(plans)} plan(s)")
+        out = {}
+        for plan, result in zip(plans, results):
+            if result.plan_key != plan.key():
+                raise SearchError(f"the evaluator returned a result for plan {result.plan_key} "
+                                  f"in the place of plan {plan.key()}; results must keep the plans' order")
+            out[plan.key()] = self._result_attrs(result)
+        return out
+
+    def _result_attrs(self, r: EvalResult) -> dict[str, Any]:
+        def finite(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else float(v)
+
+        status, error = r.status, r.error
+        if status == "ok":
+            bad = [n for n, v in (("metric", r.metric), ("drop", r.drop), ("latency_ms", r.latency_ms))
+                   if finite(v) is None]
+            if bad:
+                status, error = "failed", f"the evaluation returned no finite {', '.join(bad)}"
+        elif status != "failed":
+            status, error = "failed", f"unknown evaluation status {r.status!r}: {r.error}"
+        attrs = {"status": status, "metric": finite(r.metric), "drop": finite(r.drop),
+                 "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
+                 "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None}
+        if status == "ok":
+            drop = attrs["drop"]
+            attrs["constraint"] = 0.0 if within_budget(drop, self.max_drop) else drop - self.max_drop
+        return attrs
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, attrs: dict, reused: bool) -> TrialRecord:
+        for name in _RESULT_KEYS:
+            trial.set_user_attr(name, attrs[name])
+        trial.set_user_attr("reused", reused)
+        if attrs["status"] == "ok":
+            trial.set_constraint("drop", attrs["constraint"])  # Optuna 5: samplers read trial.constraints
+            frozen = study.tell(trial, attrs["latency_ms"])
+        else:
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        return self._record(frozen)
+
+    # -- reading the study back ------------------------------------------------------
+
+    def _plan_of(self, t: FrozenTrial) -> QuantPlan | None:
+        if "plan" in t.user_attrs:
+            return QuantPlan.from_json(t.user_attrs["plan"])
+        return self.space.from_params(t.params, self.base_plan) if t.params else None
+
+    def _results(self, study: optuna.Study) -> dict[str, dict]:
+        """Recorded results (not interrupted ones) by plan key, first trial wins."""
+        out: dict[str, dict] = {}
+        for t in study.get_trials(deepcopy=False, states=_DONE):
+            if t.user_attrs.get("status") in ("ok", "failed") and "plan_key" in t.user_attrs:
+                out.setdefault(t.user_attrs["plan_key"], {k: t.user_attrs.get(k) for k in _RESULT_KEYS})
+        return out
+
+    def _n_done(self, study: optuna.Study) -> int:
+        return sum(t.user_attrs.get("status") in ("ok", "failed")
+                   for t in study.get_trials(deepcopy=False, states=_DONE))
+
+    def _record(self, t: FrozenTrial) -> TrialRecord | None:
+        plan = self._plan_of(t)
+        if plan is None:
+            return None
+        a = t.user_attrs
+        status = a.get("status") if a.get("status") in ("ok", "failed") else "interrupted"
+        error = a.get("error") if status != "interrupted" else a.get("error") or _INTERRUPTED
+        feasible = status == "ok" and within_budget(a.get("drop"), self.max_drop)
+        return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
+                           a.get("latency_spread_ms"), status, error, feasible, a.get("source", "sampler"),
+                           bool(a.get("reused", False)), float(a.get("eval_seconds") or 0.0))
+
+    def _outcome(self, study: optuna.Study) -> DriverOutcome:
+        records = [r for t in study.get_trials(deepcopy=False, states=_DONE) if (r := self._record(t))]
+        feasible = [r for r in records if r.feasible]
+        if feasible:
+            best = min(feasible, key=lambda r: (r.latency_ms, r.number))
+            logger.info("best: trial %d, %.3f ms, drop %.5f", best.number, best.latency_ms, best.drop)
+            return DriverOutcome(best, "met", records, self.study_name, self.max_drop)
+        ok = [r for r in records if r.status == "ok"]
+        best = min(ok, key=lambda r: (r.drop, r.number), default=None)
+        logger.warning("no trial of %d met max_drop=%g; reporting the smallest drop (%s)",
+                       len(records), self.max_drop, None if best is None else best.drop)
+        return DriverOutcome(best, "budget not met", records, self.study_name, self.max_drop)
+
+
+__all__ = ["SAMPLERS", "TrialRecord", "DriverOutcome", "SearchDriver", "open_storage", "pareto_front"]

@@ -1,0 +1,105 @@
+"""The latency-vs-accuracy picture of a search.
+
+Figures are built with :class:`matplotlib.figure.Figure` on the Agg canvas, so
+nothing depends on a display or on pyplot's global state; notebooks still show
+the returned figure.
+
+Example:
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"], "feasible": [True, False],
+    ...                       "latency_ms": [2.0, 1.0], "metric": [0.9, 0.7], "drop": [0.0, 0.2]})
+    >>> fig = plot_pareto(frame, frame.iloc[:1], max_drop=0.01)
+    >>> fig.axes[0].get_xlabel()
+    'latency (ms, median)'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rayq.core.accuracy import check_drop_type
+
+logger = logging.getLogger(__name__)
+
+
+def _fp32_from_frame(ok: pd.DataFrame, drop_type: str) -> float | None:
+    """Recover the FP32 metric from any ok row (metric and drop determine it)."""
+    for metric, drop in zip(ok["metric"], ok["drop"]):
+        if math.isfinite(metric) and math.isfinite(drop):
+            if drop_type == "absolute":
+                return float(metric + drop)
+            if drop != 1.0:
+                return float(metric / (1.0 - drop))
+    return None
+
+
+def _budget_metric(fp32: float, max_drop: float, drop_type: str) -> float:
+    return fp32 - max_drop if drop_type == "absolute" else fp32 - abs(fp32) * max_drop
+
+
+def plot_pareto(
+    frame: pd.DataFrame,
+    pareto: pd.DataFrame,
+    *,
+    max_drop: float,
+    fp32_metric: float | None = None,
+    drop_type: str = "absolute",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Scatter latency vs. metric, with the Pareto front and the accuracy budget.
+
+    Args:
+        frame: A trials frame (``DriverOutcome.trials_frame()``); rows whose
+            ``status`` is not ``"ok"`` are left out.
+        pareto: The Pareto rows (``DriverOutcome.pareto()``), drawn as a step line.
+        max_drop: The budget; drawn as a horizontal line at the lowest
+            acceptable metric.
+        fp32_metric: The FP32 metric; when None it is recovered from the
+            frame's metric and drop columns.
+        drop_type: ``"absolute"`` or ``"relative"`` (how ``drop`` was computed).
+        path: Where to save a PNG (optional).
+
+    Returns:
+        The figure.
+
+    Example:
+        See the module docstring.
+    """
+    check_drop_type(drop_type)
+    ok = frame[frame["status"] == "ok"]
+    feasible = ok["feasible"].astype(bool)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter(ok.loc[~feasible, "latency_ms"], ok.loc[~feasible, "metric"], c="lightgrey",
+               edgecolors="grey", label="over budget", zorder=2)
+    ax.scatter(ok.loc[feasible, "latency_ms"], ok.loc[feasible, "metric"], c="tab:blue",
+               label="within budget", zorder=3)
+    if len(pareto):
+        front = pareto.sort_values("latency_ms")
+        ax.step(front["latency_ms"], front["metric"], where="post", c="tab:orange", label="Pareto front", zorder=4)
+    fp32 = fp32_metric if fp32_metric is not None else _fp32_from_frame(ok, drop_type)
+    if fp32 is not None:
+        ax.axhline(fp32, c="black", ls=":", lw=1, label="FP32")
+        ax.axhline(_budget_metric(fp32, max_drop, drop_type), c="tab:red", ls="--", lw=1,
+                   label=f"budget (max_drop={max_drop:g}, {drop_type})")
+    else:
+        logger.info("no FP32 metric known; the budget line is not drawn")
+    ax.set_xlabel("latency (ms, median)")
+    ax.set_ylabel("metric (higher is better)")
+    ax.set_title("latency vs. accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    if path is not None:
+        fig.savefig(os.fspath(path), format="png", dpi=120)
+        logger.info("saved Pareto plot to %s", os.fspath(path))
+    return fig
+
+
+__all__ = ["plot_pareto"]

@@ -1,0 +1,111 @@
+"""A model and its calibration data, prepared once: the shared front half of
+``quantize``, ``quantize_with_accuracy_control`` and ``search``.
+
+It loads the model through its backend, turns the dataset into fixed batches
+(batch k = items [k*bs, (k+1)*bs), independent of the worker count), and returns
+calibration statistics from the Parquet cache or by calibrating -- in this process
+(``num_workers=1``) or sharded over Ray actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayq.backends import detect
+from rayq.core.plan import QuantPlan
+from rayq.core.stats import StatisticSet
+from rayq.pipeline import cache, calibrate, data
+from rayq.pipeline.build import placement_for
+from rayq.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationInfo:
+    """How the statistics were obtained (for summaries and tests)."""
+
+    cached: bool
+    seconds: float
+    num_workers: int
+    node_ids: list[str] = field(default_factory=list)
+    cache_key: str = ""
+
+
+class ModelSession:
+    """A loaded model with its calibration batches.
+
+    Args:
+        model: ``onnx.ModelProto``, ``openvino.Model`` or a path.
+        calibration_dataset: Anything :func:`rayq.pipeline.data.as_dataset` accepts.
+        subset_size: Number of items used (the first ones).
+        batch_size: Calibration batch size (None: automatic).
+    """
+
+    def __init__(self, model: Any, calibration_dataset: Any, *, subset_size: int = 300,
+                 batch_size: int | None = None) -> None:
+        self.backend = detect(model)
+        self.model = self.backend.load(model)
+        self.graph = self.backend.graph(self.model)
+        self.specs = self.backend.inputs(self.model)
+        items = data.take(data.as_dataset(calibration_dataset), subset_size)
+        feeds = [data.to_feeds(item, self.specs) for item in items]
+        self.num_items = len(feeds)
+        self.batch_size = data.batch_size_for(feeds, self.specs, batch_size)
+        self.batches = list(enumerate(data.batches(feeds, self.specs, self.batch_size)))
+        self.data_fingerprint = data.fingerprint(feeds)
+        self.model_fingerprint = self.backend.fingerprint(self.model)
+        self.info: CalibrationInfo | None = None
+
+    def statistics(self, plan: QuantPlan, *, histograms: bool, num_workers: int | None = None,
+                   use_cache: bool = True, cache_dir: str | None = None,
+                   worker_resources: dict | None = None) -> StatisticSet:
+        """Statistics for every plan sharing ``plan``'s model type and ignored scope."""
+        spec = calibrate.stat_spec(self.graph, placement_for(self.graph, plan), histograms=histograms,
+                                   smooth_quant=plan.model_type == "transformer")
+        key = cache.cache_key(self.model_fingerprint, self.data_fingerprint, spec.key_material(), self.batch_size)
+        start = time.perf_counter()
+        if use_cache:
+            stats = cache.load(key, cache_dir)
+            if stats is not None:
+                self.info = CalibrationInfo(True, time.perf_counter() - start, 0, cache_key=key)
+                log.info("calibration statistics loaded from cache (%s)", key)
+                return stats
+        passes = 2 if spec.histogram_tensors else 1
+        with Progress("calibration", total=len(self.batches) * passes) as bar:
+            workers = _resolve_workers(num_workers, len(self.batches))
+            node_ids: list[str] = []
+            if workers == 1:
+                stats = calibrate.collect_local(self.backend, self.model, self.batches, spec, on_batch=bar.update)
+            else:
+                from rayq.distributed.collect import collect_distributed
+
+                stats, node_ids = collect_distributed(
+                    self.backend.name, self.backend.to_bytes(self.model), self.batches, spec,
+                    num_workers=workers, resources=worker_resources, on_batch=bar.update)
+        self.info = CalibrationInfo(False, time.perf_counter() - start, workers, node_ids, key)
+        if use_cache:
+            try:
+                cache.save(stats, key, cache_dir)
+            except OSError as exc:
+                log.warning("could not write the statistics cache: %s", exc)
+        return stats
+
+
+def _resolve_workers(num_workers: int | None, num_batches: int) -> int:
+    """1 means in-process; otherwise the number of Ray actors (never more than batches)."""
+    if num_workers == 1 or num_batches == 1:
+        return 1
+    from rayq.distributed import cluster
+
+    cluster.init()
+    workers = num_workers or cluster.cluster_cpus()
+    return max(1, min(workers, num_batches))
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
