@@ -73,7 +73,7 @@ def estimate_range(
         quantile: Tail mass cut on each side by ``quantile``, in ``[0, 0.5)``.
 
     Returns:
-        ``(lo, hi)`` with ``lo <= 0 < hi``.
+        ``(lo, hi)`` with ``lo <= 0 <= hi`` and ``hi - lo > 0``.
 
     Raises:
         ConfigError: unknown estimator, ``num_levels < 2`` or bad ``quantile``.

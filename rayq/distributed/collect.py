@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from rayq.backends import get_backend
 from rayq.core.stats import StatisticSet
+from rayq.distributed.cluster import cluster_cpus
 from rayq.errors import ClusterError, RayqError
 from rayq.pipeline import calibrate
 from rayq.pipeline.calibrate import Batch, StatSpec
@@ -15,6 +16,8 @@ from rayq.pipeline.calibrate import Batch, StatSpec
 log = logging.getLogger(__name__)
 
 CHUNK = 4  # batches per task: the granularity of progress and of retries
+PLACEMENT_TIMEOUT_S = 120
+MAX_RETRIES = 2
 
 
 class CalibrationWorker:
@@ -46,50 +49,81 @@ def _shards(batches: Sequence[Batch], workers: int) -> list[list[Batch]]:
 def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence[Batch], spec: StatSpec, *,
                         num_workers: int, resources: dict | None = None,
                         on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, list[str]]:
-    """Calibrate over ``num_workers`` actors; returns merged statistics and actor node ids."""
+    """Calibrate over ``num_workers`` actors; returns merged statistics and actor node ids.
+
+    A chunk whose actor dies is re-run on a fresh actor (up to ``MAX_RETRIES`` times);
+    partial statistics already merged are kept.
+    """
     import ray
 
-    res = dict(resources or {"num_cpus": 1})
+    res = dict(resources or {"num_cpus": min(1.0, cluster_cpus() / num_workers)})
     threads = max(1, int(res.get("num_cpus", 1)))
-    actor_cls = ray.remote(max_restarts=2, max_task_retries=2, **res)(CalibrationWorker)
+    actor_cls = ray.remote(**res)(CalibrationWorker)
+    model_ref = ray.put(model_bytes)
+
+    def new_actor():
+        return actor_cls.remote(backend_name, model_ref, spec, threads)
+
     shards = _shards(batches, num_workers)
-    actors = [actor_cls.remote(backend_name, model_bytes, spec, threads) for _ in shards]
+    pool = _Pool([new_actor() for _ in shards], new_actor)
     try:
-        node_ids = ray.get([a.node_id.remote() for a in actors])
-        stats = _run_pass(actors, shards, None, on_batch)
+        try:
+            node_ids = ray.get([a.node_id.remote() for a in pool.actors], timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise ClusterError(
+                f"could not place {len(shards)} calibration actors with {res} within {PLACEMENT_TIMEOUT_S}s; "
+                f"cluster resources: {ray.cluster_resources()}") from exc
+        stats = pool.run_pass(shards, None, on_batch)
         if spec.histogram_tensors:
             edges = calibrate.histogram_edges(stats, spec)
-            calibrate.attach_histograms(stats, _run_pass(actors, shards, edges, on_batch))
+            calibrate.attach_histograms(stats, pool.run_pass(shards, edges, on_batch))
         return stats, node_ids
     finally:
-        for a in actors:
+        pool.kill()
+
+
+class _Pool:
+    """Actors plus the bookkeeping to re-run a dead actor's chunk on a replacement."""
+
+    def __init__(self, actors: list, factory: Callable) -> None:
+        self.actors = actors
+        self.factory = factory
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
             ray.kill(a)
 
+    def run_pass(self, shards, edges, on_batch) -> StatisticSet:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
 
-def _run_pass(actors, shards, edges, on_batch) -> StatisticSet:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    pending = {}
-    for actor, shard in zip(actors, shards):
-        for i in range(0, len(shard), CHUNK):
-            chunk = shard[i:i + CHUNK]
-            pending[actor.run.remote(chunk, edges)] = len(chunk)
-    merged = StatisticSet()
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        ref = done[0]
-        n = pending.pop(ref)
-        try:
-            part = StatisticSet.from_arrays(ray.get(ref))
-        except RayTaskError as exc:
-            cause = exc.cause if isinstance(getattr(exc, "cause", None), RayqError) else None
-            if cause is not None:
-                raise cause from None
-            raise ClusterError(f"a calibration worker failed: {exc}") from exc
-        except RayActorError as exc:
-            raise ClusterError(f"a calibration worker died and could not be restarted: {exc}") from exc
-        merged = merged.merge(part)
-        if on_batch is not None:
-            on_batch(n)
-    return merged
+        pending = {}
+        for idx, shard in enumerate(shards):
+            for i in range(0, len(shard), CHUNK):
+                chunk = shard[i:i + CHUNK]
+                pending[self.actors[idx].run.remote(chunk, edges)] = (idx, chunk, 0)
+        merged = StatisticSet()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            idx, chunk, tries = pending.pop(done[0])
+            try:
+                part = StatisticSet.from_arrays(ray.get(done[0]))
+            except RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, RayqError):
+                    raise cause from None
+                raise ClusterError(f"a calibration worker failed: {exc}") from exc
+            except RayActorError as exc:
+                if tries >= MAX_RETRIES:
+                    raise ClusterError(f"calibration worker died {tries + 1} times on batches "
+                                       f"{[b for b, _ in chunk]}: {exc}") from exc
+                log.warning("calibration worker died; re-running %d batches on a new worker", len(chunk))
+                self.actors[idx] = self.factory()
+                pending[self.actors[idx].run.remote(chunk, edges)] = (idx, chunk, tries + 1)
+                continue
+            merged = merged.merge(part)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return merged

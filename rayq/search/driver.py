@@ -29,160 +29,29 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from rayq.core.accuracy import within_budget
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from rayq.search.evaluator import EvalResult, Evaluator
+from rayq.search.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
 from rayq.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2")
-DEFAULT_STUDY_NAME = "rayq-search"
 _RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _INTERRUPTED = "interrupted: the driver stopped before the trial finished"
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One finished trial, as the driver reports it.
-
-    ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
-    ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
-
-    Example:
-        >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
-        True
-    """
-
-    number: int
-    plan: QuantPlan
-    metric: float | None
-    drop: float | None
-    latency_ms: float | None
-    latency_spread_ms: float | None
-    status: str
-    error: str | None
-    feasible: bool
-    source: str
-    reused: bool = False
-    eval_seconds: float = 0.0
-
-
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _record_row(r: TrialRecord) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
-        "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
-        "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
-        "error": r.error, "eval_seconds": float(r.eval_seconds), "plan_key": r.plan.key(),
-    }
-    plan = r.plan.to_dict()
-    plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
-    plan["ignored_scope"] = json.dumps(plan["ignored_scope"], sort_keys=True)
-    plan["fallback"] = json.dumps(plan["fallback"])
-    row.update(plan)
-    row["n_fallback"] = len(r.plan.fallback)
-    row["plan_json"] = r.plan.to_json()
-    return row
-
-
-@dataclass(frozen=True)
-class DriverOutcome:
-    """What a search returns.
-
-    Args:
-        best: With ``status="met"``, the feasible trial with the lowest latency
-            (ties: lowest trial number); otherwise the ok trial with the
-            smallest drop (None when no trial succeeded).
-        status: ``"met"`` or ``"budget not met"``.
-        records: Every finished trial of the study, by trial number.
-        study_name: The Optuna study name.
-        max_drop: The budget the records were judged against.
-
-    Example:
-        >>> DriverOutcome(None, "budget not met", [], "s", 0.01).trials_frame().empty
-        True
-    """
-
-    best: TrialRecord | None
-    status: str
-    records: list[TrialRecord] = field(default_factory=list)
-    study_name: str = DEFAULT_STUDY_NAME
-    max_drop: float = 0.0
-
-    def trials_frame(self) -> pd.DataFrame:
-        """One row per trial with the plan's fields flattened.
-
-        ``fallback`` and ``ignored_scope`` are JSON strings, ``plan_json`` is the
-        whole plan (``QuantPlan.from_json``), None numbers are NaN. The frame
-        round-trips through ``to_parquet``/``pd.read_parquet``.
-
-        Example:
-            >>> rec = TrialRecord(3, QuantPlan(fallback=("b", "a")), 0.9, 0.0, 1.0, None, "ok", None, True, "seed")
-            >>> DriverOutcome(rec, "met", [rec]).trials_frame().loc[0, "fallback"]
-            '["a", "b"]'
-        """
-        rows = [_record_row(r) for r in self.records]
-        if not rows:
-            return pd.DataFrame(columns=list(_record_row(_EMPTY_RECORD)))
-        return pd.DataFrame(rows)
-
-    def pareto(self) -> pd.DataFrame:
-        """The ok trials not dominated on (latency_ms: lower, metric: higher).
-
-        Exact duplicates keep the lowest trial number. Sorted by latency.
-
-        Example:
-            >>> recs = [TrialRecord(i, QuantPlan(), m, 0.0, lat, None, "ok", None, True, "sampler")
-            ...         for i, (lat, m) in enumerate([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)])]
-            >>> DriverOutcome(None, "met", recs).pareto()["number"].tolist()
-            [0, 2]
-        """
-        return pareto_front(self.trials_frame())
-
-
-_EMPTY_RECORD = TrialRecord(0, QuantPlan(), None, None, None, None, "ok", None, False, "sampler")
-
-
-def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of a trials frame not dominated on (latency_ms min, metric max).
-
-    Only rows with ``status == "ok"`` take part; exact duplicates keep the
-    lowest ``number``.
-
-    Example:
-        >>> f = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"],
-        ...                   "latency_ms": [1.0, 1.0], "metric": [0.8, 0.9]})
-        >>> pareto_front(f)["number"].tolist()
-        [1]
-    """
-    ok = frame[frame["status"] == "ok"].sort_values(
-        ["latency_ms", "metric", "number"], ascending=[True, False, True], kind="mergesort")
-    keep, best = [], -math.inf
-    for index, metric in zip(ok.index, ok["metric"]):
-        if metric > best:
-            keep.append(index)
-            best = metric
-    return ok.loc[keep].reset_index(drop=True)
 
 
 def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:

@@ -152,7 +152,7 @@ def test_every_range_contains_zero_and_has_the_mode_shape(data, x):
     estimator = data.draw(st.sampled_from(ESTIMATORS))
     symmetric, unsigned = data.draw(st.sampled_from(MODES))
     lo, hi = estimate_range(s, estimator, symmetric=symmetric, unsigned=unsigned, num_levels=256)
-    assert np.isfinite([lo, hi]).all() and lo <= 0.0 < hi
+    assert np.isfinite([lo, hi]).all() and lo <= 0.0 <= hi and hi - lo >= MIN_WIDTH_REL
     if symmetric:
         assert lo == (0.0 if unsigned else -hi)
     if unsigned:

@@ -206,6 +206,8 @@ def _tensor_batches(draw, channels=3, raw=True):
             "max": x.max(axis=(1, 2)),
             "ch_mean": (x.astype(np.float64).mean(axis=2)).astype(np.float32),
             "ch_absmax": np.abs(x).max(axis=2),
+            "ch_min": x.min(axis=2),
+            "ch_max": x.max(axis=2),
         }
         if raw:
             red["raw"] = x
@@ -228,6 +230,8 @@ def test_tensor_statistics_sharded_equals_single_pass(data, batches):
     assert single.n == sum(len(b["min"]) for b in batches)
     mins = np.concatenate([b["min"] for b in batches]).astype(np.float64)
     assert single.min == mins.min() and single.mean_min == math.fsum(mins) / single.n
+    allx = np.concatenate([b["ch_min"] for b in batches]).astype(np.float64)
+    assert np.array_equal(single.channel_min, allx.min(axis=0) + 0.0)
     assert single.channel_mean.shape == (3,) and single.hist.total == sum(b["raw"].size for b in batches)
 
 

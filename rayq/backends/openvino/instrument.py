@@ -73,8 +73,7 @@ def instrument(model: ov.Model, requests: Sequence[StatRequest]) -> tuple[ov.Mod
         BackendError: unknown tensor or reduction, dynamic rank, or a channel axis that
             is the batch axis.
     """
-    clone = model.clone()
-    idx = reader.index(clone)
+    clone, idx = reader.cloned(model)
     dynamic, static = _batch_dims(clone)
     results, keys = [], []
     for req in requests:

@@ -97,6 +97,11 @@ class Index:
         """rayq tensor name read by input ``index`` of ``node``."""
         return self.name_of(node.input_value(index))
 
+    def current_source(self, node: Any, index: int) -> str | None:
+        """Like :meth:`source`, but None when the input now reads a node added later."""
+        port = node.input_value(index)
+        return self.port_name.get((port.get_node().get_name(), port.get_index()))
+
     def node(self, name: str) -> Any:
         if name not in self.nodes:
             raise BackendError(f"the model has no node named {name!r}")
@@ -145,6 +150,16 @@ def index(model: ov.Model) -> Index:
             if folded:
                 constant.add(name)
     return Index(ops, node_name, nodes, ports, port_name, constant)
+
+
+def cloned(model: ov.Model) -> tuple[ov.Model, Index]:
+    """A clone of ``model`` and its :class:`Index`, with the same names as ``model``'s."""
+    clone = model.clone()
+    idx = index(clone)
+    if [op.get_friendly_name() for op in model.get_ordered_ops()] != [
+            op.get_friendly_name() for op in idx.ops]:
+        raise BackendError("OpenVINO reordered the ops of a cloned model; node names would not match")
+    return clone, idx
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:

@@ -37,8 +37,7 @@ def apply_recipe(model: ov.Model, recipe: Recipe) -> ov.Model:
     Example:
         >>> quantized = apply_recipe(model, recipe)       # doctest: +SKIP
     """
-    clone = model.clone()
-    idx = reader.index(clone)
+    clone, idx = reader.cloned(model)
     view = reader.build_view(clone, idx)
     for wq in recipe.weights:
         _weight(idx, wq)
@@ -57,7 +56,9 @@ def _edge_input(idx: reader.Index, node: str, index: int, tensor: str) -> Any:
     op = idx.node(node)
     if not 0 <= index < op.get_input_size():
         raise BackendError(f"node {node!r} has no input {index}")
-    source = idx.source(op, index)
+    source = idx.current_source(op, index)
+    if source is None:
+        raise BackendError(f"input {index} of node {node!r} is quantized twice by the recipe")
     if source != tensor:
         raise BackendError(f"input {index} of node {node!r} reads {source!r}, not {tensor!r}")
     return op.input(index)
