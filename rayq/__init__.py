@@ -5,6 +5,7 @@ The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Datase
 """
 
 from rayq.api import quantize
+from rayq.search_api import quantize_with_accuracy_control, search
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope, Subgraph
 from rayq.distributed.cluster import init, shutdown
@@ -18,11 +19,15 @@ from rayq.errors import (
     SearchError,
 )
 from rayq.pipeline.data import Dataset
+from rayq.search.result import SearchResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "quantize",
+    "quantize_with_accuracy_control",
+    "search",
+    "SearchResult",
     "Dataset",
     "IgnoredScope",
     "Subgraph",

@@ -21,7 +21,7 @@ from rayq.core.graph import GraphView, NodeInfo
 ACTIVATION = "activation"
 WEIGHT = "weight"
 
-_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.AVG_POOL})
+_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.CONCAT, g.AVG_POOL})
 _TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
 _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
@@ -108,6 +108,8 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> st
         return "no float inputs"
     if node.meta == g.ADD and len(acts) < 2:
         return "Add with a constant operand stays FP32"
+    if node.meta == g.CONCAT and len(acts) != len([t for t in node.inputs if t]):
+        return "Concat with a non-float or constant operand stays FP32"
     if node.meta in g.WEIGHTED and node.weight_input is None and len(acts) < 2:
         return "weight is not a constant"
     return None

@@ -176,9 +176,31 @@ def _fast_bias(graph, node, stats, dw, smooth_scale) -> np.ndarray | None:
     return (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(np.float32)
 
 
+def _weighted_levels(graph: GraphView, names) -> dict[str, int]:
+    """Depth of each weighted node in ``names``: the number of weighted nodes of ``names``
+    on the longest path from the inputs to it (0 for the first layers)."""
+    depth: dict[str, int] = {}
+    levels: dict[str, int] = {}
+    for node in graph.nodes:  # topological order
+        d = max((depth.get(t, 0) for t in node.inputs if t), default=0)
+        if node.name in names:
+            levels[node.name] = d
+            d += 1
+        for out in node.outputs:
+            depth[out] = d
+    return levels
+
+
 def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats: StatisticSet,
                 plan: QuantPlan, batches: Sequence[Batch], num_threads: int) -> Recipe:
-    """Iteratively cancel the per-channel mean output error measured on calibration data."""
+    """Cancel the per-channel mean output error measured on calibration data.
+
+    Layers are corrected level by level (a level's inputs only depend on earlier
+    levels), each with every upstream correction already in place: correcting all
+    layers at once over-corrects the deep ones, whose measured error partly comes
+    from upstream errors that the same step removes. ``bias_correction_iterations``
+    sweeps over the levels are made.
+    """
     targets = {}
     for w in recipe.weights:
         node = graph.node(w.node)
@@ -186,17 +208,21 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
         if out is not None and out in stats and stats[out].channel_mean is not None:
             targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
-    requests = [StatRequest(out, ("ch_mean",), axis) for out, axis, _ in targets.values()]
+    levels = _weighted_levels(graph, set(targets))
+    order = [[n for n in targets if levels[n] == lv] for lv in sorted(set(levels.values()))]
     for _ in range(plan.bias_correction_iterations):
-        current = Recipe(recipe.activations, recipe.weights,
-                         {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops)
-        measured = StatisticSet()
-        runner = backend.stat_runner(backend.apply(model, current), requests, num_threads=num_threads)
-        for batch_id, feeds in batches:
-            measured.update(batch_id, runner(feeds))
-        for n, (out, _, fp32_mean) in targets.items():
-            err = fp32_mean - measured[out].channel_mean
-            biases[n] = biases[n] + err.reshape(biases[n].shape)
+        for names in order:
+            current = Recipe(recipe.activations, recipe.weights,
+                             {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops)
+            requests = [StatRequest(targets[n][0], ("ch_mean",), targets[n][1]) for n in names]
+            measured = StatisticSet()
+            runner = backend.stat_runner(backend.apply(model, current), requests, num_threads=num_threads)
+            for batch_id, feeds in batches:
+                measured.update(batch_id, runner(feeds))
+            for n in names:
+                out, _, fp32_mean = targets[n]
+                err = fp32_mean - measured[out].channel_mean
+                biases[n] = biases[n] + err.reshape(biases[n].shape)
     return Recipe(recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()},
                   recipe.fp32_ops)
 

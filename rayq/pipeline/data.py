@@ -103,6 +103,10 @@ def load_path(path: Path) -> list[Any]:
 
 
 def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a Parquet file or directory; list columns become ``[rows, *shape]``
+    arrays, the shape taken from the ``rayq.shape.<column>`` schema metadata
+    (``"1,8,8"``), else ``[rows, length]``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(str(path))
@@ -110,15 +114,26 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
     columns = {}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
-        shape_note = meta.get(f"rayq.shape.{name}")
-        if hasattr(col, "flatten") and col.type.num_fields == 0 and str(col.type).startswith(("list", "fixed_size_list")):
-            values = np.asarray(col.flatten().to_numpy(zero_copy_only=False))
-            rows = len(col)
-            shape = tuple(int(s) for s in shape_note.split(",")) if shape_note else (-1,)
-            columns[name] = values.reshape((rows, *shape))
-        else:
+        if not _is_list(pa, col.type):
             columns[name] = col.to_numpy(zero_copy_only=False)
+            continue
+        rows = len(col)
+        while _is_list(pa, col.type):
+            col = col.flatten()
+        values = np.asarray(col.to_numpy(zero_copy_only=False))
+        shape_note = meta.get(f"rayq.shape.{name}")
+        shape = tuple(int(s) for s in shape_note.split(",")) if shape_note else (-1,)
+        try:
+            columns[name] = values.reshape((rows, *shape))
+        except ValueError as exc:
+            raise DataError(f"Parquet column {name!r} of {str(path)!r}: {values.size} values do not fit "
+                            f"{rows} rows of shape {shape} (ragged rows, or a wrong 'rayq.shape.{name}' "
+                            f"metadata entry)") from exc
     return columns
+
+
+def _is_list(pa, dtype) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
 
 
 def _split_columns(columns: dict[str, np.ndarray], where: str) -> list[Any]:

@@ -50,6 +50,13 @@ class CompiledModel:
     def infer(self, inputs: Any) -> list[np.ndarray]:
         return self(inputs)
 
+    def __getattr__(self, name: str) -> Any:
+        # NNCF passes the model object itself to ONNX validation functions
+        # (``model.SerializeToString()``): expose its attributes too.
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
 
 def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
     """Call ``fn(compiled, data)`` and normalise its result.

@@ -18,6 +18,10 @@ Example:
     2
 """
 
+import optuna as _optuna
+
+_optuna.logging.set_verbosity(_optuna.logging.WARNING)
+
 from rayq.search.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
 from rayq.search.evaluator import EvalResult, Evaluator
 from rayq.search.plot import plot_pareto

@@ -183,7 +183,7 @@ class SearchDriver:
                                         study_name=self.study_name, direction="minimize", load_if_exists=True)
         except Exception as exc:  # optuna/storage errors: translate at the boundary
             raise SearchError(f"cannot open study {self.study_name!r}: {exc}") from exc
-        expected = {"max_drop": self.max_drop, "space": self.space.fingerprint(), "base_plan": self.base_plan.key()}
+        expected = {"max_drop": self.max_drop, "space": self.space.choices_fingerprint(), "base_plan": self.base_plan.key()}
         recorded = study.user_attrs
         for name, value in expected.items():
             if name not in recorded:

@@ -118,6 +118,15 @@ class SearchSpace:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def choices_fingerprint(self) -> str:
+        """Hash of the choices only (not the ranking order): what a resumed study must
+        share. The ranking is stored by the search itself; recorded trials keep their
+        full plan, so they never depend on the ranking they were sampled with."""
+        data = self.to_dict()
+        data["ranking"] = sorted(data["ranking"])
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def suggest(self, trial: optuna.Trial, base: QuantPlan) -> QuantPlan:
         """Ask ``trial`` for every dimension and build the plan.
 

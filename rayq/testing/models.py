@@ -29,7 +29,7 @@ OPSET = 17
 IR_VERSION = 8
 BATCH = "batch"
 
-__all__ = ["mlp", "random_inputs", "resnet50_like", "resnet_like", "transformer_block"]
+__all__ = ["labeled_inputs", "mlp", "random_inputs", "resnet50_like", "resnet_like", "sensitive_mlp", "transformer_block"]
 
 
 class _Graph:
@@ -445,3 +445,59 @@ def random_inputs(model: onnx.ModelProto, n: int, *, batch: int = 1, seed: int =
     shapes = {vi.name: _shape(vi, batch, dims or {}) for vi in infos}
     return [{vi.name: _feed(model, vi, shapes[vi.name], rng) for vi in infos}
             for _ in range(n)]
+
+
+def sensitive_mlp(*, in_features: int = 16, hidden: int = 32, num_classes: int = 4, outlier_gain: float = 300.0,
+                  seed: int = 0) -> onnx.ModelProto:
+    """An MLP whose second layer is genuinely sensitive to INT8 activations.
+
+    Hidden channel 0 is scaled up by ``outlier_gain`` in the first Gemm and scaled
+    down by the same factor in the second, so the FP32 function is unchanged (ReLU
+    commutes with positive scaling) while one outlier channel dominates the
+    per-tensor activation range of the second Gemm's input: quantizing that input
+    crushes the other channels, and keeping the second Gemm in FP32 repairs it.
+    This is the honest "one layer must stay FP32" case for accuracy-control tests.
+
+    Example:
+        >>> m = sensitive_mlp()
+        >>> [n.op_type for n in m.graph.node]
+        ['Gemm', 'Relu', 'Gemm']
+    """
+    model = mlp(in_features=in_features, hidden=(hidden,), num_classes=num_classes, op="Gemm", seed=seed)
+    inits = {t.name: t for t in model.graph.initializer}
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+
+    def scale(node: onnx.NodeProto, index: int, factor: float, row: bool) -> None:
+        tensor = inits[node.input[index]]
+        value = numpy_helper.to_array(tensor).copy()
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        if index == 2:
+            value[0] *= factor
+        elif row != trans_b:  # the output channel of the first Gemm / input channel of the second
+            value[:, 0] *= factor
+        else:
+            value[0, :] *= factor
+        tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor.name))
+
+    scale(gemms[0], 1, outlier_gain, row=False)
+    scale(gemms[0], 2, outlier_gain, row=False)
+    scale(gemms[1], 1, 1.0 / outlier_gain, row=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def labeled_inputs(model: onnx.ModelProto, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random inputs and the FP32 model's own argmax labels (FP32 accuracy is 1.0).
+
+    Example:
+        >>> x, y = labeled_inputs(sensitive_mlp(), 8)
+        >>> x.shape, y.shape
+        ((8, 16), (8,))
+    """
+    import onnxruntime as ort
+
+    name = model.graph.input[0].name
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = np.random.default_rng(seed).normal(size=(n, width)).astype(np.float32)
+    logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    return x, logits.argmax(axis=1).astype(np.int64)

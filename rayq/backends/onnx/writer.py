@@ -17,6 +17,8 @@ from rayq.core.recipe import ActivationQuant, Recipe, WeightQuant
 from rayq.errors import BackendError
 
 _PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
+#: Data-movement ops after which the quantized tensor is re-quantized (see ``requantize``).
+_REQUANTIZE_AFTER = {"Flatten"}
 
 
 class _Writer:
@@ -57,6 +59,20 @@ class _Writer:
         self.dq_params[dq] = p
         for e in a.edges:
             self.set_input(e.node, e.index, dq)
+            if self.nodes[e.node].op_type in _REQUANTIZE_AFTER:
+                self.requantize(self.nodes[e.node].output[0], scale, zp, p)
+
+    def requantize(self, tensor: str, scale: str, zp: str, p: QParams) -> None:
+        """Q/DQ again, with the same parameters, after a data-movement op that ONNX
+        Runtime does not move DequantizeLinear through (Flatten): lossless, since the
+        values are already on the grid, and it lets the consumer fuse (e.g. QGemm)."""
+        q = self.add("QuantizeLinear", [tensor, scale, zp], f"{tensor}/rayq_rq")
+        dq = self.add("DequantizeLinear", [q, scale, zp], f"{tensor}/rayq_rdq")
+        self.dq_params[dq] = p
+        for node in self.graph.node:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = dq
 
     def weight(self, w: WeightQuant) -> None:
         p = w.params

@@ -1,0 +1,1 @@
+"""Bundled examples (importable from the repository root, e.g. ``examples.digits.metric:accuracy``)."""

@@ -1,0 +1,1 @@
+"""The digits example: a small trained CNN with calibration and validation data."""

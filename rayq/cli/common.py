@@ -1,0 +1,200 @@
+"""Helpers shared by the subcommands: config from file + flags, output folders, Ray.
+
+These are the only places the CLI decides policy; subcommand modules stay small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rayq import config as rayq_config
+from rayq.errors import ConfigError, RayqError
+
+log = logging.getLogger("rayq.cli")
+
+#: Marks a flag the user did not give (``None`` can be a meaningful value).
+UNSET = object()
+
+
+class InputError(RayqError):
+    """Bad input detected by the CLI (unreadable model, unwritable output...): exit code 2."""
+
+
+def build_config(command: str, config_path: str | None, fields: Mapping[str, Any],
+                 nested: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+    """The frozen config of ``command`` from an optional YAML file plus flag values.
+
+    Args:
+        command: ``quantize``, ``search`` or ``sweep`` (a registered config class).
+        config_path: YAML file read with :func:`rayq.config.load`, or None.
+        fields: Top-level field -> value given on the command line; values equal to
+            :data:`UNSET` are ignored, ``None`` is an explicit "none" (e.g. no bias
+            correction) and overrides the file too.
+        nested: Field -> {sub-field: value} for dataclass-valued fields
+            (``advanced``, ``ignored_scope``); each given sub-field replaces the
+            file's, the other sub-fields are kept.
+
+    Returns:
+        The validated config object (flags win over the file).
+
+    Example:
+        >>> cfg = build_config("quantize", None, {"model": "m.onnx", "calibration": "c.npz",
+        ...                    "output": "out/m.onnx", "preset": UNSET},
+        ...                    {"advanced": {"overflow_fix": "disable"}})
+        >>> cfg.preset, cfg.advanced.overflow_fix
+        (None, 'disable')
+    """
+    given = {k: v for k, v in fields.items() if v is not UNSET}
+    if config_path is not None:
+        overrides = {k: v for k, v in given.items() if v is not None}
+        cfg = rayq_config.load(config_path, command=command, overrides=overrides)
+        explicit_none = {k: None for k, v in given.items() if v is None}
+        if explicit_none:  # rayq.config.load drops None overrides
+            cfg = _replace(cfg, explicit_none)
+    else:
+        cfg = rayq_config.from_dict(given, command=command)
+    changes = {}
+    for name, sub in (nested or {}).items():
+        sub = {k: v for k, v in sub.items() if v is not UNSET}
+        if sub:
+            changes[name] = _replace(getattr(cfg, name), sub)
+    return _replace(cfg, changes) if changes else cfg
+
+
+def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
+    try:
+        return replace(obj, **changes)
+    except TypeError as exc:  # an unknown field name
+        raise ConfigError(str(exc)) from exc
+
+
+def resolve_function(ref: str, name: str) -> Callable:
+    """Import a ``module:function`` reference, with the working directory importable.
+
+    Console scripts do not put the working directory on ``sys.path`` (``python -m``
+    does); references like ``examples.digits.metric:accuracy`` are meant relative to
+    the project folder, which is also the working directory of a Ray job.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    return rayq_config.resolve_reference(ref, name)
+
+
+def file_size(paths: list[str] | tuple[str, ...]) -> int:
+    """Total size in bytes of the files that exist among ``paths``."""
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+
+
+def mb(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+class OutputDir:
+    """An output folder checked before any work and written all-or-nothing.
+
+    :meth:`open` creates the folder (and parents) and a hidden staging folder inside
+    it, so an unwritable location fails before calibration starts. Files are written
+    into :attr:`staging` and moved into place by :meth:`commit` (``os.replace``, atomic
+    per file); on any exception the staging folder and the folders this run created
+    are removed, so a failed run leaves nothing half-written.
+
+    Example:
+        >>> with OutputDir.open(tmp) as out:                       # doctest: +SKIP
+        ...     (out.staging / "config.yaml").write_text("...")
+        ...     out.commit(["config.yaml"])
+    """
+
+    def __init__(self, directory: Path, staging: Path, created: list[Path]) -> None:
+        self.directory = directory
+        self.staging = staging
+        self._created = created
+        self.committed: list[str] = []
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> OutputDir:
+        directory = Path(directory)
+        created: list[Path] = []
+        try:
+            for parent in reversed([directory, *directory.parents]):
+                if not parent.exists():
+                    parent.mkdir()
+                    created.append(parent)
+            if not directory.is_dir():
+                raise NotADirectoryError(f"{str(directory)!r} is not a directory")
+            staging = Path(tempfile.mkdtemp(prefix=".rayq-staging-", dir=directory))
+        except OSError as exc:
+            _remove_empty(created)
+            reason = exc.strerror or str(exc)
+            raise InputError(f"cannot write to the output folder {str(directory)!r}: {reason}") from exc
+        return cls(directory, staging, created)
+
+    def target(self, name: str) -> Path:
+        """Where ``name`` lands after :meth:`commit`."""
+        return self.directory / name
+
+    def commit(self, names: list[str]) -> list[str]:
+        """Move the staged files ``names`` (relative to :attr:`staging`) into the folder."""
+        for name in names:
+            target = self.directory / name
+            if target.is_dir():
+                raise InputError(f"cannot write {str(target)!r}: a folder of that name exists")
+            os.replace(self.staging / name, target)
+            self.committed.append(str(target))
+        return [str(self.directory / n) for n in names]
+
+    def close(self, ok: bool) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if not ok:
+            for path in self.committed:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            _remove_empty(self._created)
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def ray_scope(address: str | None, needed: bool) -> Iterator[None]:
+    """Connect to ``address`` when Ray is ``needed``; shut down a Ray this scope started.
+
+    Without an address, ``rayq`` starts a local Ray on demand (or joins the cluster
+    of ``RAY_ADDRESS``, as inside ``ray job submit``). A Ray that was already
+    initialised (a notebook, a test fixture) is left running.
+    """
+    was_up = _ray_initialized()
+    if needed and address:
+        from rayq.distributed.cluster import init
+
+        init(address)
+    try:
+        yield
+    finally:
+        if not was_up and _ray_initialized():
+            from rayq.distributed.cluster import shutdown
+
+            shutdown()
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())

@@ -1,0 +1,146 @@
+"""Evaluating candidate plans: build, validate, time. The state an evaluator keeps.
+
+:class:`CandidateEvaluator` is a plain class: the Ray evaluator actors wrap it
+(``rayq.distributed.evaluator``) and the in-process search uses it directly, so
+both paths run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rayq.backends import get_backend
+from rayq.core.plan import QuantPlan
+from rayq.core.stats import StatisticSet
+from rayq.pipeline.build import build_quantized, placement_for
+from rayq.pipeline.calibrate import Batch
+from rayq.pipeline.evaluate import CompiledModel, ValidationFailed, output_nmse, run_validation
+from rayq.pipeline.latency import Latency, summarize, time_runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CandidateMetric:
+    """Metric of one plan: value, optional per-item values, and build/validate time."""
+
+    plan_key: str
+    value: float | None
+    per_item: np.ndarray | None
+    seconds: float
+    error: str | None = None
+
+
+class CandidateEvaluator:
+    """Builds plans from cached statistics and validates / times them.
+
+    Args:
+        backend_name: Registered backend of the model.
+        model: The FP32 model (backend object).
+        stats: Calibration statistics.
+        validation_items: Raw validation items (``Dataset.get_data()``), passed to
+            ``validation_fn`` like NNCF does.
+        validation_fn: ``fn(model, items) -> metric | (metric, per_item)``.
+        runtime: Runtime of validation and latency (``onnxruntime``/``openvino``).
+        device: ``CPU`` or ``GPU`` (ONNX Runtime CUDA provider when available).
+        latency_feeds: One batch used for latency measurement.
+        calibration_batches: Batches for the exact bias correction and output error.
+        threads: Threads for validation runs (0: runtime default).
+        latency_threads: Threads the latency measurement pins (0: runtime default).
+    """
+
+    def __init__(self, backend_name: str, model: Any, stats: StatisticSet, validation_items: Sequence[Any],
+                 validation_fn: Callable | None, *, runtime: str, device: str = "CPU",
+                 latency_feeds: dict[str, np.ndarray] | None = None,
+                 calibration_batches: Sequence[Batch] = (), threads: int = 0, latency_threads: int = 0,
+                 latency_repeats: int = 30) -> None:
+        self.backend = get_backend(backend_name)
+        self.model = model
+        self.graph = self.backend.graph(model)
+        self.stats = stats
+        self.items = list(validation_items)
+        self.fn = validation_fn
+        self.runtime, self.device = runtime, device
+        self.latency_feeds = latency_feeds
+        self.batches = list(calibration_batches)
+        self.threads, self.latency_threads, self.latency_repeats = threads, latency_threads, latency_repeats
+        self._placements: dict[tuple, Any] = {}
+        self._built: OrderedDict[str, Any] = OrderedDict()
+        self._reference: list | None = None
+
+    # -- building --------------------------------------------------------------------
+    def build(self, plan: QuantPlan) -> Any:
+        """The quantized model of ``plan`` (small LRU cache keyed by the plan hash)."""
+        key = plan.key()
+        if key in self._built:
+            self._built.move_to_end(key)
+            return self._built[key]
+        pkey = (plan.model_type, plan.ignored_scope)
+        if pkey not in self._placements:
+            self._placements[pkey] = placement_for(self.graph, plan)
+        model, _ = build_quantized(self.backend, self.model, self.graph, self.stats, plan,
+                                   placement=self._placements[pkey], batches=self.batches,
+                                   num_threads=self.threads)
+        self._built[key] = model
+        while len(self._built) > 4:
+            self._built.popitem(last=False)
+        return model
+
+    def compiled(self, model: Any, threads: int) -> CompiledModel:
+        run = self.backend.runner(model, runtime=self.runtime, device=self.device, num_threads=threads)
+        names = [s.name for s in self.backend.inputs(model)]
+        return CompiledModel(model, run, names, self.runtime)
+
+    # -- verbs -----------------------------------------------------------------------
+    def fp32_metric(self, indices: Sequence[int] | None = None) -> CandidateMetric:
+        return self._metric("fp32", self.model, indices)
+
+    def metric(self, plan: QuantPlan, indices: Sequence[int] | None = None) -> CandidateMetric:
+        """Validate ``plan`` on all items (or ``indices``); failures become an error string."""
+        start = time.perf_counter()
+        try:
+            model = self.build(plan)
+        except Exception as exc:  # a plan that cannot be built is a failed trial, not a crash
+            log.warning("building plan %s failed: %s", plan.key(), exc)
+            return CandidateMetric(plan.key(), None, None, time.perf_counter() - start,
+                                   f"build failed: {type(exc).__name__}: {exc}")
+        result = self._metric(plan.key(), model, indices)
+        return CandidateMetric(result.plan_key, result.value, result.per_item,
+                               time.perf_counter() - start, result.error)
+
+    def _metric(self, key: str, model: Any, indices: Sequence[int] | None) -> CandidateMetric:
+        start = time.perf_counter()
+        items = self.items if indices is None else [self.items[i] for i in indices]
+        try:
+            compiled = self.compiled(model, self.threads)
+            m = run_validation(self.fn, compiled, items)
+        except ValidationFailed as exc:
+            return CandidateMetric(key, None, None, time.perf_counter() - start, str(exc))
+        return CandidateMetric(key, m.value, m.per_item, time.perf_counter() - start)
+
+    def output_error(self, plan: QuantPlan | None, max_batches: int = 4) -> float:
+        """NMSE of the plan's outputs vs FP32 on the first calibration batches."""
+        feeds = [f for _, f in self.batches[:max_batches]]
+        if self._reference is None:
+            ref = self.backend.runner(self.model, runtime=self.runtime, num_threads=self.threads)
+            self._reference = [ref(f) for f in feeds]
+        model = self.model if plan is None else self.build(plan)
+        run = self.backend.runner(model, runtime=self.runtime, num_threads=self.threads)
+        outs = [run(f) for f in feeds]
+        return float(np.mean([output_nmse(r, o) for r, o in zip(self._reference, outs)]))
+
+    def latency(self, plan: QuantPlan | None) -> Latency:
+        """Measured latency of ``plan`` (None: the FP32 model) on one batch."""
+        model = self.model if plan is None else self.build(plan)
+        run = self.backend.runner(model, runtime=self.runtime, device=self.device,
+                                  num_threads=self.latency_threads)
+        feeds = self.latency_feeds if self.latency_feeds is not None else self.batches[0][1]
+        times = time_runner(run, feeds, warmup=5, repeats=self.latency_repeats, min_seconds=0.2)
+        return summarize(times, self.runtime, self.latency_threads)

@@ -1,0 +1,224 @@
+"""The accuracy-controlled search: rank fallback groups, try candidate sets, explore
+with Optuna, and pick the fastest *measured* plan within the budget.
+
+It depends on an evaluator *pool* (``map_metric``, ``map_output_error``,
+``map_latency``), not on Ray: the Ray pool and the in-process pool both fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+
+from rayq.core.accuracy import compute_drop, within_budget
+from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
+from rayq.core.plan import QuantPlan
+from rayq.errors import SearchError
+from rayq.search.driver import SearchDriver, open_storage
+from rayq.search.evaluator import EvalResult, TrialRecord
+from rayq.search.result import LATENCY_TIE_BAND
+from rayq.search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+RANKING_ATTR = "rayq.ranking"
+
+
+class Pool(Protocol):
+    size: int
+
+    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list: ...
+    def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]: ...
+    def map_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Knobs of one search (see :func:`rayq.search` for their meaning)."""
+
+    max_drop: float = 0.01
+    drop_type: str = "absolute"
+    n_trials: int = 32
+    timeout: float | None = None
+    seed: int = 0
+    generation_size: int = 4
+    storage: Any = None
+    study_name: str = "rayq-search"
+    sampler: str = "tpe"
+    ranking_subset: int = 300
+    explore: bool = True
+
+
+class PoolEvaluator:
+    """Adapts a pool to the driver's :class:`~rayq.search.evaluator.Evaluator`:
+    metrics in parallel, then latency of the successful ones."""
+
+    def __init__(self, pool: Pool, fp32_metric: float, drop_type: str) -> None:
+        self.pool, self.fp32, self.drop_type = pool, fp32_metric, drop_type
+        self.evaluated = 0
+
+    def evaluate(self, plans: Sequence[QuantPlan]) -> list[EvalResult]:
+        metrics = self.pool.map_metric(list(plans))
+        ok = [i for i, m in enumerate(metrics) if m.error is None]
+        latencies = dict(zip(ok, self.pool.map_latency([plans[i] for i in ok]))) if ok else {}
+        self.evaluated += len(plans)
+        out = []
+        for i, (plan, m) in enumerate(zip(plans, metrics)):
+            if m.error is not None:
+                out.append(EvalResult.failure(plan, m.error, m.seconds))
+                continue
+            lat = latencies[i]
+            out.append(EvalResult(plan.key(), m.value, compute_drop(self.fp32, m.value, self.drop_type),
+                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds))
+        return out
+
+
+def ranking_subset(fp32_items: np.ndarray | None, int8_items: np.ndarray | None, size: int) -> list[int] | None:
+    """Indices of the items where FP32 and INT8 disagree most (None: use all items)."""
+    if fp32_items is None or int8_items is None or len(fp32_items) != len(int8_items):
+        return None
+    diff = np.abs(np.asarray(fp32_items, np.float64) - np.asarray(int8_items, np.float64))
+    order = np.argsort(-diff, kind="stable")
+    chosen = order[: max(1, min(size, int(np.count_nonzero(diff)) or size))]
+    return sorted(int(i) for i in chosen)
+
+
+def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], int8_metric, subset: list[int] | None,
+                 use_metric: bool) -> dict[str, float]:
+    """Harm of each fallback group: how much reverting it alone recovers."""
+    plans = [base.with_fallback([op]) for op in ops]
+    if use_metric:
+        ref = pool.map_metric([base], subset)[0]
+        results = pool.map_metric(plans, subset)
+        return {op: (r.value - ref.value) if r.error is None else -math.inf for op, r in zip(ops, results)}
+    ref_err = pool.map_output_error([base])[0]
+    errs = pool.map_output_error(plans)
+    return {op: ref_err - e for op, e in zip(ops, errs)}
+
+
+def select_best(records: Sequence[TrialRecord], band: float = LATENCY_TIE_BAND) -> tuple[TrialRecord | None, str]:
+    """Fastest feasible trial; latencies within ``band`` of it count as ties, broken by
+    fewer FP32 ops then lower trial number. Without a feasible one: smallest drop."""
+    ok = [r for r in records if r.status == "ok" and r.latency_ms is not None]
+    feasible = [r for r in ok if r.feasible]
+    if feasible:
+        fastest = min(r.latency_ms for r in feasible)
+        near = [r for r in feasible if r.latency_ms <= fastest * (1 + band)]
+        return min(near, key=lambda r: (len(r.plan.fallback), r.number)), "met"
+    if ok:
+        return min(ok, key=lambda r: (r.drop, r.number)), "budget not met"
+    return None, "budget not met"
+
+
+def _done(records: Sequence[TrialRecord]) -> int:
+    """Finished trials as the driver counts them (interrupted ones excluded)."""
+    return sum(r.status in ("ok", "failed") for r in records)
+
+
+class AccuracyControl:
+    """One search over a prepared pool. ``run()`` returns the chosen record and all records."""
+
+    def __init__(self, pool: Pool, base: QuantPlan, ops: Sequence[str], space: SearchSpace,
+                 settings: SearchSettings, on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+        self.pool, self.base, self.ops, self.space0, self.s = pool, base, list(ops), space, settings
+        self.on_trial = on_trial
+        self.storage = open_storage(settings.storage)
+        self.fp32 = None
+        self.ranking: list[str] = []
+
+    def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
+        return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=n_trials,
+                            timeout=self.s.timeout, generation_size=self.s.generation_size, seed=self.s.seed,
+                            storage=self.storage, study_name=self.s.study_name, sampler=self.s.sampler,
+                            on_trial=self.on_trial)
+
+    def fp32_metric(self):
+        m = self.pool.map_metric([None])[0]
+        if m.error is not None:
+            raise SearchError(f"the validation function fails on the FP32 model: {m.error}")
+        self.fp32 = m
+        return m
+
+    def _stored_ranking(self) -> list[str] | None:
+        try:
+            study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
+        except KeyError:
+            return None
+        value = study.user_attrs.get(RANKING_ATTR)
+        return list(value) if value is not None else None
+
+    def _store_ranking(self, ranking: list[str]) -> None:
+        study = optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
+        study.set_user_attr(RANKING_ATTR, ranking)
+
+    def rank(self) -> list[str]:
+        stored = self._stored_ranking()
+        if stored is not None:
+            log.info("using the fallback ranking stored in study %r", self.s.study_name)
+            return stored
+        int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
+        subset = ranking_subset(self.fp32.per_item, int8_per_item, self.s.ranking_subset)
+        use_metric = subset is not None
+        log.info("ranking %d fallback groups on %s", len(self.ops),
+                 f"{len(subset)} disagreeing items" if use_metric else "output error")
+        scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
+        ranking = rank_groups(scores, self.ops)
+        self._store_ranking(ranking)
+        return ranking
+
+    def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
+        if self.fp32 is None:
+            self.fp32_metric()
+        evaluator = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type)
+        self.ranking = self._stored_ranking() or []
+        space = replace(self.space0, ranking=tuple(self.ranking or self.ops))
+        presets = [replace(self.base, preset=p) for p in (space.presets or (self.base.preset,))]
+        outcome = self._driver(space, len(presets), evaluator).run(seeds=presets)
+        best, status = select_best(outcome.records)
+        if status == "met" and not best.plan.fallback and not self.s.explore:
+            return best, status, outcome.records
+        if status != "met" or best.plan.fallback:
+            self.ranking = self.rank()
+            space = replace(self.space0, ranking=tuple(self.ranking))
+            outcome = self._candidates(space, evaluator, outcome.records)
+        total = max(self.s.n_trials, _done(outcome.records))
+        if self.s.explore and total > _done(outcome.records):
+            outcome = self._driver(space, total, evaluator).run()
+        best, status = select_best(outcome.records)
+        return best, status, outcome.records
+
+    def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
+        """Evaluate ``plans`` not yet in the study (and nothing else)."""
+        known = {r.plan.key() for r in records}
+        new = [p for p in plans if p.key() not in known]
+        return self._driver(space, _done(records) + len(new), evaluator).run(seeds=new)
+
+    def _candidates(self, space: SearchSpace, evaluator, records):
+        plans = [self.base.with_fallback(c) for c in topk_candidates(self.ranking)]
+        outcome = self._seeded(space, evaluator, records, plans)
+        n = len(self.ranking)
+        for _ in range(2 * max(1, n.bit_length()) + 2):
+            k = bisect_k(self._feasible_by_k(outcome.records), n)
+            if k is None:
+                break
+            plan = self.base.with_fallback(self.ranking[:k])
+            if plan.key() in {r.plan.key() for r in outcome.records}:
+                break
+            outcome = self._seeded(space, evaluator, outcome.records, [plan])
+        return outcome
+
+    def _feasible_by_k(self, records: Sequence[TrialRecord]) -> dict[int, bool]:
+        out = {}
+        for r in records:
+            fb = list(r.plan.fallback)
+            if r.plan.preset != self.base.preset or r.status != "ok":
+                continue
+            if sorted(self.ranking[: len(fb)]) == sorted(fb):
+                out[len(fb)] = out.get(len(fb), False) or within_budget(r.drop, self.s.max_drop)
+        return out

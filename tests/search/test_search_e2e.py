@@ -1,0 +1,146 @@
+"""End-to-end accuracy-controlled search: real ONNX Runtime, real Optuna, real local Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+
+import rayq
+from rayq.testing.models import labeled_inputs, sensitive_mlp
+
+MAX_DROP = 0.01
+
+
+def accuracy(model, items):
+    """NNCF-style validation function: metric plus per-item correctness."""
+    x = np.stack([np.asarray(it[0], np.float32) for it in items])
+    y = np.array([int(it[1]) for it in items])
+    out = model({"input": x})[0]
+    per = (out.argmax(1) == y).astype(np.float64)
+    return float(per.mean()), per
+
+
+def nncf_style_accuracy(model, items):
+    """Exactly what an NNCF user writes for an ONNX model: an ORT session of the proto."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.stack([np.asarray(it[0], np.float32) for it in items])
+    y = np.array([int(it[1]) for it in items])
+    return float((sess.run(None, {"input": x})[0].argmax(1) == y).mean())
+
+
+@pytest.fixture(scope="module")
+def task():
+    model = sensitive_mlp()
+    x, y = labeled_inputs(model, 600)
+    return model, x[:300], list(zip(x[300:], y[300:]))
+
+
+def full_accuracy(model, val) -> float:
+    return accuracy(lambda feeds: ort.InferenceSession(model.SerializeToString()).run(None, feeds), val)[0]
+
+
+def test_unconstrained_int8_is_over_budget(task):
+    model, calib, val = task
+    q = rayq.quantize(model, calib, num_workers=1)
+    assert full_accuracy(model, val) - full_accuracy(q, val) > MAX_DROP
+
+
+def test_search_returns_model_within_budget(task, tmp_path):
+    model, calib, val = task
+    result = rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=1, n_trials=8,
+                         output=str(tmp_path / "run"))
+    assert result.status == "met"
+    # re-validate the returned model independently on the full validation set
+    assert full_accuracy(model, val) - full_accuracy(result.model, val) <= MAX_DROP
+    assert result.plan.fallback, "the sensitive layer must be kept in FP32"
+    assert result.ranking[0] == "Gemm_1"  # the layer fed by the outlier channel ranks first
+    feasible = result.trials[(result.trials.status == "ok") & (result.trials["drop"] <= MAX_DROP)]
+    assert result.latency_ms <= feasible.latency_ms.min() * 1.031
+    for name in ("trials.parquet", "result.json", "pareto.png", "model.onnx", "study.journal"):
+        assert (tmp_path / "run" / name).exists(), name
+    import pandas as pd
+
+    assert len(pd.read_parquet(tmp_path / "run" / "trials.parquet")) == len(result.trials) >= 8
+
+
+def test_one_and_two_workers_give_the_same_plan(task, ray_cluster):
+    model, calib, val = task
+    plans = [rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=n, n_trials=6, seed=3).plan
+             for n in (1, 2)]
+    assert plans[0] == plans[1]
+
+
+class Crash(BaseException):
+    """Stands in for the driver being killed (not an Exception: nothing may swallow it)."""
+
+
+def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
+    model, calib, val = task
+    calls = {"n": 0, "limit": 9}
+
+    def flaky(m, items):
+        calls["n"] += 1
+        if calls["n"] > calls["limit"]:
+            raise Crash()
+        return accuracy(m, items)
+
+    out = str(tmp_path / "run")
+    with pytest.raises(Crash):
+        rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
+                    study_name="resume")
+    study = optuna.load_study(study_name="resume", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(f"{out}/study.journal")))
+    done = {t.number: t.user_attrs["plan_key"] for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    assert done, "some trials finished before the crash"
+    calls.update(n=0, limit=10**9)
+    result = rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
+                         study_name="resume")
+    rows = result.trials.set_index("number")
+    for number, key in done.items():
+        assert rows.loc[number, "plan_key"] == key
+    # FP32 validation + the new trials only: finished trials are not validated again
+    new_trials = len(result.trials[result.trials.status.isin(["ok", "failed"])]) - len(done)
+    assert calls["n"] <= 2 + new_trials
+    again = dict(calls)
+    calls["n"] = 0
+    rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
+                study_name="resume")
+    assert calls["n"] == 1, f"a finished search re-ran {calls['n'] - 1} validations (first resume: {again})"
+
+
+def test_failing_validation_is_recorded_not_fatal(task):
+    model, calib, val = task
+
+    def picky(m, items):
+        qdq = sum(n.op_type == "QuantizeLinear" for n in m.graph.node)
+        if qdq == 2:
+            raise RuntimeError("cannot validate this candidate")
+        if qdq == 1:
+            return float("nan")
+        return accuracy(m, items)
+
+    result = rayq.search(model, calib, val, picky, max_drop=MAX_DROP, num_workers=1, n_trials=6)
+    failed = result.trials[result.trials.status == "failed"]
+    assert len(failed) >= 1
+    assert failed.error.str.contains("cannot validate this candidate|nan", case=False).all()
+    assert result.status == "met"
+
+
+def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
+    model, calib, val = task
+    q = rayq.quantize_with_accuracy_control(model, calib, val, nncf_style_accuracy, max_drop=MAX_DROP,
+                                            num_workers=1)
+    assert full_accuracy(model, val) - full_accuracy(q, val) <= MAX_DROP
+
+
+def test_fp32_validation_failure_is_a_clear_error(task):
+    model, calib, val = task
+
+    def broken(m, items):
+        raise ValueError("labels missing")
+
+    with pytest.raises(rayq.SearchError, match="labels missing"):
+        rayq.search(model, calib, val, broken, num_workers=1, n_trials=2)
