@@ -2,44 +2,49 @@
 
 The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Dataset``,
 ``IgnoredScope``) and adds a distributed, latency-measuring ``search``.
+
+Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
+ray, onnxruntime, openvino and optuna.
 """
 
-from rayq.api import quantize
-from rayq.search_api import quantize_with_accuracy_control, search
-from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
-from rayq.core.scope import IgnoredScope, Subgraph
-from rayq.distributed.cluster import init, shutdown
-from rayq.errors import (
-    BackendError,
-    CalibrationError,
-    ClusterError,
-    ConfigError,
-    DataError,
-    RayqError,
-    SearchError,
-)
-from rayq.pipeline.data import Dataset
-from rayq.search.result import SearchResult
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "quantize",
-    "quantize_with_accuracy_control",
-    "search",
-    "SearchResult",
-    "Dataset",
-    "IgnoredScope",
-    "Subgraph",
-    "AdvancedQuantizationParameters",
-    "QuantPlan",
-    "init",
-    "shutdown",
-    "RayqError",
-    "ConfigError",
-    "DataError",
-    "BackendError",
-    "CalibrationError",
-    "SearchError",
-    "ClusterError",
-]
+_EXPORTS = {
+    "quantize": "rayq.api",
+    "quantize_with_accuracy_control": "rayq.search_api",
+    "search": "rayq.search_api",
+    "SearchResult": "rayq.search.result",
+    "Dataset": "rayq.pipeline.data",
+    "IgnoredScope": "rayq.core.scope",
+    "Subgraph": "rayq.core.scope",
+    "AdvancedQuantizationParameters": "rayq.core.plan",
+    "QuantPlan": "rayq.core.plan",
+    "init": "rayq.distributed.cluster",
+    "shutdown": "rayq.distributed.cluster",
+    "RayqError": "rayq.errors",
+    "ConfigError": "rayq.errors",
+    "DataError": "rayq.errors",
+    "BackendError": "rayq.errors",
+    "CalibrationError": "rayq.errors",
+    "SearchError": "rayq.errors",
+    "ClusterError": "rayq.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rayq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

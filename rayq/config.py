@@ -69,6 +69,109 @@ class QuantizeConfig:
         return {"command": "quantize", **data}
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """Configuration of ``rayq search`` (accuracy-controlled, latency-minimising search).
+
+    Example:
+        >>> SearchConfig(model="m.onnx", calibration="c.npz", validation="v.npz",
+        ...              validation_fn="pkg.metrics:accuracy").max_drop
+        0.01
+    """
+
+    model: str
+    calibration: str
+    validation: str
+    validation_fn: str
+    output: str | None = None
+    max_drop: float = 0.01
+    drop_type: str = "absolute"
+    target: str | None = None
+    n_trials: int = 32
+    timeout: float | None = None
+    num_workers: int | None = None
+    worker_resources: dict | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int = 0
+    preset: str | None = None
+    model_type: str | None = None
+    target_device: str = "ANY"
+    subset_size: int = 300
+    fast_bias_correction: bool | None = True
+    ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
+    advanced: AdvancedQuantizationParameters = field(default_factory=AdvancedQuantizationParameters)
+    presets: tuple[str, ...] = PRESETS
+    estimators: tuple[str, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse")
+    bias_corrections: tuple[str, ...] = ("fast", "none")
+    smooth_quant_alphas: tuple[float | None, ...] | None = None
+    explore: bool = True
+    generation_size: int = 4
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        check_reference(self.validation_fn, "validation_fn")
+        if self.max_drop < 0:
+            raise ConfigError(f"max_drop={self.max_drop} must be >= 0")
+        if self.drop_type not in ("absolute", "relative"):
+            raise ConfigError(f"drop_type={self.drop_type!r} must be 'absolute' or 'relative'")
+        if self.target is not None:
+            _check_choice("target", self.target, ("onnxruntime", "openvino"))
+        if self.n_trials < 0 or self.generation_size < 1:
+            raise ConfigError("n_trials must be >= 0 and generation_size >= 1")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
+        for name in ("presets", "estimators", "bias_corrections"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.smooth_quant_alphas is not None:
+            object.__setattr__(self, "smooth_quant_alphas", tuple(self.smooth_quant_alphas))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ignored_scope"] = self.ignored_scope.to_dict()
+        data["advanced"] = asdict(self.advanced)
+        for name in ("presets", "estimators", "bias_corrections", "smooth_quant_alphas"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return {"command": "search", **data}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Configuration of ``rayq sweep``: many searches in one job.
+
+    ``models`` entries are mappings with ``model`` (a path) or ``glob`` (a pattern),
+    an optional ``name`` and any :class:`SearchConfig` field overriding ``defaults``.
+    """
+
+    models: tuple[dict, ...]
+    output: str
+    defaults: dict = field(default_factory=dict)
+    max_concurrent: int = 2
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("a sweep needs at least one entry in 'models'")
+        entries = []
+        for i, entry in enumerate(self.models):
+            if isinstance(entry, str):
+                entry = {"model": entry}
+            if not isinstance(entry, dict) or ("model" in entry) == ("glob" in entry):
+                raise ConfigError(f"models[{i}] must be a mapping with exactly one of 'model' or 'glob'")
+            entries.append(dict(entry))
+        object.__setattr__(self, "models", tuple(entries))
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent={self.max_concurrent} must be >= 1")
+        unknown = set(self.defaults) - {f.name for f in fields(SearchConfig)}
+        if unknown:
+            raise ConfigError(f"unknown field(s) in sweep defaults: {sorted(unknown)}")
+
+    def to_dict(self) -> dict:
+        return {"command": "sweep", "models": [dict(m) for m in self.models], "output": self.output,
+                "defaults": dict(self.defaults), "max_concurrent": self.max_concurrent, "address": self.address}
+
+
 def check_reference(ref: str, name: str) -> None:
     """``module:function`` references are the only way configs name code."""
     module, _, func = ref.partition(":")
@@ -81,8 +184,12 @@ def check_reference(ref: str, name: str) -> None:
 def resolve_reference(ref: str, name: str = "reference"):
     """Import the function named by a ``module:function`` reference (never eval)."""
     import importlib
+    import sys
 
     check_reference(ref, name)
+    # references are relative to the project folder (the working directory, also of a Ray job)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     module, _, func = ref.partition(":")
     try:
         obj = importlib.import_module(module)
@@ -117,7 +224,7 @@ def _build(cls, data: dict) -> Any:
 
 from dataclasses import MISSING as _MISSING  # noqa: E402
 
-_REGISTRY: dict[str, type] = {"quantize": QuantizeConfig}
+_REGISTRY: dict[str, type] = {"quantize": QuantizeConfig, "search": SearchConfig, "sweep": SweepConfig}
 
 
 def register_config(command: str, cls: type) -> None:
@@ -136,7 +243,7 @@ def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = 
     if cmd not in _REGISTRY:
         raise ConfigError(f"config 'command' must be one of {sorted(_REGISTRY)}, got {cmd!r}")
     if base_dir:
-        for key in ("model", "calibration", "validation"):
+        for key in ("model", "calibration", "validation"):  # paths relative to the config file
             value = data.get(key)
             if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
                 candidate = os.path.join(base_dir, value)

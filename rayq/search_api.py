@@ -159,6 +159,8 @@ def search(
             control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial)
             best, status, records = control.run()
             fp32_latency = pool.map_latency([None])[0]
+        nodes = {"calibration": list(session.info.node_ids if session.info else []),
+                 "evaluation": list(pool.node_ids)}
     finally:
         pool.close()
     if best is None:
@@ -175,7 +177,8 @@ def search(
         drop=best.drop, max_drop=max_drop, drop_type=drop_type, latency_ms=best.latency_ms,
         latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=fp32_latency.median_ms, target=target,
         trials=outcome.trials_frame(), pareto=outcome.pareto(), wall_seconds=time.perf_counter() - start,
-        cpu_seconds=time.process_time() - cpu0 + worker_seconds, ranking=list(control.ranking), study_name=study)
+        cpu_seconds=time.process_time() - cpu0 + worker_seconds, ranking=list(control.ranking), study_name=study,
+        worker_nodes=nodes)
     if output:
         result.save(output)
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms), "
@@ -245,3 +248,21 @@ def quantize_with_accuracy_control(
                     "candidate", result.drop, max_drop)
     return result.model
 
+
+
+def search_from_config(config, *, output: str | None = None, num_workers: int | None = None) -> SearchResult:
+    """Run :func:`search` for a :class:`rayq.config.SearchConfig` (used by the CLI and sweeps)."""
+    from rayq.config import resolve_reference
+
+    fn = resolve_reference(config.validation_fn, "validation_fn")
+    return search(
+        config.model, config.calibration, config.validation, fn, max_drop=config.max_drop,
+        drop_type=config.drop_type, target=config.target, n_trials=config.n_trials, timeout=config.timeout,
+        num_workers=num_workers or config.num_workers, worker_resources=config.worker_resources,
+        storage=config.storage, study_name=config.study_name, output=output or config.output, seed=config.seed,
+        preset=config.preset, model_type=config.model_type, target_device=config.target_device,
+        subset_size=config.subset_size, fast_bias_correction=config.fast_bias_correction,
+        ignored_scope=config.ignored_scope, advanced_parameters=config.advanced, presets=config.presets,
+        estimators=config.estimators, bias_corrections=config.bias_corrections,
+        smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
+        generation_size=config.generation_size)

@@ -18,6 +18,7 @@ from typing import Any
 from rayq.backends import detect
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
+from rayq.errors import ConfigError
 from rayq.pipeline import cache, calibrate, data
 from rayq.pipeline.build import placement_for
 from rayq.progress import Progress
@@ -48,6 +49,8 @@ class ModelSession:
 
     def __init__(self, model: Any, calibration_dataset: Any, *, subset_size: int = 300,
                  batch_size: int | None = None) -> None:
+        if subset_size is not None and (not isinstance(subset_size, int) or subset_size < 1):
+            raise ConfigError(f"subset_size={subset_size!r} must be a positive integer")
         self.backend = detect(model)
         self.model = self.backend.load(model)
         self.graph = self.backend.graph(self.model)
@@ -65,6 +68,8 @@ class ModelSession:
                    use_cache: bool = True, cache_dir: str | None = None,
                    worker_resources: dict | None = None) -> StatisticSet:
         """Statistics for every plan sharing ``plan``'s model type and ignored scope."""
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+            raise ConfigError(f"num_workers={num_workers!r} must be None (every CPU of the cluster) or >= 1")
         spec = calibrate.stat_spec(self.graph, placement_for(self.graph, plan), histograms=histograms,
                                    smooth_quant=plan.model_type == "transformer")
         key = cache.cache_key(self.model_fingerprint, self.data_fingerprint, spec.key_material(), self.batch_size)

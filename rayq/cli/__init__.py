@@ -4,7 +4,7 @@ Each subcommand is a small module ``rayq.cli.<name>`` listed in
 :data:`rayq.cli.main.SUBCOMMANDS`, providing:
 
 - ``HELP``: a one-line description (shown by ``rayq --help``);
-- ``DESCRIPTION`` (optional): the longer text of ``rayq <name> --help``;
+- ``DESCRIPTION``, ``EPILOG`` (optional): the text above and below ``rayq <name> --help``;
 - ``add_arguments(parser)``: its flags (the global ``-v/-q/--debug`` are added for it);
 - ``run(args) -> int``: the work; it raises :class:`rayq.RayqError` subclasses on failure
   and ``main`` turns them into one-line messages and exit codes.

@@ -111,7 +111,7 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> st
     if node.meta == g.CONCAT and len(acts) != len([t for t in node.inputs if t]):
         return "Concat with a non-float or constant operand stays FP32"
     if node.meta in g.WEIGHTED and node.weight_input is None and len(acts) < 2:
-        return "weight is not a constant"
+        return "no constant weight that can be quantized per channel (e.g. a MatMul weight that is not 2-D)"
     return None
 
 

@@ -35,7 +35,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
         if address:
             ray.init(address=address, **opts)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **opts)
+            # "local": always a fresh private cluster, never an unrelated one found on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc

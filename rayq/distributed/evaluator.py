@@ -72,7 +72,11 @@ class RayEvaluatorPool:
 
         self.resources = dict(resources or {"num_cpus": min(1.0, cluster_cpus() / num_workers)})
         if self.resources.get("num_gpus"):
-            kwargs = {**kwargs, "device": "GPU"}
+            if kwargs.get("runtime") == "onnxruntime":
+                kwargs = {**kwargs, "device": "GPU"}  # accuracy on CUDA; latency stays on the target
+            else:
+                log.warning("GPU workers validate OpenVINO targets on CPU (OpenVINO's GPU plugin is for "
+                            "Intel GPUs)")
         cls = ray.remote(**self.resources)(EvaluatorWorker)
         refs = [ray.put(x) for x in (model_bytes, stats.to_arrays(), items)]
         self._factory = lambda: cls.remote(backend_name, *refs, validation_fn, kwargs)

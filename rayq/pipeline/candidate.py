@@ -49,7 +49,9 @@ class CandidateEvaluator:
             ``validation_fn`` like NNCF does.
         validation_fn: ``fn(model, items) -> metric | (metric, per_item)``.
         runtime: Runtime of validation and latency (``onnxruntime``/``openvino``).
-        device: ``CPU`` or ``GPU`` (ONNX Runtime CUDA provider when available).
+        device: Where validation runs: ``CPU`` or ``GPU`` (ONNX Runtime's CUDA provider
+            when installed, else CPU with a warning).
+        latency_device: Where latency is measured: the deployment target (``CPU``).
         latency_feeds: One batch used for latency measurement.
         calibration_batches: Batches for the exact bias correction and output error.
         threads: Threads for validation runs (0: runtime default).
@@ -60,7 +62,7 @@ class CandidateEvaluator:
                  validation_fn: Callable | None, *, runtime: str, device: str = "CPU",
                  latency_feeds: dict[str, np.ndarray] | None = None,
                  calibration_batches: Sequence[Batch] = (), threads: int = 0, latency_threads: int = 0,
-                 latency_repeats: int = 30) -> None:
+                 latency_repeats: int = 30, latency_device: str = "CPU") -> None:
         self.backend = get_backend(backend_name)
         self.model = model
         self.graph = self.backend.graph(model)
@@ -71,6 +73,7 @@ class CandidateEvaluator:
         self.latency_feeds = latency_feeds
         self.batches = list(calibration_batches)
         self.threads, self.latency_threads, self.latency_repeats = threads, latency_threads, latency_repeats
+        self.latency_device = latency_device
         self._placements: dict[tuple, Any] = {}
         self._built: OrderedDict[str, Any] = OrderedDict()
         self._reference: list | None = None
@@ -139,7 +142,7 @@ class CandidateEvaluator:
     def latency(self, plan: QuantPlan | None) -> Latency:
         """Measured latency of ``plan`` (None: the FP32 model) on one batch."""
         model = self.model if plan is None else self.build(plan)
-        run = self.backend.runner(model, runtime=self.runtime, device=self.device,
+        run = self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
                                   num_threads=self.latency_threads)
         feeds = self.latency_feeds if self.latency_feeds is not None else self.batches[0][1]
         times = time_runner(run, feeds, warmup=5, repeats=self.latency_repeats, min_seconds=0.2)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rayq.backends.base import InputSpec
+from rayq.backends.feeds import check_feeds
 from rayq.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,11 @@ class Dataset:
 
     def get_data(self, indices: Iterable[int] | None = None) -> Iterator[Any]:
         """Raw items (optionally only those at sorted ``indices``)."""
+        source = _ray_rows(self._source, unwrap=False) if _is_ray_dataset(self._source) else self._source
         if indices is None:
-            return iter(self._source)
+            return iter(source)
         wanted = set(indices)
-        return (item for i, item in enumerate(self._source) if i in wanted)
+        return (item for i, item in enumerate(source) if i in wanted)
 
     def get_inference_data(self, indices: Iterable[int] | None = None) -> Iterator[Any]:
         """Transformed items, ready to feed the model."""
@@ -72,8 +74,8 @@ def as_dataset(data: Any) -> Dataset:
         return Dataset(list(data))
     if isinstance(data, (str, os.PathLike)):
         return Dataset(load_path(Path(data)))
-    if type(data).__module__.startswith("ray.data"):
-        return Dataset(_ray_rows(data))
+    if _is_ray_dataset(data):
+        return Dataset(_ray_rows(data, unwrap=True))
     if isinstance(data, dict):
         return Dataset(_split_columns(data, "dict"))
     if isinstance(data, Iterable):
@@ -146,9 +148,23 @@ def _split_columns(columns: dict[str, np.ndarray], where: str) -> list[Any]:
     return [{k: v[i] for k, v in columns.items()} for i in range(n)]
 
 
-def _ray_rows(ds: Any) -> Iterator[dict[str, Any]]:
+def _is_ray_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("ray.data") and hasattr(data, "iter_rows")
+
+
+#: Column names Ray Data gives to bare values (``from_numpy``: "data", ``from_items``: "item").
+_RAY_VALUE_COLUMNS = ("data", "item")
+
+
+def _ray_rows(ds: Any, *, unwrap: bool) -> Iterator[Any]:
+    """Rows of a ``ray.data.Dataset`` as dicts of arrays; with ``unwrap``, a row whose only
+    column is Ray's bare-value column (``data`` / ``item``) is yielded as that value."""
     for row in ds.iter_rows():
-        yield {k: np.asarray(v) for k, v in row.items()}
+        row = {k: np.asarray(v) for k, v in row.items()}
+        if unwrap and len(row) == 1 and next(iter(row)) in _RAY_VALUE_COLUMNS:
+            yield next(iter(row.values()))
+        else:
+            yield row
 
 
 def take(dataset: Dataset, subset_size: int | None) -> list[Any]:
@@ -187,7 +203,7 @@ def to_feeds(item: Any, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             raise DataError(f"input {spec.name!r} contains NaN or Inf values")
         if value.dtype == np.float64 and spec.dtype == "float32":
             feeds[spec.name] = value.astype(np.float32)
-    return feeds
+    return check_feeds(specs, feeds)  # names, ranks, static dims, dtypes: before batching
 
 
 def batches(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], batch_size: int) -> list[dict[str, np.ndarray]]:

@@ -55,6 +55,7 @@ class SearchResult:
     ranking: list[str] = field(default_factory=list)
     model_path: str | None = None
     study_name: str = ""
+    worker_nodes: dict = field(default_factory=dict)
 
     @property
     def speedup(self) -> float | None:
@@ -72,7 +73,7 @@ class SearchResult:
             "speedup": self.speedup, "target": self.target, "fallback": list(self.plan.fallback),
             "n_trials": int(len(self.trials)), "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds, "ranking": self.ranking, "model_path": self.model_path,
-            "study_name": self.study_name,
+            "study_name": self.study_name, "worker_nodes": self.worker_nodes,
         }
 
     def plot(self, path: str | None = None):

@@ -23,6 +23,8 @@ _REQUANTIZE_AFTER = {"Flatten"}
 
 class _Writer:
     def __init__(self, proto: onnx.ModelProto) -> None:
+        self.source = proto
+        self._ranks: dict[str, int] | None = None
         self.proto = onnx.ModelProto()
         self.proto.CopyFrom(proto)
         self.graph = self.proto.graph
@@ -109,17 +111,49 @@ class _Writer:
             tensor = node.input[0]
         return self.dq_params.get(tensor)
 
+    def rank(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> int | None:
+        """Rank of ``tensor`` (or of the tensor it quantizes) from shape inference on the
+        input model; None if unknown."""
+        if self._ranks is None:
+            from rayq.backends.onnx import reader
+
+            inferred = reader.infer(self.source)
+            self._ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
+                           for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+                           if vi.type.tensor_type.HasField("shape")}
+        while tensor not in self._ranks and tensor in producers and \
+                producers[tensor].op_type in ("QuantizeLinear", "DequantizeLinear", "Mul"):
+            tensor = producers[tensor].input[0]  # back through our Q/DQ (and SmoothQuant Mul)
+        return self._ranks.get(tensor)
+
     def int32_biases(self) -> None:
-        """Quantize Conv/Gemm biases to int32 where input and weight are quantized."""
+        """Quantize Conv/Gemm biases, and the constant of a MatMul's bias Add, to int32
+        where input and weight are quantized: ONNX Runtime only fuses the group into an
+        integer kernel (QLinearConv, QGemm) with an int32 bias."""
         producers = {o: n for n in [*self.graph.node, *self.new_nodes] for o in n.output}
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.graph.node:
+            for t in set(n.input):
+                consumers.setdefault(t, []).append(n)
         for node in self.graph.node:
-            if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in self.inits:
+            if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.inits:
+                target, index = node, 2
+            elif node.op_type == "MatMul" and len(consumers.get(node.output[0], ())) == 1 \
+                    and self.rank(node.input[0], producers) == 2:  # ORT fuses 2-D MatMul+Add to (Q)Gemm
+                target = consumers[node.output[0]][0]
+                others = [i for i, t in enumerate(target.input) if t != node.output[0]]
+                if target.op_type != "Add" or len(target.input) != 2 or len(others) != 1:
+                    continue
+                index = others[0]
+                if target.input[index] not in self.inits:
+                    continue
+            else:
                 continue
             wp = self.dq_params.get(node.input[1])
             xp = self._upstream_dq(node.input[0], producers)
             if wp is None or xp is None:
                 continue
-            bias = numpy_helper.to_array(self.inits[node.input[2]]).astype(np.float64)
+            bias = numpy_helper.to_array(self.inits[target.input[index]]).astype(np.float64)
             scale = (np.float64(xp.scale) * np.asarray(wp.scale, np.float64)).reshape(-1)
             if scale.size not in (1, bias.size) or bias.ndim != 1:
                 continue
@@ -129,7 +163,7 @@ class _Writer:
             q_name = self.init(f"{base}_q", q)
             s_name = self.init(f"{base}_scale", scale.astype(np.float32))
             z_name = self.init(f"{base}_zp", np.zeros(bias.shape, np.int32))
-            node.input[2] = self.add("DequantizeLinear", [q_name, s_name, z_name], f"{base}_dq", axis=0)
+            target.input[index] = self.add("DequantizeLinear", [q_name, s_name, z_name], f"{base}_dq", axis=0)
 
     def finish(self) -> onnx.ModelProto:
         used = {t for n in [*self.graph.node, *self.new_nodes] for t in n.input}

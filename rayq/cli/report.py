@@ -1,0 +1,89 @@
+"""FP32 vs INT8 on every runtime of a backend: the user's metric and batch-1 latency."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rayq.backends.base import Backend
+from rayq.errors import DataError
+from rayq.pipeline import data as data_mod
+from rayq.pipeline.evaluate import CompiledModel, run_validation
+from rayq.pipeline.latency import Latency, measure_latency
+
+log = logging.getLogger("rayq.cli")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model on one runtime."""
+
+    runtime: str
+    label: str
+    metric: float
+    latency: Latency
+
+
+def load_items(path: str) -> list[Any]:
+    """Validation items as a validation function receives them (NNCF: the dataset's items)."""
+    items = list(data_mod.as_dataset(path).get_inference_data())
+    if not items:
+        raise DataError(f"validation data {path!r} is empty")
+    return items
+
+
+def latency_feeds(backend: Backend, model: Any, items: Sequence[Any]) -> dict:
+    """One batch-1 input (the first validation item), checked against the model's inputs."""
+    from rayq.backends.feeds import check_feeds
+
+    specs = backend.inputs(model)
+    try:
+        return check_feeds(specs, data_mod.to_feeds(items[0], specs))
+    except DataError as exc:
+        raise DataError(f"validation data does not fit the model: {exc}") from exc
+
+
+def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Sequence[Any],
+            feeds: dict, *, threads: int = 2, runtimes: Sequence[str] | None = None,
+            repeats: int = 50) -> list[Row]:
+    """Validate and time each of ``models`` (label -> model) on each runtime.
+
+    Example:
+        >>> rows = compare(get_backend("onnx"), {"FP32": fp32, "INT8": int8}, accuracy,
+        ...                items, feeds, threads=2)                                  # doctest: +SKIP
+        >>> rows[0].runtime, rows[0].label                                           # doctest: +SKIP
+        ('onnxruntime', 'FP32')
+    """
+    rows = []
+    for runtime in runtimes or backend.runtimes:
+        for label, model in models.items():
+            log.info("validating %s on %s", label, runtime)
+            run = backend.runner(model, runtime=runtime, num_threads=threads)
+            names = [s.name for s in backend.inputs(model)]
+            metric = run_validation(fn, CompiledModel(model, run, names, runtime), items)
+            latency = measure_latency(backend, model, feeds, runtime=runtime, threads=threads, repeats=repeats)
+            rows.append(Row(runtime, label, metric.value, latency))
+    return rows
+
+
+def format_table(rows: Sequence[Row], metric_name: str) -> str:
+    """A plain-text table; INT8 rows also show the metric change and the speed-up vs FP32."""
+    width = max(12, len(metric_name))
+    lines = [f"{'runtime':<12} {'model':<5} {metric_name:>{width}} {'change':>8} "
+             f"{'latency ms':>10} {'IQR ms':>8} {'speed-up':>8}"]
+    base: dict[str, Row] = {}
+    for row in rows:
+        ref = base.setdefault(row.runtime, row)
+        change = speed = ""
+        if row is not ref:
+            change = f"{row.metric - ref.metric:+.4f}"
+            speed = f"{ref.latency.median_ms / max(row.latency.median_ms, 1e-9):.2f}x"
+        lines.append(f"{row.runtime:<12} {row.label:<5} {row.metric:>{width}.4f} {change:>8} "
+                     f"{row.latency.median_ms:>10.3f} {row.latency.iqr_ms:>8.3f} {speed:>8}")
+    if rows:
+        lat = rows[0].latency
+        lines.append(f"(latency: median of {lat.repeats} runs after warm-up, batch 1, "
+                     f"{lat.threads or 'default'} threads)")
+    return "\n".join(lines)
