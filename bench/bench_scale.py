@@ -23,14 +23,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _accuracy(model, items):
-    x = np.stack([it[0] for it in items])
-    y = np.array([it[1] for it in items])
-    out = model({"input": x})[0]
-    per = (out.argmax(1) == y).astype(np.float64)
-    return float(per.mean()), per
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1,2")
@@ -45,8 +37,9 @@ def main(argv=None) -> int:
     import rayq
     from rayq.core.plan import QuantPlan
     from rayq.distributed.evaluator import RayEvaluatorPool
+    from rayq.testing.metrics import pair_accuracy
     from rayq.pipeline.build import placement_for
-    from rayq.search.control import score_groups
+    from rayq.tuning.control import score_groups
     from rayq.session import ModelSession
     from rayq.testing.models import resnet_like
 
@@ -71,7 +64,7 @@ def main(argv=None) -> int:
             calib_s.append(time.perf_counter() - t)
         pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
                                 model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
-                                validation_fn=_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
+                                validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
         try:
             pool.map_metric([plan])  # warm the actors (model compiled, data resident)
             for _ in range(args.repeats):

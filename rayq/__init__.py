@@ -18,7 +18,7 @@ _EXPORTS = {
     "quantize": "rayq.api",
     "quantize_with_accuracy_control": "rayq.search_api",
     "search": "rayq.search_api",
-    "SearchResult": "rayq.search.result",
+    "SearchResult": "rayq.tuning.result",
     "Dataset": "rayq.pipeline.data",
     "IgnoredScope": "rayq.core.scope",
     "Subgraph": "rayq.core.scope",

@@ -1,5 +1,5 @@
 """``rayq.search`` and ``rayq.quantize_with_accuracy_control``: the distributed,
-latency-measuring accuracy-control search (see :mod:`rayq.search.control`)."""
+latency-measuring accuracy-control search (see :mod:`rayq.tuning.control`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
 from rayq.progress import Progress
-from rayq.search.control import AccuracyControl, SearchSettings
-from rayq.search.evaluator import DriverOutcome, TrialRecord
-from rayq.search.result import SearchResult
-from rayq.search.space import SearchSpace
+from rayq.tuning.control import AccuracyControl, SearchSettings
+from rayq.tuning.evaluator import DriverOutcome, TrialRecord
+from rayq.tuning.result import SearchResult
+from rayq.tuning.space import SearchSpace
 from rayq.session import ModelSession, _resolve_workers
 from rayq.storage import local_dir_for
 
@@ -106,7 +106,7 @@ def search(
         seed: Sampler seed; with the same seed any worker count gives the same plan.
 
     Returns:
-        A :class:`~rayq.search.result.SearchResult`.
+        A :class:`~rayq.tuning.result.SearchResult`.
 
     Example:
         >>> result = rayq.search("model.onnx", calib, val, accuracy, max_drop=0.01,

@@ -102,7 +102,7 @@ def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFra
             return _row(name, out, done)
         start = time.perf_counter()
         try:
-            result = search_from_config(replace(cfg, output=out), num_workers=per_search or cfg.num_workers)
+            result = search_from_config(replace(cfg, output=out), num_workers=cfg.num_workers or per_search)
         except RayqError as exc:
             log.error("sweep: %s failed: %s", name, exc)
             return _row(name, out, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)

@@ -37,9 +37,6 @@ def ray_cluster():
     """
     import rayq
 
-    # rayq.init starts local clusters without the dashboard already; passing
-    # include_dashboard=False as well currently raises (duplicate keyword in
-    # rayq/distributed/cluster.py:init).
-    resources = rayq.init(num_cpus=2)
+    resources = rayq.init(num_cpus=2, include_dashboard=False)
     yield resources
     rayq.shutdown()

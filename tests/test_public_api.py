@@ -117,10 +117,21 @@ def test_only_rayq_distributed_imports_ray():
     assert not offenders
 
 
-def test_only_rayq_search_imports_optuna():
-    offenders = sorted(f for f, imps in _sources().items() if not f.startswith("rayq/search/")
-                       and any(_root(m) == "optuna" for m, _ in imps))
-    assert not offenders
+def test_only_rayq_tuning_imports_optuna():
+    importers = sorted(f for f, imps in _sources().items() if any(_root(m) == "optuna" for m, _ in imps))
+    assert importers, "no module imports optuna any more: update this test"
+    assert [f for f in importers if not f.startswith("rayq/tuning/")] == []
+
+
+def test_only_rayq_distributed_imports_ray_somewhere():
+    assert any(_root(m) == "ray" for f, imps in _sources().items() if f.startswith("rayq/distributed/")
+               for m, _ in imps), "the grep found no ray import at all: update this test"
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    """``rayq.<name>`` must stay the public object even after ``import rayq.<name>.x``."""
+    for name in rayq.__all__:
+        assert not (PACKAGE / name).is_dir() and not (PACKAGE / f"{name}.py").exists(), name
 
 
 def test_rayq_distributed_is_imported_lazily():

@@ -40,7 +40,6 @@ class AdvancedQuantizationParameters:
             weight range that avoids u8*s8 accumulator saturation on AVX2 CPUs
             without VNNI.
         per_channel: Per-channel weight quantization (default True).
-        quantize_outputs: Also quantize graph outputs.
         smooth_quant_alpha: SmoothQuant migration strength for transformers; None
             uses 0.95 when ``model_type="transformer"``, a negative value disables it.
         bias_correction_iterations: Passes of the exact bias correction.
@@ -57,7 +56,6 @@ class AdvancedQuantizationParameters:
     quantile: float = 1e-4
     overflow_fix: str = "first_layer"
     per_channel: bool = True
-    quantize_outputs: bool = False
     smooth_quant_alpha: float | None = None
     bias_correction_iterations: int = 2
     batch_size: int | None = None
@@ -98,7 +96,6 @@ class QuantPlan:
         smooth_quant_alpha: SmoothQuant strength, None when disabled.
         overflow_fix: See :class:`AdvancedQuantizationParameters`.
         per_channel: Per-channel weight scales.
-        quantize_outputs: Quantize graph outputs too.
         ignored_scope: Nodes that are never quantized.
         fallback: Names of quantizable ops reverted to FP32 (sorted tuple).
 
@@ -118,7 +115,6 @@ class QuantPlan:
     smooth_quant_alpha: float | None = None
     overflow_fix: str = "first_layer"
     per_channel: bool = True
-    quantize_outputs: bool = False
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
     fallback: tuple[str, ...] = ()
 
@@ -176,7 +172,6 @@ class QuantPlan:
             smooth_quant_alpha=alpha,
             overflow_fix=adv.overflow_fix,
             per_channel=adv.per_channel,
-            quantize_outputs=adv.quantize_outputs,
             ignored_scope=ignored_scope or IgnoredScope(),
             fallback=tuple(fallback),
         )

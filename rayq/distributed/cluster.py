@@ -36,7 +36,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
             ray.init(address=address, **opts)
         else:
             # "local": always a fresh private cluster, never an unrelated one found on this machine
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **opts)
+            opts.setdefault("include_dashboard", False)
+            ray.init(address="local", num_cpus=num_cpus, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc

@@ -13,7 +13,7 @@
 - :func:`plot_pareto` draws latency vs. accuracy.
 
 Example:
-    >>> from rayq.search import SearchSpace
+    >>> from rayq.tuning import SearchSpace
     >>> SearchSpace(ranking=("fc", "conv1")).max_fallback
     2
 """
@@ -22,10 +22,10 @@ import optuna as _optuna
 
 _optuna.logging.set_verbosity(_optuna.logging.WARNING)
 
-from rayq.search.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
-from rayq.search.evaluator import EvalResult, Evaluator
-from rayq.search.plot import plot_pareto
-from rayq.search.space import SearchSpace
+from rayq.tuning.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
+from rayq.tuning.evaluator import EvalResult, Evaluator
+from rayq.tuning.plot import plot_pareto
+from rayq.tuning.space import SearchSpace
 
 __all__ = [
     "SearchSpace",

@@ -8,18 +8,14 @@ import optuna
 import pytest
 
 import rayq
+from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
 MAX_DROP = 0.01
 
 
-def accuracy(model, items):
-    """NNCF-style validation function: metric plus per-item correctness."""
-    x = np.stack([np.asarray(it[0], np.float32) for it in items])
-    y = np.array([int(it[1]) for it in items])
-    out = model({"input": x})[0]
-    per = (out.argmax(1) == y).astype(np.float64)
-    return float(per.mean()), per
+# importable on Ray workers (a function of this test module would not be)
+accuracy = pair_accuracy
 
 
 def nncf_style_accuracy(model, items):

@@ -20,10 +20,10 @@ from rayq.core.accuracy import compute_drop, within_budget
 from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
 from rayq.core.plan import QuantPlan
 from rayq.errors import SearchError
-from rayq.search.driver import SearchDriver, open_storage
-from rayq.search.evaluator import EvalResult, TrialRecord
-from rayq.search.result import LATENCY_TIE_BAND
-from rayq.search.space import SearchSpace
+from rayq.tuning.driver import SearchDriver, open_storage
+from rayq.tuning.evaluator import EvalResult, TrialRecord
+from rayq.tuning.result import LATENCY_TIE_BAND
+from rayq.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SearchSettings:
 
 
 class PoolEvaluator:
-    """Adapts a pool to the driver's :class:`~rayq.search.evaluator.Evaluator`:
+    """Adapts a pool to the driver's :class:`~rayq.tuning.evaluator.Evaluator`:
     metrics in parallel, then latency of the successful ones."""
 
     def __init__(self, pool: Pool, fp32_metric: float, drop_type: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from rayq.search import (
+from rayq.tuning import (
     DriverOutcome,
     EvalResult,
     Evaluator,

@@ -16,7 +16,7 @@ driver left running are marked failed ("interrupted") and their plans asked
 again. Only one driver may run a given study at a time.
 
 Example:
-    >>> from rayq.search.evaluator import EvalResult
+    >>> from rayq.tuning.evaluator import EvalResult
     >>> class Fake:
     ...     def evaluate(self, plans):
     ...         return [EvalResult(p.key(), 0.9, 0.01 * (2 - len(p.fallback)), 5.0 + len(p.fallback), 0.1, "ok")
@@ -43,8 +43,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rayq.core.accuracy import within_budget
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from rayq.search.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
-from rayq.search.space import SearchSpace
+from rayq.tuning.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
+from rayq.tuning.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 

@@ -78,8 +78,9 @@ class SearchResult:
 
     def plot(self, path: str | None = None):
         """Latency vs metric of every trial, with the Pareto front and the budget."""
-        from rayq.search.plot import plot_pareto
+        from rayq.tuning.plot import plot_pareto
 
+        _register_notebook_png()
         return plot_pareto(self.trials, self.pareto, max_drop=self.max_drop, fp32_metric=self.fp32_metric,
                            drop_type=self.drop_type, path=path)
 
@@ -107,3 +108,15 @@ class SearchResult:
         lat = f"{self.latency_ms:.3f} ms" if self.latency_ms else "n/a"
         return (f"SearchResult(status={self.status!r}, metric={self.metric}, drop={self.drop}, "
                 f"latency={lat}, fallback={list(self.plan.fallback)}, trials={len(self.trials)})")
+
+
+def _register_notebook_png() -> None:
+    """In a Jupyter kernel, render returned Figures as PNG (they are made without pyplot)."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"})
