@@ -46,6 +46,9 @@ class QuantizerPoint:
         edges: Op inputs rewired to the dequantized tensor.
         serves: The quantizable op each edge serves (parallel to ``edges``).
         axis: Per-channel axis of a weight quantizer.
+        unify: For quantizers moved through a Concat onto its inputs: the Concat's
+            output tensor. Every quantizer with the same ``unify`` gets the same
+            scale (taken from that tensor), so the Concat runs on INT8 data.
     """
 
     id: str
@@ -54,6 +57,13 @@ class QuantizerPoint:
     edges: tuple[Edge, ...]
     serves: tuple[str, ...]
     axis: int | None = None
+    unify: str | None = None
+
+    @property
+    def stats_tensor(self) -> str:
+        """The tensor whose statistics set this quantizer's range (the Concat output
+        for quantizers moved onto Concat inputs, so they share one scale)."""
+        return self.unify or self.tensor
 
     def active_edges(self, fallback: frozenset[str]) -> tuple[Edge, ...]:
         return tuple(e for e, op in zip(self.edges, self.serves) if op not in fallback)
@@ -90,7 +100,8 @@ class Placement:
         return out
 
     def activation_tensors(self) -> tuple[str, ...]:
-        return tuple(p.tensor for p in self.points if p.kind == ACTIVATION)
+        """Tensors whose statistics the activation quantizers need."""
+        return tuple(dict.fromkeys(p.stats_tensor for p in self.points if p.kind == ACTIVATION))
 
 
 def _is_float_activation(graph: GraphView, tensor: str) -> bool:
@@ -121,12 +132,27 @@ def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
         producer = graph.producer(tensor)
         if producer is None or producer.meta not in _PASS_THROUGH:
             return edge, tensor
-        if len(graph.consumers(tensor)) != 1 or graph.tensors[tensor].name in graph.outputs:
+        if len(graph.consumers(tensor)) != 1 or tensor in graph.outputs:
             return edge, tensor
         source = producer.inputs[0]
         if not _is_float_activation(graph, source):
             return edge, tensor
         edge, tensor = Edge(producer.name, 0), source
+
+
+def _sources(graph: GraphView, edge: Edge, tensor: str, unify: str | None = None) -> list[tuple[Edge, str, str | None]]:
+    """Where the quantizer of ``edge`` goes: up through data-movement ops and, with a
+    unified scale, through a single-consumer Concat onto each of its inputs."""
+    edge, tensor = _move_up(graph, edge, tensor)
+    producer = graph.producer(tensor)
+    if (producer is not None and producer.meta == g.CONCAT and len(graph.consumers(tensor)) == 1
+            and tensor not in graph.outputs and len(producer.inputs) > 1
+            and all(_is_float_activation(graph, t) for t in producer.inputs)):
+        out: list[tuple[Edge, str, str | None]] = []
+        for i, t in enumerate(producer.inputs):
+            out += _sources(graph, Edge(producer.name, i), t, unify or tensor)
+        return out
+    return [(edge, tensor, unify)]
 
 
 def _first_layer(graph: GraphView) -> frozenset[str]:
@@ -159,7 +185,7 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
         >>> placement.group(placement.ops[0])                   # doctest: +SKIP
         ('a:input', 'w:/conv1/Conv')
     """
-    acts: dict[str, tuple[list[Edge], list[str]]] = {}
+    acts: dict[tuple[str, str | None], tuple[list[Edge], list[str]]] = {}
     weights: list[QuantizerPoint] = []
     ops: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -177,14 +203,15 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
         for i, tensor in enumerate(node.inputs):
             if i == node.weight_input or not _is_float_activation(graph, tensor):
                 continue
-            edge, src = _move_up(graph, Edge(node.name, i), tensor)
-            edges, serves = acts.setdefault(src, ([], []))
-            edges.append(edge)
-            serves.append(node.name)
+            for edge, src, unify in _sources(graph, Edge(node.name, i), tensor):
+                edges, serves = acts.setdefault((src, unify), ([], []))
+                edges.append(edge)
+                serves.append(node.name)
         if node.weight_input is not None:
             weights.append(QuantizerPoint(
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
                 (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
             ))
-    points = [QuantizerPoint(f"a:{t}", t, ACTIVATION, tuple(e), tuple(s)) for t, (e, s) in acts.items()]
+    points = [QuantizerPoint(f"a:{t}" if u is None else f"a:{t}@{u}", t, ACTIVATION, tuple(e), tuple(s), unify=u)
+              for (t, u), (e, s) in acts.items()]
     return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))

@@ -77,7 +77,7 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
 
 
 def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) -> QParams:
-    s = _stats(stats, point.tensor)
+    s = _stats(stats, point.stats_tensor)
     if smooth_scale is not None:
         lo = float(np.min(s.channel_min / smooth_scale))
         hi = float(np.max(s.channel_max / smooth_scale))
@@ -135,7 +135,7 @@ def make_recipe(graph: GraphView, placement: Placement, stats: StatisticSet, pla
         if point.kind != ACTIVATION:
             continue
         scale = None
-        if plan.smooth_quant_alpha is not None:
+        if plan.smooth_quant_alpha is not None and point.unify is None:
             scale = _smoothing(graph, point, edges, stats, plan.smooth_quant_alpha)
         if scale is not None:
             for e in edges:

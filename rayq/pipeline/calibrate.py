@@ -60,9 +60,8 @@ def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smoot
         wanted[tensor] = (reds, old if old is not None else axis)
         reds.extend(r for r in reductions if r not in reds)
 
-    for point in placement.points:
-        if point.kind == "activation":
-            want(point.tensor, ("min", "max"))
+    for tensor in placement.activation_tensors():
+        want(tensor, ("min", "max"))
     for name in placement.ops:
         node = graph.node(name)
         if node.meta not in g.WEIGHTED or node.weight_input is None:
@@ -77,7 +76,7 @@ def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smoot
         if out is not None:
             want(out, ("ch_mean",), _channel_axis(node))
     requests = tuple(StatRequest(t, tuple(r), a) for t, (r, a) in wanted.items())
-    hist = tuple(p.tensor for p in placement.points if p.kind == "activation") if histograms else ()
+    hist = placement.activation_tensors() if histograms else ()
     return StatSpec(requests, hist)
 
 

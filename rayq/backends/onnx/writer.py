@@ -32,14 +32,24 @@ class _Writer:
         self.new_nodes: list[onnx.NodeProto] = []
         self.inits = {i.name: i for i in self.graph.initializer}
         self.dq_params: dict[str, QParams] = {}  # DQ output tensor -> params
+        self.names: set[str] = {t for n in self.graph.node for t in n.output} | set(self.inits)
+
+    def unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
 
     def init(self, name: str, value: np.ndarray) -> str:
+        name = self.unique(name)
         t = numpy_helper.from_array(np.asarray(value), name)
         self.graph.initializer.append(t)
         self.inits[name] = t
         return name
 
     def add(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        output = self.unique(output)
         self.new_nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
@@ -102,14 +112,21 @@ class _Writer:
         raise BackendError(f"cannot correct the bias of {node_name!r}: no bias found")
 
     def _upstream_dq(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> QParams | None:
-        while tensor in producers:
-            node = producers[tensor]
-            if tensor in self.dq_params:
-                return self.dq_params[tensor]
+        """Params of the DQ that feeds ``tensor`` through data-movement ops, or through a
+        Concat whose inputs all share one scale (the unified-scale case)."""
+        while tensor not in self.dq_params:
+            node = producers.get(tensor)
+            if node is None:
+                return None
+            if node.op_type == "Concat":
+                params = [self._upstream_dq(t, producers) for t in node.input]
+                if params and all(p is not None and _same(p, params[0]) for p in params):
+                    return params[0]
+                return None
             if node.op_type not in _PASS_THROUGH:
                 return None
             tensor = node.input[0]
-        return self.dq_params.get(tensor)
+        return self.dq_params[tensor]
 
     def rank(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> int | None:
         """Rank of ``tensor`` (or of the tensor it quantizes) from shape inference on the
@@ -174,6 +191,10 @@ class _Writer:
         del self.graph.node[:]
         self.graph.node.extend(ordered)
         return self.proto
+
+
+def _same(a: QParams, b: QParams) -> bool:
+    return (a.dtype == b.dtype and np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point))
 
 
 def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
