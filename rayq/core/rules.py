@@ -46,9 +46,9 @@ class QuantizerPoint:
         edges: Op inputs rewired to the dequantized tensor.
         serves: The quantizable op each edge serves (parallel to ``edges``).
         axis: Per-channel axis of a weight quantizer.
-        unify: For quantizers moved through a Concat onto its inputs: the Concat's
-            output tensor. Every quantizer with the same ``unify`` gets the same
-            scale (taken from that tensor), so the Concat runs on INT8 data.
+        unify: For quantizers on a Concat's inputs: the Concat's output tensor. Every
+            quantizer with the same ``unify`` gets the same scale (from that tensor's
+            statistics), so the Concat runs on INT8 data without requantization.
     """
 
     id: str
@@ -62,7 +62,7 @@ class QuantizerPoint:
     @property
     def stats_tensor(self) -> str:
         """The tensor whose statistics set this quantizer's range (the Concat output
-        for quantizers moved onto Concat inputs, so they share one scale)."""
+        for quantizers on Concat inputs, so they share one scale)."""
         return self.unify or self.tensor
 
     def active_edges(self, fallback: frozenset[str]) -> tuple[Edge, ...]:
@@ -140,21 +140,6 @@ def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
         edge, tensor = Edge(producer.name, 0), source
 
 
-def _sources(graph: GraphView, edge: Edge, tensor: str, unify: str | None = None) -> list[tuple[Edge, str, str | None]]:
-    """Where the quantizer of ``edge`` goes: up through data-movement ops and, with a
-    unified scale, through a single-consumer Concat onto each of its inputs."""
-    edge, tensor = _move_up(graph, edge, tensor)
-    producer = graph.producer(tensor)
-    if (producer is not None and producer.meta == g.CONCAT and len(graph.consumers(tensor)) == 1
-            and tensor not in graph.outputs and len(producer.inputs) > 1
-            and all(_is_float_activation(graph, t) for t in producer.inputs)):
-        out: list[tuple[Edge, str, str | None]] = []
-        for i, t in enumerate(producer.inputs):
-            out += _sources(graph, Edge(producer.name, i), t, unify or tensor)
-        return out
-    return [(edge, tensor, unify)]
-
-
 def _first_layer(graph: GraphView) -> frozenset[str]:
     reached = set(graph.inputs)
     first = set()
@@ -203,10 +188,12 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
         for i, tensor in enumerate(node.inputs):
             if i == node.weight_input or not _is_float_activation(graph, tensor):
                 continue
-            for edge, src, unify in _sources(graph, Edge(node.name, i), tensor):
-                edges, serves = acts.setdefault((src, unify), ([], []))
-                edges.append(edge)
-                serves.append(node.name)
+            edge, src = _move_up(graph, Edge(node.name, i), tensor)
+            # a Concat's inputs share one scale, taken from its output: it then runs on INT8
+            unify = node.outputs[0] if node.meta == g.CONCAT else None
+            edges, serves = acts.setdefault((src, unify), ([], []))
+            edges.append(edge)
+            serves.append(node.name)
         if node.weight_input is not None:
             weights.append(QuantizerPoint(
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,

@@ -1,0 +1,83 @@
+"""Placement rules on real graph views (ONNX backend used only to build the view)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rayq.backends import get_backend
+from rayq.core import graph as g
+from rayq.core.rules import ACTIVATION, WEIGHT, place
+from rayq.testing.models import resnet_like, transformer_block
+
+
+def _view(model):
+    backend = get_backend("onnx")
+    return backend.graph(backend.load(model))
+
+
+def test_concat_inputs_share_one_unified_quantizer_group():
+    view = _view(resnet_like(with_concat=True))
+    placement = place(view, model_type=None)
+    concat = next(n for n in view.nodes if n.meta == g.CONCAT)
+    unified = [p for p in placement.points if p.unify == concat.outputs[0]]
+    assert sorted(p.tensor for p in unified) == sorted(concat.inputs)
+    assert {e.node for p in unified for e in p.edges} == {concat.name}
+    # the Concat is its own fallback group; its consumers quantize its output as usual
+    assert concat.name in placement.ops
+    assert all(set(p.serves) == {concat.name} for p in unified)
+    assert set(placement.activation_tensors()) >= {concat.outputs[0]}
+    assert any(p.tensor == concat.outputs[0] and p.unify is None for p in placement.points)
+
+
+def test_fallback_removes_exactly_the_ops_edges():
+    view = _view(resnet_like(with_concat=True))
+    placement = place(view, model_type=None)
+    op = placement.ops[1]
+    before = {p.id: len(e) for p, e in placement.active()}
+    after = {p.id: len(e) for p, e in placement.active([op])}
+    removed = sum(before.values()) - sum(after.values())
+    assert removed == sum(s == op for p in placement.points for s in p.serves)
+    assert f"w:{op}" not in after and f"w:{op}" in before
+
+
+def test_residual_add_quantized_in_cnn_mode_not_in_transformer_mode():
+    cnn = place(_view(resnet_like()), model_type=None)
+    adds = [n for n in _view(resnet_like()).nodes if n.meta == g.ADD]
+    assert adds and all(a.name in cnn.ops for a in adds)
+    view = _view(transformer_block())
+    tr = place(view, model_type="transformer")
+    metas = {view.node(op).meta for op in tr.ops}
+    assert metas <= {g.MATMUL, g.CONV, g.CONV_TRANSPOSE}
+    softmax_out = [n.outputs[0] for n in view.nodes if n.meta == g.SOFTMAX]
+    norm_in = {n.inputs[0] for n in view.nodes if n.meta == g.NORM}
+    act_tensors = {p.tensor for p in tr.points if p.kind == ACTIVATION}
+    assert not act_tensors & norm_in
+    # attention probabilities feed the second attention MatMul: that input is quantized
+    assert set(softmax_out) <= act_tensors
+    assert all(p.axis is not None for p in tr.points if p.kind == WEIGHT)
+
+
+def test_ignored_nodes_stay_fp32():
+    view = _view(resnet_like())
+    first = next(n.name for n in view.nodes if n.meta == g.CONV)
+    placement = place(view, model_type=None, ignored=frozenset({first}))
+    assert first not in placement.ops
+    assert (first, "ignored scope") in placement.skipped
+    assert np.all([first not in p.serves for p in placement.points])
+
+
+def test_concat_inputs_get_identical_scales_in_the_built_model():
+    import rayq
+    from onnx import numpy_helper
+
+    model = resnet_like(with_concat=True)
+    calib = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    q = rayq.quantize(model, calib, num_workers=1, subset_size=16)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    concat = next(n for n in q.graph.node if n.op_type == "Concat")
+    dqs = [producers[t] for t in concat.input]
+    assert all(n.op_type == "DequantizeLinear" for n in dqs)
+    scales = {float(inits[n.input[1]]) for n in dqs}
+    zps = {int(inits[n.input[2]]) for n in dqs}
+    assert len(scales) == 1 and len(zps) == 1
