@@ -13,6 +13,7 @@ from typing import Any
 from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
+from rayq.errors import BackendError
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.session import ModelSession
 
@@ -74,8 +75,17 @@ def quantize(
                                       placement=placement, batches=session.batches)
     info = session.info
     source = "cached statistics" if info and info.cached else f"calibrated on {session.num_items} items"
-    log.info("rayq.quantize: %.1fs, %s, %s", time.perf_counter() - start, source, summary.line())
+    size = f"{_mb(session.backend, session.model)} -> {_mb(session.backend, qmodel)}"
+    log.info("rayq.quantize: %.1fs, %s, %s, %s", time.perf_counter() - start, source, summary.line(), size)
     for op, reason in summary.fp32_ops:
         if reason not in ("fallback", "ignored scope", "not a quantizable op type"):
             log.info("kept FP32: %s (%s)", op, reason)
     return qmodel
+
+
+def _mb(backend, model) -> str:
+    """Serialized model size (weights included) for the summary line."""
+    try:
+        return f"{len(backend.to_bytes(model)) / 1e6:.2f} MB"
+    except BackendError:  # > 2 GB ONNX models are not serialised in memory
+        return "> 2 GB"
