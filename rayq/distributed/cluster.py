@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from rayq.errors import ClusterError
 
@@ -29,6 +30,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
     opts = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
     opts.update(kwargs)
     try:
@@ -42,6 +45,21 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
         where = f"at {address!r}" if address else "locally"
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc
     return ray.cluster_resources()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a closed ``host:port`` instead of waiting out Ray's connection retries."""
+    target = address.split("://", 1)[-1]
+    if target in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; is it running and is the "
+                           "address right? (RAY_ADDRESS, rayq.init(address=...), --address)") from exc
 
 
 def cluster_cpus() -> int:

@@ -195,11 +195,13 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
                 plan: QuantPlan, batches: Sequence[Batch], num_threads: int) -> Recipe:
     """Cancel the per-channel mean output error measured on calibration data.
 
-    Layers are corrected level by level (a level's inputs only depend on earlier
-    levels), each with every upstream correction already in place: correcting all
-    layers at once over-corrects the deep ones, whose measured error partly comes
-    from upstream errors that the same step removes. ``bias_correction_iterations``
-    sweeps over the levels are made.
+    One sweep corrects the layers level by level (a level's inputs only depend on
+    earlier levels), each measured with every upstream correction in place, so after
+    the sweep every corrected mean matches FP32. Correcting all layers at once instead
+    over-corrects the deep ones: their measured error partly comes from upstream
+    errors that the same step removes (it made the output error worse than no
+    correction). ``bias_correction_iterations - 1`` further passes then correct every
+    layer at once on the small residuals. Cost: (levels + iterations - 1) passes.
     """
     targets = {}
     for w in recipe.weights:
@@ -209,20 +211,20 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
             targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
     levels = _weighted_levels(graph, set(targets))
-    order = [[n for n in targets if levels[n] == lv] for lv in sorted(set(levels.values()))]
-    for _ in range(plan.bias_correction_iterations):
-        for names in order:
-            current = Recipe(recipe.activations, recipe.weights,
-                             {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops)
-            requests = [StatRequest(targets[n][0], ("ch_mean",), targets[n][1]) for n in names]
-            measured = StatisticSet()
-            runner = backend.stat_runner(backend.apply(model, current), requests, num_threads=num_threads)
-            for batch_id, feeds in batches:
-                measured.update(batch_id, runner(feeds))
-            for n in names:
-                out, _, fp32_mean = targets[n]
-                err = fp32_mean - measured[out].channel_mean
-                biases[n] = biases[n] + err.reshape(biases[n].shape)
+    sweep = [[n for n in targets if levels[n] == lv] for lv in sorted(set(levels.values()))]
+    refine = [list(targets)] * max(0, plan.bias_correction_iterations - 1)
+    for names in sweep + refine:
+        current = Recipe(recipe.activations, recipe.weights,
+                         {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops)
+        requests = [StatRequest(targets[n][0], ("ch_mean",), targets[n][1]) for n in names]
+        measured = StatisticSet()
+        runner = backend.stat_runner(backend.apply(model, current), requests, num_threads=num_threads)
+        for batch_id, feeds in batches:
+            measured.update(batch_id, runner(feeds))
+        for n in names:
+            out, _, fp32_mean = targets[n]
+            err = fp32_mean - measured[out].channel_mean
+            biases[n] = biases[n] + err.reshape(biases[n].shape)
     return Recipe(recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()},
                   recipe.fp32_ops)
 

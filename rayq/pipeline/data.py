@@ -10,7 +10,6 @@ directory, or a ``ray.data.Dataset``. Items are turned into model feeds by
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ import numpy as np
 
 from rayq.backends.base import InputSpec
 from rayq.backends.feeds import check_feeds
-from rayq.errors import DataError
+from rayq.errors import DataError, RayqError
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,17 @@ def _ray_rows(ds: Any, *, unwrap: bool) -> Iterator[Any]:
 
 def take(dataset: Dataset, subset_size: int | None) -> list[Any]:
     """The first ``subset_size`` transformed items (all when None), deterministically."""
-    items = list(itertools.islice(dataset.get_inference_data(), subset_size))
+    items: list[Any] = []
+    iterator = iter(dataset.get_inference_data())
+    while subset_size is None or len(items) < subset_size:
+        try:
+            items.append(next(iterator))
+        except StopIteration:
+            break
+        except RayqError:
+            raise
+        except Exception as exc:  # the user's transform_fn or data source failed
+            raise DataError(f"reading dataset item {len(items)} failed: {type(exc).__name__}: {exc}") from exc
     if not items:
         raise DataError("the dataset is empty")
     if subset_size is not None and len(items) < subset_size:

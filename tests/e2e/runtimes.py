@@ -26,8 +26,11 @@ def run_ort(model: onnx.ModelProto, feeds: dict, *, optimized_path: str | None =
 
 
 def run_ov(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    """OpenVINO reads QDQ ONNX directly (Q/DQ pairs become INT8 FakeQuantize)."""
-    import openvino as ov
+    """OpenVINO reads QDQ ONNX directly (Q/DQ pairs become INT8 FakeQuantize); skips the
+    calling test where OpenVINO is not installed."""
+    import pytest
+
+    ov = pytest.importorskip("openvino")
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",

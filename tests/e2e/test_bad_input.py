@@ -113,6 +113,12 @@ def test_missing_or_unreadable_data_file(tmp_path):
     _raises(rayq.DataError, "unsupported dataset file", data=str(tmp_path / "calib.csv"))
 
 
+def test_failing_transform_fn(calib):
+    ds = rayq.Dataset([{"image": x} for x in calib], lambda item: item["pixels"])
+    err = _raises(rayq.DataError, "reading dataset item 0 failed: KeyError: 'pixels'", data=ds)
+    assert isinstance(err.__cause__, KeyError)  # the user's traceback is kept
+
+
 def test_unsupported_dataset_type():
     _raises(rayq.DataError, "unsupported dataset type", data=3.5)
 
@@ -201,9 +207,6 @@ def test_unsupported_op_left_fp32_and_named_in_summary(caplog):
 # --------------------------------------------------------------------------------------
 # the cluster
 # --------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rayq/distributed/cluster.py:init passes the address straight to "
-                   "ray.init, which retries the GCS connection for minutes; needs a fast reachability "
-                   "check (not owned by the engine tests: reported)")
 def test_unreachable_cluster_address_fails_fast():
     """A fresh interpreter (the session's Ray fixture must not be reused) connecting to a
     closed port gets a ClusterError within seconds instead of hanging in Ray's retries."""

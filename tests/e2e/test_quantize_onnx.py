@@ -116,6 +116,10 @@ def test_cnn_expected_ops_are_quantized(cnn, cnn_int8):
         assert all(dequantized(cnn_int8, t) for t in node(cnn_int8, name).input), name
     concat = next(n for n in cnn_int8.graph.node if n.op_type == "Concat")
     assert all(dequantized(cnn_int8, t) for t in concat.input)
+    # one shared scale / zero point on the Concat inputs: it runs on INT8 data as is
+    inits, prods = initializers(cnn_int8), producers(cnn_int8)
+    params = {tuple(inits[i].tobytes() for i in prods[t].input[1:]) for t in concat.input}
+    assert len(params) == 1
     gemm = next(n for n in cnn_int8.graph.node if n.op_type == "Gemm")
     assert dequantized(cnn_int8, gemm.input[0]) and weight_of(cnn_int8, gemm.name) is not None
 
@@ -182,12 +186,13 @@ def test_transformer_has_smoothquant_muls(encoder, encoder_int8):
     smooth = [n for n in encoder_int8.graph.node if n.op_type == "Mul" and n.output[0].endswith("/rayq_smoothed")]
     # Q/K/V share one input; the FFN input is another: at least two smoothed tensors
     assert len(smooth) >= 2
-    users = {t for n in encoder_int8.graph.node for t in n.input}
-    consumers = {n.input[0] for n in encoder_int8.graph.node if n.op_type == "QuantizeLinear"}
+    quantized = {n.input[0] for n in encoder_int8.graph.node if n.op_type == "QuantizeLinear"}
+    inits = initializers(encoder_int8)
     for mul in smooth:
-        assert mul.output[0] in consumers  # the smoothed tensor is what gets quantized
+        assert mul.output[0] in quantized  # the smoothed tensor is what gets quantized
+        factor = inits[mul.input[1]]
+        assert factor.ndim == 1 and factor.shape[0] in (64, 128) and (factor > 0).all() and not np.allclose(factor, 1.0)
     assert op_counts(encoder_int8)["Mul"] == op_counts(model)["Mul"] + len(smooth)
-    assert users
 
 
 def test_transformer_never_quantizes_softmax_or_layernorm_inputs(encoder_int8):
