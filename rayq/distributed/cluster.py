@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from rayq.errors import ClusterError
+from rayq.errors import ClusterError, RayqError
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,12 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def task_error(exc: BaseException, what: str) -> BaseException:
+    """The error to raise for a failed Ray task: the rayq error it carries (a bad input
+    seen on a worker keeps its type and message), else a :class:`ClusterError`."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, RayqError):
+        return cause
+    return ClusterError(f"{what} failed: {exc}")

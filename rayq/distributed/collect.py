@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 from rayq.backends import get_backend
 from rayq.core.stats import StatisticSet
-from rayq.distributed.cluster import cluster_cpus
-from rayq.errors import ClusterError, RayqError
+from rayq.distributed.cluster import cluster_cpus, task_error
+from rayq.errors import ClusterError
 from rayq.pipeline import calibrate
 from rayq.pipeline.calibrate import Batch, StatSpec
 
@@ -111,10 +111,7 @@ class _Pool:
             try:
                 part = StatisticSet.from_arrays(ray.get(done[0]))
             except RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, RayqError):
-                    raise cause from None
-                raise ClusterError(f"a calibration worker failed: {exc}") from exc
+                raise task_error(exc, "a calibration worker") from exc
             except RayActorError as exc:
                 if tries >= MAX_RETRIES:
                     raise ClusterError(f"calibration worker died {tries + 1} times on batches "

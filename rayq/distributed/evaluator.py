@@ -15,7 +15,8 @@ from typing import Any
 
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
-from rayq.errors import ClusterError, RayqError
+from rayq.distributed.cluster import task_error
+from rayq.errors import ClusterError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
 from rayq.pipeline.latency import Latency
 
@@ -122,10 +123,7 @@ class RayEvaluatorPool:
                 results[i] = ray.get(done[0])
                 free.append(idx)
             except RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, RayqError):
-                    raise cause from None
-                raise ClusterError(f"an evaluator failed: {exc}") from exc
+                raise task_error(exc, "an evaluator") from exc
             except RayActorError as exc:
                 tries[i] += 1
                 if tries[i] > MAX_RETRIES:
