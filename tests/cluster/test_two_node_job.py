@@ -43,7 +43,7 @@ def _start(args: list[str], env: dict) -> int:
 
 
 def _pgids(marker: str) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pgid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid,args"], capture_output=True, text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines()[1:] if marker in line}
 
 
@@ -63,12 +63,25 @@ def two_node_cluster(tmp_path):
                 "--disable-usage-stats"], env)
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        for pgid in _pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}") - before:
+        _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop(groups) -> None:
+    """SIGTERM this cluster's process groups, then SIGKILL what is left (gcs_server and
+    raylet can outlive SIGTERM), like ``ray stop`` but only for these two nodes."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pending = groups()
+        for pgid in pending:
             try:
-                os.killpg(pgid, signal.SIGTERM)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        deadline = time.monotonic() + wait
+        while groups() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not groups():
+            return
 
 
 def _client(address: str):
