@@ -117,6 +117,8 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> st
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
         return "no float inputs"
+    if node.meta == g.MATMUL and any(_from_softmax(graph, t) for t in acts):
+        return "attention-probabilities MatMul stays FP32 (a Softmax output loses its small values in INT8)"
     if node.meta == g.ADD and len(acts) < 2:
         return "Add with a constant operand stays FP32"
     if node.meta == g.CONCAT and len(acts) != len([t for t in node.inputs if t]):
@@ -124,6 +126,14 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> st
     if node.meta in g.WEIGHTED and node.weight_input is None and len(acts) < 2:
         return "no constant weight that can be quantized per channel (e.g. a MatMul weight that is not 2-D)"
     return None
+
+
+def _from_softmax(graph: GraphView, tensor: str) -> bool:
+    """True if ``tensor`` is a Softmax output, possibly behind data-movement ops."""
+    producer = graph.producer(tensor)
+    while producer is not None and producer.meta == g.SHAPE:
+        producer = graph.producer(producer.inputs[0])
+    return producer is not None and producer.meta == g.SOFTMAX
 
 
 def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:

@@ -78,7 +78,7 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
 
 def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) -> QParams:
     s = _stats(stats, point.stats_tensor)
-    if smooth_scale is not None:
+    if smooth_scale is not None:  # exact extremes of x / s for any alpha, from per-channel min/max
         lo = float(np.min(s.channel_min / smooth_scale))
         hi = float(np.max(s.channel_max / smooth_scale))
     else:
@@ -163,8 +163,18 @@ def make_recipe(graph: GraphView, placement: Placement, stats: StatisticSet, pla
 
 
 def _fast_bias(graph, node, stats, dw, smooth_scale) -> np.ndarray | None:
+    """Fast bias correction for Conv and 2-D MatMul/Gemm.
+
+    Token-wise MatMuls (inputs of rank >= 3, e.g. [batch, seq, hidden]) are skipped:
+    their channel means pool every position, padding included, and on MiniLM the
+    correction raised the output NMSE from 0.0088 to 0.0113. The exact variant
+    (``fast_bias_correction=False``) measures the output error and still covers them.
+    """
     bias = _bias_value(graph, node)
     x = node.inputs[0]
+    rank = graph.tensors[x].rank if x in graph.tensors else None
+    if node.meta == g.MATMUL and (rank is None or rank >= 3):
+        return None
     if bias is None or x not in stats or stats[x].channel_mean is None:
         return None
     mean = stats[x].channel_mean
