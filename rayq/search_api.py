@@ -132,6 +132,7 @@ def search(
     space = _space(base, placement.ops, presets=presets, estimators=estimators,
                    bias_corrections=bias_corrections, alphas=smooth_quant_alphas)
     stats = session.statistics(base, histograms=True, num_workers=num_workers, use_cache=cache,
+                               exact_bias="exact" in (*bias_corrections, base.bias_correction),
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
                               seed=seed, generation_size=generation_size, explore=explore)

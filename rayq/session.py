@@ -64,14 +64,21 @@ class ModelSession:
         self.model_fingerprint = self.backend.fingerprint(self.model)
         self.info: CalibrationInfo | None = None
 
-    def statistics(self, plan: QuantPlan, *, histograms: bool, num_workers: int | None = None,
+    def statistics(self, plan: QuantPlan, *, histograms: bool, exact_bias: bool | None = None,
+                   num_workers: int | None = None,
                    use_cache: bool = True, cache_dir: str | None = None,
                    worker_resources: dict | None = None) -> StatisticSet:
-        """Statistics for every plan sharing ``plan``'s model type and ignored scope."""
+        """Statistics for every plan sharing ``plan``'s model type and ignored scope.
+
+        ``histograms`` adds the histogram pass (quantile / histogram_mse estimators);
+        ``exact_bias`` the FP32 output means of the exact bias correction (default:
+        when ``plan`` uses it).
+        """
         if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
             raise ConfigError(f"num_workers={num_workers!r} must be None (every CPU of the cluster) or >= 1")
         spec = calibrate.stat_spec(self.graph, placement_for(self.graph, plan), histograms=histograms,
-                                   smooth_quant=plan.model_type == "transformer")
+                                   smooth_quant=plan.model_type == "transformer",
+                                   exact_bias=plan.bias_correction == "exact" if exact_bias is None else exact_bias)
         key = cache.cache_key(self.model_fingerprint, self.data_fingerprint, spec.key_material(), self.batch_size)
         start = time.perf_counter()
         if use_cache:

@@ -217,8 +217,12 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
     for w in recipe.weights:
         node = graph.node(w.node)
         out = _bias_output(graph, node)
-        if out is not None and out in stats and stats[out].channel_mean is not None:
-            targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
+        if out is None:
+            continue
+        if out not in stats or stats[out].channel_mean is None:
+            raise CalibrationError(f"exact bias correction needs the FP32 output means of {node.name!r}; "
+                                   "these statistics were collected without them (exact_bias=False)")
+        targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
     levels = _weighted_levels(graph, set(targets))
     sweep = [[n for n in targets if levels[n] == lv] for lv in sorted(set(levels.values()))]

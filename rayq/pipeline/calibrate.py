@@ -46,7 +46,8 @@ def _channel_axis(node) -> int:
     return 1 if node.meta in (g.CONV, g.CONV_TRANSPOSE) else -1
 
 
-def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smooth_quant: bool) -> StatSpec:
+def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smooth_quant: bool,
+              exact_bias: bool = False) -> StatSpec:
     """Statistics needed by any plan built on ``placement`` (``smooth_quant``: per-channel
     min/max of MatMul inputs too)."""
     wanted: dict[str, tuple[list[str], int | None]] = {}
@@ -72,8 +73,8 @@ def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smoot
         want(x, ("ch_mean",), _channel_axis(node))
         if smooth_quant and node.meta == g.MATMUL:
             want(x, ("ch_min", "ch_max"), -1)
-        out = _bias_output(graph, node)
-        if out is not None:
+        out = _bias_output(graph, node) if exact_bias else None
+        if out is not None:  # FP32 output means: the target of the exact bias correction
             want(out, ("ch_mean",), _channel_axis(node))
     requests = tuple(StatRequest(t, tuple(r), a) for t, (r, a) in wanted.items())
     hist = placement.activation_tensors() if histograms else ()
