@@ -61,3 +61,22 @@ def test_onnx_search_targets_openvino(tmp_path):
                          target="openvino", n_trials=3, num_workers=1)
     assert result.target == "openvino" and result.status == "met"
     assert np.isfinite(result.latency_ms)
+
+
+def test_onnx_frontend_biases_are_not_mistaken_for_residual_adds(tmp_path):
+    """``ov.Core().read_model(x.onnx)`` reshapes biases through ShapeOf; after constant
+    folding the placement matches ``ov.convert_model`` (16 residual Adds, not 69)."""
+    import onnx
+
+    from rayq.backends import get_backend
+    from rayq.core.rules import place
+    from rayq.testing.models import resnet50_like
+
+    path = tmp_path / "r50.onnx"
+    onnx.save(resnet50_like(input_shape=(3, 64, 64)), str(path))
+    backend = get_backend("openvino")
+    counts = []
+    for model in (ov.Core().read_model(str(path)), ov.convert_model(str(path))):
+        view = backend.graph(backend.load(model))
+        counts.append(len(place(view, model_type=None).ops))
+    assert counts[0] == counts[1] == 71  # 53 Conv + 16 residual Add + pool + classifier

@@ -39,7 +39,9 @@ def load_model(model: Any) -> ov.Model:
         BackendError: the ``.xml`` or its ``.bin`` is missing, or OpenVINO cannot read it.
     """
     if isinstance(model, ov.Model):
-        return model
+        if model.has_rt_info(_FOLDED):
+            return model
+        return _fold(model.clone())
     if not is_ir_path(model):
         raise BackendError(f"expected an openvino.Model or a path ending in .xml, got {model!r}")
     xml = Path(os.fspath(model))
@@ -49,9 +51,26 @@ def load_model(model: Any) -> ov.Model:
     if not weights.is_file():
         raise BackendError(f"the weights file {str(weights)!r} of OpenVINO IR {str(xml)!r} is missing")
     try:
-        return runtime.core().read_model(str(xml), str(weights))
+        model = runtime.core().read_model(str(xml), str(weights))
     except Exception as exc:  # openvino raises RuntimeError subclasses
         raise BackendError(f"OpenVINO cannot read {str(xml)!r}: {runtime.describe(exc)}") from exc
+    return _fold(model)
+
+
+_FOLDED = "rayq_constant_folded"
+
+
+def _fold(model: ov.Model) -> ov.Model:
+    """Fold constant subgraphs once (e.g. a bias reshaped through ShapeOf by the ONNX
+    frontend), so a bias Add is seen as an Add of a constant, not as a residual Add.
+    The model is tagged so later ``load`` calls return it unchanged (stable names)."""
+    from openvino import passes
+
+    manager = passes.Manager()
+    manager.register_pass(passes.ConstantFolding())
+    manager.run_passes(model)
+    model.set_rt_info(True, _FOLDED)
+    return model
 
 
 def save_model(model: ov.Model, path: str | os.PathLike) -> list[str]:
