@@ -35,6 +35,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=BENCH / ".cache" / "ptq", help="models and job results")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ptq.json")
     ap.add_argument("--job-timeout", type=int, default=3600)
+    ap.add_argument("--rayq-commit", default=None, metavar="REF",
+                    help="benchmark rayq as committed at REF (git archive into the work dir, put first on "
+                         "PYTHONPATH) instead of the working tree, so concurrent edits cannot change it mid-run")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="re-run a failed quantize job this many times (failures are kept in the JSON)")
     args = ap.parse_args(argv)
     if args.runs < 30:
         ap.error("--runs must be >= 30")
@@ -79,6 +85,23 @@ def _parse_cpus(text: str) -> list[int]:
     return cpus
 
 
+def rayq_snapshot(args: argparse.Namespace) -> dict[str, str]:
+    """Environment for the subprocesses: PYTHONPATH to a frozen rayq when --rayq-commit is given."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not args.rayq_commit:
+        return env
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{args.rayq_commit}^{{commit}}"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dest = args.work / "rayq-src" / sha[:12]
+    if not (dest / "rayq" / "__init__.py").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "rayq"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["RAYQ_BENCH_COMMIT"] = sha
+    return env
+
+
 def run_job(args: argparse.Namespace, job: str, log_name: str, extra: list[str]) -> dict:
     """Run one ``ptq_jobs.py`` job in a fresh, pinned process; return its JSON result."""
     result_path = args.work / "jobs" / f"{log_name}.json"
@@ -87,11 +110,18 @@ def run_job(args: argparse.Namespace, job: str, log_name: str, extra: list[str])
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(JOBS), job, "--work", str(args.work), "--samples", str(args.samples),
            "--heldout", str(args.heldout), "--json", str(result_path), *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = args.env
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                              timeout=args.job_timeout, preexec_fn=lambda: os.sched_setaffinity(0, args.cpus))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                preexec_fn=lambda: os.sched_setaffinity(0, args.cpus))
+        timer = threading.Timer(args.job_timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
@@ -100,6 +130,9 @@ def run_job(args: argparse.Namespace, job: str, log_name: str, extra: list[str])
                 "process_s": wall}
     result = json.loads(result_path.read_text())
     result["process_s"] = wall
+    # CPU seconds of the job and of the descendants it reaped (Ray workers are not
+    # reaped by the driver, so for rayq with Ray this is a lower bound).
+    result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
     result["log"] = str(log_path)
     return result
 
@@ -116,6 +149,15 @@ def quantize_row(args: argparse.Namespace, model: str, backend: str) -> dict[str
             if workers:
                 extra += ["--workers", workers]
             res = run_job(args, "quantize", f"quantize_{model}_{backend}_{variant}_{rep}", extra)
+            failures = []
+            for attempt in range(1, args.retries + 1):
+                if "error" not in res:
+                    break
+                failures.append({k: res.get(k) for k in ("error", "log", "log_tail")})
+                print(f"  retrying {variant} (attempt {attempt + 1}) after: {res['error']}", flush=True)
+                res = run_job(args, "quantize", f"quantize_{model}_{backend}_{variant}_{rep}_retry{attempt}", extra)
+            if failures:
+                res["failed_attempts"] = failures
             shown = f"{res['quantize_s']:.1f}s (process {res['process_s']:.1f}s)" if "error" not in res else "FAILED"
             print(f"  quantize {model:8s} {backend:8s} {variant:12s} run {rep + 1}: {shown}", flush=True)
             runs[variant].append(res)
@@ -124,9 +166,12 @@ def quantize_row(args: argparse.Namespace, model: str, backend: str) -> dict[str
         ok = [r for r in results if "error" not in r]
         best = dict(ok[0]) if ok else dict(results[0])
         if ok:
-            for key in ("quantize_s", "import_s", "process_s"):
-                best[key] = statistics.median(r[key] for r in ok)
+            for key in ("quantize_s", "import_s", "process_s", "process_cpu_s"):
+                if all(key in r for r in ok):
+                    best[key] = statistics.median(r[key] for r in ok)
             best["quantize_s_all"] = [r["quantize_s"] for r in ok]
+        best["failures"] = [f for r in results for f in r.get("failed_attempts", [])] + [
+            {k: r.get(k) for k in ("error", "log", "log_tail")} for r in results if "error" in r]
         if not ok:
             output_path(args.work, model, backend, variant).unlink(missing_ok=True)
         summary[variant] = best
@@ -135,23 +180,28 @@ def quantize_row(args: argparse.Namespace, model: str, backend: str) -> dict[str
 
 def environment(args: argparse.Namespace) -> dict:
     code = ("import json, numpy, onnx, onnxruntime, openvino, ray, nncf, rayq, torch; "
-            "print(json.dumps({m.__name__: getattr(m, '__version__', '?') for m in "
-            "(rayq, nncf, onnxruntime, openvino, onnx, ray, numpy, torch)}))")
+            "d = {m.__name__: getattr(m, '__version__', '?') for m in "
+            "(rayq, nncf, onnxruntime, openvino, onnx, ray, numpy, torch)}; d['rayq_file'] = rayq.__file__; "
+            "print(json.dumps(d))")
     versions = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                         cwd=REPO, check=True).stdout.strip().splitlines()[-1])
+                                         cwd=BENCH, env=args.env, check=True).stdout.strip().splitlines()[-1])
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     dirty = subprocess.run(["git", "status", "--porcelain", "rayq"], capture_output=True, text=True, cwd=REPO)
-    return {"cpu_model": fields.get("Model name", "?").strip(), "cpus_online": os.cpu_count(),
+    snapshot = args.env.get("RAYQ_BENCH_COMMIT")
+    return {"rayq_source": f"git archive of {snapshot}" if snapshot else "working tree",
+            "rayq_commit": snapshot[:12] if snapshot else None, "rayq_file": versions.pop("rayq_file"),"cpu_model": fields.get("Model name", "?").strip(), "cpus_online": os.cpu_count(),
             "cpus_used": args.cpus, "python": platform.python_version(), "versions": versions,
-            "git_commit": git.stdout.strip(), "rayq_tree_dirty": bool(dirty.stdout.strip()),
+            "git_commit": git.stdout.strip(),
+            "rayq_tree_dirty": False if snapshot else bool(dirty.stdout.strip()),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    args.env = rayq_snapshot(args)
     models = [m for m in args.models.split(",") if m]
     backends = [b for b in args.backends.split(",") if b]
     steps = set(args.steps.split(","))
@@ -180,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = environment(args)
     rows = {k: v for k, v in state["rows"].items() if k.split("/")[0] in models and k.split("/")[1] in backends}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "env"}
     report = ptq_report.build(rows, env, config)
     markdown = ptq_report.markdown(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

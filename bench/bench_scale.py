@@ -36,7 +36,9 @@ def main(argv=None) -> int:
 
     import rayq
     from rayq.core.plan import QuantPlan
+    from rayq.distributed.collect import collect_distributed
     from rayq.distributed.evaluator import RayEvaluatorPool
+    from rayq.pipeline.calibrate import stat_spec
     from rayq.testing.metrics import pair_accuracy
     from rayq.pipeline.build import placement_for
     from rayq.tuning.control import score_groups
@@ -53,17 +55,20 @@ def main(argv=None) -> int:
     rayq.init(num_cpus=max(workers))
     session = ModelSession(model, calib, subset_size=args.samples)
     plan = QuantPlan.create()
-    ops = placement_for(session.graph, plan).ops
+    placement = placement_for(session.graph, plan)
+    ops = placement.ops
+    spec = stat_spec(session.graph, placement, histograms=False, smooth_quant=False)
+    model_bytes = session.backend.to_bytes(session.model)
     rows = []
     for w in workers:
         calib_s, rank_s = [], []
         for _ in range(args.repeats):
-            t = time.perf_counter()
-            stats = session.statistics(plan, histograms=False, num_workers=w, use_cache=False,
-                                       worker_resources={"num_cpus": 1})
+            t = time.perf_counter()  # W single-threaded actors, W=1 included (no in-process shortcut)
+            stats, _ = collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=w,
+                                           resources={"num_cpus": 1})
             calib_s.append(time.perf_counter() - t)
         pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
-                                model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
+                                model_bytes=model_bytes, stats=stats, items=items,
                                 validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
         try:
             pool.map_metric([plan])  # warm the actors (model compiled, data resident)

@@ -7,7 +7,9 @@ protocol, applied identically to the FP32 model, NNCF's INT8 model and rayq's.
   "INFERENCE_PRECISION_HINT": "f32"}`` on ``CPU`` (reads FP32 ONNX, QDQ ONNX, or IR).
 * Latency: batch 1, ``warmup`` untimed runs per model, then ``runs`` rounds; each
   round times one inference of every model, in an order rotated every round, so the
-  models share the same drift in machine load. Median, quartiles and min are kept.
+  models share the same drift in machine load. Median, quartiles, min and the raw
+  times are kept (the report also gives the median of per-round ratios, which is
+  less sensitive to load drift than the ratio of medians).
 * Output error of INT8 vs FP32 on held-out inputs (batch 1 each):
   ``nmse = mean_i ||q_i - f_i||^2 / ||f_i||^2`` and, for embeddings, the mean row
   cosine similarity.
@@ -101,7 +103,7 @@ def interleaved_latency(runners: Mapping[str, Runner], feeds: dict[str, np.ndarr
             t0 = time.perf_counter()
             runners[name](feeds)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: summarize(t) for n, t in times.items()}
+    return {n: dict(summarize(t), times_ms=t) for n, t in times.items()}
 
 
 def summarize(times: list[float]) -> dict:

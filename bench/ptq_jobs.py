@@ -145,7 +145,8 @@ def quantize(args: argparse.Namespace) -> dict:
               "model": args.model, "backend": args.backend, "samples": len(items),
               "import_s": import_s, "quantize_s": quantize_s, "save_s": time.perf_counter() - t1,
               "output": str(out), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "version": getattr(tool, "__version__", "?"), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+              "version": getattr(tool, "__version__", "?"), "module_file": tool.__file__,
+              "rayq_commit_env": os.environ.get("RAYQ_BENCH_COMMIT"), "cpu_affinity": sorted(os.sched_getaffinity(0)),
               "loadavg_after": os.getloadavg(), "ops": _op_counts(q, args.backend)}
     result.update(_ray_info())
     return result

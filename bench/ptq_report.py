@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 TARGETS = {"quantize": 0.5, "latency": 1.0, "nmse": 1.5}
 LABELS = {"nncf": "NNCF", "rayq_ray": "rayq (Ray, num_workers=None)",
           "rayq_inproc": "rayq (in-process, num_workers=1)"}
@@ -36,6 +38,7 @@ def row_figures(row: dict) -> dict:
                  "verdicts": {}}
     if "error" in m:
         fig["errors_in_jobs"]["measure"] = m["error"]
+    fig["quantize_failures"] = {v: len(r.get("failures", [])) for v, r in q.items() if r.get("failures")}
     nncf_q = fig["quantize_s"].get("nncf")
     for v in ("rayq_ray", "rayq_inproc"):
         r = _ratio(fig["quantize_s"].get(v), nncf_q)
@@ -43,6 +46,8 @@ def row_figures(row: dict) -> dict:
         fig["verdicts"][f"quantize_{v}"] = _verdict(r, TARGETS["quantize"])
     rq = _rayq_primary(m)
     fig["rayq_measured"] = rq
+    fig["samples"] = sorted({r.get("samples") for r in q.values() if r.get("samples")})
+    fig["latency_runs"] = sorted({s["runs"] for d in m.get("runtimes", {}).values() for s in d["latency"].values()})
     for rt, data in m.get("runtimes", {}).items():
         lat = data["latency"]
         fig["latency_ms"][rt] = {v: s["median_ms"] for v, s in lat.items()}
@@ -54,6 +59,8 @@ def row_figures(row: dict) -> dict:
             fig.setdefault("rayq_ray_vs_inproc_max_abs", {})[rt] = errs["rayq_ray_vs_inproc_max_abs"]
         r = _ratio(lat.get(rq, {}).get("median_ms"), lat.get("nncf", {}).get("median_ms"))
         fig["ratios"][f"latency_{rt}"] = r
+        fig.setdefault("latency_paired_ratio", {})[rt] = _paired(lat.get(rq), lat.get("nncf"))
+        fig.setdefault("loadavg", {})[rt] = [data.get("loadavg_before"), data.get("loadavg_after")]
         fig["verdicts"][f"latency_{rt}"] = _verdict(r, TARGETS["latency"])
         r = _ratio(fig["nmse"][rt].get(rq), fig["nmse"][rt].get("nncf"))
         fig["ratios"][f"nmse_{rt}"] = r
@@ -61,9 +68,22 @@ def row_figures(row: dict) -> dict:
     return fig
 
 
+def _paired(a: dict | None, b: dict | None) -> float | None:
+    """Median over rounds of a/b, both timed in the same round (robust to load drift)."""
+    if not a or not b or "times_ms" not in a or "times_ms" not in b:
+        return None
+    return statistics.median(x / y for x, y in zip(a["times_ms"], b["times_ms"]))
+
+
 def build(rows: dict, env: dict, config: dict) -> dict:
     return {"environment": env, "config": config, "targets": TARGETS,
             "rows": {k: {"figures": row_figures(v), "raw": v} for k, v in rows.items()}}
+
+
+def _rayq_source(env: dict) -> str:
+    if env.get("rayq_commit"):
+        return f"commit {env['rayq_commit']}"
+    return f"working tree at {env['git_commit']}{', uncommitted changes' if env['rayq_tree_dirty'] else ''}"
 
 
 def _cell(ratio, verdict) -> str:
@@ -77,14 +97,17 @@ def _num(x, fmt="{:.1f}") -> str:
 def markdown(report: dict) -> str:
     env = report["environment"]
     v = env["versions"]
+    figs = [row["figures"] for row in report["rows"].values()]
+    samples = "/".join(str(x) for x in sorted({n for f in figs for n in f.get("samples", [])})) or "?"
+    runs = "/".join(str(x) for x in sorted({n for f in figs for n in f.get("latency_runs", [])})) or "?"
     lines = [
         "### rayq vs NNCF: ratios rayq/NNCF (targets: quantize <= 0.5, INT8 latency <= 1.0, NMSE <= 1.5)",
         "",
         f"Machine: {env['cpu_model']}, {len(env['cpus_used'])} of {env['cpus_online']} CPUs used; "
-        f"rayq {v['rayq']} (git {env['git_commit']}{', dirty tree' if env['rayq_tree_dirty'] else ''}), "
+        f"rayq {v['rayq']} ({_rayq_source(env)}), "
         f"nncf {v['nncf']}, onnxruntime {v['onnxruntime']}, openvino {v['openvino']}, ray {v['ray']}; "
-        f"{report['config']['samples']} calibration items, latency batch 1 / {report['config']['threads']} threads, "
-        f"median of {report['config']['runs']} interleaved runs; {env['date']}.",
+        f"{samples} calibration items, latency batch 1 / {report['config']['threads']} threads, "
+        f"median of {runs} interleaved runs; {env['date']}.",
         "",
         "| model | backend | quantize time, rayq Ray | quantize time, rayq 1 proc | INT8 latency ORT "
         "| INT8 latency OV | NMSE ORT | NMSE OV |",
@@ -96,7 +119,13 @@ def markdown(report: dict) -> str:
         model, backend = key.split("/")
         cells = [_cell(r.get(k), d.get(k)) for k in ("quantize_rayq_ray", "quantize_rayq_inproc", "latency_ort",
                                                        "latency_ov", "nmse_ort", "nmse_ov")]
+        for i, rt in ((2, "ort"), (3, "ov")):
+            paired = f.get("latency_paired_ratio", {}).get(rt)
+            if paired is not None:
+                cells[i] += f" (paired {paired:.2f})"
         lines.append(f"| {model} | {backend} | " + " | ".join(cells) + " |")
+    lines += ["", "Latency cells: ratio of medians (the verdict) and, in brackets, the median of per-round "
+              "ratios rayq/NNCF (both timed in the same round)."]
     lines += ["", "Absolute figures (quantize: seconds of the timed call, median over repeats; "
               "latency: median ms, FP32 / NNCF / rayq; NMSE vs FP32 on held-out inputs):", "",
               "| model | backend | quantize s NNCF / rayq Ray / rayq 1 proc | process s (incl. imports, "
@@ -122,6 +151,8 @@ def markdown(report: dict) -> str:
         f = row["figures"]
         if f["errors_in_jobs"]:
             notes.append(f"- {key}: failed jobs: {f['errors_in_jobs']} (see the logs under the work dir)")
+        if f.get("quantize_failures"):
+            notes.append(f"- {key}: failed quantize attempts (retried; see JSON/logs): {f['quantize_failures']}")
         if f.get("rayq_ray_vs_inproc_max_abs"):
             diffs = ", ".join(f"{rt} {d:.2e}" for rt, d in f["rayq_ray_vs_inproc_max_abs"].items())
             notes.append(f"- {key}: max |rayq Ray output - rayq in-process output| on held-out inputs: {diffs}")
