@@ -294,8 +294,7 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
         cmd.append("--no-openvino")
     if args.model_type:
         cmd += ["--model-type", args.model_type]
-    if args.preset:
-        cmd += ["--preset", args.preset]
+    cmd += ["--preset", args.preset or "default"]          # the job's own default is mixed
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAYQ_PROGRESS="log",
                PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     env.pop("RAY_ADDRESS", None)            # rayq must start its own private local Ray
@@ -427,9 +426,10 @@ def report(res: dict) -> str:
                 notes.append(f"{info['iterations']} revert iteration(s), {info.get('rankings', 0)} ranking(s)")
             if info.get("note"):
                 notes.append(info["note"])
-            others = [x for x in models[1:] if x and x.get("same_as") != f"{t}_qwac{key}_r0"]
+            others = [x for x in models[1:] if x and x.get("same_as") != f"{t}_qwac{key}_r0"
+                      and (x["top1"], x["fp32_op_names"]) != (mm["top1"], mm["fp32_op_names"])]
             if len(models) > 1:
-                notes.append("all runs returned the same model" if not others else
+                notes.append("all runs: same top-1 and FP32 ops" if not others else
                              "other runs: " + ", ".join(f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / "
                                                         f"{x['fp32_ops']} FP32" for x in others))
             walls = ", ".join(f"{w:.0f}" for w in q.get("wall_s_all", [q["wall_s"]]))
@@ -472,7 +472,8 @@ def main(argv=None) -> int:
                workers=args.workers)
     res.setdefault("qwac", {})
     res.setdefault("naive", {})
-    res["environment"] = environment(args)
+    if steps & {"naive", "qwac"} or "environment" not in res:
+        res["environment"] = environment(args)             # as of the runs, not of a later report
     sys.path.insert(0, str(BENCH))
     import qwac_model
 

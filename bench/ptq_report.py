@@ -33,6 +33,7 @@ def row_figures(row: dict) -> dict:
     fig: dict = {"quantize_s": {v: r.get("quantize_s") for v, r in q.items()},
                  "import_s": {v: r.get("import_s") for v, r in q.items()},
                  "process_s": {v: r.get("process_s") for v, r in q.items()},
+                 "process_cpu_s": {v: r.get("process_cpu_s") for v, r in q.items()},
                  "errors_in_jobs": {v: r.get("error") for v, r in q.items() if "error" in r},
                  "latency_ms": {}, "latency_iqr_ms": {}, "nmse": {}, "cosine": {}, "ratios": {},
                  "verdicts": {}}
@@ -44,6 +45,8 @@ def row_figures(row: dict) -> dict:
         r = _ratio(fig["quantize_s"].get(v), nncf_q)
         fig["ratios"][f"quantize_{v}"] = r
         fig["verdicts"][f"quantize_{v}"] = _verdict(r, TARGETS["quantize"])
+    fig["ratios"]["process_cpu_rayq_inproc"] = _ratio(fig["process_cpu_s"].get("rayq_inproc"),
+                                                      fig["process_cpu_s"].get("nncf"))
     rq = _rayq_primary(m)
     fig["rayq_measured"] = rq
     fig["samples"] = sorted({r.get("samples") for r in q.values() if r.get("samples")})
@@ -87,7 +90,7 @@ def _rayq_source(env: dict) -> str:
 
 
 def _cell(ratio, verdict) -> str:
-    return "-" if ratio is None else f"{ratio:.2f} {verdict}"
+    return "-" if ratio is None else f"{ratio:.3f} {verdict}"
 
 
 def _num(x, fmt="{:.1f}") -> str:
@@ -110,8 +113,8 @@ def markdown(report: dict) -> str:
         f"median of {runs} interleaved runs; {env['date']}.",
         "",
         "| model | backend | quantize time, rayq Ray | quantize time, rayq 1 proc | INT8 latency ORT "
-        "| INT8 latency OV | NMSE ORT | NMSE OV |",
-        "|---|---|---|---|---|---|---|---|",
+        "| INT8 latency OV | NMSE ORT | NMSE OV | CPU s, rayq 1 proc (info) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, row in report["rows"].items():
         f = row["figures"]
@@ -122,16 +125,20 @@ def markdown(report: dict) -> str:
         for i, rt in ((2, "ort"), (3, "ov")):
             paired = f.get("latency_paired_ratio", {}).get(rt)
             if paired is not None:
-                cells[i] += f" (paired {paired:.2f})"
+                cells[i] += f" (paired {paired:.3f})"
+        cpu = r.get("process_cpu_rayq_inproc")
+        cells.append("-" if cpu is None else f"{cpu:.2f}")
         lines.append(f"| {model} | {backend} | " + " | ".join(cells) + " |")
     lines += ["", "Latency cells: ratio of medians (the verdict) and, in brackets, the median of per-round "
-              "ratios rayq/NNCF (both timed in the same round)."]
+              "ratios rayq/NNCF (both timed in the same round). Last column: CPU seconds (user+sys) of the "
+              "whole quantize process, rayq in-process / NNCF: less sensitive to other load than wall time; "
+              "not a target (for rayq with Ray the actors' CPU is not visible to the driver)."]
     lines += ["", "Absolute figures (quantize: seconds of the timed call, median over repeats; "
               "latency: median ms, FP32 / NNCF / rayq; NMSE vs FP32 on held-out inputs):", "",
               "| model | backend | quantize s NNCF / rayq Ray / rayq 1 proc | process s (incl. imports, "
-              "Ray start/stop, save) | ORT ms FP32 / NNCF / rayq | OV ms FP32 / NNCF / rayq "
-              "| NMSE ORT NNCF / rayq | NMSE OV NNCF / rayq | cosine OV NNCF / rayq |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Ray start/stop, save) | process CPU s NNCF / rayq 1 proc | ORT ms FP32 / NNCF / rayq "
+              "| OV ms FP32 / NNCF / rayq | NMSE ORT NNCF / rayq | NMSE OV NNCF / rayq | cosine OV NNCF / rayq |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in report["rows"].items():
         f = row["figures"]
         model, backend = key.split("/")
@@ -139,12 +146,13 @@ def markdown(report: dict) -> str:
         order = ("nncf", "rayq_ray", "rayq_inproc")
         qs = " / ".join(_num(f["quantize_s"].get(x)) for x in order)
         ps = " / ".join(_num(f["process_s"].get(x)) for x in order)
+        cs = " / ".join(_num(f.get("process_cpu_s", {}).get(x)) for x in ("nncf", "rayq_inproc"))
         lat = {rt: " / ".join(_num(f["latency_ms"].get(rt, {}).get(x), "{:.2f}") for x in ("fp32", "nncf", rq))
                for rt in ("ort", "ov")}
         nm = {rt: " / ".join(_num(f["nmse"].get(rt, {}).get(x), "{:.2e}") for x in ("nncf", rq))
               for rt in ("ort", "ov")}
         cos = " / ".join(_num(f["cosine"].get("ov", {}).get(x), "{:.4f}") for x in ("nncf", rq))
-        lines.append(f"| {model} | {backend} | {qs} | {ps} | {lat['ort']} | {lat['ov']} | {nm['ort']} "
+        lines.append(f"| {model} | {backend} | {qs} | {ps} | {cs} | {lat['ort']} | {lat['ov']} | {nm['ort']} "
                      f"| {nm['ov']} | {cos} |")
     notes = []
     for key, row in report["rows"].items():
