@@ -15,7 +15,8 @@ from rayq.pipeline.calibrate import Batch, StatSpec
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4  # batches per task: the granularity of progress and of retries
+CHUNK = 4  # batches per task: the granularity of dispatch, progress and retries
+IN_FLIGHT = 2  # chunks queued per actor (one running, one ready)
 PLACEMENT_TIMEOUT_S = 120
 MAX_RETRIES = 2
 
@@ -40,10 +41,9 @@ class CalibrationWorker:
         return ray.get_runtime_context().get_node_id()
 
 
-def _shards(batches: Sequence[Batch], workers: int) -> list[list[Batch]]:
-    """Contiguous shards by stable batch id."""
-    size = -(-len(batches) // workers)
-    return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
+def _chunks(batches: Sequence[Batch]) -> list[list[Batch]]:
+    """Fixed chunks of ``CHUNK`` batches, by stable batch id."""
+    return [list(batches[i:i + CHUNK]) for i in range(0, len(batches), CHUNK)]
 
 
 def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence[Batch], spec: StatSpec, *,
@@ -51,8 +51,11 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
                         on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, list[str]]:
     """Calibrate over ``num_workers`` actors; returns merged statistics and actor node ids.
 
-    A chunk whose actor dies is re-run on a fresh actor (up to ``MAX_RETRIES`` times);
-    partial statistics already merged are kept.
+    Batches go to the object store once, in chunks of ``CHUNK``; chunks are handed to
+    whichever actor is free (at most two in flight per actor), so a slow node takes
+    fewer. Partial statistics merge exactly in any order, so the result does not depend
+    on who ran what. A chunk whose actor dies is re-run on a fresh actor (up to
+    ``MAX_RETRIES`` times); partial statistics already merged are kept.
     """
     import ray
 
@@ -64,19 +67,19 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
     def new_actor():
         return actor_cls.remote(backend_name, model_ref, spec, threads)
 
-    shards = _shards(batches, num_workers)
-    pool = _Pool([new_actor() for _ in shards], new_actor)
+    chunks = [(ray.put(c), c) for c in _chunks(batches)]
+    pool = _Pool([new_actor() for _ in range(min(num_workers, len(chunks)))], new_actor)
     try:
         try:
             node_ids = ray.get([a.node_id.remote() for a in pool.actors], timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
             raise ClusterError(
-                f"could not place {len(shards)} calibration actors with {res} within {PLACEMENT_TIMEOUT_S}s; "
+                f"could not place {len(pool.actors)} calibration actors with {res} within {PLACEMENT_TIMEOUT_S}s; "
                 f"cluster resources: {ray.cluster_resources()}") from exc
-        stats = pool.run_pass(shards, None, on_batch)
+        stats = pool.run_pass(chunks, None, on_batch)
         if spec.histogram_tensors:
-            edges = calibrate.histogram_edges(stats, spec)
-            calibrate.attach_histograms(stats, pool.run_pass(shards, edges, on_batch))
+            edges = ray.put(calibrate.histogram_edges(stats, spec))
+            calibrate.attach_histograms(stats, pool.run_pass(chunks, edges, on_batch))
         return stats, node_ids
     finally:
         pool.kill()
@@ -95,19 +98,29 @@ class _Pool:
         for a in self.actors:
             ray.kill(a)
 
-    def run_pass(self, shards, edges, on_batch) -> StatisticSet:
+    def run_pass(self, chunks, edges, on_batch) -> StatisticSet:
+        """One pass over ``chunks`` (``(object ref, batches)`` pairs), dynamically dispatched."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        pending = {}
-        for idx, shard in enumerate(shards):
-            for i in range(0, len(shard), CHUNK):
-                chunk = shard[i:i + CHUNK]
-                pending[self.actors[idx].run.remote(chunk, edges)] = (idx, chunk, 0)
+        queue = [(ref, chunk, 0) for ref, chunk in chunks]
+        in_flight = dict.fromkeys(range(len(self.actors)), 0)
+        pending: dict = {}
         merged = StatisticSet()
-        while pending:
+
+        def submit(idx: int) -> None:
+            ref, chunk, tries = queue.pop(0)
+            actor = self.actors[idx]
+            pending[actor.run.remote(ref, edges)] = (idx, actor, ref, chunk, tries)
+            in_flight[idx] += 1
+
+        while queue or pending:
+            for idx in sorted(in_flight, key=in_flight.get):
+                while queue and in_flight[idx] < IN_FLIGHT:
+                    submit(idx)
             done, _ = ray.wait(list(pending), num_returns=1)
-            idx, chunk, tries = pending.pop(done[0])
+            idx, actor, ref, chunk, tries = pending.pop(done[0])
+            in_flight[idx] -= 1
             try:
                 part = StatisticSet.from_arrays(ray.get(done[0]))
             except RayTaskError as exc:
@@ -117,8 +130,9 @@ class _Pool:
                     raise ClusterError(f"calibration worker died {tries + 1} times on batches "
                                        f"{[b for b, _ in chunk]}: {exc}") from exc
                 log.warning("calibration worker died; re-running %d batches on a new worker", len(chunk))
-                self.actors[idx] = self.factory()
-                pending[self.actors[idx].run.remote(chunk, edges)] = (idx, chunk, tries + 1)
+                if self.actors[idx] is actor:  # the dead actor's other chunk fails too: replace once
+                    self.actors[idx] = self.factory()
+                queue.insert(0, (ref, chunk, tries + 1))
                 continue
             merged = merged.merge(part)
             if on_batch is not None:

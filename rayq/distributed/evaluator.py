@@ -42,6 +42,18 @@ class EvaluatorWorker:
 
         return ray.get_runtime_context().get_node_id()
 
+    def describe(self) -> dict:
+        """Where this actor runs: node id, GPU ids Ray assigned, and the validation providers."""
+        import ray
+
+        info = {"node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.ev.device}
+        if self.ev.runtime == "onnxruntime":
+            from rayq.backends.onnx.runtime import ort_providers
+
+            info["providers"] = ort_providers(self.ev.device)
+        return info
+
     def metric(self, plan_json: str | None, indices: list[int] | None) -> CandidateMetric:
         if plan_json is None:
             return self.ev.fp32_metric(indices)
@@ -99,6 +111,12 @@ class RayEvaluatorPool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+    def describe(self) -> list[dict]:
+        """Per actor: node id, assigned GPU ids, validation device and ONNX Runtime providers."""
+        import ray
+
+        return ray.get([a.describe.remote() for a in self.actors])
 
     def _call(self, idx: int, method: str, *args):
         return getattr(self.actors[idx], method).remote(*args)

@@ -45,5 +45,9 @@ def test_ray_pool_matches_local_pool(ray_cluster):
         lat = remote.map_latency(plans[:2])
         assert all(np.isfinite(t.median_ms) and t.median_ms > 0 for t in lat)
         assert remote.map_output_error([plan])[0] == pytest.approx(local.map_output_error([plan])[0])
+        info = remote.describe()
+        assert [i["node_id"] for i in info] == remote.node_ids
+        assert all(i["gpu_ids"] == [] and i["device"] == "CPU" and i["providers"] == ["CPUExecutionProvider"]
+                   for i in info)
     finally:
         remote.close()
