@@ -68,7 +68,7 @@ def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
     cls = ray.remote(num_cpus=1)(dc.CalibrationWorker)
     ref = ray.put(model_bytes)
     pool = dc._Pool([cls.remote("onnx", ref, spec, 1) for _ in range(w)], None)
-    chunks = [(ray.put(c), c) for c in dc._chunks(batches)]
+    chunks = [(ray.put(c), c) for c in dc._chunks(batches, w)]
     try:
         ray.get([a.node_id.remote() for a in pool.actors])
         ray.get([a.run.remote(chunks[0][0]) for a in pool.actors])  # sessions warm
@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=2048, help="calibration items")
     ap.add_argument("--validation", type=int, default=512, help="validation items for the ranking")
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats per W (best is kept)")
+    ap.add_argument("--model", choices=("small", "resnet50"), default="small",
+                    help="small: resnet_like 3x64x64 (35 groups); resnet50: resnet50_like 3x224x224")
+    ap.add_argument("--phases", default="calibration,ranking")
     ap.add_argument("--gpu-check", action="store_true")
     ap.add_argument("--commit", default=None, help="rayq commit to record (default: git rev-parse HEAD)")
     ap.add_argument("--out", default="bench/results/scale.json")
@@ -99,13 +102,19 @@ def main(argv=None) -> int:
     from rayq.pipeline.calibrate import collect_local, stat_spec
     from rayq.session import ModelSession
     from rayq.testing.metrics import pair_accuracy
-    from rayq.testing.models import resnet_like
+    from rayq.testing.models import resnet50_like, resnet_like
     from rayq.tuning.control import score_groups
 
-    model = resnet_like(input_shape=(3, 64, 64), widths=(32, 64, 128), blocks_per_stage=3)
+    if args.model == "small":
+        model, shape = resnet_like(input_shape=(3, 64, 64), widths=(32, 64, 128), blocks_per_stage=3), (3, 64, 64)
+        model_desc = "resnet_like 3x64x64, widths 32/64/128, 3 blocks per stage"
+    else:
+        model, shape = resnet50_like(), (3, 224, 224)
+        model_desc = "resnet50_like 3x224x224 (random weights)"
+    phases = set(args.phases.split(","))
     rng = np.random.default_rng(0)
-    calib = rng.normal(size=(args.samples, 3, 64, 64)).astype(np.float32)
-    xv = rng.normal(size=(args.validation, 3, 64, 64)).astype(np.float32)
+    calib = rng.normal(size=(args.samples, *shape)).astype(np.float32)
+    xv = rng.normal(size=(args.validation, *shape)).astype(np.float32)
     yv = ort.InferenceSession(model.SerializeToString()).run(None, {"input": xv})[0].argmax(1)
     items = list(zip(xv, yv))
     workers = [int(w) for w in args.workers.split(",")]
@@ -117,24 +126,29 @@ def main(argv=None) -> int:
     ops = placement_for(session.graph, plan).ops
     spec = stat_spec(session.graph, placement_for(session.graph, plan), histograms=False, smooth_quant=False)
     model_bytes = session.backend.to_bytes(session.model)
-    stats = collect_local(session.backend, session.model, session.batches, spec)
+    stats = (collect_local(session.backend, session.model, session.batches, spec)
+             if "ranking" in phases else None)
     rows = []
+    nan = float("nan")
     for w in workers:
-        cal = [_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
-        t0 = time.perf_counter()
-        pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
-                                model_bytes=model_bytes, stats=stats, items=items,
-                                validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
-        rank = []
-        try:
-            pool.map_metric([plan] * w)  # warm every actor (model compiled, data resident)
-            pool_start_s = time.perf_counter() - t0
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                score_groups(pool, plan, ops, None, None, use_metric=True)
-                rank.append(time.perf_counter() - t)
-        finally:
-            pool.close()
+        cal = ([_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
+               if "calibration" in phases else [(nan, nan)])
+        rank, pool_start_s = [nan], nan
+        if "ranking" in phases:
+            t0 = time.perf_counter()
+            pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
+                                    model_bytes=model_bytes, stats=stats, items=items,
+                                    validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
+            rank = []
+            try:
+                pool.map_metric([plan] * w)  # warm every actor (model compiled, data resident)
+                pool_start_s = time.perf_counter() - t0
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    score_groups(pool, plan, ops, None, None, use_metric=True)
+                    rank.append(time.perf_counter() - t)
+            finally:
+                pool.close()
         row = {"workers": w, "calibration_s": min(c[0] for c in cal), "calibration_pass_s": min(c[1] for c in cal),
                "ranking_s": min(rank), "evaluator_pool_start_s": pool_start_s,
                "calibration_all_s": [c[0] for c in cal], "ranking_all_s": rank}
@@ -153,9 +167,9 @@ def main(argv=None) -> int:
     meta = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "ray": ray.__version__, "onnxruntime": ort.__version__, "rayq_commit": args.commit or _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "model": "resnet_like 3x64x64, widths 32/64/128, 3 blocks per stage",
+            "model": model_desc, "phases": sorted(phases),
             "samples": args.samples, "batches": len(session.batches), "validation_items": args.validation,
-            "groups": len(ops), "repeats": args.repeats, "ray_start_s": ray_start_s,
+            "groups": len(ops) if "ranking" in phases else None, "repeats": args.repeats, "ray_start_s": ray_start_s,
             "load_avg_end": os.getloadavg()}
     out = {"meta": meta, "rows": rows, "gpu_check": gpu}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

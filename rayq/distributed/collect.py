@@ -15,7 +15,7 @@ from rayq.pipeline.calibrate import Batch, StatSpec
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4  # batches per task: the granularity of dispatch, progress and retries
+CHUNK = 4  # most batches per task: the granularity of dispatch, progress and retries
 IN_FLIGHT = 2  # chunks queued per actor (one running, one ready)
 PLACEMENT_TIMEOUT_S = 120
 MAX_RETRIES = 2
@@ -29,10 +29,16 @@ class CalibrationWorker:
         self.model = self.backend.from_bytes(model_bytes)
         self.spec = spec
         self.num_threads = num_threads
+        self._runners: dict = {}  # one instrumented session per pass kind, built on first use
 
     def run(self, batches: Sequence[Batch], edges: dict | None = None) -> dict:
+        key = None if edges is None else tuple(edges)
+        if key not in self._runners:
+            requests = calibrate.pass_requests(self.spec, edges)
+            self._runners[key] = (self.backend.stat_runner(self.model, requests, num_threads=self.num_threads)
+                                  if requests else None)
         stats = calibrate.collect(self.backend, self.model, batches, self.spec, num_threads=self.num_threads,
-                                  histogram_edges=edges)
+                                  histogram_edges=edges, runner=self._runners[key])
         return stats.to_arrays()
 
     def node_id(self) -> str:
@@ -41,9 +47,11 @@ class CalibrationWorker:
         return ray.get_runtime_context().get_node_id()
 
 
-def _chunks(batches: Sequence[Batch]) -> list[list[Batch]]:
-    """Fixed chunks of ``CHUNK`` batches, by stable batch id."""
-    return [list(batches[i:i + CHUNK]) for i in range(0, len(batches), CHUNK)]
+def _chunks(batches: Sequence[Batch], workers: int = 1) -> list[list[Batch]]:
+    """Chunks of consecutive batches (by stable batch id): ``CHUNK`` batches, fewer when
+    that would leave fewer than two chunks per worker."""
+    size = max(1, min(CHUNK, len(batches) // (2 * max(1, workers))))
+    return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
 
 
 def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence[Batch], spec: StatSpec, *,
@@ -67,8 +75,9 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
     def new_actor():
         return actor_cls.remote(backend_name, model_ref, spec, threads)
 
-    chunks = [(ray.put(c), c) for c in _chunks(batches)]
-    pool = _Pool([new_actor() for _ in range(min(num_workers, len(chunks)))], new_actor)
+    parts = _chunks(batches, num_workers)
+    pool = _Pool([new_actor() for _ in range(min(num_workers, len(parts)))], new_actor)  # start first
+    chunks = [(ray.put(c), c) for c in parts]  # ...and ship the data while they come up
     try:
         try:
             node_ids = ray.get([a.node_id.remote() for a in pool.actors], timeout=PLACEMENT_TIMEOUT_S)

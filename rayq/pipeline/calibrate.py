@@ -99,19 +99,20 @@ def collect(
     num_threads: int = 0,
     on_batch: Callable[[int], None] | None = None,
     histogram_edges: dict[str, tuple[float, float]] | None = None,
+    runner: Callable | None = None,
 ) -> StatisticSet:
     """Run the instrumented model over ``batches`` and reduce into a StatisticSet.
 
     With ``histogram_edges`` this is the histogram pass: only ``raw`` values of
     those tensors are collected, into histograms on the given fixed edges.
+    ``runner``: a stat runner built earlier for the same requests (see
+    :func:`pass_requests`), so callers that collect chunk by chunk build it once.
     """
-    if histogram_edges is None:
-        requests = list(spec.requests)
-    else:
-        requests = [StatRequest(t, ("raw",)) for t in histogram_edges]
+    requests = pass_requests(spec, histogram_edges)
     if not requests:
         return StatisticSet()
-    runner = backend.stat_runner(model, requests, num_threads=num_threads)
+    if runner is None:
+        runner = backend.stat_runner(model, requests, num_threads=num_threads)
     stats = StatisticSet()
     for tensor, (lo, hi) in (histogram_edges or {}).items():
         stats.enable_histogram(tensor, lo, hi, HIST_BINS)
@@ -127,6 +128,13 @@ def collect(
         if on_batch is not None:
             on_batch(1)
     return stats
+
+
+def pass_requests(spec: StatSpec, histogram_edges: dict | None = None) -> list[StatRequest]:
+    """The requests of one pass: the spec's, or ``raw`` values of the histogram tensors."""
+    if histogram_edges is None:
+        return list(spec.requests)
+    return [StatRequest(t, ("raw",)) for t in histogram_edges]
 
 
 def histogram_edges(stats: StatisticSet, spec: StatSpec) -> dict[str, tuple[float, float]]:

@@ -30,11 +30,19 @@ def _arrays_equal(a: dict, b: dict, path: str = "") -> None:
 def setup():
     model = resnet_like(input_shape=(3, 16, 16), widths=(8, 16), blocks_per_stage=1)
     x = np.random.default_rng(3).normal(size=(160, 3, 16, 16)).astype(np.float32)
-    session = ModelSession(model, x, subset_size=160, batch_size=8)  # 20 batches -> 5 chunks
+    session = ModelSession(model, x, subset_size=160, batch_size=8)  # 20 batches
     placement = placement_for(session.graph, rayq.QuantPlan.create())
     spec = calibrate.stat_spec(session.graph, placement, histograms=True, smooth_quant=False)
     local = calibrate.collect_local(session.backend, session.model, session.batches, spec)
     return session, spec, local.to_arrays()
+
+
+def test_chunks_shrink_to_keep_every_worker_busy():
+    batches = [(i, {}) for i in range(19)]
+    assert [len(c) for c in dc._chunks(batches, 1)] == [4, 4, 4, 4, 3]
+    assert [len(c) for c in dc._chunks(batches, 4)] == [2] * 9 + [1]
+    assert [len(c) for c in dc._chunks(batches, 16)] == [1] * 19
+    assert [b for c in dc._chunks(batches, 3) for b, _ in c] == list(range(19))
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 7])
@@ -44,7 +52,7 @@ def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
     stats, nodes = dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
                                           num_workers=workers, resources={"num_cpus": 0.25}, on_batch=seen.append)
     _arrays_equal(stats.to_arrays(), local)
-    assert len(nodes) == min(workers, 5)          # never more actors than chunks
+    assert len(nodes) == min(workers, 20)         # never more actors than chunks (20 batches)
     assert sum(seen) == 2 * len(session.batches)  # both passes report every batch once
 
 
