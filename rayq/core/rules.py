@@ -25,6 +25,7 @@ _CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.CONCAT, g.AVG
 _TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
 _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
+_PIXELS = ("uint8", "int8")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class QuantizerPoint:
         unify: For quantizers on a Concat's inputs: the Concat's output tensor. Every
             quantizer with the same ``unify`` gets the same scale (from that tensor's
             statistics), so the Concat runs on INT8 data without requantization.
+        symmetric: The quantizer is symmetric in every preset: it serves only
+            activation x activation MatMuls (attention's Q x K^T), which runtimes fuse
+            into integer attention kernels only with signed, zero-point-free inputs.
     """
 
     id: str
@@ -58,6 +62,7 @@ class QuantizerPoint:
     serves: tuple[str, ...]
     axis: int | None = None
     unify: str | None = None
+    symmetric: bool = False
 
     @property
     def stats_tensor(self) -> str:
@@ -128,6 +133,12 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> st
     return None
 
 
+def _activation_matmul(graph: GraphView, node: NodeInfo) -> bool:
+    """A MatMul of two activations (no constant weight), e.g. attention's Q x K^T."""
+    return (node.meta == g.MATMUL and node.weight_input is None
+            and sum(_is_float_activation(graph, t) for t in node.inputs) == 2)
+
+
 def _from_softmax(graph: GraphView, tensor: str) -> bool:
     """True if ``tensor`` is a Softmax output, possibly behind data-movement ops."""
     producer = graph.producer(tensor)
@@ -151,7 +162,15 @@ def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
 
 
 def _first_layer(graph: GraphView) -> frozenset[str]:
-    reached = set(graph.inputs)
+    """Weighted ops that read the model's data inputs without a weighted op in between.
+
+    Only float activations are followed, starting from float inputs and 8-bit integer
+    inputs (image pixels, cast to float): integer index and mask inputs (``input_ids``,
+    ``attention_mask``) and integer shape arithmetic would otherwise reach every layer
+    of a transformer and put 7-bit weights on all of them.
+    """
+    reached = {t for t in graph.inputs if (info := graph.tensors.get(t)) is not None
+               and (info.dtype in _FLOAT or info.dtype in _PIXELS)}
     first = set()
     for node in graph.nodes:
         if not any(t in reached for t in node.inputs):
@@ -159,7 +178,7 @@ def _first_layer(graph: GraphView) -> frozenset[str]:
         if node.meta in g.WEIGHTED:
             first.add(node.name)
         else:
-            reached.update(node.outputs)
+            reached.update(t for t in node.outputs if _is_float_activation(graph, t))
     return frozenset(first)
 
 
@@ -209,6 +228,7 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
                 (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
             ))
-    points = [QuantizerPoint(f"a:{t}" if u is None else f"a:{t}@{u}", t, ACTIVATION, tuple(e), tuple(s), unify=u)
+    points = [QuantizerPoint(f"a:{t}" if u is None else f"a:{t}@{u}", t, ACTIVATION, tuple(e), tuple(s), unify=u,
+                             symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s))
               for (t, u), (e, s) in acts.items()]
     return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))

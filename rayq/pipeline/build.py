@@ -78,14 +78,15 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
 
 def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) -> QParams:
     s = _stats(stats, point.stats_tensor)
+    symmetric = plan.symmetric_activations or point.symmetric
     if smooth_scale is not None:  # exact extremes of x / s for any alpha, from per-channel min/max
         lo = float(np.min(s.channel_min / smooth_scale))
         hi = float(np.max(s.channel_max / smooth_scale))
     else:
-        unsigned = plan.symmetric_activations and s.min >= 0
-        lo, hi = estimate_range(s, plan.activation_estimator, symmetric=plan.symmetric_activations,
-                                unsigned=unsigned, quantile=plan.quantile)
-    return activation_params(lo, hi, symmetric=plan.symmetric_activations)
+        unsigned = symmetric and s.min >= 0
+        lo, hi = estimate_range(s, plan.activation_estimator, symmetric=symmetric, unsigned=unsigned,
+                                quantile=plan.quantile)
+    return activation_params(lo, hi, symmetric=symmetric)
 
 
 def _scaled_weight(node: NodeInfo, graph: GraphView, smooth: dict[str, np.ndarray]) -> np.ndarray:

@@ -83,3 +83,38 @@ def test_concat_inputs_get_identical_scales_in_the_built_model():
     scales = {float(inits[n.input[1]]) for n in dqs}
     zps = {int(inits[n.input[2]]) for n in dqs}
     assert len(scales) == 1 and len(zps) == 1
+
+
+def _placement(model, model_type=None):
+    backend = get_backend("onnx")
+    return place(backend.graph(backend.load(model)), model_type=model_type)
+
+
+def test_first_layer_is_the_stem_conv_of_a_cnn():
+    p = _placement(resnet_like())
+    assert len(p.first_layer) == 1
+    (stem,) = p.first_layer
+    assert stem == p.ops[0]
+
+
+def test_first_layer_ignores_token_ids_masks_and_shape_arithmetic():
+    # an int64 token input reaches every layer through the embedding, and the additive
+    # mask reaches every attention block: neither makes a MatMul a "first layer"
+    p = _placement(transformer_block(layers=2, vocab=50, with_attention_mask=True), "transformer")
+    assert p.ops and p.first_layer == frozenset()
+
+
+def test_first_layer_follows_uint8_pixels_through_cast():
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT, name="cast"),
+         helper.make_node("Conv", ["x", "w"], ["y"], name="conv0"),
+         helper.make_node("Relu", ["y"], ["z"], name="relu"),
+         helper.make_node("Conv", ["z", "w2"], ["out"], name="conv1")],
+        "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [w, numpy_helper.from_array(np.ones((2, 4, 3, 3), np.float32), "w2")])
+    p = _placement(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert p.first_layer == frozenset({"conv0"})

@@ -216,6 +216,33 @@ def test_transformer_never_quantizes_softmax_or_layernorm_inputs(encoder_int8):
     assert all(dequantized(encoder_int8, n.input[0]) for n in matmuls if n not in probs)
 
 
+def test_attention_scores_matmul_inputs_are_symmetric_int8_in_mixed_preset(encoder_int8):
+    # Q x K^T reads two activations: symmetric int8 (zero point 0) even in the mixed
+    # preset, so runtimes can fuse integer attention; every other quantizer stays
+    # asymmetric uint8
+    prods = producers(encoder_int8)
+    zps = dict(activation_quantizers(encoder_int8))
+
+    def quantizer_input(t: str) -> str:
+        n = prods[t]
+        while n.op_type in ("Reshape", "Transpose"):
+            n = prods[n.input[0]]
+        assert n.op_type == "DequantizeLinear"
+        return prods[n.input[0]].input[0]
+
+    scores = [n for n in encoder_int8.graph.node if n.op_type == "MatMul"
+              and all(dequantized(encoder_int8, t) for t in n.input) and not any(
+                  t in initializers(encoder_int8) or prods.get(t) and prods[t].op_type == "DequantizeLinear"
+                  and prods[t].input[0] in initializers(encoder_int8) for t in n.input)]
+    assert len(scores) == 1
+    qk = {quantizer_input(t) for t in scores[0].input}
+    assert len(qk) == 2
+    for t in qk:
+        assert zps[t].dtype == np.int8 and not zps[t].any(), t
+    others = [zp for t, zp in zps.items() if t not in qk]
+    assert others and all(zp.dtype == np.uint8 for zp in others)
+
+
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_transformer_output_close_to_fp32(encoder, encoder_int8, runtime):
     _, _, val, ref = encoder
