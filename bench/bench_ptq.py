@@ -99,6 +99,7 @@ def rayq_snapshot(args: argparse.Namespace) -> dict[str, str]:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["RAYQ_BENCH_COMMIT"] = sha
+    env["RAYQ_BENCH_SRC"] = str(dest)  # jobs run there: Ray puts the job's cwd first on its workers' sys.path
     return env
 
 
@@ -113,7 +114,8 @@ def run_job(args: argparse.Namespace, job: str, log_name: str, extra: list[str])
     env = args.env
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=env.get("RAYQ_BENCH_SRC", REPO),
                                 preexec_fn=lambda: os.sched_setaffinity(0, args.cpus))
         timer = threading.Timer(args.job_timeout, proc.kill)
         timer.start()
@@ -200,6 +202,7 @@ def environment(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.work, args.out = args.work.resolve(), args.out.resolve()  # jobs may run in another cwd
     args.work.mkdir(parents=True, exist_ok=True)
     args.env = rayq_snapshot(args)
     models = [m for m in args.models.split(",") if m]

@@ -1,8 +1,12 @@
 """In-graph statistics for ONNX: reduction nodes added as extra outputs.
 
 Only the small reduced tensors ([B] or [B, C]) leave ONNX Runtime. Tensors whose
-first dim is the model's batch dim are reduced per sample; others are reduced to
-a single value per batch (shape [1] / [1, C]).
+first dim is the model's batch dim are reduced per sample; tensors with a static
+first dim are reduced to a single value per batch (shape [1] / [1, C]). A first dim
+that shape inference could not name (``unk__6`` after a Reshape, say) is kept in
+the graph and checked at run time: equal to the batch size, it is the batch dim;
+otherwise the rows are folded into one on the host. So per-sample statistics do not
+depend on the calibration batch size.
 """
 
 from __future__ import annotations
@@ -60,20 +64,25 @@ class _Builder:
         self.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
 
 
-def instrument(proto: onnx.ModelProto, requests: Sequence[StatRequest]) -> tuple[onnx.ModelProto, list[str]]:
-    """Return a copy of ``proto`` with reduction outputs, and their names."""
+def instrument(proto: onnx.ModelProto,
+               requests: Sequence[StatRequest]) -> tuple[onnx.ModelProto, list[str], frozenset[str]]:
+    """Return a copy of ``proto`` with reduction outputs, their names, and the tensors
+    whose first dim is only known at run time to be the batch dim or not."""
     _, raw_shapes = reader.build_view(proto)
     batch_syms = reader.batch_symbols(proto)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     b = _Builder(out)
     names: list[str] = []
+    maybe: set[str] = set()
     for req in requests:
         dims = raw_shapes.get(req.tensor)
         if dims is None:
             raise BackendError(f"cannot collect statistics for tensor {req.tensor!r}: its rank is unknown")
         rank = len(dims)
-        batched = rank >= 1 and isinstance(dims[0], str) and dims[0] in batch_syms
+        batched = rank >= 1 and (dims[0] is None or isinstance(dims[0], str))
+        if batched and dims[0] not in batch_syms:
+            maybe.add(req.tensor)  # decided per run: see module docstring
         x = req.tensor if batched else b.node("Unsqueeze", [req.tensor, b.const(np.array([0], np.int64))])
         r = rank if batched else rank + 1
         if b.opset < 13:
@@ -87,7 +96,7 @@ def instrument(proto: onnx.ModelProto, requests: Sequence[StatRequest]) -> tuple
             names.append(output_name(req.tensor, red))
             b.output(_reduction(b, x, r, red, ch, req.tensor), names[-1])
     del out.graph.value_info[:]
-    return out, names
+    return out, names, frozenset(maybe)
 
 
 def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor: str) -> str:
@@ -114,16 +123,30 @@ def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *,
     """Instrument ``proto``, create one ONNX Runtime session, return the batch runner."""
     from rayq.backends.onnx import runtime
 
-    instrumented, names = instrument(proto, requests)
+    instrumented, names, maybe = instrument(proto, requests)
     session = runtime.ort_session(instrumented, num_threads=num_threads)
     specs = reader.input_specs(proto)
     keys = [(r.tensor, red) for r in requests for red in r.reductions]
+    batched_inputs = [s.name for s in specs if s.shape]  # the first dim of the first one is the batch
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         values = runtime.run_session(session, specs, feeds, names)
+        batch = next((np.shape(feeds[n])[0] for n in batched_inputs if n in feeds), None)
         result: dict[str, dict[str, np.ndarray]] = {}
         for (tensor, red), value in zip(keys, values):
-            result.setdefault(tensor, {})[red] = np.asarray(value, dtype=np.float32)
+            value = np.asarray(value, dtype=np.float32)
+            if tensor in maybe and red != "raw" and value.shape[0] != batch:
+                value = _fold_rows(value, red)
+            result.setdefault(tensor, {})[red] = value
         return result
 
     return run
+
+
+def _fold_rows(value: np.ndarray, red: str) -> np.ndarray:
+    """Rows of a tensor whose first dim turned out not to be the batch: one row."""
+    if red in ("min", "ch_min"):
+        return value.min(axis=0, keepdims=True)
+    if red in ("max", "ch_max", "ch_absmax"):
+        return value.max(axis=0, keepdims=True)
+    return value.mean(axis=0, keepdims=True)  # ch_mean: rows are equal-sized slices

@@ -148,6 +148,49 @@ def test_stat_runner_unbatched_tensor_is_one_sample(backend):
     np.testing.assert_allclose(got["w_t"]["ch_mean"][0], w.mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
+def _reshape_model(second_shape):
+    """x[batch, 8] -> MatMul -> Reshape[-1, 2, 4] -> Relu -> Reshape(second_shape) -> MatMul:
+    shape inference names the reshaped first dims ``unk__*``, not ``batch``."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "s1"),
+             numpy_helper.from_array(np.array(second_shape, np.int64), "s2")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"),
+         helper.make_node("Reshape", ["a", "s1"], ["b"], name="r1"),
+         helper.make_node("Relu", ["b"], ["c"], name="relu"),
+         helper.make_node("Reshape", ["c", "s2"], ["d"], name="r2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, ["n", second_shape[1]])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_stat_runner_reshaped_batch_dim_is_reduced_per_sample(backend):
+    """Per-sample statistics must not depend on the batch size, also after a Reshape
+    that shape inference cannot follow (MiniLM's attention reshapes)."""
+    model = backend.load(_reshape_model([-1, 8]))
+    x = np.random.default_rng(1).normal(size=(6, 8)).astype(np.float32)
+    got = backend.stat_runner(model, [StatRequest("c", ("min", "max", "ch_mean"), -1),
+                                      StatRequest("d", ("max",))])({"x": x})
+    c = np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0).reshape(6, 2, 4)
+    np.testing.assert_allclose(got["c"]["max"], c.reshape(6, -1).max(1), rtol=1e-6)
+    np.testing.assert_allclose(got["c"]["min"], c.reshape(6, -1).min(1), rtol=1e-6)
+    np.testing.assert_allclose(got["c"]["ch_mean"], c.mean(1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["d"]["max"], c.reshape(6, -1).max(1), rtol=1e-6)
+
+
+def test_stat_runner_reshaped_non_batch_first_dim_is_folded(backend):
+    """A reshape that merges the batch into another dim ([6, 8] -> [12, 4]) has no
+    per-sample rows: its rows fold into one value per batch."""
+    model = backend.load(_reshape_model([-1, 4]))
+    x = np.random.default_rng(2).normal(size=(6, 8)).astype(np.float32)
+    got = backend.stat_runner(model, [StatRequest("d", ("min", "max", "ch_mean"), -1)])({"x": x})
+    d = np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0).reshape(12, 4)
+    assert got["d"]["max"].shape == (1,) and got["d"]["ch_mean"].shape == (1, 4)
+    assert got["d"]["max"][0] == pytest.approx(d.max()) and got["d"]["min"][0] == pytest.approx(d.min())
+    np.testing.assert_allclose(got["d"]["ch_mean"][0], d.mean(0), rtol=1e-5, atol=1e-7)
+
+
 def test_stat_runner_errors(backend, cnn):
     model = backend.load(cnn)
     with pytest.raises(BackendError, match="channel axis"):
