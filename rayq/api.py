@@ -84,8 +84,12 @@ def quantize(
 
 
 def _mb(backend, model) -> str:
-    """Serialized model size (weights included) for the summary line."""
+    """Model size (weights included) for the summary line, without serialising an ONNX model."""
+    if backend.name == "onnx":
+        from rayq.backends.onnx.reader import size_bytes
+
+        return f"{size_bytes(model) / 1e6:.2f} MB"
     try:
         return f"{len(backend.to_bytes(model)) / 1e6:.2f} MB"
-    except BackendError:  # > 2 GB ONNX models are not serialised in memory
-        return "> 2 GB"
+    except BackendError:
+        return "unknown size"

@@ -15,7 +15,7 @@ from rayq.core.graph import GraphView
 from rayq.core.recipe import Recipe
 from rayq.errors import BackendError
 
-_TWO_GB = 2**31 - 1
+
 
 
 class OnnxBackend:
@@ -66,7 +66,7 @@ class OnnxBackend:
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if model.ByteSize() < _TWO_GB:
+            if reader.fits_in_memory_proto(model):
                 onnx.save(model, str(target))
                 return [str(target)]
             data = target.name + ".data"
@@ -76,7 +76,7 @@ class OnnxBackend:
             raise BackendError(f"cannot write the model to {path!r}: {exc}") from exc
 
     def to_bytes(self, model: onnx.ModelProto) -> bytes:
-        if model.ByteSize() >= _TWO_GB:
+        if not reader.fits_in_memory_proto(model):
             raise BackendError("models over 2 GB are shipped to workers by path, not by value")
         return model.SerializeToString()
 

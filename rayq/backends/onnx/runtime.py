@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 
 from rayq.backends.base import InputSpec, Runner
+from rayq.backends.onnx import reader
 from rayq.backends.feeds import check_feeds
 from rayq.errors import BackendError, DataError
 
 log = logging.getLogger(__name__)
-_TWO_GB = 2**31 - 1
+
 
 
 def ort_providers(device: str) -> list[str]:
@@ -40,7 +41,7 @@ def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
     try:
-        if proto.ByteSize() < _TWO_GB:
+        if reader.fits_in_memory_proto(proto):
             return ort.InferenceSession(proto.SerializeToString(), opts, providers=ort_providers(device))
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
@@ -67,7 +68,7 @@ def ov_compiled(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
     if num_threads > 0:
         config["INFERENCE_NUM_THREADS"] = num_threads
     try:
-        if proto.ByteSize() < _TWO_GB:
+        if reader.fits_in_memory_proto(proto):
             model = core.read_model(model=proto.SerializeToString(), weights=b"")
         else:
             tmp = tempfile.mkdtemp(prefix="rayq-ov-")

@@ -346,3 +346,22 @@ def test_fingerprint_is_stable_and_content_based(backend, cnn):
             "b = get_backend('onnx'); print(b.fingerprint(b.load(resnet_like(with_concat=True))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == fp
+
+
+@pytest.mark.parametrize("make", [lambda: resnet_like(with_concat=True),
+                                  lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True),
+                                  lambda: _reshape_model([-1, 8])], ids=["cnn", "transformer", "reshape"])
+def test_shape_inference_without_weights_matches_full_inference(make):
+    """Shape inference runs on a weight-free copy (large initializers as typed inputs):
+    every shape must equal full inference's, and the size estimate must match ByteSize."""
+    from onnx import shape_inference
+
+    from rayq.backends.onnx import reader
+
+    model = reader.load_model(make())
+    _, raw = reader.build_view(model)
+    full = shape_inference.infer_shapes(model, data_prop=True).graph
+    expected = {vi.name: reader._shape(vi)[0] for vi in [*full.input, *full.value_info, *full.output]}
+    assert {k: v for k, v in raw.items() if k in expected} == expected
+    assert abs(reader.size_bytes(model) - model.ByteSize()) <= 8192
+    assert reader.fits_in_memory_proto(model)
