@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,7 @@ class ModelSession:
                 return stats
         passes = 2 if spec.histogram_tensors else 1
         with Progress("calibration", total=len(self.batches) * passes) as bar:
-            workers = _resolve_workers(num_workers, len(self.batches))
+            workers = _resolve_workers(num_workers, len(self.batches), calibration=True)
             node_ids: list[str] = []
             if workers == 1:
                 stats = calibrate.collect_local(self.backend, self.model, self.batches, spec, on_batch=bar.update)
@@ -108,9 +109,23 @@ class ModelSession:
         return stats
 
 
-def _resolve_workers(num_workers: int | None, num_batches: int) -> int:
-    """1 means in-process; otherwise the number of Ray actors (never more than batches)."""
+#: With ``num_workers=None``, calibration starts a local Ray of its own only on machines
+#: with more CPUs than this: on 2 cores Ray's daemons and single-threaded actors cost more
+#: than they give (ResNet-50, 300 items: 21.9 s with a local Ray vs 15.7 s in-process).
+SMALL_MACHINE_CPUS = 2
+
+
+def _resolve_workers(num_workers: int | None, num_batches: int, *, calibration: bool = False) -> int:
+    """1 means in-process; otherwise the number of Ray actors (never more than batches).
+
+    ``num_workers=None`` uses every CPU of the connected (or ``RAY_ADDRESS``) cluster; with
+    no cluster, a local one is started, except for calibration on a small machine.
+    """
     if num_workers == 1 or num_batches == 1:
+        return 1
+    if num_workers is None and calibration and _would_start_local_ray() and default_workers() <= SMALL_MACHINE_CPUS:
+        log.info("calibrating in-process: no Ray cluster to join and %d CPUs here (num_workers=N starts "
+                 "a local Ray)", default_workers())
         return 1
     from rayq.distributed import cluster
 
@@ -121,3 +136,9 @@ def _resolve_workers(num_workers: int | None, num_batches: int) -> int:
 
 def default_workers() -> int:
     return os.cpu_count() or 1
+
+
+def _would_start_local_ray() -> bool:
+    """True when no Ray connection exists and none is configured (``RAY_ADDRESS``)."""
+    ray = sys.modules.get("ray")  # not imported: certainly not initialised (and no import cost)
+    return not (ray is not None and ray.is_initialized()) and not os.environ.get("RAY_ADDRESS")
