@@ -47,6 +47,9 @@ class TensorInfo:
         dtype: numpy dtype name, e.g. ``"float32"``.
         is_constant: True for initializers / Constant outputs.
         producer: Name of the producing node, ``None`` for inputs and constants.
+        data_independent: Computed only from constants and the *shapes* of the inputs
+            (position ids and embeddings, masks built from ``Shape``): not an
+            activation, since it takes the same values for every input of a shape.
     """
 
     name: str
@@ -54,6 +57,7 @@ class TensorInfo:
     dtype: str
     is_constant: bool = False
     producer: str | None = None
+    data_independent: bool = False
 
     @property
     def rank(self) -> int | None:

@@ -111,7 +111,8 @@ class Placement:
 
 def _is_float_activation(graph: GraphView, tensor: str) -> bool:
     info = graph.tensors.get(tensor)
-    return bool(tensor) and info is not None and not info.is_constant and info.dtype in _FLOAT
+    return (bool(tensor) and info is not None and not info.is_constant and not info.data_independent
+            and info.dtype in _FLOAT)
 
 
 def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> str | None:

@@ -385,3 +385,41 @@ def test_mlp_matmul_and_gemm_quantize(tmp_path):
         ops = op_counts(onnx.load(path))
         # 2-D MatMul+Add is fused to Gemm by ORT: integer QGemm needs the int32 bias
         assert ops["QGemm"] == 2 and ops["Gemm"] == ops["MatMul"] == 0, (op, ops)
+
+
+def _position_embedding_model():
+    """x[batch, 8, 16] + position_table[Slice(arange, 0, Shape(x)[1])] -> MatMul -> Relu -> MatMul,
+    the way torch exports BERT's position embeddings (ids built from the input's shape)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
+    inits = [c("table", rng.normal(size=(64, 16)).astype(np.float32)), c("arange", np.arange(64, dtype=np.int64)),
+             c("one", np.array(1, np.int64)), c("zero1", np.array([0], np.int64)), c("axes0", np.array([0], np.int64)),
+             c("w1", rng.normal(size=(16, 32)).astype(np.float32)), c("w2", rng.normal(size=(32, 4)).astype(np.float32))]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["seq"], name="seq", axis=0),
+             helper.make_node("Unsqueeze", ["seq", "axes0"], ["seq1"], name="unsq"),
+             helper.make_node("Slice", ["arange", "zero1", "seq1"], ["pos_ids"], name="slice"),
+             helper.make_node("Gather", ["table", "pos_ids"], ["pos"], name="pos_gather", axis=0),
+             helper.make_node("Add", ["x", "pos"], ["h"], name="pos_add"),
+             helper.make_node("MatMul", ["h", "w1"], ["a"], name="mm1"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shape_derived_position_embeddings_are_not_activations():
+    """Position embeddings depend only on the input's shape: quantizing them as an
+    activation put a DequantizeLinear on a path OpenVINO constant-folds, and its
+    low-precision transformations then failed to compile the model."""
+    model = _position_embedding_model()
+    calib = np.random.default_rng(1).normal(size=(16, 8, 16)).astype(np.float32)
+    q = _check(rayq.quantize(model, calib, num_workers=1, cache=False))
+    add = node(q, "pos_add")
+    assert not any(dequantized(q, t) for t in add.input)  # an Add with a constant-like operand: FP32
+    assert all(dequantized(q, node(q, mm).input[0]) for mm in ("mm1", "mm2"))  # both MatMuls: INT8
+    feeds = {"x": calib[:4]}
+    assert nmse(run_ort(model, feeds), run_ov(q, feeds)) < 0.01

@@ -220,11 +220,13 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
     for name, t in constants.items():
         tensors[name] = TensorInfo(name, tuple(t.dims), _DTYPES.get(t.data_type, "unknown"), True)
     producers = {}
+    independent = _data_independent(graph, constants)
     for node in graph.node:
         for out in node.output:
             producers[out] = node.name
             info = tensors.get(out, TensorInfo(out, None, "unknown"))
-            tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name)
+            tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name,
+                                      data_independent=out in independent)
     nodes = [_node_info(n, tensors, graph) for n in graph.node if n.op_type != "Constant"]
     cache: dict[str, np.ndarray] = {}
 
@@ -236,6 +238,24 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
     return GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn), raw_shapes
+
+
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                               "Multinomial", "Bernoulli", "Dropout"})
+
+
+def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
+    """Outputs computed only from constants and input shapes (``Shape``/``Size``), in
+    topological order: e.g. position ids and their embedding, zero token-type ids."""
+    out: set[str] = set()
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or node.op_type == "Constant":
+            continue
+        ins = [t for t in node.input if t]
+        if node.op_type in _SHAPE_READERS or (ins and all(t in constants or t in out for t in ins)):
+            out.update(node.output)
+    return out
 
 
 def _node_info(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx.GraphProto) -> NodeInfo:
