@@ -112,7 +112,7 @@ def markdown(report: dict) -> str:
         f"{samples} calibration items, latency batch 1 / {report['config']['threads']} threads, "
         f"median of {runs} interleaved runs; {env['date']}.",
         "",
-        "| model | backend | quantize time, rayq Ray | quantize time, rayq 1 proc | INT8 latency ORT "
+        "| model | backend | quantize time, rayq default (num_workers=None) | quantize time, rayq 1 proc | INT8 latency ORT "
         "| INT8 latency OV | NMSE ORT | NMSE OV | CPU s, rayq 1 proc (info) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -135,7 +135,7 @@ def markdown(report: dict) -> str:
               "not a target (for rayq with Ray the actors' CPU is not visible to the driver)."]
     lines += ["", "Absolute figures (quantize: seconds of the timed call, median over repeats; "
               "latency: median ms, FP32 / NNCF / rayq; NMSE vs FP32 on held-out inputs):", "",
-              "| model | backend | quantize s NNCF / rayq Ray / rayq 1 proc | process s (incl. imports, "
+              "| model | backend | quantize s NNCF / rayq default / rayq 1 proc | process s (incl. imports, "
               "Ray start/stop, save) | process CPU s NNCF / rayq 1 proc | ORT ms FP32 / NNCF / rayq "
               "| OV ms FP32 / NNCF / rayq | NMSE ORT NNCF / rayq | NMSE OV NNCF / rayq | cosine OV NNCF / rayq |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -163,7 +163,7 @@ def markdown(report: dict) -> str:
             notes.append(f"- {key}: failed quantize attempts (retried; see JSON/logs): {f['quantize_failures']}")
         if f.get("rayq_ray_vs_inproc_max_abs"):
             diffs = ", ".join(f"{rt} {d:.2e}" for rt, d in f["rayq_ray_vs_inproc_max_abs"].items())
-            notes.append(f"- {key}: max |rayq Ray output - rayq in-process output| on held-out inputs: {diffs}")
+            notes.append(f"- {key}: max |rayq default output - rayq in-process output| on held-out inputs: {diffs}")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
