@@ -49,10 +49,13 @@ class QuantizeConfig:
     address: str | None = None
     validation: str | None = None
     validation_fn: str | None = None
+    latency_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.preset is not None:
             _check_choice("preset", self.preset, PRESETS)
+        if self.latency_batch < 1:
+            raise ConfigError(f"latency_batch={self.latency_batch} must be >= 1")
         if self.output_format is not None:
             _check_choice("output_format", self.output_format, OUTPUT_FORMATS)
         if self.subset_size < 1:

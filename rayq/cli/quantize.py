@@ -47,7 +47,7 @@ FIELDS = {
     "model": "model", "data": "calibration", "output": "output", "preset": "preset",
     "target_device": "target_device", "subset_size": "subset_size", "model_type": "model_type",
     "num_workers": "num_workers", "output_format": "output_format", "address": "address",
-    "validation": "validation", "validation_fn": "validation_fn",
+    "validation": "validation", "validation_fn": "validation_fn", "latency_batch": "latency_batch",
 }
 ADVANCED = {"estimator": "activation_estimator", "overflow_fix": "overflow_fix"}
 SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type": "types"}
@@ -98,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--validation-fn", default=u, metavar="MODULE:FUNCTION",
                    help="fn(compiled_model, items) -> float, e.g. examples.digits.metric:accuracy")
     v.add_argument("--threads", type=int, default=2, metavar="N", help="threads for validation and latency (default 2)")
+    v.add_argument("--latency-batch", type=int, default=u, metavar="N",
+                   help="latency is timed on the first N validation items as one batch (default 1)")
 
 
 def config_from_args(args: argparse.Namespace) -> QuantizeConfig:
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     target, fmt = output_path(cfg, backend.name)
     if target.is_dir():
         raise InputError(f"cannot write the model to {str(target)!r}: a folder of that name exists")
-    feeds = report.latency_feeds(backend, model, items) if items is not None else None
+    feeds = report.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
     start = time.perf_counter()
     with OutputDir.open(target.parent) as out, ray_scope(cfg.address, cfg.num_workers != 1):
         qmodel = rayq.quantize(
@@ -196,5 +198,5 @@ def run(args: argparse.Namespace) -> int:
         rows = report.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")
         print(f"validation: {cfg.validation} ({len(items)} items), {cfg.validation_fn}")
-        print(report.format_table(rows, name), flush=True)
+        print(report.format_table(rows, name, cfg.latency_batch), flush=True)
     return 0

@@ -1,4 +1,4 @@
-"""FP32 vs INT8 on every runtime of a backend: the user's metric and batch-1 latency."""
+"""FP32 vs INT8 on every runtime of a backend: the user's metric and latency of one batch."""
 
 from __future__ import annotations
 
@@ -34,15 +34,19 @@ def load_items(path: str) -> list[Any]:
     return items
 
 
-def latency_feeds(backend: Backend, model: Any, items: Sequence[Any]) -> dict:
-    """One batch-1 input (the first validation item), checked against the model's inputs."""
+def latency_feeds(backend: Backend, model: Any, items: Sequence[Any], batch: int = 1) -> dict:
+    """One input batch of the first ``batch`` validation items, checked against the model's inputs."""
     from rayq.backends.feeds import check_feeds
 
     specs = backend.inputs(model)
     try:
-        return check_feeds(specs, data_mod.to_feeds(items[0], specs))
+        feeds = [data_mod.to_feeds(item, specs) for item in items[:max(1, batch)]]
+        if len(feeds) > 1:
+            data_mod.batch_size_for(feeds, specs, len(feeds))  # DataError for a static batch dim
+            feeds = data_mod.batches(feeds, specs, len(feeds))
+        return check_feeds(specs, feeds[0])
     except DataError as exc:
-        raise DataError(f"validation data does not fit the model: {exc}") from exc
+        raise DataError(f"validation data does not fit the model (latency_batch={batch}): {exc}") from exc
 
 
 def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Sequence[Any],
@@ -68,7 +72,7 @@ def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Se
     return rows
 
 
-def format_table(rows: Sequence[Row], metric_name: str) -> str:
+def format_table(rows: Sequence[Row], metric_name: str, batch: int = 1) -> str:
     """A plain-text table; INT8 rows also show the metric change and the speed-up vs FP32."""
     width = max(12, len(metric_name))
     lines = [f"{'runtime':<12} {'model':<5} {metric_name:>{width}} {'change':>8} "
@@ -84,6 +88,6 @@ def format_table(rows: Sequence[Row], metric_name: str) -> str:
                      f"{row.latency.median_ms:>10.3f} {row.latency.iqr_ms:>8.3f} {speed:>8}")
     if rows:
         lat = rows[0].latency
-        lines.append(f"(latency: median of {lat.repeats} runs after warm-up, batch 1, "
+        lines.append(f"(latency: median of {lat.repeats} runs after warm-up, batch {batch}, "
                      f"{lat.threads or 'default'} threads)")
     return "\n".join(lines)

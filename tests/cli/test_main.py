@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -115,3 +116,23 @@ def test_readme_documents_every_field():
     missing = sorted(n for n in names if f"| `{n}` |" not in text)
     assert not missing
     assert "## `rayq search`" in text and "## `rayq sweep`" in text
+
+
+def test_latency_batch_times_one_batch_of_validation_items():
+    from rayq.backends import get_backend
+    from rayq.cli import report
+    from rayq.errors import DataError
+    from rayq.testing.models import mlp
+
+    backend = get_backend("onnx")
+    model = backend.load(mlp())
+    items = [{"input": np.full((1, 64), i, np.float32)} for i in range(5)]
+    feeds = report.latency_feeds(backend, model, items, 4)
+    assert feeds["input"].shape == (4, 64) and feeds["input"][3, 0] == 3
+    assert report.latency_feeds(backend, model, items, 99)["input"].shape == (5, 64)  # all there are
+    static = mlp()
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(DataError, match="latency_batch=4"):
+        report.latency_feeds(backend, backend.load(static), items, 4)
+    with pytest.raises(rayq.ConfigError, match="latency_batch"):
+        QuantizeConfig(model="m.onnx", calibration="c.npz", output="o.onnx", latency_batch=0)
