@@ -68,6 +68,7 @@ def load_model(model: Any) -> onnx.ModelProto:
         raise BackendError("the ONNX model has no nodes (not a model, or an empty graph)")
     proto = _upgrade_opset(proto)
     _name_nodes(proto)
+    _fold_constants(proto)
     try:
         if fits_in_memory_proto(proto):
             onnx.checker.check_model(proto)
@@ -97,6 +98,61 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
             f"the model uses ONNX opset {version}; rayq needs opset >= {MIN_OPSET} (per-channel "
             f"DequantizeLinear) and the automatic upgrade failed: {exc}. Re-export with opset >= 13."
         ) from exc
+
+
+_FOLD_MAX_ELEMENTS = 1 << 24  # never materialise a folded tensor larger than this
+
+
+def _fold_constants(proto: onnx.ModelProto) -> None:
+    """Replace nodes computed only from initializers (``Transpose(W)``, ``Cast``, a
+    ``Gather`` of a constant table...) by their values, in place, so weights computed in
+    the graph are quantized as weights. Nodes whose outputs are graph outputs, that
+    carry subgraphs, are random, or whose result would be huge are kept."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = proto.graph
+    known = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    folded, keep = [], []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            known[node.output[0]] = onnx.TensorProto()
+            known[node.output[0]].CopyFrom(node.attribute[0].t)
+            known[node.output[0]].name = node.output[0]
+        ins = [t for t in node.input if t]
+        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC | {"Constant"}
+                    and ins and all(t in known for t in ins) and not outputs.intersection(node.output)
+                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                for a in node.attribute))
+        if foldable:
+            try:
+                values = _evaluate(ReferenceEvaluator, proto, node, [known[t] for t in ins])
+            except Exception as exc:  # an op the reference runtime lacks: keep the node
+                log.debug("not folding %s: %s", node.name, exc)
+                values = None
+            if values is not None and all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values):
+                for name, value in zip([o for o in node.output if o], values):
+                    known[name] = numpy_helper.from_array(np.asarray(value), name)
+                    folded.append(known[name])
+                continue
+        keep.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {t for n in keep for t in n.input} | outputs | {vi.name for vi in graph.input}
+        kept = [t for t in graph.initializer if t.name in used] + [t for t in folded if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        log.debug("folded %d constant tensors", len(folded))
+
+
+def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto, inputs: list) -> list:
+    """Run one node on constant inputs with ONNX's reference runtime."""
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
+                                                     for o in node.output if o], inputs),
+        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    return evaluator(model).run(None, {})
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:

@@ -365,3 +365,27 @@ def test_shape_inference_without_weights_matches_full_inference(make):
     assert {k: v for k, v in raw.items() if k in expected} == expected
     assert abs(reader.size_bytes(model) - model.ByteSize()) <= 8192
     assert reader.fits_in_memory_proto(model)
+
+
+def test_weights_computed_from_constants_are_folded_and_quantized(backend):
+    """MatMul(x, Transpose(W)): the transposed weight is folded on load, so the MatMul
+    gets a per-channel int8 weight instead of staying FP32."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["W"], ["Wt"], name="t"),
+         helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = backend.load(model)
+    assert [n.op_type for n in loaded.graph.node] == ["MatMul"]
+    assert [t.name for t in loaded.graph.initializer] == ["Wt"]
+    np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), w.T)
+    x = rng.normal(size=(32, 8)).astype(np.float32)
+    q = rayq.quantize(model, x, num_workers=1, cache=False)
+    dq = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    mm = next(n for n in q.graph.node if n.op_type == "MatMul")
+    assert mm.input[1] in dq  # the weight is read through a DequantizeLinear
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert inits[dq[mm.input[1]].input[0]].dtype == np.int8
