@@ -389,3 +389,21 @@ def test_weights_computed_from_constants_are_folded_and_quantized(backend):
     assert mm.input[1] in dq  # the weight is read through a DequantizeLinear
     inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     assert inits[dq[mm.input[1]].input[0]].dtype == np.int8
+
+
+def test_folding_keeps_random_ops_graph_outputs_and_ops_it_cannot_run(backend):
+    shape = numpy_helper.from_array(np.array([2, 3], np.int64), "shape")
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("RandomNormalLike", ["w"], ["noise"], name="noise"),           # random: kept
+         helper.make_node("Transpose", ["w"], ["wt"], name="wt"),                        # graph output: kept
+         helper.make_node("Reshape", ["w", "shape"], ["w2"], name="reshape"),             # folded
+         helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm"),
+         helper.make_node("Add", ["y", "noise"], ["z"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("wt", TensorProto.FLOAT, [2, 3])], [shape, w])
+    loaded = backend.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.name for n in loaded.graph.node] == ["noise", "wt", "mm", "add"]
+    inits = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    assert inits["w2"].shape == (2, 3) and "shape" not in inits and "w" in inits  # w still read by kept nodes
