@@ -127,13 +127,16 @@ def _fold_constants(proto: onnx.ModelProto) -> None:
         if foldable:
             try:
                 values = _evaluate(ReferenceEvaluator, proto, node, [known[t] for t in ins])
-            except Exception as exc:  # an op the reference runtime lacks: keep the node
+                names = [o for o in node.output if o]
+                tensors = ([numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
+                           if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values) else None)
+            except Exception as exc:  # an op the reference runtime lacks, an odd dtype: keep the node
                 log.debug("not folding %s: %s", node.name, exc)
-                values = None
-            if values is not None and all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values):
-                for name, value in zip([o for o in node.output if o], values):
-                    known[name] = numpy_helper.from_array(np.asarray(value), name)
-                    folded.append(known[name])
+                tensors = None
+            if tensors is not None and len(tensors) == len(names):
+                for t in tensors:
+                    known[t.name] = t
+                    folded.append(t)
                 continue
         keep.append(node)
     if folded:
