@@ -13,7 +13,6 @@ from typing import Any
 from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
-from rayq.errors import BackendError
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.session import ModelSession
 
@@ -84,12 +83,5 @@ def quantize(
 
 
 def _mb(backend, model) -> str:
-    """Model size (weights included) for the summary line, without serialising an ONNX model."""
-    if backend.name == "onnx":
-        from rayq.backends.onnx.reader import size_bytes
-
-        return f"{size_bytes(model) / 1e6:.2f} MB"
-    try:
-        return f"{len(backend.to_bytes(model)) / 1e6:.2f} MB"
-    except BackendError:
-        return "unknown size"
+    """Model size (weights included) for the summary line, without serialising the model."""
+    return f"{backend.size_bytes(model) / 1e6:.2f} MB"

@@ -83,5 +83,8 @@ class Backend(Protocol):
     def to_bytes(self, model: Any) -> bytes:
         """Serialise ``model`` (for shipping to Ray workers; never pickle)."""
 
+    def size_bytes(self, model: Any) -> int:
+        """About the serialised size of ``model`` (weights included), without serialising it."""
+
     def from_bytes(self, data: bytes) -> Any:
         """Inverse of :meth:`to_bytes`."""

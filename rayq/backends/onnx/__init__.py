@@ -80,6 +80,9 @@ class OnnxBackend:
             raise BackendError("models over 2 GB are shipped to workers by path, not by value")
         return model.SerializeToString()
 
+    def size_bytes(self, model: onnx.ModelProto) -> int:
+        return reader.size_bytes(model)
+
     def from_bytes(self, data: bytes) -> onnx.ModelProto:
         proto = onnx.ModelProto()
         proto.ParseFromString(data)

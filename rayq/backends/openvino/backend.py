@@ -70,3 +70,7 @@ class OpenVINOBackend:
 
     def from_bytes(self, data: bytes) -> ov.Model:
         return serialization.from_bytes(data)
+
+    def size_bytes(self, model: ov.Model) -> int:
+        model = self.load(model)
+        return sum(op.get_byte_size() for op in model.get_ordered_ops() if op.get_type_name() == "Constant")

@@ -450,3 +450,17 @@ def test_save_to_unwritable_path(backend, conv_net, tmp_path):
     blocker.write_text("x")
     with pytest.raises(BackendError, match="cannot write"):
         backend.save(conv_net, str(blocker / "model.xml"))
+
+
+def test_size_bytes_is_the_weight_payload_without_serialising():
+    from rayq.backends import get_backend
+    from rayq.testing.models import resnet_like
+
+    onnx_backend, ov_backend = get_backend("onnx"), get_backend("openvino")
+    import openvino as ov
+
+    proto = onnx_backend.load(resnet_like())
+    assert abs(onnx_backend.size_bytes(proto) - proto.ByteSize()) <= 8192
+    model = ov_backend.load(ov.Core().read_model(proto.SerializeToString(), b""))
+    weights = sum(t.ByteSize() for t in proto.graph.initializer)
+    assert 0.9 * weights <= ov_backend.size_bytes(model) <= len(ov_backend.to_bytes(model))
