@@ -195,23 +195,12 @@ def int8_summary(model) -> dict:
 
 
 def _interleaved(runners: dict, feeds, runs: int, warmup: int) -> dict[str, dict]:
-    """Warm every runner up, then time them round by round (rotating who goes first)."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name](feeds)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            runners[name](feeds)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name in names:
-        q = statistics.quantiles(times[name], n=4)
-        out[name] = {"median_ms": statistics.median(times[name]), "iqr_ms": q[2] - q[0],
-                     "min_ms": min(times[name]), "runs": len(times[name])}
-    return out
+    """Round-robin timing with a rotating order (``ptq_harness``'s), summarised as median/IQR."""
+    from ptq_harness import interleaved_latency
+
+    return {name: {"median_ms": r["median_ms"], "iqr_ms": r["q3_ms"] - r["q1_ms"], "min_ms": r["min_ms"],
+                   "runs": r["runs"]}
+            for name, r in interleaved_latency(runners, feeds, runs=runs, warmup=warmup).items()}
 
 
 def job_measure(args) -> dict:

@@ -16,8 +16,6 @@ from rayq.core.recipe import Recipe
 from rayq.errors import BackendError
 
 
-
-
 class OnnxBackend:
     """ONNX models (``onnx.ModelProto`` or ``.onnx`` paths, external data included).
 

@@ -111,22 +111,17 @@ def _fold_constants(proto: onnx.ModelProto) -> None:
     from onnx.reference import ReferenceEvaluator
 
     graph = proto.graph
-    known = {t.name: t for t in graph.initializer}
+    known = _constant_tensors(graph)
     outputs = {o.name for o in graph.output}
     folded, keep = [], []
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            known[node.output[0]] = onnx.TensorProto()
-            known[node.output[0]].CopyFrom(node.attribute[0].t)
-            known[node.output[0]].name = node.output[0]
         ins = [t for t in node.input if t]
-        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC | {"Constant"}
-                    and ins and all(t in known for t in ins) and not outputs.intersection(node.output)
+        foldable = (_pure(node) and ins and all(t in known for t in ins) and not outputs.intersection(node.output)
                     and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                 for a in node.attribute))
         if foldable:
             try:
-                values = _evaluate(ReferenceEvaluator, proto, node, [known[t] for t in ins])
+                values = _evaluate(ReferenceEvaluator, proto, node, {t: known[t] for t in ins})
                 names = [o for o in node.output if o]
                 tensors = ([numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
                            if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values) else None)
@@ -149,8 +144,16 @@ def _fold_constants(proto: onnx.ModelProto) -> None:
         log.debug("folded %d constant tensors", len(folded))
 
 
-def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto, inputs: list) -> list:
-    """Run one node on constant inputs with ONNX's reference runtime."""
+def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
+              values: dict[str, onnx.TensorProto]) -> list:
+    """Run one node on constant inputs (input name -> tensor) with ONNX's reference runtime."""
+    inputs = []
+    for name, t in values.items():
+        if t.name != name:  # a Constant node's value is named by its output
+            t = onnx.TensorProto()
+            t.CopyFrom(values[name])
+            t.name = name
+        inputs.append(t)
     model = onnx.helper.make_model(
         onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
                                                      for o in node.output if o], inputs),
@@ -265,10 +268,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
     """Build the :class:`GraphView`; also returns raw shapes (with dim symbols)."""
     inferred = infer(proto).graph  # shapes only: nodes and constants come from ``proto``
     graph = proto.graph
-    constants: dict[str, onnx.TensorProto] = {i.name: i for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
+    constants = _constant_tensors(graph)
     raw_shapes: dict[str, tuple] = {}
     tensors: dict[str, TensorInfo] = {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
@@ -304,12 +304,26 @@ _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUnifor
                                "Multinomial", "Bernoulli", "Dropout"})
 
 
+def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and ``Constant`` node values, by tensor name."""
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    return constants
+
+
+def _pure(node: onnx.NodeProto) -> bool:
+    """A standard, deterministic op other than ``Constant``: its outputs follow from its inputs."""
+    return node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC and node.op_type != "Constant"
+
+
 def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
     """Outputs computed only from constants and input shapes (``Shape``/``Size``), in
     topological order: e.g. position ids and their embedding, zero token-type ids."""
     out: set[str] = set()
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or node.op_type == "Constant":
+        if not _pure(node):
             continue
         ins = [t for t in node.input if t]
         if node.op_type in _SHAPE_READERS or (ins and all(t in constants or t in out for t in ins)):
