@@ -5,13 +5,16 @@
 
 For each W it times, on a local Ray with ``max(W)`` CPUs:
 
-- **calibration**: ``collect_distributed`` with W single-threaded actors, cold (actor
-  start, model deserialisation and instrumented-session build included: what a user
-  waits for), and the time of the pass alone once the actors are placed;
+- **calibration**: ``collect_distributed`` with W single-threaded workers, three ways:
+  *cold*, from a fresh driver process (a new Ray job, as ``ray job submit`` makes: its
+  worker processes start inside the timed call, plus model load and session builds);
+  *warm call*, a later call in the same job (pooled worker processes reused; model
+  load and session builds still included: the next model of a sweep); and the *pass*
+  alone, with the model resident and sessions built;
 - **ranking**: the ranking phase of the accuracy-control search (every fallback group
   validated once, plus the INT8 reference) on W warm evaluator actors.
 
-W=1 is also one actor (no in-process shortcut), so the ratio measures Ray scaling only.
+W=1 is also one Ray worker (no in-process shortcut), so the ratio measures Ray scaling only.
 speedup(W) = time(W=1) / time(W); efficiency = speedup / W. The best of ``--repeats``
 is kept. ``--gpu-check`` also places 2 evaluator actors with ``num_gpus=0.5`` and
 records where they landed, which GPU Ray gave them and which ONNX Runtime providers
@@ -56,27 +59,73 @@ def _commit() -> str:
 
 
 def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
-    """(cold total, pass alone) seconds for W actors."""
-    import ray
-
+    """(warm call, pass alone) seconds with W workers in this driver's job."""
     from rayq.distributed import collect as dc
 
     t0 = time.perf_counter()
     dc.collect_distributed("onnx", model_bytes, batches, spec, num_workers=w, resources={"num_cpus": 1})
-    total = time.perf_counter() - t0
-    # the pass alone: same actors and dispatch, timed after placement
-    cls = ray.remote(num_cpus=1)(dc.CalibrationWorker)
-    ref = ray.put(model_bytes)
-    pool = dc._Pool([cls.remote("onnx", ref, spec, 1) for _ in range(w)], None)
-    chunks = [(ray.put(c), c) for c in dc._chunks(batches, w)]
-    try:
-        ray.get([a.node_id.remote() for a in pool.actors])
-        ray.get([a.run.remote(chunks[0][0]) for a in pool.actors])  # sessions warm
-        t0 = time.perf_counter()
-        pool.run_pass(chunks, None, None)
-        return total, time.perf_counter() - t0
-    finally:
-        pool.kill()
+    call = time.perf_counter() - t0
+    # the pass alone: same workers, models resident and sessions built by a first pass
+    shards = dc.ShardedCalibration("onnx", model_bytes, batches=batches, spec=spec, num_workers=w,
+                                   resources={"num_cpus": 1})
+    shards.run_pass()
+    t0 = time.perf_counter()
+    shards.run_pass()
+    return call, time.perf_counter() - t0
+
+
+def _cold_call(address: str, w: int, args) -> float:
+    """One calibration call from a fresh driver (a new Ray job, as ``ray job submit``
+    makes): its worker processes start inside the timed call."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-cold", str(w), "--address", address,
+           "--model", args.model, "--samples", str(args.samples)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    for line in r.stdout.splitlines():
+        if line.startswith("COLD "):
+            return float(line.split()[1])
+    raise RuntimeError(f"cold-call driver failed: {r.stderr[-2000:]}")
+
+
+def _problem(model_name: str, samples: int):
+    """(model, input shape, description, calibration array): deterministic for a given seed."""
+    from rayq.testing.models import resnet50_like, resnet_like
+
+    if model_name == "small":
+        model, shape = resnet_like(input_shape=(3, 64, 64), widths=(32, 64, 128), blocks_per_stage=3), (3, 64, 64)
+        desc = "resnet_like 3x64x64, widths 32/64/128, 3 blocks per stage"
+    else:
+        model, shape = resnet50_like(), (3, 224, 224)
+        desc = "resnet50_like 3x224x224 (random weights)"
+    calib = np.random.default_rng(0).normal(size=(samples, *shape)).astype(np.float32)
+    return model, shape, desc, calib
+
+
+def _calibration_setup(model, calib, samples):
+    from rayq.core.plan import QuantPlan
+    from rayq.pipeline.build import placement_for
+    from rayq.pipeline.calibrate import stat_spec
+    from rayq.session import ModelSession
+
+    session = ModelSession(model, calib, subset_size=samples)
+    spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
+                     smooth_quant=False)
+    return session, spec
+
+
+def _child_cold(args) -> int:
+    import rayq
+    from rayq.distributed import collect as dc
+
+    model, _, _, calib = _problem(args.model, args.samples)
+    session, spec = _calibration_setup(model, calib, args.samples)
+    model_bytes = session.backend.to_bytes(session.model)
+    rayq.init(address=args.address)
+    t0 = time.perf_counter()
+    dc.collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=args.child_cold,
+                           resources={"num_cpus": 1})
+    print(f"COLD {time.perf_counter() - t0:.4f}", flush=True)
+    rayq.shutdown()
+    return 0
 
 
 def main(argv=None) -> int:
@@ -91,40 +140,37 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-check", action="store_true")
     ap.add_argument("--commit", default=None, help="rayq commit to record (default: git rev-parse HEAD)")
     ap.add_argument("--out", default="bench/results/scale.json")
+    ap.add_argument("--child-cold", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child_cold:
+        return _child_cold(args)
 
     import onnxruntime as ort
 
     import rayq
+    import ray
+
     from rayq.core.plan import QuantPlan
     from rayq.distributed.evaluator import RayEvaluatorPool
     from rayq.pipeline.build import placement_for
-    from rayq.pipeline.calibrate import collect_local, stat_spec
-    from rayq.session import ModelSession
+    from rayq.pipeline.calibrate import collect_local
     from rayq.testing.metrics import pair_accuracy
-    from rayq.testing.models import resnet50_like, resnet_like
     from rayq.tuning.control import score_groups
 
-    if args.model == "small":
-        model, shape = resnet_like(input_shape=(3, 64, 64), widths=(32, 64, 128), blocks_per_stage=3), (3, 64, 64)
-        model_desc = "resnet_like 3x64x64, widths 32/64/128, 3 blocks per stage"
-    else:
-        model, shape = resnet50_like(), (3, 224, 224)
-        model_desc = "resnet50_like 3x224x224 (random weights)"
+    model, shape, model_desc, calib = _problem(args.model, args.samples)
     phases = set(args.phases.split(","))
-    rng = np.random.default_rng(0)
-    calib = rng.normal(size=(args.samples, *shape)).astype(np.float32)
-    xv = rng.normal(size=(args.validation, *shape)).astype(np.float32)
+    xv = np.random.default_rng(1).normal(size=(args.validation, *shape)).astype(np.float32)
     yv = ort.InferenceSession(model.SerializeToString()).run(None, {"input": xv})[0].argmax(1)
     items = list(zip(xv, yv))
     workers = [int(w) for w in args.workers.split(",")]
     t0 = time.perf_counter()
     rayq.init(num_cpus=max(workers), include_dashboard=False)
     ray_start_s = time.perf_counter() - t0
-    session = ModelSession(model, calib, subset_size=args.samples)
+    address = ray.get_runtime_context().gcs_address
+    session, spec = _calibration_setup(model, calib, args.samples)
     plan = QuantPlan.create()
     ops = placement_for(session.graph, plan).ops
-    spec = stat_spec(session.graph, placement_for(session.graph, plan), histograms=False, smooth_quant=False)
     model_bytes = session.backend.to_bytes(session.model)
     stats = (collect_local(session.backend, session.model, session.batches, spec)
              if "ranking" in phases else None)
@@ -133,6 +179,7 @@ def main(argv=None) -> int:
     for w in workers:
         cal = ([_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
                if "calibration" in phases else [(nan, nan)])
+        cold = [_cold_call(address, w, args) for _ in range(args.repeats)] if "calibration" in phases else [nan]
         rank, pool_start_s = [nan], nan
         if "ranking" in phases:
             t0 = time.perf_counter()
@@ -149,21 +196,21 @@ def main(argv=None) -> int:
                     rank.append(time.perf_counter() - t)
             finally:
                 pool.close()
-        row = {"workers": w, "calibration_s": min(c[0] for c in cal), "calibration_pass_s": min(c[1] for c in cal),
-               "ranking_s": min(rank), "evaluator_pool_start_s": pool_start_s,
+        row = {"workers": w, "calibration_cold_s": min(cold), "calibration_s": min(c[0] for c in cal),
+               "calibration_pass_s": min(c[1] for c in cal), "ranking_s": min(rank),
+               "evaluator_pool_start_s": pool_start_s, "calibration_cold_all_s": cold,
                "calibration_all_s": [c[0] for c in cal], "ranking_all_s": rank}
         rows.append(row)
-        print(f"W={w}: calibration {row['calibration_s']:.2f}s (pass {row['calibration_pass_s']:.2f}s), "
-              f"ranking {row['ranking_s']:.2f}s ({len(ops)} groups)", flush=True)
+        print(f"W={w}: calibration cold {row['calibration_cold_s']:.2f}s, warm {row['calibration_s']:.2f}s, "
+              f"pass {row['calibration_pass_s']:.2f}s; ranking {row['ranking_s']:.2f}s ({len(ops)} groups)",
+              flush=True)
     gpu = _gpu_check(RayEvaluatorPool, model_bytes, stats, items, pair_accuracy) if args.gpu_check else None
     rayq.shutdown()
     base = rows[0]
     for r in rows:
-        for k in ("calibration", "calibration_pass", "ranking"):
+        for k in ("calibration_cold", "calibration", "calibration_pass", "ranking"):
             r[f"{k}_speedup"] = base[f"{k}_s"] / r[f"{k}_s"] * base["workers"]
             r[f"{k}_efficiency"] = r[f"{k}_speedup"] / r["workers"]
-    import ray
-
     meta = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "ray": ray.__version__, "onnxruntime": ort.__version__, "rayq_commit": args.commit or _commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -216,13 +263,16 @@ def markdown(out: dict) -> str:
              f"{m['onnxruntime']}; rayq commit {m['rayq_commit']}; {m['date']}. Model: {m['model']}; "
              f"{m['samples']} calibration items ({m['batches']} batches), {m['validation_items']} validation items, "
              f"{m['groups']} fallback groups; best of {m['repeats']}.", "",
-             "| W | calibration s (cold) | speedup | efficiency | calibration pass s | speedup | efficiency "
-             "| ranking s | speedup | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Each cell: seconds, then speedup over W=1 and (efficiency = speedup / W).", "",
+             "| W | calibration, new job (cold) | calibration, warm call | calibration pass | ranking |",
+             "|---|---|---|---|---|"]
+
+    def cell(r, k):
+        return f"{r[k + '_s']:.2f} s, {r[k + '_speedup']:.2f}x ({r[k + '_efficiency']:.2f})"
+
     for r in out["rows"]:
-        lines.append(f"| {r['workers']} | {r['calibration_s']:.2f} | {r['calibration_speedup']:.2f} | "
-                     f"{r['calibration_efficiency']:.2f} | {r['calibration_pass_s']:.2f} | "
-                     f"{r['calibration_pass_speedup']:.2f} | {r['calibration_pass_efficiency']:.2f} | "
-                     f"{r['ranking_s']:.2f} | {r['ranking_speedup']:.2f} | {r['ranking_efficiency']:.2f} |")
+        lines.append(f"| {r['workers']} | {cell(r, 'calibration_cold')} | {cell(r, 'calibration')} | "
+                     f"{cell(r, 'calibration_pass')} | {cell(r, 'ranking')} |")
     g = out.get("gpu_check")
     if g:
         lines += ["", f"GPU check: {json.dumps(g)}"]

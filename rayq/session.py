@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CalibrationInfo:
-    """How the statistics were obtained (for summaries and tests)."""
+    """How the statistics were obtained (for summaries and tests); ``node_ids``: the Ray
+    nodes that computed shards (empty in-process)."""
 
     cached: bool
     seconds: float

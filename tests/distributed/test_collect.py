@@ -52,20 +52,50 @@ def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
     stats, nodes = dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
                                           num_workers=workers, resources={"num_cpus": 0.25}, on_batch=seen.append)
     _arrays_equal(stats.to_arrays(), local)
-    assert len(nodes) == min(workers, 20)         # never more actors than chunks (20 batches)
+    assert len(nodes) == 1                        # one local node
     assert sum(seen) == 2 * len(session.batches)  # both passes report every batch once
 
 
-class DiesOnce(dc.CalibrationWorker):
-    """Kills its own process on the first ``run`` anywhere in the pool (a marker file)."""
+def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
+    """A second call runs in the same pooled worker processes; each process keeps only
+    the current call's model."""
+    import ray
 
-    marker = ""
+    session, spec, _ = setup
 
-    def run(self, batches, edges=None):
-        if not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os._exit(1)
-        return super().run(batches, edges)
+    @ray.remote
+    def where(call, batches, edges_box):
+        arrays, node = dc.calibrate_chunk(call, batches, edges_box)
+        return arrays, f"{os.getpid()}:{sorted(dc._RESIDENT)}"
+
+    model_bytes = session.backend.to_bytes(session.model)
+    seen, tokens = [], []
+    for _ in range(2):
+        shards = dc.ShardedCalibration("onnx", model_bytes, spec, session.batches, num_workers=2,
+                                       resources={"num_cpus": 0.25}, task=where)
+        _, procs = shards.run_pass()
+        seen.append({p.split(":")[0] for p in procs})
+        tokens.append({p.split(":")[1] for p in procs})
+        assert tokens[-1] == {str([shards.call["token"]])}  # one resident call per process: this one
+    assert seen[0] & seen[1]                                  # warm processes were reused
+
+
+def test_unplaceable_workers_raise_a_cluster_error(ray_cluster, setup, monkeypatch):
+    session, spec, _ = setup
+    monkeypatch.setattr(dc, "PLACEMENT_TIMEOUT_S", 2)
+    with pytest.raises(rayq.ClusterError, match="no node of the cluster can run a calibration worker"):
+        dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
+                               num_workers=2, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
+    with pytest.raises(rayq.ConfigError, match="unsupported worker resources"):
+        dc._bundle({"num_cpus": 1, "accelerator": "x"})
+
+
+def dies_once(marker, call, batches, edges_box):
+    """Kills its own process on the first chunk anywhere (a marker file), then calibrates."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return dc.calibrate_chunk(call, batches, edges_box)
 
 
 def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tmp_path):
@@ -75,16 +105,15 @@ def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tm
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     session, spec, local = setup
     marker = str(tmp_path / "died")
-    cls = ray.remote(num_cpus=0.25)(type("DiesOnceHere", (DiesOnce,), {"marker": marker}))
-    model_ref = ray.put(session.backend.to_bytes(session.model))
-    factory = lambda: cls.remote("onnx", model_ref, spec, 1)  # noqa: E731
-    pool = dc._Pool([factory(), factory()], factory)
-    chunks = [(ray.put(c), c) for c in dc._chunks(session.batches)]
-    try:
-        first = pool.run_pass(chunks, None, None)
-        edges = ray.put(calibrate.histogram_edges(first, spec))
-        calibrate.attach_histograms(first, pool.run_pass(chunks, edges, None))
-    finally:
-        pool.kill()
+
+    def body(call, batches, edges_box):
+        return dies_once(marker, call, batches, edges_box)
+
+    task = ray.remote(body)
+    shards = dc.ShardedCalibration("onnx", session.backend.to_bytes(session.model), spec, session.batches,
+                                   num_workers=2, resources={"num_cpus": 0.25}, task=task)
+    first, _ = shards.run_pass()
+    hist, _ = shards.run_pass(calibrate.histogram_edges(first, spec))
+    calibrate.attach_histograms(first, hist)
     assert os.path.exists(marker)  # a worker really died
     _arrays_equal(first.to_arrays(), local)

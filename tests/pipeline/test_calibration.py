@@ -40,7 +40,7 @@ def test_sharded_statistics_equal_single_pass_bit_exactly(cnn, single_pass, work
     sharded = ModelSession(model, calib, subset_size=40, batch_size=4)
     stats = sharded.statistics(_plan(), histograms=True, num_workers=workers, use_cache=False)
     assert sharded.info.num_workers == workers and not sharded.info.cached
-    assert len(sharded.info.node_ids) == workers
+    assert len(sharded.info.node_ids) == 1  # the nodes that computed shards: one local node
     assert stats.batch_ids == frozenset(range(10))
     hists = [n for n in stats.names() if stats[n].hist is not None]
     assert len(hists) >= 10  # every activation quantizer input has a histogram
