@@ -8,6 +8,8 @@ For each W it times, on a local Ray with ``max(W)`` CPUs:
 - **calibration**: ``collect_distributed`` with W single-threaded workers, three ways:
   *cold*, from a fresh driver process (a new Ray job, as ``ray job submit`` makes: its
   worker processes start inside the timed call, plus model load and session builds);
+  *new job, workers started early*, the same, but as ``rayq.quantize`` runs it: the
+  job's workers are started before the model and data load, and the call after;
   *warm call*, a later call in the same job (pooled worker processes reused; model
   load and session builds still included: the next model of a sweep); and the *pass*
   alone, with the model resident and sessions built;
@@ -74,11 +76,13 @@ def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
     return call, time.perf_counter() - t0
 
 
-def _cold_call(address: str, w: int, args) -> float:
+def _cold_call(address: str, w: int, args, early: bool) -> float:
     """One calibration call from a fresh driver (a new Ray job, as ``ray job submit``
-    makes): its worker processes start inside the timed call."""
+    makes). ``early=False``: the job's worker processes start inside the timed call;
+    ``early=True``: as ``rayq.quantize`` runs it, they are started before the model and
+    data load (``start_workers_early``), and the call is timed after loading."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child-cold", str(w), "--address", address,
-           "--model", args.model, "--samples", str(args.samples)]
+           "--model", args.model, "--samples", str(args.samples)] + (["--child-early"] if early else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     for line in r.stdout.splitlines():
         if line.startswith("COLD "):
@@ -115,11 +119,15 @@ def _calibration_setup(model, calib, samples):
 def _child_cold(args) -> int:
     import rayq
     from rayq.distributed import collect as dc
+    from rayq.session import start_workers_early
 
+    if args.child_early:
+        rayq.init(address=args.address)
+        start_workers_early(args.child_cold, {"num_cpus": 1}, subset_size=args.samples)
     model, _, _, calib = _problem(args.model, args.samples)
     session, spec = _calibration_setup(model, calib, args.samples)
     model_bytes = session.backend.to_bytes(session.model)
-    rayq.init(address=args.address)
+    rayq.init(address=args.address)  # (already connected when early)
     t0 = time.perf_counter()
     dc.collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=args.child_cold,
                            resources={"num_cpus": 1})
@@ -142,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results/scale.json")
     ap.add_argument("--child-cold", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-early", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child_cold:
         return _child_cold(args)
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
     for w in workers:
         cal = ([_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
                if "calibration" in phases else [(nan, nan)])
-        cold = [_cold_call(address, w, args) for _ in range(args.repeats)] if "calibration" in phases else [nan]
+        cold = [_cold_call(address, w, args, False) for _ in range(args.repeats)] if "calibration" in phases else [nan]
+        early = [_cold_call(address, w, args, True) for _ in range(args.repeats)] if "calibration" in phases else [nan]
         rank, pool_start_s = [nan], nan
         if "ranking" in phases:
             t0 = time.perf_counter()
@@ -196,19 +206,21 @@ def main(argv=None) -> int:
                     rank.append(time.perf_counter() - t)
             finally:
                 pool.close()
-        row = {"workers": w, "calibration_cold_s": min(cold), "calibration_s": min(c[0] for c in cal),
+        row = {"workers": w, "calibration_cold_s": min(cold), "calibration_early_s": min(early),
+               "calibration_s": min(c[0] for c in cal),
                "calibration_pass_s": min(c[1] for c in cal), "ranking_s": min(rank),
-               "evaluator_pool_start_s": pool_start_s, "calibration_cold_all_s": cold,
+               "evaluator_pool_start_s": pool_start_s, "calibration_cold_all_s": cold, "calibration_early_all_s": early,
                "calibration_all_s": [c[0] for c in cal], "ranking_all_s": rank}
         rows.append(row)
-        print(f"W={w}: calibration cold {row['calibration_cold_s']:.2f}s, warm {row['calibration_s']:.2f}s, "
+        print(f"W={w}: calibration new job {row['calibration_cold_s']:.2f}s (workers started early "
+              f"{row['calibration_early_s']:.2f}s), warm {row['calibration_s']:.2f}s, "
               f"pass {row['calibration_pass_s']:.2f}s; ranking {row['ranking_s']:.2f}s ({len(ops)} groups)",
               flush=True)
     gpu = _gpu_check(RayEvaluatorPool, model_bytes, stats, items, pair_accuracy) if args.gpu_check else None
     rayq.shutdown()
     base = rows[0]
     for r in rows:
-        for k in ("calibration_cold", "calibration", "calibration_pass", "ranking"):
+        for k in ("calibration_cold", "calibration_early", "calibration", "calibration_pass", "ranking"):
             r[f"{k}_speedup"] = base[f"{k}_s"] / r[f"{k}_s"] * base["workers"]
             r[f"{k}_efficiency"] = r[f"{k}_speedup"] / r["workers"]
     meta = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -264,14 +276,15 @@ def markdown(out: dict) -> str:
              f"{m['samples']} calibration items ({m['batches']} batches), {m['validation_items']} validation items, "
              f"{m['groups']} fallback groups; best of {m['repeats']}.", "",
              "Each cell: seconds, then speedup over W=1 and (efficiency = speedup / W).", "",
-             "| W | calibration, new job (cold) | calibration, warm call | calibration pass | ranking |",
-             "|---|---|---|---|---|"]
+             "| W | calibration, new job (cold) | new job, workers started early | calibration, warm call "
+             "| calibration pass | ranking |", "|---|---|---|---|---|---|"]
 
     def cell(r, k):
         return f"{r[k + '_s']:.2f} s, {r[k + '_speedup']:.2f}x ({r[k + '_efficiency']:.2f})"
 
     for r in out["rows"]:
-        lines.append(f"| {r['workers']} | {cell(r, 'calibration_cold')} | {cell(r, 'calibration')} | "
+        lines.append(f"| {r['workers']} | {cell(r, 'calibration_cold')} | {cell(r, 'calibration_early')} | "
+                     f"{cell(r, 'calibration')} | "
                      f"{cell(r, 'calibration_pass')} | {cell(r, 'ranking')} |")
     g = out.get("gpu_check")
     if g:

@@ -14,7 +14,7 @@ from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.pipeline.build import build_quantized, placement_for
-from rayq.session import ModelSession
+from rayq.session import ModelSession, start_workers_early
 
 log = logging.getLogger("rayq")
 
@@ -50,7 +50,7 @@ def quantize(
         model_type: None or ``"transformer"`` (SmoothQuant, transformer placement).
         ignored_scope: Nodes to keep in FP32.
         advanced_parameters: :class:`rayq.AdvancedQuantizationParameters`.
-        num_workers: Calibration actors. None: every CPU of the connected Ray cluster
+        num_workers: Calibration workers (Ray tasks). None: every CPU of the connected Ray cluster
             (a local one is started when none runs); 1: calibrate in this process.
         cache: Reuse/store calibration statistics in the Parquet cache.
 
@@ -66,6 +66,7 @@ def quantize(
     adv = advanced_parameters or AdvancedQuantizationParameters()
     plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    start_workers_early(num_workers, None, subset_size=subset_size)
     session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
     placement = placement_for(session.graph, plan)
     stats = session.statistics(plan, histograms=needs_histogram(plan.activation_estimator),

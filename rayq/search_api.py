@@ -22,7 +22,7 @@ from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
 from rayq.tuning.space import SearchSpace
-from rayq.session import ModelSession, _resolve_workers
+from rayq.session import ModelSession, _resolve_workers, start_workers_early
 from rayq.storage import local_dir_for
 
 log = logging.getLogger("rayq")
@@ -120,6 +120,7 @@ def search(
     adv = advanced_parameters or AdvancedQuantizationParameters()
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    start_workers_early(num_workers, None, subset_size=subset_size)
     session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
     target = target or session.backend.runtimes[0]
     if target not in session.backend.runtimes:

@@ -4,7 +4,7 @@
 It loads the model through its backend, turns the dataset into fixed batches
 (batch k = items [k*bs, (k+1)*bs), independent of the worker count), and returns
 calibration statistics from the Parquet cache or by calibrating -- in this process
-(``num_workers=1``) or sharded over Ray actors.
+(``num_workers=1``) or sharded over Ray worker tasks.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ SMALL_MACHINE_CPUS = 2
 
 
 def _resolve_workers(num_workers: int | None, num_batches: int, *, calibration: bool = False) -> int:
-    """1 means in-process; otherwise the number of Ray actors (never more than batches).
+    """1 means in-process; otherwise the number of Ray workers (never more than batches).
 
     ``num_workers=None`` uses every CPU of the connected (or ``RAY_ADDRESS``) cluster; with
     no cluster, a local one is started, except for calibration on a small machine.
@@ -133,6 +133,22 @@ def _resolve_workers(num_workers: int | None, num_batches: int, *, calibration: 
     cluster.init()
     workers = num_workers or cluster.cluster_cpus()
     return max(1, min(workers, num_batches))
+
+
+def start_workers_early(num_workers: int | None, resources: dict | None, *, subset_size: int | None) -> list:
+    """When calibration will join a running Ray cluster (connected, or ``RAY_ADDRESS``, as
+    under ``ray job submit``), start this job's worker processes now so they come up
+    while the model and data load; returns the start tasks' refs (``[]`` when nothing
+    was started). In-process calibration (``num_workers=1``) and a local Ray that rayq
+    starts itself (Ray pre-starts workers for its first driver) start nothing.
+    """
+    if num_workers == 1 or _would_start_local_ray():
+        return []
+    from rayq.distributed import cluster, collect
+
+    cluster.init()
+    workers = min(num_workers or cluster.cluster_cpus(), subset_size or 1 << 30)  # at most one batch per item
+    return collect.start_workers(workers, resources) if workers > 1 else []
 
 
 def default_workers() -> int:

@@ -16,6 +16,7 @@ can run a worker is pinned there (soft affinity), so the shards span the cluster
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -109,7 +110,30 @@ def calibrate_chunk(call: dict, batches: Sequence[Batch], edges_box: list | None
     return stats.to_arrays(), ray.get_runtime_context().get_node_id()
 
 
+def _warm() -> int:
+    """Import what a chunk needs, so a process started early skips it on its first chunk."""
+    import onnxruntime  # noqa: F401
+
+    return os.getpid()
+
+
 # -- driver side ------------------------------------------------------------------------
+
+def default_resources(num_workers: int) -> dict:
+    """One CPU per worker, or a share of the cluster's CPUs when W exceeds them."""
+    return {"num_cpus": min(1.0, cluster_cpus() / num_workers)}
+
+
+def start_workers(num_workers: int, resources: dict | None = None) -> list:
+    """Have Ray start ``num_workers`` worker processes for this job now (a tiny task
+    each), so they are up when calibration begins; returns the tasks' refs (their pids).
+    A new job's processes otherwise start inside its first calibration."""
+    import ray
+
+    res = dict(resources or default_resources(num_workers))
+    task = ray.remote(_warm)
+    return [task.options(**res).remote() for _ in range(num_workers)]
+
 
 def _chunks(batches: Sequence[Batch], workers: int = 1) -> list[list[Batch]]:
     """Chunks of consecutive batches (by stable batch id): ``CHUNK`` batches, fewer when
@@ -239,7 +263,7 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
     Raises:
         ClusterError: the workers cannot be placed, or a chunk kept failing.
     """
-    res = dict(resources or {"num_cpus": min(1.0, cluster_cpus() / num_workers)})
+    res = dict(resources or default_resources(num_workers))
     shards = ShardedCalibration(backend_name, model_bytes, spec, batches, num_workers=num_workers, resources=res)
     stats, nodes = shards.run_pass(None, on_batch)
     if spec.histogram_tensors:

@@ -117,3 +117,16 @@ def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tm
     calibrate.attach_histograms(first, hist)
     assert os.path.exists(marker)  # a worker really died
     _arrays_equal(first.to_arrays(), local)
+
+
+def test_workers_start_early_only_when_joining_a_cluster(ray_cluster, monkeypatch):
+    import ray
+
+    from rayq import session as session_mod
+
+    refs = session_mod.start_workers_early(3, {"num_cpus": 0.25}, subset_size=300)
+    assert len(refs) == 3 and all(isinstance(p, int) for p in ray.get(refs, timeout=120))
+    assert len(session_mod.start_workers_early(8, {"num_cpus": 0.25}, subset_size=2)) == 2  # <= one per item
+    assert session_mod.start_workers_early(1, None, subset_size=300) == []                 # in-process
+    monkeypatch.setattr(session_mod, "_would_start_local_ray", lambda: True)
+    assert session_mod.start_workers_early(None, None, subset_size=300) == []  # Ray pre-starts its own
