@@ -184,9 +184,9 @@ class _Writer:
 
     def finish(self) -> onnx.ModelProto:
         used = {t for n in [*self.graph.node, *self.new_nodes] for t in n.input}
-        keep = [i for i in self.graph.initializer if i.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(keep)
+        inits = self.graph.initializer
+        for i in reversed([i for i, t in enumerate(inits) if t.name not in used]):
+            del inits[i]  # in place: re-adding the kept ones would copy every weight again
         ordered = _toposort([*self.graph.node, *self.new_nodes], self.graph)
         del self.graph.node[:]
         self.graph.node.extend(ordered)

@@ -407,3 +407,41 @@ def test_folding_keeps_random_ops_graph_outputs_and_ops_it_cannot_run(backend):
     assert [n.name for n in loaded.graph.node] == ["noise", "wt", "mm", "add"]
     inits = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
     assert inits["w2"].shape == (2, 3) and "shape" not in inits and "w" in inits  # w still read by kept nodes
+
+
+@pytest.mark.parametrize("make", [lambda: resnet_like(with_concat=True),
+                                  lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True)],
+                         ids=["cnn", "transformer"])
+def test_sessions_take_large_weights_as_external_initializers(make):
+    """ORT sessions get the large weights as values, not inside the serialised model: the
+    model shrinks, the caller's proto is untouched, and the FP32 and QDQ sessions compute
+    exactly what sessions of the whole model compute."""
+    from rayq.backends.onnx import reader, runtime
+
+    model = make()
+    data = random_inputs(model, 8, seed=2)
+    qdq = rayq.quantize(model, data, subset_size=8, num_workers=1, cache=False)
+    feeds = random_inputs(model, 1, batch=2, seed=3)[0]
+    for proto in (model, qdq):
+        before = proto.SerializeToString()
+        light, names, values = runtime.split_weights(proto)
+        assert proto.SerializeToString() == before
+        assert names and len(values) == len(names)
+        moved = sum(reader.tensor_bytes(t) for t in proto.graph.initializer if t.name in names)
+        assert len(light.SerializeToString()) <= len(before) - 0.9 * moved
+        inline = {t.name for t in light.graph.initializer if t.data_location != TensorProto.EXTERNAL}
+        assert all(reader.tensor_bytes(t) < runtime.EXTERNAL_MIN_BYTES for t in proto.graph.initializer
+                   if t.name in inline)
+        got = runtime.ort_session(proto).run(None, feeds)
+        for a, b in zip(got, _run(proto, feeds)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_tensor_size_estimate_matches_serialised_size():
+    from rayq.backends.onnx import reader
+
+    for dtype in (np.float32, np.int8, np.int64, np.float16):
+        t = numpy_helper.from_array(np.zeros((7, 300), dtype), "w")
+        assert 0 <= reader.tensor_bytes(t) - t.ByteSize() <= 80
+    t = helper.make_tensor("f", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])  # float_data, no raw_data
+    assert reader.tensor_bytes(t) == t.ByteSize()
