@@ -160,7 +160,7 @@ def search(
 
             control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial)
             best, status, records = control.run()
-            fp32_latency = pool.map_latency([None])[0]
+            fp32_latency = control.fp32_latency or pool.map_latency([None])[0]
         nodes = {"calibration": list(session.info.node_ids if session.info else []),
                  "evaluation": list(pool.node_ids)}
     finally:

@@ -65,6 +65,9 @@ class EvaluatorWorker:
     def output_error(self, plan_json: str | None) -> float:
         return self.ev.output_error(None if plan_json is None else QuantPlan.from_json(plan_json))
 
+    def compare_latency(self, plan_jsons: list[str | None]) -> list[Latency]:
+        return self.ev.compare_latency([None if j is None else QuantPlan.from_json(j) for j in plan_jsons])
+
 
 class RayEvaluatorPool:
     """A pool of evaluator actors; the same verbs as :class:`LocalEvaluatorPool`.
@@ -183,6 +186,17 @@ class RayEvaluatorPool:
         return results
 
 
+    def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
+        """Latencies of ``plans`` measured against each other on one actor (interleaved)."""
+        import ray
+
+        ref = self._call(0, "compare_latency", [None if p is None else p.to_json() for p in plans])
+        try:
+            return ray.get(ref)
+        except Exception as exc:
+            raise ClusterError(f"latency measurement failed: {exc}") from exc
+
+
 class LocalEvaluatorPool:
     """The in-process pool (``num_workers=1``): same verbs, no Ray."""
 
@@ -203,3 +217,6 @@ class LocalEvaluatorPool:
 
     def map_latency(self, plans) -> list[Latency]:
         return [self.ev.latency(p) for p in plans]
+
+    def compare_latency(self, plans) -> list[Latency]:
+        return self.ev.compare_latency(plans)

@@ -22,7 +22,7 @@ from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.calibrate import Batch
 from rayq.pipeline.evaluate import CompiledModel, ValidationFailed, output_nmse, run_validation
-from rayq.pipeline.latency import Latency, summarize, time_runner
+from rayq.pipeline.latency import Latency, summarize, time_interleaved, time_runner
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,25 @@ class CandidateEvaluator:
         outs = [run(f) for f in feeds]
         return float(np.mean([output_nmse(r, o) for r, o in zip(self._reference, outs)]))
 
+    def _latency_runner(self, plan: QuantPlan | None):
+        model = self.model if plan is None else self.build(plan)
+        return self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
+                                   num_threads=self.latency_threads)
+
+    @property
+    def _latency_feeds(self) -> dict[str, np.ndarray]:
+        return self.latency_feeds if self.latency_feeds is not None else self.batches[0][1]
+
     def latency(self, plan: QuantPlan | None) -> Latency:
         """Measured latency of ``plan`` (None: the FP32 model) on one batch."""
-        model = self.model if plan is None else self.build(plan)
-        run = self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
-                                  num_threads=self.latency_threads)
-        feeds = self.latency_feeds if self.latency_feeds is not None else self.batches[0][1]
-        times = time_runner(run, feeds, warmup=5, repeats=self.latency_repeats, min_seconds=0.2)
+        times = time_runner(self._latency_runner(plan), self._latency_feeds, warmup=5,
+                            repeats=self.latency_repeats, min_seconds=0.2)
         return summarize(times, self.runtime, self.latency_threads)
+
+    def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
+        """Latencies of ``plans`` measured against each other (interleaved rounds), for
+        choosing among finalists whose separate measurements were taken at other times."""
+        runs = [self._latency_runner(p) for p in plans]
+        times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=self.latency_repeats,
+                                 min_seconds=0.2 * len(runs))
+        return [summarize(t, self.runtime, self.latency_threads) for t in times]

@@ -49,6 +49,26 @@ def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats:
     return times
 
 
+def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 30,
+                     min_seconds: float = 0.0) -> list[list[float]]:
+    """Time several runners against each other: each round calls every runner once, in
+    an order that rotates by round, so drift of the machine (load, clocks, neighbours)
+    falls on all of them alike. Returns each runner's times (ms)."""
+    for run in runs:
+        for _ in range(warmup):
+            run(feeds)
+    times: list[list[float]] = [[] for _ in runs]
+    start, r = time.perf_counter(), 0
+    while r < rounds or (time.perf_counter() - start) < min_seconds:
+        for k in range(len(runs)):
+            i = (r + k) % len(runs)
+            t0 = time.perf_counter()
+            runs[i](feeds)
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        r += 1
+    return times
+
+
 def summarize(times: list[float], runtime: str, threads: int) -> Latency:
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return Latency(statistics.median(times), q[2] - q[0], min(times), len(times), runtime, threads)

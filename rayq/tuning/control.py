@@ -28,6 +28,11 @@ from rayq.tuning.space import SearchSpace
 log = logging.getLogger(__name__)
 
 RANKING_ATTR = "rayq.ranking"
+#: The final choice re-measures the fastest feasible trials (at most this many, within
+#: RUNOFF_SPREAD x the fastest) against each other: trials are timed minutes apart, and
+#: a 2-core machine's load alone moved one model's latency by 70 % between them.
+RUNOFF_SIZE = 4
+RUNOFF_SPREAD = 2.0
 
 
 class Pool(Protocol):
@@ -36,6 +41,7 @@ class Pool(Protocol):
     def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list: ...
     def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]: ...
     def map_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
+    def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,28 @@ def select_best(records: Sequence[TrialRecord], band: float = LATENCY_TIE_BAND) 
     return None, "budget not met"
 
 
+def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], Any]:
+    """``records`` with the latencies of the fastest feasible ones (the finalists)
+    re-measured against each other and the FP32 model, interleaved on one worker; and
+    that FP32 latency (None, records unchanged, when no trial is feasible)."""
+    feasible = sorted((r for r in records if r.status == "ok" and r.feasible and r.latency_ms is not None),
+                      key=lambda r: (r.latency_ms, r.number))
+    finalists, seen = [], set()
+    for r in feasible:
+        if r.plan.key() not in seen and r.latency_ms <= feasible[0].latency_ms * RUNOFF_SPREAD:
+            seen.add(r.plan.key())
+            finalists.append(r)
+    finalists = finalists[:RUNOFF_SIZE]
+    if not finalists:
+        return list(records), None
+    fp32, *measured = pool.compare_latency([None, *(r.plan for r in finalists)])
+    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms)
+           for r, m in zip(finalists, measured)}
+    log.info("latency runoff (interleaved): FP32 %.3f ms; %s", fp32.median_ms, ", ".join(
+        f"trial {r.number} {r.latency_ms:.3f} -> {new[r.number].latency_ms:.3f} ms" for r in finalists))
+    return [new.get(r.number, r) for r in records], fp32
+
+
 def _done(records: Sequence[TrialRecord]) -> int:
     """Finished trials as the driver counts them (interrupted ones excluded)."""
     return sum(r.status in ("ok", "failed") for r in records)
@@ -130,6 +158,7 @@ class AccuracyControl:
         self.on_trial = on_trial
         self.storage = open_storage(settings.storage)
         self.fp32 = None
+        self.fp32_latency = None  # from the final runoff
         self.ranking: list[str] = []
 
     def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
@@ -182,7 +211,7 @@ class AccuracyControl:
         outcome = self._driver(space, len(presets), evaluator).run(seeds=presets)
         best, status = select_best(outcome.records)
         if status == "met" and not best.plan.fallback and not self.s.explore:
-            return best, status, outcome.records
+            return self._final(outcome.records)
         if status != "met" or best.plan.fallback:
             self.ranking = self.rank()
             space = replace(self.space0, ranking=tuple(self.ranking))
@@ -190,8 +219,13 @@ class AccuracyControl:
         total = max(self.s.n_trials, _done(outcome.records))
         if self.s.explore and total > _done(outcome.records):
             outcome = self._driver(space, total, evaluator).run()
-        best, status = select_best(outcome.records)
-        return best, status, outcome.records
+        return self._final(outcome.records)
+
+    def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
+        """The choice among ``records``, after the finalists' latency runoff."""
+        records, self.fp32_latency = runoff(self.pool, records)
+        best, status = select_best(records)
+        return best, status, records
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
         """Evaluate ``plans`` not yet in the study (and nothing else)."""

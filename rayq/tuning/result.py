@@ -28,8 +28,11 @@ class SearchResult:
             the smallest drop, never silently the last one).
         fp32_metric: Metric of the FP32 model.
         metric: Metric of the chosen model; ``drop`` its drop (``drop_type``).
-        latency_ms / latency_spread_ms: Measured median latency and IQR.
-        fp32_latency_ms: FP32 latency on the same runtime and worker.
+        latency_ms / latency_spread_ms: Measured median latency and IQR. The fastest
+            feasible trials (up to 4) are re-measured at the end against each other and
+            FP32, interleaved on one worker; the choice and these numbers use that runoff
+            (``trials`` shows it for those trials too).
+        fp32_latency_ms: FP32 latency on the same runtime and worker (same runoff).
         trials: Every trial as a DataFrame (also ``trials.parquet``).
         pareto: Non-dominated trials on (latency, metric).
         wall_seconds / cpu_seconds: Search wall time and CPU time (driver + workers).

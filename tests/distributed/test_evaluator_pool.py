@@ -44,6 +44,10 @@ def test_ray_pool_matches_local_pool(ray_cluster):
         assert a == b
         lat = remote.map_latency(plans[:2])
         assert all(np.isfinite(t.median_ms) and t.median_ms > 0 for t in lat)
+        for pool in (local, remote):  # interleaved: every plan timed the same number of times
+            runoff = pool.compare_latency([None, *plans[:2]])
+            assert len(runoff) == 3 and len({t.repeats for t in runoff}) == 1
+            assert all(np.isfinite(t.median_ms) and t.median_ms > 0 for t in runoff)
         assert remote.map_output_error([plan])[0] == pytest.approx(local.map_output_error([plan])[0])
         info = remote.describe()
         assert [i["node_id"] for i in info] == remote.node_ids

@@ -1,0 +1,58 @@
+"""The final latency runoff: finalists re-measured against each other and FP32."""
+
+from __future__ import annotations
+
+import time
+
+from rayq.core.plan import QuantPlan
+from rayq.pipeline.latency import Latency, time_interleaved
+from rayq.tuning import control
+from rayq.tuning.control import runoff, select_best
+from rayq.tuning.evaluator import TrialRecord
+
+
+def _rec(n: int, latency: float, feasible: bool = True, fallback=("a",)) -> TrialRecord:
+    return TrialRecord(n, QuantPlan(fallback=tuple(f"{x}{n}" for x in fallback)), 0.9, 0.0, latency, 0.01,
+                       "ok", None, feasible, "seed")
+
+
+class Pool:
+    """Re-measures by a fixed table: plan fallback name -> latency."""
+
+    def __init__(self, table: dict) -> None:
+        self.table, self.calls = table, []
+
+    def compare_latency(self, plans):
+        self.calls.append(plans)
+        return [Latency(self.table[None if p is None else p.fallback[0]], 0.0, 0.0, 30, "onnxruntime", 1)
+                for p in plans]
+
+
+def test_runoff_remeasures_the_fastest_feasible_and_can_change_the_choice():
+    records = [_rec(0, 1.0), _rec(1, 1.1), _rec(2, 1.2), _rec(3, 1.3), _rec(4, 1.4),  # 5 feasible within 2x
+               _rec(5, 0.5, feasible=False), _rec(6, 2.5)]                          # infeasible; > 2x fastest
+    assert select_best(records)[0].number == 0
+    pool = Pool({None: 5.0, "a0": 1.5, "a1": 1.4, "a2": 1.0, "a3": 1.6})
+    out, fp32 = runoff(pool, records)
+    assert [p for p in pool.calls[0]][0] is None and len(pool.calls[0]) == 1 + control.RUNOFF_SIZE
+    assert fp32.median_ms == 5.0
+    assert [r.latency_ms for r in out] == [1.5, 1.4, 1.0, 1.6, 1.4, 0.5, 2.5]  # trials 4-6 untouched
+    best, status = select_best(out)
+    assert (best.number, status) == (2, "met")
+
+
+def test_runoff_without_feasible_trials_measures_nothing():
+    records = [_rec(0, 1.0, feasible=False)]
+    pool = Pool({})
+    out, fp32 = runoff(pool, records)
+    assert out == records and fp32 is None and pool.calls == []
+
+
+def test_interleaved_timing_orders_runners_and_times_each_every_round():
+    def sleeper(seconds):
+        return lambda feeds: time.sleep(seconds)
+
+    times = time_interleaved([sleeper(0.004), sleeper(0.001), sleeper(0.002)], {}, warmup=1, rounds=7)
+    assert [len(t) for t in times] == [7, 7, 7]
+    medians = [sorted(t)[3] for t in times]
+    assert medians[1] < medians[2] < medians[0]
