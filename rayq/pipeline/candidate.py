@@ -158,6 +158,7 @@ class CandidateEvaluator:
         """Latencies of ``plans`` measured against each other (interleaved rounds), for
         choosing among finalists whose separate measurements were taken at other times."""
         runs = [self._latency_runner(p) for p in plans]
-        times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=self.latency_repeats,
-                                 min_seconds=0.2 * len(runs))
+        rounds = 3
+        times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=rounds,
+                                 block=max(1, -(-self.latency_repeats // rounds)))
         return [summarize(t, self.runtime, self.latency_threads) for t in times]

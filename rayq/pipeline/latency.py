@@ -49,23 +49,24 @@ def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats:
     return times
 
 
-def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 30,
-                     min_seconds: float = 0.0) -> list[list[float]]:
-    """Time several runners against each other: each round calls every runner once, in
-    an order that rotates by round, so drift of the machine (load, clocks, neighbours)
-    falls on all of them alike. Returns each runner's times (ms)."""
-    for run in runs:
-        for _ in range(warmup):
-            run(feeds)
+def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 3,
+                     block: int = 10) -> list[list[float]]:
+    """Time several runners against each other: each round gives every runner a turn of
+    ``warmup`` untimed then ``block`` timed calls, in an order that rotates by round, so
+    drift of the machine (load, clocks, neighbours) falls on all of them alike. Turns,
+    not single calls: after another model ran, a model needs several calls to be back
+    at its steady latency (MiniLM FP32 on 2 vCPUs: 6-8 calls). Returns each runner's
+    times (ms), ``rounds * block`` each."""
     times: list[list[float]] = [[] for _ in runs]
-    start, r = time.perf_counter(), 0
-    while r < rounds or (time.perf_counter() - start) < min_seconds:
+    for r in range(rounds):
         for k in range(len(runs)):
             i = (r + k) % len(runs)
-            t0 = time.perf_counter()
-            runs[i](feeds)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-        r += 1
+            for _ in range(warmup):
+                runs[i](feeds)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                runs[i](feeds)
+                times[i].append((time.perf_counter() - t0) * 1e3)
     return times
 
 

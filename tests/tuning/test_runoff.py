@@ -48,11 +48,11 @@ def test_runoff_without_feasible_trials_measures_nothing():
     assert out == records and fp32 is None and pool.calls == []
 
 
-def test_interleaved_timing_orders_runners_and_times_each_every_round():
+def test_interleaved_timing_orders_runners_and_gives_each_a_turn_every_round():
     def sleeper(seconds):
         return lambda feeds: time.sleep(seconds)
 
-    times = time_interleaved([sleeper(0.004), sleeper(0.001), sleeper(0.002)], {}, warmup=1, rounds=7)
-    assert [len(t) for t in times] == [7, 7, 7]
-    medians = [sorted(t)[3] for t in times]
+    times = time_interleaved([sleeper(0.004), sleeper(0.001), sleeper(0.002)], {}, warmup=1, rounds=3, block=3)
+    assert [len(t) for t in times] == [9, 9, 9]
+    medians = [sorted(t)[4] for t in times]
     assert medians[1] < medians[2] < medians[0]
