@@ -122,10 +122,12 @@ def select_best(records: Sequence[TrialRecord], band: float = LATENCY_TIE_BAND) 
     return None, "budget not met"
 
 
-def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], Any]:
-    """``records`` with the latencies of the fastest feasible ones (the finalists)
-    re-measured against each other and the FP32 model, interleaved on one worker; and
-    that FP32 latency (None, records unchanged, when no trial is feasible)."""
+def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord], Any]:
+    """The fastest feasible records (the finalists) re-measured against each other and
+    the FP32 model, interleaved on one worker. Returns ``records`` with the finalists'
+    new latencies, the finalists, and that FP32 latency (``records``, ``[]``, None when
+    no trial is feasible). The choice must be among the finalists: the others' timings
+    come from other moments."""
     feasible = sorted((r for r in records if r.status == "ok" and r.feasible and r.latency_ms is not None),
                       key=lambda r: (r.latency_ms, r.number))
     finalists, seen = [], set()
@@ -135,13 +137,13 @@ def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord
             finalists.append(r)
     finalists = finalists[:RUNOFF_SIZE]
     if not finalists:
-        return list(records), None
+        return list(records), [], None
     fp32, *measured = pool.compare_latency([None, *(r.plan for r in finalists)])
     new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms)
            for r, m in zip(finalists, measured)}
     log.info("latency runoff (interleaved): FP32 %.3f ms; %s", fp32.median_ms, ", ".join(
         f"trial {r.number} {r.latency_ms:.3f} -> {new[r.number].latency_ms:.3f} ms" for r in finalists))
-    return [new.get(r.number, r) for r in records], fp32
+    return [new.get(r.number, r) for r in records], list(new.values()), fp32
 
 
 def _done(records: Sequence[TrialRecord]) -> int:
@@ -223,8 +225,8 @@ class AccuracyControl:
 
     def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         """The choice among ``records``, after the finalists' latency runoff."""
-        records, self.fp32_latency = runoff(self.pool, records)
-        best, status = select_best(records)
+        records, finalists, self.fp32_latency = runoff(self.pool, records)
+        best, status = select_best(finalists or records)
         return best, status, records
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):

@@ -33,19 +33,24 @@ def test_runoff_remeasures_the_fastest_feasible_and_can_change_the_choice():
                _rec(5, 0.5, feasible=False), _rec(6, 2.5)]                          # infeasible; > 2x fastest
     assert select_best(records)[0].number == 0
     pool = Pool({None: 5.0, "a0": 1.5, "a1": 1.4, "a2": 1.0, "a3": 1.6})
-    out, fp32 = runoff(pool, records)
+    out, finalists, fp32 = runoff(pool, records)
+    assert [r.number for r in finalists] == [0, 1, 2, 3]
     assert [p for p in pool.calls[0]][0] is None and len(pool.calls[0]) == 1 + control.RUNOFF_SIZE
     assert fp32.median_ms == 5.0
     assert [r.latency_ms for r in out] == [1.5, 1.4, 1.0, 1.6, 1.4, 0.5, 2.5]  # trials 4-6 untouched
-    best, status = select_best(out)
+    best, status = select_best(finalists)
     assert (best.number, status) == (2, "met")
+    # a non-finalist timed at another moment (trial 4, 1.4 ms) must not beat the re-timed ones
+    pool.table.update({"a0": 1.9, "a1": 1.8, "a2": 1.7, "a3": 2.0})
+    out, finalists, _ = runoff(pool, records)
+    assert select_best(out)[0].number == 4 and select_best(finalists)[0].number == 2
 
 
 def test_runoff_without_feasible_trials_measures_nothing():
     records = [_rec(0, 1.0, feasible=False)]
     pool = Pool({})
-    out, fp32 = runoff(pool, records)
-    assert out == records and fp32 is None and pool.calls == []
+    out, finalists, fp32 = runoff(pool, records)
+    assert out == records and finalists == [] and fp32 is None and pool.calls == []
 
 
 def test_interleaved_timing_orders_runners_and_gives_each_a_turn_every_round():
