@@ -185,7 +185,6 @@ class RayEvaluatorPool:
                     raise ClusterError(f"latency measurement failed: {exc}") from exc
         return results
 
-
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
         """Latencies of ``plans`` measured against each other on one actor (interleaved)."""
         import ray

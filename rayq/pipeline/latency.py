@@ -61,12 +61,7 @@ def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 
     for r in range(rounds):
         for k in range(len(runs)):
             i = (r + k) % len(runs)
-            for _ in range(warmup):
-                runs[i](feeds)
-            for _ in range(block):
-                t0 = time.perf_counter()
-                runs[i](feeds)
-                times[i].append((time.perf_counter() - t0) * 1e3)
+            times[i] += time_runner(runs[i], feeds, warmup=warmup, repeats=block)
     return times
 
 
