@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def save(stats: StatisticSet, key: str, directory: str | None = None) -> str:
             rows["data"].append(arr.tobytes())
     table = pa.table(rows)
     path = f"{root}/{key}.parquet"
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # unique per writer: sweeps save from threads
     with filesystem.open_output_stream(tmp) as out:
         pq.write_table(table, out)
     filesystem.move(tmp, path)

@@ -211,3 +211,18 @@ def test_would_start_local_ray_follows_ray_address(monkeypatch):
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert not session_mod._would_start_local_ray()
+
+
+def test_concurrent_writers_of_one_key_all_succeed(rayq_cache_dir):
+    """The searches of a sweep run in threads of one process and may save the same key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rayq.core.stats import StatisticSet
+    from rayq.pipeline import cache
+
+    stats = StatisticSet()
+    stats.update(0, {"x": {"min": np.array([-1.0]), "max": np.array([2.0])}})
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: cache.save(stats, "k"), range(32)))
+    assert len(set(paths)) == 1 and sorted(p.name for p in rayq_cache_dir.iterdir()) == ["k.parquet"]
+    assert cache.load("k")["x"].max == 2.0
