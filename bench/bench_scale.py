@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                                     validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
             rank = []
             try:
-                pool.map_metric([plan] * w)  # warm every actor (model compiled, data resident)
+                pool.map_metric([plan] * w)  # warm the workers (evaluator resident in each process)
                 pool_start_s = time.perf_counter() - t0
                 for _ in range(args.repeats):
                     t = time.perf_counter()

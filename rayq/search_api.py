@@ -80,7 +80,7 @@ def search(
 ) -> SearchResult:
     """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
 
-    Calibrates once (sharded over Ray actors, cached), validates FP32 and the fully
+    Calibrates once (sharded over Ray tasks, cached), validates FP32 and the fully
     quantized model per preset, ranks fallback groups in parallel, evaluates top-k
     fallback sets (refined by bisection), then lets a seeded Optuna study explore
     preset x estimator x bias correction x SmoothQuant alpha x fallback set. Every
@@ -98,8 +98,8 @@ def search(
         target: Runtime to validate and time on: ``onnxruntime`` or ``openvino``.
         n_trials: Total trials of the study (seeds and candidates included).
         timeout: Seconds after which no new generation starts.
-        num_workers: Evaluator actors (None: all CPUs of the cluster; 1: in-process).
-        worker_resources: Ray resources per actor, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
+        num_workers: Evaluations at once, as Ray tasks (None: all CPUs of the cluster; 1: in-process).
+        worker_resources: Ray resources per evaluation task, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
         storage: Optuna storage: a journal path or an RDB URL (default: journal in ``output``).
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.

@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--target", choices=["onnxruntime", "openvino"], default=u, help="runtime to validate and time")
     s.add_argument("--n-trials", type=int, default=u, help="total trials (default 32)")
     s.add_argument("--timeout", type=float, default=u, help="seconds after which no new generation starts")
-    s.add_argument("--num-workers", type=int, default=u, help="evaluator actors (default: all cluster CPUs)")
+    s.add_argument("--num-workers", type=int, default=u,
+                   help="evaluations at once, as Ray tasks (default: all cluster CPUs; 1: in-process)")
     s.add_argument("--storage", default=u, help="Optuna storage: journal path or RDB URL")
     s.add_argument("--study-name", default=u)
     s.add_argument("--seed", type=int, default=u)

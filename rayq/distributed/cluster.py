@@ -1,12 +1,13 @@
-"""Connecting to (or starting) a Ray cluster."""
+"""Connecting to (or starting) a Ray cluster, and finding the nodes that can run a worker."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
 
-from rayq.errors import ClusterError, RayqError
+from rayq.errors import ClusterError, ConfigError, RayqError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def default_resources(num_workers: int) -> dict:
+    """Ray resources of one of ``num_workers`` workers: one CPU each, or an equal share
+    of the cluster's CPUs when W exceeds them."""
+    return {"num_cpus": min(1.0, cluster_cpus() / num_workers)}
+
+
 def shutdown() -> None:
     import ray
 
@@ -82,3 +89,52 @@ def task_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(cause, RayqError):
         return cause
     return ClusterError(f"{what} failed: {exc}")
+
+
+def resource_bundle(resources: dict) -> dict:
+    """Ray task options (``num_cpus``, ``num_gpus``, ``memory``, ``resources``) as a
+    resource dict, the way nodes report theirs."""
+    unknown = set(resources) - {"num_cpus", "num_gpus", "memory", "resources"}
+    if unknown:
+        raise ConfigError(f"unsupported worker resources {sorted(unknown)}; use num_cpus, num_gpus, memory "
+                          "and resources={...}")
+    bundle = {key: resources[opt] for opt, key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory"))
+              if resources.get(opt)}
+    bundle.update({k: v for k, v in (resources.get("resources") or {}).items() if v})
+    return bundle
+
+
+def worker_nodes(resources: dict, what: str, timeout_s: float) -> list[str]:
+    """Ids of the alive nodes that can run ``what`` with ``resources``, this node first;
+    waits up to ``timeout_s`` for one to appear (an autoscaler adding it).
+
+    Raises:
+        ClusterError: no node has the resources after ``timeout_s``.
+    """
+    import ray
+
+    need = resource_bundle(resources)
+    here = ray.get_runtime_context().get_node_id()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = [n["NodeID"] for n in ray.nodes()
+                 if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items())]
+        if nodes:
+            return sorted(nodes, key=lambda n: n != here)
+        if time.monotonic() > deadline:
+            raise ClusterError(f"no node of the cluster can run {what} with {resources} (waited "
+                               f"{timeout_s}s); cluster resources: {ray.cluster_resources()}")
+        time.sleep(1.0)
+
+
+def next_done(pending: dict, what: str, timeout_s: float):
+    """The first of ``pending``'s object refs to finish. While none finishes for
+    ``timeout_s`` (a busy cluster), logs a warning naming the free resources and waits on."""
+    import ray
+
+    while True:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
+        if done:
+            return done[0]
+        log.warning("no %s finished in %ds; %d waiting; free resources: %s", what, timeout_s, len(pending),
+                    ray.available_resources())

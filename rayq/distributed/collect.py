@@ -8,25 +8,25 @@ gVisor node). Task workers go back to Ray's pool, so the next calibration in the
 job (the next model of a sweep, the second pass) reuses them warm, and a free worker
 takes the next chunk while another process is still starting. Within a call, the
 model and its instrumented session stay resident in each worker process
-(:class:`_Resident`): built on that process's first chunk, dropped when the next call
-arrives or after ``IDLE_RELEASE_S`` without use. The first chunk of each node that
-can run a worker is pinned there (soft affinity), so the shards span the cluster.
+(:mod:`rayq.distributed.resident`): built on that process's first chunk, dropped
+after ``IDLE_RELEASE_S`` without use or when newer calls crowd it out. The first
+chunk of each node that can run a worker is pinned there (soft affinity), so the
+shards span the cluster.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rayq.backends import get_backend
 from rayq.core.stats import StatisticSet
-from rayq.distributed.cluster import cluster_cpus, task_error
-from rayq.errors import ClusterError, ConfigError
+from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
+from rayq.distributed.resident import resident, touch
+from rayq.errors import ClusterError
 from rayq.pipeline import calibrate
 from rayq.pipeline.calibrate import Batch, StatSpec
 
@@ -49,38 +49,14 @@ class _Resident:
     spec: StatSpec
     runners: dict = field(default_factory=dict)  # pass kind -> instrumented session
     edges: dict = field(default_factory=dict)  # edges ref id -> histogram edges
-    last_used: float = 0.0
 
 
-_RESIDENT: dict[str, _Resident] = {}
-_LOCK = threading.Lock()
-_REAPER: list[threading.Thread] = []
-
-
-def _reap() -> None:
-    while True:
-        time.sleep(1.0)
-        with _LOCK:
-            for token in [t for t, r in _RESIDENT.items() if time.monotonic() - r.last_used > IDLE_RELEASE_S]:
-                del _RESIDENT[token]
-
-
-def _resident(call: dict) -> _Resident:
-    """This process's state for ``call``, loading the model on first use (one call at a time)."""
+def _load(call: dict) -> _Resident:
     import ray
 
-    with _LOCK:
-        res = _RESIDENT.get(call["token"])
-        if res is None:
-            _RESIDENT.clear()  # a new call: drop the previous model
-            model_bytes, spec = ray.get(call["payload"][0])
-            backend = get_backend(call["backend"])
-            res = _RESIDENT[call["token"]] = _Resident(backend, backend.from_bytes(model_bytes), spec)
-            if not _REAPER:
-                _REAPER.append(threading.Thread(target=_reap, name="rayq-calibration-reaper", daemon=True))
-                _REAPER[0].start()
-        res.last_used = time.monotonic()
-        return res
+    model_bytes, spec = ray.get(call["payload"][0])
+    backend = get_backend(call["backend"])
+    return _Resident(backend, backend.from_bytes(model_bytes), spec)
 
 
 def calibrate_chunk(call: dict, batches: Sequence[Batch], edges_box: list | None) -> tuple[dict, str]:
@@ -92,7 +68,7 @@ def calibrate_chunk(call: dict, batches: Sequence[Batch], edges_box: list | None
     """
     import ray
 
-    res = _resident(call)
+    res = resident(call["token"], lambda: _load(call), idle_s=IDLE_RELEASE_S)
     edges = None
     if edges_box is not None:
         key = edges_box[0].hex()
@@ -106,7 +82,7 @@ def calibrate_chunk(call: dict, batches: Sequence[Batch], edges_box: list | None
                              if requests else None)
     stats = calibrate.collect(res.backend, res.model, batches, res.spec, num_threads=call["threads"],
                               histogram_edges=edges, runner=res.runners[kind])
-    res.last_used = time.monotonic()
+    touch(call["token"])
     return stats.to_arrays(), ray.get_runtime_context().get_node_id()
 
 
@@ -118,11 +94,6 @@ def _warm() -> int:
 
 
 # -- driver side ------------------------------------------------------------------------
-
-def default_resources(num_workers: int) -> dict:
-    """One CPU per worker, or a share of the cluster's CPUs when W exceeds them."""
-    return {"num_cpus": min(1.0, cluster_cpus() / num_workers)}
-
 
 def start_workers(num_workers: int, resources: dict | None = None) -> list:
     """Have Ray start ``num_workers`` worker processes for this job now (a tiny task
@@ -140,38 +111,6 @@ def _chunks(batches: Sequence[Batch], workers: int = 1) -> list[list[Batch]]:
     that would leave fewer than two chunks per worker."""
     size = max(1, min(CHUNK, len(batches) // (2 * max(1, workers))))
     return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
-
-
-def _bundle(resources: dict) -> dict:
-    """Ray task options (``num_cpus``, ``num_gpus``, ``memory``, ``resources``) as a
-    resource dict, the way nodes report theirs."""
-    unknown = set(resources) - {"num_cpus", "num_gpus", "memory", "resources"}
-    if unknown:
-        raise ConfigError(f"unsupported worker resources {sorted(unknown)}; use num_cpus, num_gpus, memory "
-                          "and resources={...}")
-    bundle = {key: resources[opt] for opt, key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory"))
-              if resources.get(opt)}
-    bundle.update({k: v for k, v in (resources.get("resources") or {}).items() if v})
-    return bundle
-
-
-def _worker_nodes(resources: dict) -> list[str]:
-    """Ids of the alive nodes that can run a worker with ``resources``, this node first;
-    waits up to ``PLACEMENT_TIMEOUT_S`` for one to appear (an autoscaler adding it)."""
-    import ray
-
-    need = _bundle(resources)
-    here = ray.get_runtime_context().get_node_id()
-    deadline = time.monotonic() + PLACEMENT_TIMEOUT_S
-    while True:
-        nodes = [n["NodeID"] for n in ray.nodes()
-                 if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items())]
-        if nodes:
-            return sorted(nodes, key=lambda n: n != here)
-        if time.monotonic() > deadline:
-            raise ClusterError(f"no node of the cluster can run a calibration worker with {resources} (waited "
-                               f"{PLACEMENT_TIMEOUT_S}s); cluster resources: {ray.cluster_resources()}")
-        time.sleep(1.0)
 
 
 class ShardedCalibration:
@@ -193,7 +132,7 @@ class ShardedCalibration:
         self.parts = _chunks(batches, num_workers)
         self.workers = min(num_workers, len(self.parts))
         self.resources = dict(resources)
-        self.nodes = _worker_nodes(self.resources)[:self.workers]
+        self.nodes = worker_nodes(self.resources, "a calibration worker", PLACEMENT_TIMEOUT_S)[:self.workers]
         self.task = task or ray.remote(calibrate_chunk)
         self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [ray.put((model_bytes, spec))],
                      "threads": max(1, int(self.resources.get("num_cpus", 1)))}
@@ -229,14 +168,10 @@ class ShardedCalibration:
             while todo and len(pending) < self.workers:
                 i = todo.pop(0)
                 pending[self._submit(i, edges_box)] = i
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=PLACEMENT_TIMEOUT_S)
-            if not done:
-                log.warning("no calibration chunk finished in %ds; %d waiting; free resources: %s",
-                            PLACEMENT_TIMEOUT_S, len(pending), ray.available_resources())
-                continue
-            i = pending.pop(done[0])
+            ref = next_done(pending, "calibration chunk", PLACEMENT_TIMEOUT_S)
+            i = pending.pop(ref)
             try:
-                arrays, node = ray.get(done[0])
+                arrays, node = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 raise task_error(exc, "a calibration worker") from exc
             except ray.exceptions.RayError as exc:  # worker or node died more than MAX_RETRIES times

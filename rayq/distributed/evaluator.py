@@ -1,158 +1,181 @@
-"""Long-lived evaluator actors: each holds the FP32 model, the statistics and the
-validation data, takes frozen plans and returns results.
+"""Candidate evaluation on Ray: metrics, output errors and latencies of frozen plans,
+computed by Ray tasks on pooled worker processes.
 
-Metrics are computed on every actor in parallel; latency is measured one
-candidate at a time per node (all of a node's actors wait), so timings are not
-disturbed by concurrent work on the same cores.
+Each worker process keeps the search's :class:`CandidateEvaluator` (the FP32 model,
+statistics, validation data and a few built candidates) resident between tasks
+(:mod:`rayq.distributed.resident`): it is loaded by the process's first task of the
+search and dropped ``IDLE_RELEASE_S`` after its last.
+
+Why tasks and not actors: actors reserve their CPUs for as long as they live and
+their processes die with them, so every search paid W process starts (1.0-1.6 s of
+a 5.8 s search of the digits example at W=2 on 2 cores) and a notebook or a sweep
+could not hand those CPUs to the next search's calibration without killing them.
+Task workers return to Ray's pool: calibration and evaluation share warm processes,
+and concurrent searches of a sweep share the cluster's CPUs task by task.
+
+Metrics run W at a time (a free slot takes the next plan); latency is measured one
+candidate at a time per node, on that node, while nothing else of the search runs,
+so timings are not disturbed by concurrent work on the same cores. The first task
+for each node that can run a worker is pinned there (soft affinity), so evaluation
+spans the cluster. Ray re-runs a task whose worker process or node died
+(``MAX_RETRIES`` times).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rayq.backends import get_backend
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
-from rayq.distributed.cluster import task_error
+from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
+from rayq.distributed.resident import resident, touch
 from rayq.errors import ClusterError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
 from rayq.pipeline.latency import Latency
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 2
+MAX_RETRIES = 2  # re-runs of a task whose worker process or node died
 PLACEMENT_TIMEOUT_S = 180
+IDLE_RELEASE_S = 60.0  # a worker process drops a search's evaluator unused for this long
 
 
-class EvaluatorWorker:
-    """Actor body: a :class:`CandidateEvaluator` built from serialisable parts."""
+# -- worker side ------------------------------------------------------------------------
 
-    def __init__(self, backend_name: str, model_bytes: bytes, stats_arrays: dict, items: list,
-                 validation_fn: Callable, kwargs: dict) -> None:
-        from rayq.backends import get_backend
+def _plan(plan_json: str | None) -> QuantPlan | None:
+    return None if plan_json is None else QuantPlan.from_json(plan_json)
 
-        model = get_backend(backend_name).from_bytes(model_bytes)
-        stats = StatisticSet.from_arrays(stats_arrays)
-        self.ev = CandidateEvaluator(backend_name, model, stats, items, validation_fn, **kwargs)
 
-    def node_id(self) -> str:
-        import ray
+def _describe(ev: CandidateEvaluator) -> dict:
+    import ray
 
-        return ray.get_runtime_context().get_node_id()
+    info = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": ev.device}
+    if ev.runtime == "onnxruntime":
+        from rayq.backends.onnx.runtime import ort_providers
 
-    def describe(self) -> dict:
-        """Where this actor runs: node id, GPU ids Ray assigned, and the validation providers."""
-        import ray
+        info["providers"] = ort_providers(ev.device)
+    return info
 
-        info = {"node_id": ray.get_runtime_context().get_node_id(),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.ev.device}
-        if self.ev.runtime == "onnxruntime":
-            from rayq.backends.onnx.runtime import ort_providers
 
-            info["providers"] = ort_providers(self.ev.device)
-        return info
+_VERBS: dict[str, Callable] = {
+    "metric": lambda ev, plan, indices: ev.fp32_metric(indices) if plan is None else ev.metric(_plan(plan), indices),
+    "latency": lambda ev, plan: ev.latency(_plan(plan)),
+    "output_error": lambda ev, plan: ev.output_error(_plan(plan)),
+    "compare_latency": lambda ev, plans: ev.compare_latency([_plan(p) for p in plans]),
+    "describe": _describe,
+}
 
-    def metric(self, plan_json: str | None, indices: list[int] | None) -> CandidateMetric:
-        if plan_json is None:
-            return self.ev.fp32_metric(indices)
-        return self.ev.metric(QuantPlan.from_json(plan_json), indices)
 
-    def latency(self, plan_json: str | None) -> Latency:
-        return self.ev.latency(None if plan_json is None else QuantPlan.from_json(plan_json))
+def _load(call: dict) -> CandidateEvaluator:
+    import ray
 
-    def output_error(self, plan_json: str | None) -> float:
-        return self.ev.output_error(None if plan_json is None else QuantPlan.from_json(plan_json))
+    model_bytes, stats_arrays, items, fn, kwargs = ray.get(call["payload"][0])
+    model = get_backend(call["backend"]).from_bytes(model_bytes)
+    return CandidateEvaluator(call["backend"], model, StatisticSet.from_arrays(stats_arrays), items, fn, **kwargs)
 
-    def compare_latency(self, plan_jsons: list[str | None]) -> list[Latency]:
-        return self.ev.compare_latency([None if j is None else QuantPlan.from_json(j) for j in plan_jsons])
 
+def evaluate(call: dict, verb: str, args: tuple) -> tuple[Any, str]:
+    """Task body: ``verb(*args)`` on this process's evaluator for ``call`` (loaded on
+    first use), and the node that ran it.
+
+    ``call`` carries the search's token, backend name and the object ref of ``(model
+    bytes, statistics arrays, validation items, validation_fn, evaluator kwargs)``,
+    boxed in a list so Ray does not fetch it for every task.
+    """
+    import ray
+
+    ev = resident(call["token"], lambda: _load(call), idle_s=IDLE_RELEASE_S)
+    out = _VERBS[verb](ev, *args)
+    touch(call["token"])
+    return out, ray.get_runtime_context().get_node_id()
+
+
+# -- driver side ------------------------------------------------------------------------
 
 class RayEvaluatorPool:
-    """A pool of evaluator actors; the same verbs as :class:`LocalEvaluatorPool`.
+    """Evaluation of plans on Ray worker tasks; the same verbs as :class:`LocalEvaluatorPool`.
 
     Args:
-        num_workers: Number of actors.
-        resources: Ray resources per actor (default ``{"num_cpus": 1}``); with
-            ``num_gpus`` the actors validate on ONNX Runtime's CUDA provider.
-        backend_name, model_bytes, stats, items, validation_fn, kwargs: the state of
-            each actor (see :class:`~rayq.pipeline.candidate.CandidateEvaluator`).
+        num_workers: W, the most evaluations running at once.
+        resources: Ray resources per task (default: one CPU, or a share of the
+            cluster's when W exceeds it); with ``num_gpus`` the workers validate on
+            ONNX Runtime's CUDA provider.
+        backend_name, model_bytes, stats, items, validation_fn, kwargs: the evaluator
+            each worker process holds (see :class:`~rayq.pipeline.candidate.CandidateEvaluator`).
+        task: the remote function that runs an evaluation (tests inject failures here).
+
+    Raises:
+        ClusterError: no node of the cluster can run a worker with ``resources``.
     """
 
     def __init__(self, *, num_workers: int, resources: dict | None, backend_name: str, model_bytes: bytes,
-                 stats: StatisticSet, items: list, validation_fn: Callable, kwargs: dict) -> None:
+                 stats: StatisticSet, items: list, validation_fn: Callable, kwargs: dict,
+                 task: Callable | None = None) -> None:
         import ray
 
-        from rayq.distributed.cluster import cluster_cpus
-
-        self.resources = dict(resources or {"num_cpus": min(1.0, cluster_cpus() / num_workers)})
+        self.workers = max(1, num_workers)
+        self.resources = dict(resources or default_resources(self.workers))
         if self.resources.get("num_gpus"):
             if kwargs.get("runtime") == "onnxruntime":
                 kwargs = {**kwargs, "device": "GPU"}  # accuracy on CUDA; latency stays on the target
             else:
                 log.warning("GPU workers validate OpenVINO targets on CPU (OpenVINO's GPU plugin is for "
                             "Intel GPUs)")
-        cls = ray.remote(**self.resources)(EvaluatorWorker)
-        refs = [ray.put(x) for x in (model_bytes, stats.to_arrays(), items)]
-        self._factory = lambda: cls.remote(backend_name, *refs, validation_fn, kwargs)
-        self.actors = [self._factory() for _ in range(num_workers)]
-        try:
-            self.node_ids = ray.get([a.node_id.remote() for a in self.actors], timeout=PLACEMENT_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError as exc:
-            self.close()
-            raise ClusterError(f"could not place {num_workers} evaluator actors with {self.resources} within "
-                               f"{PLACEMENT_TIMEOUT_S}s; cluster resources: {ray.cluster_resources()}") from exc
+        self.nodes = worker_nodes(self.resources, "an evaluator worker", PLACEMENT_TIMEOUT_S)[:self.workers]
+        self.task = task or ray.remote(evaluate)
+        payload = ray.put((model_bytes, stats.to_arrays(), items, validation_fn, kwargs))
+        self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [payload]}
+        self._unvisited = list(self.nodes)  # nodes still to get their first task
+        self.node_ids: list[str] = []  # nodes that ran this pool's evaluations, in first-seen order
 
     @property
     def size(self) -> int:
-        return len(self.actors)
+        return self.workers
 
     def close(self) -> None:
+        """Release the payload; worker processes drop their evaluator when it idles out."""
+        self.call["payload"] = []
+
+    def _submit(self, verb: str, args: tuple, node: str | None = None):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts = dict(self.resources, max_retries=MAX_RETRIES)
+        if node is not None:  # latency: on this node, no other
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        elif self._unvisited:  # one task per node that can take one, so evaluation spans the cluster
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._unvisited.pop(0), soft=True)
+        return self.task.options(**opts).remote(self.call, verb, args)
+
+    def _result(self, ref, what: str) -> Any:
         import ray
 
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        try:
+            out, node = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise task_error(exc, f"an evaluator worker ({what})") from exc
+        except ray.exceptions.RayError as exc:  # worker or node died more than MAX_RETRIES times
+            raise ClusterError(f"evaluation ({what}) failed after {MAX_RETRIES} retries: {exc}") from exc
+        if node not in self.node_ids:
+            self.node_ids.append(node)
+        return out
 
-    def describe(self) -> list[dict]:
-        """Per actor: node id, assigned GPU ids, validation device and ONNX Runtime providers."""
-        import ray
-
-        return ray.get([a.describe.remote() for a in self.actors])
-
-    def _call(self, idx: int, method: str, *args):
-        return getattr(self.actors[idx], method).remote(*args)
-
-    def _map(self, method: str, args: Sequence[tuple]) -> list:
-        """Run ``method(*a)`` for each ``a`` over all actors; dead actors are replaced."""
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
+    def _map(self, verb: str, args: Sequence[tuple]) -> list:
+        """``verb(*a)`` for each ``a``, at most W at a time; results in order."""
         results: list[Any] = [None] * len(args)
-        queue = list(range(len(args)))
+        todo = list(range(len(args)))
         pending: dict = {}
-        tries = defaultdict(int)
-        free = list(range(self.size))
-        while queue or pending:
-            while queue and free:
-                i, idx = queue.pop(0), free.pop(0)
-                pending[self._call(idx, method, *args[i])] = (i, idx)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i, idx = pending.pop(done[0])
-            try:
-                results[i] = ray.get(done[0])
-                free.append(idx)
-            except RayTaskError as exc:
-                raise task_error(exc, "an evaluator") from exc
-            except RayActorError as exc:
-                tries[i] += 1
-                if tries[i] > MAX_RETRIES:
-                    raise ClusterError(f"evaluator workers died {tries[i]} times on one candidate: {exc}") from exc
-                log.warning("an evaluator worker died; replacing it and re-running its candidate")
-                self.actors[idx] = self._factory()
-                free.append(idx)
-                queue.insert(0, i)
+        while todo or pending:
+            while todo and len(pending) < self.workers:
+                i = todo.pop(0)
+                pending[self._submit(verb, args[i])] = i
+            ref = next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S)
+            results[pending.pop(ref)] = self._result(ref, verb)
         return results
 
     def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list[CandidateMetric]:
@@ -163,37 +186,30 @@ class RayEvaluatorPool:
 
     def map_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
         """Latency of each plan; one measurement at a time per node, nodes in parallel."""
-        import ray
-
-        by_node: dict[str, list[int]] = defaultdict(list)
-        for idx, node in enumerate(self.node_ids):
-            by_node[node].append(idx)
-        nodes = sorted(by_node)
-        queues = {n: [i for i in range(len(plans)) if nodes[i % len(nodes)] == n] for n in nodes}
+        queues: dict[str, list[int]] = defaultdict(list)
+        for i in range(len(plans)):
+            queues[self.nodes[i % len(self.nodes)]].append(i)
         results: list[Any] = [None] * len(plans)
         while any(queues.values()):
             wave = {}
-            for n in nodes:
-                if queues[n]:
-                    i = queues[n].pop(0)
-                    p = plans[i]
-                    wave[i] = self._call(by_node[n][0], "latency", None if p is None else p.to_json())
+            for node, queue in queues.items():
+                if queue:
+                    i = queue.pop(0)
+                    wave[i] = self._submit("latency", (None if plans[i] is None else plans[i].to_json(),), node)
             for i, ref in wave.items():
-                try:
-                    results[i] = ray.get(ref)
-                except Exception as exc:
-                    raise ClusterError(f"latency measurement failed: {exc}") from exc
+                results[i] = self._result(ref, "latency")
         return results
 
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
-        """Latencies of ``plans`` measured against each other on one actor (interleaved)."""
-        import ray
+        """Latencies of ``plans`` measured against each other (interleaved) on the first
+        node (the driver's, when it can run a worker)."""
+        ref = self._submit("compare_latency", ([None if p is None else p.to_json() for p in plans],), self.nodes[0])
+        return self._result(ref, "latency runoff")
 
-        ref = self._call(0, "compare_latency", [None if p is None else p.to_json() for p in plans])
-        try:
-            return ray.get(ref)
-        except Exception as exc:
-            raise ClusterError(f"latency measurement failed: {exc}") from exc
+    def describe(self) -> list[dict]:
+        """For W tasks: node id, assigned GPU ids, validation device and ONNX Runtime providers."""
+        refs = [self._submit("describe", ()) for _ in range(self.workers)]
+        return [self._result(r, "describe") for r in refs]
 
 
 class LocalEvaluatorPool:

@@ -1,8 +1,8 @@
 """Evaluating candidate plans: build, validate, time. The state an evaluator keeps.
 
-:class:`CandidateEvaluator` is a plain class: the Ray evaluator actors wrap it
-(``rayq.distributed.evaluator``) and the in-process search uses it directly, so
-both paths run the same code.
+:class:`CandidateEvaluator` is a plain class: Ray worker processes keep one
+resident per search (``rayq.distributed.evaluator``) and the in-process search
+uses it directly, so both paths run the same code.
 """
 
 from __future__ import annotations

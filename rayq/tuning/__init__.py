@@ -4,7 +4,7 @@
   :class:`~rayq.core.plan.QuantPlan` (preset, range estimator, bias correction,
   SmoothQuant alpha, "revert the top-k fallback groups").
 - :class:`Evaluator` is what the driver needs from the layer that builds and
-  measures plans (Ray actors in production, a fake in tests);
+  measures plans (Ray tasks in production, a fake in tests);
   :class:`EvalResult` is its answer for one plan.
 - :class:`SearchDriver` runs generations of ask/evaluate/tell, minimising
   measured latency subject to ``drop <= max_drop``, persisting every trial and

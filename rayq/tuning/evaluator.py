@@ -8,7 +8,7 @@ Pareto front).
 
 The driver hands a batch of plans to :meth:`Evaluator.evaluate` and gets one
 :class:`EvalResult` per plan, in the same order. How the batch is spread over
-workers (Ray actors, threads, one process) is the evaluator's business; the
+workers (Ray tasks, threads, one process) is the evaluator's business; the
 driver's result does not depend on it. A candidate that cannot be built or
 validated is a result with ``status="failed"`` and a reason, not an exception:
 an exception from ``evaluate`` stops the search (the in-flight trials are

@@ -1,6 +1,6 @@
 """A real 2-node Ray cluster on this machine (loopback only, token auth on): submit
 ``rayq search`` through the Jobs API, wait for SUCCEEDED, check the artifacts and
-that calibration shards and evaluator actors ran on both nodes."""
+that calibration shards and candidate evaluations ran on both nodes."""
 
 from __future__ import annotations
 

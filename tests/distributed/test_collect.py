@@ -11,6 +11,8 @@ import pytest
 
 import rayq
 from rayq.distributed import collect as dc
+from rayq.distributed import resident
+from rayq.distributed.cluster import resource_bundle
 from rayq.pipeline import calibrate
 from rayq.pipeline.build import placement_for
 from rayq.session import ModelSession
@@ -57,8 +59,8 @@ def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
 
 
 def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
-    """A second call runs in the same pooled worker processes; each process keeps only
-    the current call's model."""
+    """A second call runs in the same pooled worker processes, where the current call's
+    model is resident."""
     import ray
 
     session, spec, _ = setup
@@ -66,7 +68,7 @@ def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
     @ray.remote
     def where(call, batches, edges_box):
         arrays, node = dc.calibrate_chunk(call, batches, edges_box)
-        return arrays, f"{os.getpid()}:{sorted(dc._RESIDENT)}"
+        return arrays, f"{os.getpid()}:{resident.tokens()[-1]}"
 
     model_bytes = session.backend.to_bytes(session.model)
     seen, tokens = [], []
@@ -76,7 +78,7 @@ def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
         _, procs = shards.run_pass()
         seen.append({p.split(":")[0] for p in procs})
         tokens.append({p.split(":")[1] for p in procs})
-        assert tokens[-1] == {str([shards.call["token"]])}  # one resident call per process: this one
+        assert tokens[-1] == {shards.call["token"]}  # the most recent resident call: this one
     assert seen[0] & seen[1]                                  # warm processes were reused
 
 
@@ -87,7 +89,7 @@ def test_unplaceable_workers_raise_a_cluster_error(ray_cluster, setup, monkeypat
         dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
                                num_workers=2, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
     with pytest.raises(rayq.ConfigError, match="unsupported worker resources"):
-        dc._bundle({"num_cpus": 1, "accelerator": "x"})
+        resource_bundle({"num_cpus": 1, "accelerator": "x"})
 
 
 def dies_once(marker, call, batches, edges_box):

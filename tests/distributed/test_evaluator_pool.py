@@ -1,9 +1,13 @@
-"""Evaluator pools: Ray actors vs in-process give the same metrics; GPU requests fall
-back to CPU with a warning when ONNX Runtime has no CUDA provider."""
+"""Evaluator pools: Ray worker tasks vs in-process give the same metrics; warm worker
+processes and their resident evaluators are reused; a dead worker's evaluation is
+re-run; GPU requests fall back to CPU with a warning when ONNX Runtime has no CUDA
+provider."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +15,8 @@ import pytest
 
 import rayq
 from rayq.backends.onnx.runtime import ort_providers
+from rayq.distributed import evaluator as de
+from rayq.distributed import resident
 from rayq.distributed.evaluator import LocalEvaluatorPool, RayEvaluatorPool
 from rayq.pipeline.candidate import CandidateEvaluator
 from rayq.session import ModelSession
@@ -25,7 +31,8 @@ def test_gpu_request_without_cuda_warns_and_uses_cpu(caplog):
     assert "no CUDA provider" in caplog.text and "rayq[gpu]" in caplog.text
 
 
-def test_ray_pool_matches_local_pool(ray_cluster):
+@pytest.fixture(scope="module")
+def problem():
     model = sensitive_mlp()
     x, y = labeled_inputs(model, 200)
     session = ModelSession(model, x[:64], subset_size=64)
@@ -33,10 +40,20 @@ def test_ray_pool_matches_local_pool(ray_cluster):
     stats = session.statistics(plan, histograms=False, num_workers=1)
     items = list(zip(x[64:], y[64:]))
     kwargs = {"runtime": "onnxruntime", "calibration_batches": session.batches}
+    return session, plan, stats, items, kwargs
+
+
+def _pool(problem, **opts) -> RayEvaluatorPool:
+    session, _, stats, items, kwargs = problem
+    opts = {"num_workers": 2, "resources": None, **opts}
+    return RayEvaluatorPool(backend_name="onnx", model_bytes=session.backend.to_bytes(session.model), stats=stats,
+                            items=items, validation_fn=pair_accuracy, kwargs=kwargs, **opts)
+
+
+def test_ray_pool_matches_local_pool(ray_cluster, problem):
+    session, plan, stats, items, kwargs = problem
     local = LocalEvaluatorPool(CandidateEvaluator("onnx", session.model, stats, items, pair_accuracy, **kwargs))
-    remote = RayEvaluatorPool(num_workers=2, resources=None, backend_name="onnx",
-                              model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
-                              validation_fn=pair_accuracy, kwargs=kwargs)
+    remote = _pool(problem)
     try:
         plans = [None, plan, plan.with_fallback(["Gemm_1"])]
         a = [m.value for m in local.map_metric(plans)]
@@ -50,8 +67,66 @@ def test_ray_pool_matches_local_pool(ray_cluster):
             assert all(np.isfinite(t.median_ms) and t.median_ms > 0 for t in runoff)
         assert remote.map_output_error([plan])[0] == pytest.approx(local.map_output_error([plan])[0])
         info = remote.describe()
-        assert [i["node_id"] for i in info] == remote.node_ids
+        assert {i["node_id"] for i in info} == set(remote.node_ids) and len(remote.node_ids) == 1
         assert all(i["gpu_ids"] == [] and i["device"] == "CPU" and i["providers"] == ["CPUExecutionProvider"]
                    for i in info)
     finally:
         remote.close()
+
+
+def test_warm_processes_and_resident_evaluators_are_reused(ray_cluster, problem):
+    """A second pool (the next search) runs in the processes the first one used; within
+    a pool, each process loads the evaluator once and keeps it."""
+    import ray
+
+    @ray.remote
+    def where(call, verb, args):
+        out, node = de.evaluate(call, verb, args)
+        return (out, os.getpid(), resident.tokens()[-1]), node
+
+    plan = problem[1]
+    pids = []
+    for _ in range(2):
+        pool = _pool(problem, resources={"num_cpus": 0.5}, task=where)
+        runs = pool.map_metric([plan.with_fallback([f"Gemm_{i % 2}"]) for i in range(6)])
+        assert {token for _, _, token in runs} == {pool.call["token"]}
+        assert len({m.value for m, _, _ in runs}) == 2  # two distinct plans, each computed for real
+        pids.append({pid for _, pid, _ in runs})
+        pool.close()
+    assert pids[0] & pids[1]
+
+
+def dies_once(marker, call, verb, args):
+    """Kills its own process on the first evaluation anywhere (a marker file), then evaluates."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return de.evaluate(call, verb, args)
+
+
+def test_dead_worker_evaluation_is_rerun(ray_cluster, problem, tmp_path):
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = str(tmp_path / "died")
+
+    def body(call, verb, args):
+        return dies_once(marker, call, verb, args)
+
+    session, plan, stats, items, kwargs = problem
+    local = CandidateEvaluator("onnx", session.model, stats, items, pair_accuracy, **kwargs)
+    pool = _pool(problem, resources={"num_cpus": 0.5}, task=ray.remote(body))
+    plans = [None, plan, plan.with_fallback(["Gemm_1"])]
+    try:
+        values = [m.value for m in pool.map_metric(plans)]
+    finally:
+        pool.close()
+    assert os.path.exists(marker)  # a worker really died
+    assert values == [local.fp32_metric().value, local.metric(plans[1]).value, local.metric(plans[2]).value]
+
+
+def test_unplaceable_evaluators_raise_a_cluster_error(ray_cluster, problem, monkeypatch):
+    monkeypatch.setattr(de, "PLACEMENT_TIMEOUT_S", 2)
+    with pytest.raises(rayq.ClusterError, match="no node of the cluster can run an evaluator worker"):
+        _pool(problem, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})

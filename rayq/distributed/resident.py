@@ -1,0 +1,75 @@
+"""State that stays resident in a Ray worker process between tasks.
+
+Calibration chunks and candidate evaluations run as plain Ray tasks on Ray's pooled
+worker processes. What a task needs that is expensive to rebuild (a loaded model, an
+instrumented session, an evaluator with its validation data) is loaded on a process's
+first task of a call and kept here, keyed by the call's token, for that call's later
+tasks on the same process. Entries are dropped when unused for their ``idle_s``, or
+least recently used first beyond ``CAPACITY`` (concurrent searches of a sweep share
+processes, so a process may hold a few calls at once).
+
+Worker processes outlive calls, so the next call (the next model of a sweep, a
+notebook's next search) starts on warm processes instead of spawning new ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+CAPACITY = 4  # most calls resident in one process
+
+
+class _Entry:
+    __slots__ = ("value", "idle_s", "last_used")
+
+    def __init__(self, value: Any, idle_s: float) -> None:
+        self.value, self.idle_s, self.last_used = value, idle_s, time.monotonic()
+
+
+_ENTRIES: OrderedDict[str, _Entry] = OrderedDict()
+_LOCK = threading.Lock()
+_REAPER: list[threading.Thread] = []
+
+
+def _reap() -> None:
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        with _LOCK:
+            for token in [t for t, e in _ENTRIES.items() if now - e.last_used > e.idle_s]:
+                del _ENTRIES[token]
+
+
+def resident(token: str, load: Callable[[], Any], *, idle_s: float) -> Any:
+    """This process's value for ``token``: ``load()`` on first use, then kept until it
+    has been unused for ``idle_s`` seconds (or evicted by newer calls)."""
+    with _LOCK:
+        entry = _ENTRIES.get(token)
+        if entry is None:
+            entry = _ENTRIES[token] = _Entry(load(), idle_s)
+            while len(_ENTRIES) > CAPACITY:
+                _ENTRIES.popitem(last=False)
+            if not _REAPER:
+                _REAPER.append(threading.Thread(target=_reap, name="rayq-resident-reaper", daemon=True))
+                _REAPER[0].start()
+        _ENTRIES.move_to_end(token)
+        entry.last_used = time.monotonic()
+        return entry.value
+
+
+def touch(token: str) -> None:
+    """Mark ``token`` used now (after a long task, so its idle time starts at the end)."""
+    with _LOCK:
+        entry = _ENTRIES.get(token)
+        if entry is not None:
+            entry.last_used = time.monotonic()
+
+
+def tokens() -> list[str]:
+    """Tokens resident in this process, least recently used first (for tests)."""
+    with _LOCK:
+        return list(_ENTRIES)
