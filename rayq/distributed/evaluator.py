@@ -14,8 +14,10 @@ Task workers return to Ray's pool: calibration and evaluation share warm process
 and concurrent searches of a sweep share the cluster's CPUs task by task.
 
 Metrics run W at a time (a free slot takes the next plan); latency is measured one
-candidate at a time per node, on that node, while nothing else of the search runs,
-so timings are not disturbed by concurrent work on the same cores. The first task
+candidate at a time per node, on that node, while no evaluation started by this
+process runs (:data:`~rayq.pipeline.latency.GATE`: the concurrent searches of a
+sweep wait for each other's measurements), so timings are not disturbed by
+concurrent work on the same cores. The first task
 for each node that can run a worker is pinned there (soft affinity), so evaluation
 spans the cluster. Ray re-runs a task whose worker process or node died
 (``MAX_RETRIES`` times).
@@ -36,7 +38,7 @@ from rayq.distributed.cluster import default_resources, next_done, task_error, w
 from rayq.distributed.resident import resident, touch
 from rayq.errors import ClusterError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
-from rayq.pipeline.latency import Latency
+from rayq.pipeline.latency import GATE, Latency
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +172,13 @@ class RayEvaluatorPool:
         results: list[Any] = [None] * len(args)
         todo = list(range(len(args)))
         pending: dict = {}
-        while todo or pending:
-            while todo and len(pending) < self.workers:
-                i = todo.pop(0)
-                pending[self._submit(verb, args[i])] = i
-            ref = next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S)
-            results[pending.pop(ref)] = self._result(ref, verb)
+        with GATE.evaluating():
+            while todo or pending:
+                while todo and len(pending) < self.workers:
+                    i = todo.pop(0)
+                    pending[self._submit(verb, args[i])] = i
+                ref = next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S)
+                results[pending.pop(ref)] = self._result(ref, verb)
         return results
 
     def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list[CandidateMetric]:
@@ -190,21 +193,24 @@ class RayEvaluatorPool:
         for i in range(len(plans)):
             queues[self.nodes[i % len(self.nodes)]].append(i)
         results: list[Any] = [None] * len(plans)
-        while any(queues.values()):
-            wave = {}
-            for node, queue in queues.items():
-                if queue:
-                    i = queue.pop(0)
-                    wave[i] = self._submit("latency", (None if plans[i] is None else plans[i].to_json(),), node)
-            for i, ref in wave.items():
-                results[i] = self._result(ref, "latency")
+        with GATE.measuring():
+            while any(queues.values()):
+                wave = {}
+                for node, queue in queues.items():
+                    if queue:
+                        i = queue.pop(0)
+                        wave[i] = self._submit("latency", (None if plans[i] is None else plans[i].to_json(),), node)
+                for i, ref in wave.items():
+                    results[i] = self._result(ref, "latency")
         return results
 
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
         """Latencies of ``plans`` measured against each other (interleaved) on the first
         node (the driver's, when it can run a worker)."""
-        ref = self._submit("compare_latency", ([None if p is None else p.to_json() for p in plans],), self.nodes[0])
-        return self._result(ref, "latency runoff")
+        with GATE.measuring():
+            ref = self._submit("compare_latency", ([None if p is None else p.to_json() for p in plans],),
+                               self.nodes[0])
+            return self._result(ref, "latency runoff")
 
     def describe(self) -> list[dict]:
         """For W tasks: node id, assigned GPU ids, validation device and ONNX Runtime providers."""
@@ -225,13 +231,17 @@ class LocalEvaluatorPool:
         pass
 
     def map_metric(self, plans, indices=None) -> list[CandidateMetric]:
-        return [self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices) for p in plans]
+        with GATE.evaluating():
+            return [self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices) for p in plans]
 
     def map_output_error(self, plans) -> list[float]:
-        return [self.ev.output_error(p) for p in plans]
+        with GATE.evaluating():
+            return [self.ev.output_error(p) for p in plans]
 
     def map_latency(self, plans) -> list[Latency]:
-        return [self.ev.latency(p) for p in plans]
+        with GATE.measuring():
+            return [self.ev.latency(p) for p in plans]
 
     def compare_latency(self, plans) -> list[Latency]:
-        return self.ev.compare_latency(plans)
+        with GATE.measuring():
+            return self.ev.compare_latency(plans)

@@ -1,9 +1,13 @@
-"""Latency measurement: warm-up, then the median of timed repeats, with spread."""
+"""Latency measurement: warm-up, then the median of timed repeats, with spread; and
+the gate that keeps a process's measurements alone."""
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -82,3 +86,56 @@ def measure_latency(backend: Backend, model, feeds: dict[str, np.ndarray], *, ru
     runtime = runtime or backend.runtimes[0]
     run = backend.runner(model, runtime=runtime, device=device, num_threads=threads)
     return summarize(time_runner(run, feeds, warmup=warmup, repeats=repeats), runtime, threads)
+
+
+class MeasurementGate:
+    """Keeps latency measurements apart from evaluations started by the same process.
+
+    A sweep runs its searches in threads of one driver, sharing the cluster's cores
+    task by task; one search's timing must not run while another validates on those
+    cores. Evaluations (validation, output error) enter :meth:`evaluating` together;
+    a measurement in :meth:`measuring` waits for the running ones to finish and holds
+    new ones back until it is done (a waiting measurement goes first, so a stream of
+    evaluations cannot starve it). One per process: :data:`GATE`. Work started by
+    other processes (another job on the cluster) is outside its reach.
+
+    Example:
+        >>> gate = MeasurementGate()
+        >>> with gate.measuring():
+        ...     pass                      # time here; no evaluation of this process runs
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._evaluating = 0
+        self._measuring = False
+        self._waiting = 0
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._measuring and not self._waiting)
+            self._evaluating += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._evaluating -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._measuring and not self._evaluating)
+            self._waiting -= 1
+            self._measuring = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._measuring = False
+                self._cond.notify_all()
+
+
+GATE = MeasurementGate()
