@@ -14,11 +14,11 @@ For each W it times, on a local Ray with ``max(W)`` CPUs:
   load and session builds still included: the next model of a sweep); and the *pass*
   alone, with the model resident and sessions built;
 - **ranking**: the ranking phase of the accuracy-control search (every fallback group
-  validated once, plus the INT8 reference) on W warm evaluator actors.
+  validated once, plus the INT8 reference) as W evaluation tasks on warm workers.
 
 W=1 is also one Ray worker (no in-process shortcut), so the ratio measures Ray scaling only.
 speedup(W) = time(W=1) / time(W); efficiency = speedup / W. The best of ``--repeats``
-is kept. ``--gpu-check`` also places 2 evaluator actors with ``num_gpus=0.5`` and
+is kept. ``--gpu-check`` also runs 2 evaluation tasks with ``num_gpus=0.5`` and
 records where they landed, which GPU Ray gave them and which ONNX Runtime providers
 they validate with (CUDA, or CPU with a warning when only the CPU build is installed).
 Results go to ``--out`` (JSON) and next to it as Markdown.
