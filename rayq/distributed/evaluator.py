@@ -11,15 +11,18 @@ their processes die with them, so every search paid W process starts (1.0-1.6 s 
 a 5.8 s search of the digits example at W=2 on 2 cores) and a notebook or a sweep
 could not hand those CPUs to the next search's calibration without killing them.
 Task workers return to Ray's pool: calibration and evaluation share warm processes,
-and concurrent searches of a sweep share the cluster's CPUs task by task.
+and concurrent searches of a sweep share the cluster's CPUs task by task. GPU
+evaluation is the exception: CUDA binds a process to its first GPUs, so with
+``num_gpus`` the pool holds W actors (:class:`BoundWorker`) for the search, which run
+the same task body.
 
 Metrics run W at a time (a free slot takes the next plan); latency is measured one
 candidate at a time per node, on that node, while no evaluation started by this
 process runs (:data:`~rayq.pipeline.latency.GATE`: the concurrent searches of a
 sweep wait for each other's measurements), so timings are not disturbed by
-concurrent work on the same cores. The first task
-for each node that can run a worker is pinned there (soft affinity), so evaluation
-spans the cluster. Ray re-runs a task whose worker process or node died
+concurrent work on the same cores. The first task for each node that can run a
+worker is pinned there (soft affinity), so evaluation spans the cluster. Ray re-runs
+a task whose worker process or node died, and restarts a dead bound worker
 (``MAX_RETRIES`` times).
 """
 
@@ -98,6 +101,24 @@ def evaluate(call: dict, verb: str, args: tuple) -> tuple[Any, str]:
     return out, ray.get_runtime_context().get_node_id()
 
 
+class BoundWorker:
+    """A worker process held for a whole search: the form GPU evaluation takes.
+
+    CUDA binds a process to the GPUs visible when it starts, while Ray hands each task
+    its own ``CUDA_VISIBLE_DEVICES``; a pooled process reused by a task with another
+    GPU would run on the first one. An actor keeps its GPU for its lifetime, and runs
+    the same task body (:func:`evaluate`) with the same resident evaluator.
+    """
+
+    def evaluate(self, call: dict, verb: str, args: tuple) -> tuple[Any, str]:
+        return evaluate(call, verb, args)
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
 # -- driver side ------------------------------------------------------------------------
 
 class RayEvaluatorPool:
@@ -111,14 +132,17 @@ class RayEvaluatorPool:
         backend_name, model_bytes, stats, items, validation_fn, kwargs: the evaluator
             each worker process holds (see :class:`~rayq.pipeline.candidate.CandidateEvaluator`).
         task: the remote function that runs an evaluation (tests inject failures here).
+        bind_processes: run on W actors (:class:`BoundWorker`) held for the pool's
+            lifetime instead of pooled tasks; default: when ``resources`` ask for GPUs.
 
     Raises:
-        ClusterError: no node of the cluster can run a worker with ``resources``.
+        ClusterError: no node of the cluster can run a worker with ``resources``, or
+            the bound workers cannot be placed within ``PLACEMENT_TIMEOUT_S``.
     """
 
     def __init__(self, *, num_workers: int, resources: dict | None, backend_name: str, model_bytes: bytes,
                  stats: StatisticSet, items: list, validation_fn: Callable, kwargs: dict,
-                 task: Callable | None = None) -> None:
+                 task: Callable | None = None, bind_processes: bool | None = None) -> None:
         import ray
 
         self.workers = max(1, num_workers)
@@ -135,18 +159,53 @@ class RayEvaluatorPool:
         self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [payload]}
         self._unvisited = list(self.nodes)  # nodes still to get their first task
         self.node_ids: list[str] = []  # nodes that ran this pool's evaluations, in first-seen order
+        self._bound: list[tuple[Any, str]] = []  # (actor, node) when processes are bound
+        if bool(self.resources.get("num_gpus")) if bind_processes is None else bind_processes:
+            self._bind()
+        self._free = list(range(len(self._bound)))
+        self._busy: dict = {}  # ref -> bound worker index
+
+    def _bind(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cls = ray.remote(BoundWorker)
+        opts = dict(self.resources, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+        pin = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(n, soft=True)} for n in self.nodes]
+        actors = [cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote() for i in range(self.workers)]
+        try:
+            nodes = ray.get([a.node_id.remote() for a in actors], timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            for a in actors:
+                ray.kill(a)
+            raise ClusterError(f"could not place {self.workers} evaluator workers with {self.resources} within "
+                               f"{PLACEMENT_TIMEOUT_S}s; free resources: {ray.available_resources()}") from exc
+        self._bound = list(zip(actors, nodes))
+        self.nodes = [n for n in self.nodes if n in nodes] + sorted(set(nodes) - set(self.nodes))
 
     @property
     def size(self) -> int:
         return self.workers
 
     def close(self) -> None:
-        """Release the payload; worker processes drop their evaluator when it idles out."""
+        """Release the payload (pooled processes drop their evaluator when it idles out)
+        and the bound workers."""
+        import ray
+
         self.call["payload"] = []
+        for actor, _ in self._bound:
+            ray.kill(actor)
+        self._bound, self._free = [], []
 
     def _submit(self, verb: str, args: tuple, node: str | None = None):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if self._bound:  # a free bound worker (on ``node`` when given)
+            k = next(k for k in self._free if node is None or self._bound[k][1] == node)
+            self._free.remove(k)
+            ref = self._bound[k][0].evaluate.remote(self.call, verb, args)
+            self._busy[ref] = k
+            return ref
         opts = dict(self.resources, max_retries=MAX_RETRIES)
         if node is not None:  # latency: on this node, no other
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
@@ -157,6 +216,8 @@ class RayEvaluatorPool:
     def _result(self, ref, what: str) -> Any:
         import ray
 
+        if ref in self._busy:
+            self._free.append(self._busy.pop(ref))
         try:
             out, node = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -130,3 +131,27 @@ def test_unplaceable_evaluators_raise_a_cluster_error(ray_cluster, problem, monk
     monkeypatch.setattr(de, "PLACEMENT_TIMEOUT_S", 2)
     with pytest.raises(rayq.ClusterError, match="no node of the cluster can run an evaluator worker"):
         _pool(problem, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
+
+
+def test_bound_workers_match_pooled_tasks(ray_cluster, problem):
+    """The GPU form (actors held for the search) runs the same body: same metrics, its
+    latency on its node, and the actors die with the pool."""
+    import ray
+
+    plan = problem[1]
+    plans = [None, plan, plan.with_fallback(["Gemm_1"])]
+    pooled, bound = _pool(problem), _pool(problem, resources={"num_cpus": 0.5}, bind_processes=True)
+    try:
+        assert len(bound._bound) == 2 and bound.nodes == [ray.get_runtime_context().get_node_id()]
+        assert [m.value for m in bound.map_metric(plans)] == [m.value for m in pooled.map_metric(plans)]
+        assert all(t.median_ms > 0 for t in bound.map_latency(plans[:2]) + bound.compare_latency(plans[:2]))
+        assert len(bound.describe()) == 2 and len(bound._free) == 2  # every worker handed back
+        actors = [a for a, _ in bound._bound]
+    finally:
+        pooled.close()
+        bound.close()
+    deadline = time.monotonic() + 30  # ray.kill is asynchronous: a call may still get through first
+    with pytest.raises(ray.exceptions.RayActorError):
+        while time.monotonic() < deadline:
+            ray.get(actors[0].node_id.remote(), timeout=30)
+            time.sleep(0.2)
