@@ -6,7 +6,8 @@ instrumented session, an evaluator with its validation data) is loaded on a proc
 first task of a call and kept here, keyed by the call's token, for that call's later
 tasks on the same process. Entries are dropped when unused for their ``idle_s``, or
 least recently used first beyond ``CAPACITY`` (concurrent searches of a sweep share
-processes, so a process may hold a few calls at once).
+processes, so a process may hold a few calls at once), or when a later task names
+them as ended (:func:`release`).
 
 Worker processes outlive calls, so the next call (the next model of a sweep, a
 notebook's next search) starts on warm processes instead of spawning new ones.
@@ -59,6 +60,13 @@ def resident(token: str, load: Callable[[], Any], *, idle_s: float) -> Any:
         _ENTRIES.move_to_end(token)
         entry.last_used = time.monotonic()
         return entry.value
+
+
+def release(tokens) -> None:
+    """Drop the entries of ``tokens`` (calls that ended; unknown tokens are ignored)."""
+    with _LOCK:
+        for token in tokens:
+            _ENTRIES.pop(token, None)
 
 
 def touch(token: str) -> None:

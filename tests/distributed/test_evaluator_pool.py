@@ -76,24 +76,27 @@ def test_ray_pool_matches_local_pool(ray_cluster, problem):
 
 
 def test_warm_processes_and_resident_evaluators_are_reused(ray_cluster, problem):
-    """A second pool (the next search) runs in the processes the first one used; within
-    a pool, each process loads the evaluator once and keeps it."""
+    """A second pool (the next search) runs in the processes the first one used, which
+    drop the first pool's evaluator; within a pool, each process keeps its evaluator."""
     import ray
 
     @ray.remote
     def where(call, verb, args):
         out, node = de.evaluate(call, verb, args)
-        return (out, os.getpid(), resident.tokens()[-1]), node
+        return (out, os.getpid(), tuple(resident.tokens())), node
 
     plan = problem[1]
-    pids = []
+    pids, tokens = [], []
     for _ in range(2):
         pool = _pool(problem, resources={"num_cpus": 0.5}, task=where)
         runs = pool.map_metric([plan.with_fallback([f"Gemm_{i % 2}"]) for i in range(6)])
-        assert {token for _, _, token in runs} == {pool.call["token"]}
+        assert {held[-1] for _, _, held in runs} == {pool.call["token"]}  # the latest resident: this pool's
         assert len({m.value for m, _, _ in runs}) == 2  # two distinct plans, each computed for real
         pids.append({pid for _, pid, _ in runs})
+        tokens.append(pool.call["token"])
         pool.close()
+        if len(tokens) == 2:
+            assert all(tokens[0] not in held for _, _, held in runs)  # the ended pool's evaluator was dropped
     assert pids[0] & pids[1]
 
 
