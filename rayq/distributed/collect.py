@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from rayq.backends import get_backend
 from rayq.core.stats import StatisticSet
 from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
-from rayq.distributed.resident import resident, touch
+from rayq.distributed.resident import call_with_ended, end, release, resident, touch
 from rayq.errors import ClusterError
 from rayq.pipeline import calibrate
 from rayq.pipeline.calibrate import Batch, StatSpec
@@ -68,6 +68,7 @@ def calibrate_chunk(call: dict, batches: Sequence[Batch], edges_box: list | None
     """
     import ray
 
+    release(call.get("ended", ()))
     res = resident(call["token"], lambda: _load(call), idle_s=IDLE_RELEASE_S)
     edges = None
     if edges_box is not None:
@@ -147,7 +148,7 @@ class ShardedCalibration:
         opts = dict(self.resources, max_retries=MAX_RETRIES)
         if i < len(self.nodes):  # one chunk per node that can take one, so the shards span the cluster
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.nodes[i], soft=True)
-        return self.task.options(**opts).remote(self.call, self.refs[i], edges_box)
+        return self.task.options(**opts).remote(call_with_ended(self.call), self.refs[i], edges_box)
 
     def run_pass(self, edges: dict | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, set[str]]:
@@ -200,9 +201,12 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
     """
     res = dict(resources or default_resources(num_workers))
     shards = ShardedCalibration(backend_name, model_bytes, spec, batches, num_workers=num_workers, resources=res)
-    stats, nodes = shards.run_pass(None, on_batch)
-    if spec.histogram_tensors:
-        hist, more = shards.run_pass(calibrate.histogram_edges(stats, spec), on_batch)
-        calibrate.attach_histograms(stats, hist)
-        nodes |= more
+    try:
+        stats, nodes = shards.run_pass(None, on_batch)
+        if spec.histogram_tensors:
+            hist, more = shards.run_pass(calibrate.histogram_edges(stats, spec), on_batch)
+            calibrate.attach_histograms(stats, hist)
+            nodes |= more
+    finally:
+        end(shards.call["token"])  # the workers drop the model with their next task (the search's evaluation)
     return stats, sorted(nodes)

@@ -29,9 +29,8 @@ a task whose worker process or node died, and restarts a dead bound worker
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,7 +38,7 @@ from rayq.backends import get_backend
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
-from rayq.distributed.resident import release, resident, touch
+from rayq.distributed.resident import call_with_ended, end, release, resident, touch
 from rayq.errors import ClusterError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
 from rayq.pipeline.latency import GATE, Latency
@@ -49,8 +48,6 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 2  # re-runs of a task whose worker process or node died
 PLACEMENT_TIMEOUT_S = 180
 IDLE_RELEASE_S = 60.0  # a worker process drops a search's evaluator unused for this long
-_ENDED: deque[str] = deque(maxlen=32)  # tokens of this driver's closed pools, sent with later tasks
-_ENDED_LOCK = threading.Lock()  # a sweep's searches close and submit from several threads
 
 
 # -- worker side ------------------------------------------------------------------------
@@ -199,8 +196,7 @@ class RayEvaluatorPool:
         import ray
 
         self.call["payload"] = []
-        with _ENDED_LOCK:
-            _ENDED.append(self.call["token"])
+        end(self.call["token"])
         for actor, _ in self._bound:
             ray.kill(actor)
         self._bound, self._free = [], []
@@ -211,7 +207,7 @@ class RayEvaluatorPool:
         if self._bound:  # a free bound worker (on ``node`` when given)
             k = next(k for k in self._free if node is None or self._bound[k][1] == node)
             self._free.remove(k)
-            ref = self._bound[k][0].evaluate.remote(self._call(), verb, args)
+            ref = self._bound[k][0].evaluate.remote(call_with_ended(self.call), verb, args)
             self._busy[ref] = k
             return ref
         opts = dict(self.resources, max_retries=MAX_RETRIES)
@@ -219,11 +215,7 @@ class RayEvaluatorPool:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         elif self._unvisited:  # one task per node that can take one, so evaluation spans the cluster
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._unvisited.pop(0), soft=True)
-        return self.task.options(**opts).remote(self._call(), verb, args)
-
-    def _call(self) -> dict:
-        with _ENDED_LOCK:
-            return {**self.call, "ended": tuple(_ENDED)}
+        return self.task.options(**opts).remote(call_with_ended(self.call), verb, args)
 
     def _result(self, ref, what: str) -> Any:
         import ray

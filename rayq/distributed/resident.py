@@ -7,7 +7,8 @@ first task of a call and kept here, keyed by the call's token, for that call's l
 tasks on the same process. Entries are dropped when unused for their ``idle_s``, or
 least recently used first beyond ``CAPACITY`` (concurrent searches of a sweep share
 processes, so a process may hold a few calls at once), or when a later task names
-them as ended (:func:`release`).
+them as ended (the driver's :func:`end`, sent along by :func:`call_with_ended`, applied
+by the worker's :func:`release`).
 
 Worker processes outlive calls, so the next call (the next model of a sweep, a
 notebook's next search) starts on warm processes instead of spawning new ones.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -81,3 +82,22 @@ def tokens() -> list[str]:
     """Tokens resident in this process, least recently used first (for tests)."""
     with _LOCK:
         return list(_ENTRIES)
+
+
+# -- driver side: calls that ended, named to workers by later tasks ----------------------
+
+_ENDED: deque[str] = deque(maxlen=32)
+_ENDED_LOCK = threading.Lock()  # a sweep's searches end and submit from several threads
+
+
+def end(token: str) -> None:
+    """Record (in the driver) that call ``token`` is over: later tasks carry it in
+    :func:`call_with_ended`, and the processes that run them drop its entry."""
+    with _ENDED_LOCK:
+        _ENDED.append(token)
+
+
+def call_with_ended(call: dict) -> dict:
+    """``call`` plus ``ended``: the driver's recently ended tokens, for :func:`release`."""
+    with _ENDED_LOCK:
+        return {**call, "ended": tuple(_ENDED)}

@@ -58,9 +58,9 @@ def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
     assert sum(seen) == 2 * len(session.batches)  # both passes report every batch once
 
 
-def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
+def test_worker_processes_are_reused_and_drop_ended_calls(ray_cluster, setup):
     """A second call runs in the same pooled worker processes, where the current call's
-    model is resident."""
+    model is resident and the ended first call's is dropped."""
     import ray
 
     session, spec, _ = setup
@@ -68,18 +68,21 @@ def test_worker_processes_are_reused_and_hold_one_call(ray_cluster, setup):
     @ray.remote
     def where(call, batches, edges_box):
         arrays, node = dc.calibrate_chunk(call, batches, edges_box)
-        return arrays, f"{os.getpid()}:{resident.tokens()[-1]}"
+        return arrays, f"{os.getpid()}:{','.join(resident.tokens())}"
 
     model_bytes = session.backend.to_bytes(session.model)
-    seen, tokens = [], []
+    seen, held, calls = [], [], []
     for _ in range(2):
         shards = dc.ShardedCalibration("onnx", model_bytes, spec, session.batches, num_workers=2,
                                        resources={"num_cpus": 0.25}, task=where)
         _, procs = shards.run_pass()
         seen.append({p.split(":")[0] for p in procs})
-        tokens.append({p.split(":")[1] for p in procs})
-        assert tokens[-1] == {shards.call["token"]}  # the most recent resident call: this one
+        held.append([p.split(":")[1].split(",") for p in procs])
+        calls.append(shards.call["token"])
+        assert all(h[-1] == calls[-1] for h in held[-1])  # the most recent resident call: this one
+        resident.end(calls[-1])  # as collect_distributed does when it returns
     assert seen[0] & seen[1]                                  # warm processes were reused
+    assert all(calls[0] not in h for h in held[1])             # the ended call's model was dropped
 
 
 def test_unplaceable_workers_raise_a_cluster_error(ray_cluster, setup, monkeypatch):
