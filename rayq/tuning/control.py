@@ -139,7 +139,7 @@ def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord
     if not finalists:
         return list(records), [], None
     fp32, *measured = pool.compare_latency([None, *(r.plan for r in finalists)])
-    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms)
+    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms, remeasured=True)
            for r, m in zip(finalists, measured)}
     log.info("latency runoff (interleaved): FP32 %.3f ms; %s", fp32.median_ms, ", ".join(
         f"trial {r.number} {r.latency_ms:.3f} -> {new[r.number].latency_ms:.3f} ms" for r in finalists))

@@ -101,6 +101,8 @@ class TrialRecord:
 
     ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
     ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
+    ``remeasured``: the latency is from the final runoff (the fastest feasible trials
+    timed against each other and FP32), not from the trial's own moment.
 
     Example:
         >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
@@ -119,6 +121,7 @@ class TrialRecord:
     source: str
     reused: bool = False
     eval_seconds: float = 0.0
+    remeasured: bool = False
 
 
 def _float(value: Any) -> float:
@@ -130,7 +133,8 @@ def _record_row(r: TrialRecord) -> dict[str, Any]:
         "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
         "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
         "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
-        "error": r.error, "eval_seconds": float(r.eval_seconds), "plan_key": r.plan.key(),
+        "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
+        "plan_key": r.plan.key(),
     }
     plan = r.plan.to_dict()
     plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])

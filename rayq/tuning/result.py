@@ -31,9 +31,12 @@ class SearchResult:
         latency_ms / latency_spread_ms: Measured median latency and IQR. The fastest
             feasible trials (up to 4) are re-measured at the end against each other and
             FP32, interleaved on one worker; the choice and these numbers use that runoff
-            (``trials`` shows it for those trials too).
+            (``trials`` shows it for those trials too, marked ``remeasured``).
         fp32_latency_ms: FP32 latency on the same runtime and worker (same runoff).
-        trials: Every trial as a DataFrame (also ``trials.parquet``).
+        trials: Every trial as a DataFrame (also ``trials.parquet``). Latencies
+            of rows with ``remeasured`` False were each timed at their trial's own
+            moment: compare them as a guide (a busy machine moves them), the
+            ``remeasured`` rows with each other.
         pareto: Non-dominated trials on (latency, metric).
         wall_seconds / cpu_seconds: Search wall time and CPU time (driver + workers).
         model_path: Where the model was saved (when ``output`` was given).

@@ -38,6 +38,11 @@ def test_runoff_remeasures_the_fastest_feasible_and_can_change_the_choice():
     assert [p for p in pool.calls[0]][0] is None and len(pool.calls[0]) == 1 + control.RUNOFF_SIZE
     assert fp32.median_ms == 5.0
     assert [r.latency_ms for r in out] == [1.5, 1.4, 1.0, 1.6, 1.4, 0.5, 2.5]  # trials 4-6 untouched
+    assert [r.remeasured for r in out] == [True] * 4 + [False] * 3
+    from rayq.tuning.evaluator import DriverOutcome
+
+    frame = DriverOutcome(None, "met", out).trials_frame()  # the column users filter on
+    assert frame["remeasured"].tolist() == [True] * 4 + [False] * 3
     best, status = select_best(finalists)
     assert (best.number, status) == (2, "met")
     # a non-finalist timed at another moment (trial 4, 1.4 ms) must not beat the re-timed ones
