@@ -39,7 +39,7 @@ from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
 from rayq.distributed.resident import call_with_ended, end, release, resident, touch
-from rayq.errors import ClusterError
+from rayq.errors import ClusterError, ConfigError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
 from rayq.pipeline.latency import GATE, Latency
 
@@ -124,6 +124,24 @@ class BoundWorker:
 
 # -- driver side ------------------------------------------------------------------------
 
+def _put_payload(model_bytes: bytes, stats_arrays: dict, items: list, fn: Callable, kwargs: dict):
+    """The evaluator's state in the object store; a part Ray cannot serialise (a
+    validation function holding a lock or an open session) is named in a ConfigError."""
+    import ray
+
+    try:
+        return ray.put((model_bytes, stats_arrays, items, fn, kwargs))
+    except Exception as exc:  # TypeError / PicklingError from cloudpickle, wrapped by Ray
+        for what, value in (("validation_fn", fn), ("the validation items", items)):
+            try:
+                ray.cloudpickle.dumps(value)
+            except Exception as inner:
+                raise ConfigError(f"{what} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); "
+                                  "define it at module level without open handles or locks, or evaluate "
+                                  "in-process with num_workers=1") from exc
+        raise ClusterError(f"cannot put the evaluator state into Ray's object store: {exc}") from exc
+
+
 class RayEvaluatorPool:
     """Evaluation of plans on Ray worker tasks; the same verbs as :class:`LocalEvaluatorPool`.
 
@@ -158,7 +176,7 @@ class RayEvaluatorPool:
                             "Intel GPUs)")
         self.nodes = worker_nodes(self.resources, "an evaluator worker", PLACEMENT_TIMEOUT_S)[:self.workers]
         self.task = task or ray.remote(evaluate)
-        payload = ray.put((model_bytes, stats.to_arrays(), items, validation_fn, kwargs))
+        payload = _put_payload(model_bytes, stats.to_arrays(), items, validation_fn, kwargs)
         self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [payload]}
         self._unvisited = list(self.nodes)  # nodes still to get their first task
         self.node_ids: list[str] = []  # nodes that ran this pool's evaluations, in first-seen order

@@ -158,3 +158,19 @@ def test_bound_workers_match_pooled_tasks(ray_cluster, problem):
         while time.monotonic() < deadline:
             ray.get(actors[0].node_id.remote(), timeout=30)
             time.sleep(0.2)
+
+
+def test_unserialisable_validation_fn_is_named(ray_cluster, problem):
+    import threading
+
+    lock = threading.Lock()
+
+    def locked_accuracy(model, items):
+        with lock:
+            return pair_accuracy(model, items)
+
+    session, _, stats, items, kwargs = problem
+    with pytest.raises(rayq.ConfigError, match="validation_fn cannot be sent to Ray workers.*num_workers=1"):
+        RayEvaluatorPool(num_workers=2, resources=None, backend_name="onnx",
+                         model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
+                         validation_fn=locked_accuracy, kwargs=kwargs)
