@@ -63,7 +63,9 @@ class SearchSettings:
 
 class PoolEvaluator:
     """Adapts a pool to the driver's :class:`~rayq.tuning.evaluator.Evaluator`:
-    metrics in parallel, then latency of the successful ones."""
+    metrics in parallel, then the successful ones' latencies timed together with FP32
+    (``compare_latency``: interleaved turns on one worker), so every trial carries an
+    FP32 latency from its own moment and its speedup does not depend on when it ran."""
 
     def __init__(self, pool: Pool, fp32_metric: float, drop_type: str) -> None:
         self.pool, self.fp32, self.drop_type = pool, fp32_metric, drop_type
@@ -72,7 +74,10 @@ class PoolEvaluator:
     def evaluate(self, plans: Sequence[QuantPlan]) -> list[EvalResult]:
         metrics = self.pool.map_metric(list(plans))
         ok = [i for i, m in enumerate(metrics) if m.error is None]
-        latencies = dict(zip(ok, self.pool.map_latency([plans[i] for i in ok]))) if ok else {}
+        fp32, latencies = None, {}
+        if ok:
+            fp32, *measured = self.pool.compare_latency([None, *(plans[i] for i in ok)])
+            latencies = dict(zip(ok, measured))
         self.evaluated += len(plans)
         out = []
         for i, (plan, m) in enumerate(zip(plans, metrics)):
@@ -81,7 +86,7 @@ class PoolEvaluator:
                 continue
             lat = latencies[i]
             out.append(EvalResult(plan.key(), m.value, compute_drop(self.fp32, m.value, self.drop_type),
-                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds))
+                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds, fp32.median_ms))
         return out
 
 
@@ -122,24 +127,37 @@ def select_best(records: Sequence[TrialRecord], band: float = LATENCY_TIE_BAND) 
     return None, "budget not met"
 
 
+def comparable_latencies(records: Sequence[TrialRecord]) -> dict[int, float]:
+    """Each ok trial's latency on a common scale: rescaled by the FP32 latency timed with
+    it (``latency * median FP32 / its FP32``), so trials timed during a slow spell are not
+    counted slower; trials without an FP32 timing keep their own latency."""
+    ok = [r for r in records if r.status == "ok" and r.latency_ms is not None]
+    ref = [r.fp32_latency_ms for r in ok if r.fp32_latency_ms]
+    mid = float(np.median(ref)) if ref else None
+    return {r.number: r.latency_ms * mid / r.fp32_latency_ms if mid and r.fp32_latency_ms else r.latency_ms
+            for r in ok}
+
+
 def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord], Any]:
-    """The fastest feasible records (the finalists) re-measured against each other and
-    the FP32 model, interleaved on one worker. Returns ``records`` with the finalists'
-    new latencies, the finalists, and that FP32 latency (``records``, ``[]``, None when
-    no trial is feasible). The choice must be among the finalists: the others' timings
-    come from other moments."""
+    """The fastest feasible records (the finalists, by :func:`comparable_latencies`)
+    re-measured against each other and the FP32 model, interleaved on one worker.
+    Returns ``records`` with the finalists' new latencies, the finalists, and that FP32
+    latency (``records``, ``[]``, None when no trial is feasible). The choice must be
+    among the finalists: the others' timings come from other moments."""
+    scale = comparable_latencies(records)
     feasible = sorted((r for r in records if r.status == "ok" and r.feasible and r.latency_ms is not None),
-                      key=lambda r: (r.latency_ms, r.number))
+                      key=lambda r: (scale[r.number], r.number))
     finalists, seen = [], set()
     for r in feasible:
-        if r.plan.key() not in seen and r.latency_ms <= feasible[0].latency_ms * RUNOFF_SPREAD:
+        if r.plan.key() not in seen and scale[r.number] <= scale[feasible[0].number] * RUNOFF_SPREAD:
             seen.add(r.plan.key())
             finalists.append(r)
     finalists = finalists[:RUNOFF_SIZE]
     if not finalists:
         return list(records), [], None
     fp32, *measured = pool.compare_latency([None, *(r.plan for r in finalists)])
-    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms, remeasured=True)
+    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms, remeasured=True,
+                             fp32_latency_ms=fp32.median_ms)
            for r, m in zip(finalists, measured)}
     log.info("latency runoff (interleaved): FP32 %.3f ms; %s", fp32.median_ms, ", ".join(
         f"trial {r.number} {r.latency_ms:.3f} -> {new[r.number].latency_ms:.3f} ms" for r in finalists))

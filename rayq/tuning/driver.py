@@ -49,7 +49,8 @@ from rayq.tuning.space import SearchSpace
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2")
-_RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint")
+_RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint",
+                "fp32_latency_ms")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _INTERRUPTED = "interrupted: the driver stopped before the trial finished"
 
@@ -289,7 +290,8 @@ class SearchDriver:
             status, error = "failed", f"unknown evaluation status {r.status!r}: {r.error}"
         attrs = {"status": status, "metric": finite(r.metric), "drop": finite(r.drop),
                  "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
-                 "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None}
+                 "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
+                 "fp32_latency_ms": finite(r.fp32_latency_ms)}
         if status == "ok":
             drop = attrs["drop"]
             attrs["constraint"] = 0.0 if within_budget(drop, self.max_drop) else drop - self.max_drop
@@ -297,7 +299,7 @@ class SearchDriver:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, attrs: dict, reused: bool) -> TrialRecord:
         for name in _RESULT_KEYS:
-            trial.set_user_attr(name, attrs[name])
+            trial.set_user_attr(name, attrs.get(name))  # studies from older versions lack newer keys
         trial.set_user_attr("reused", reused)
         if attrs["status"] == "ok":
             trial.set_constraint("drop", attrs["constraint"])  # Optuna 5: samplers read trial.constraints
@@ -335,7 +337,8 @@ class SearchDriver:
         feasible = status == "ok" and within_budget(a.get("drop"), self.max_drop)
         return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
                            a.get("latency_spread_ms"), status, error, feasible, a.get("source", "sampler"),
-                           bool(a.get("reused", False)), float(a.get("eval_seconds") or 0.0))
+                           bool(a.get("reused", False)), float(a.get("eval_seconds") or 0.0),
+                           fp32_latency_ms=a.get("fp32_latency_ms"))
 
     def _outcome(self, study: optuna.Study) -> DriverOutcome:
         records = [r for t in study.get_trials(deepcopy=False, states=_DONE) if (r := self._record(t))]

@@ -55,6 +55,8 @@ class EvalResult:
         status: ``"ok"`` or ``"failed"``.
         error: Why it failed (None when ok).
         eval_seconds: Wall time spent on this candidate.
+        fp32_latency_ms: The FP32 model's latency timed in the same run as
+            ``latency_ms`` (interleaved with it), when the evaluator measures one.
 
     Example:
         >>> EvalResult("0123456789abcdef", None, None, None, None, "failed", "NaN metric").status
@@ -69,6 +71,7 @@ class EvalResult:
     status: str
     error: str | None = None
     eval_seconds: float = 0.0
+    fp32_latency_ms: float | None = None
 
     @classmethod
     def failure(cls, plan: QuantPlan, error: str, eval_seconds: float = 0.0) -> EvalResult:
@@ -103,6 +106,8 @@ class TrialRecord:
     ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
     ``remeasured``: the latency is from the final runoff (the fastest feasible trials
     timed against each other and FP32), not from the trial's own moment.
+    ``fp32_latency_ms``: FP32 timed together with the trial (its generation), so
+    :attr:`speedup` compares the trial with FP32 at the same moment.
 
     Example:
         >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
@@ -122,6 +127,15 @@ class TrialRecord:
     reused: bool = False
     eval_seconds: float = 0.0
     remeasured: bool = False
+    fp32_latency_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """FP32 latency / this trial's latency, both timed in the same run (None when
+        either is unknown)."""
+        if not self.latency_ms or not self.fp32_latency_ms:
+            return None
+        return self.fp32_latency_ms / self.latency_ms
 
 
 def _float(value: Any) -> float:
@@ -133,6 +147,7 @@ def _record_row(r: TrialRecord) -> dict[str, Any]:
         "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
         "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
         "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
+        "fp32_latency_ms": _float(r.fp32_latency_ms), "speedup": _float(r.speedup),
         "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
         "plan_key": r.plan.key(),
     }

@@ -66,7 +66,8 @@ class FakeEvaluator:
         except RuntimeError as exc:
             return EvalResult.failure(plan, f"validation raised RuntimeError: {exc}")
         drop = fake_drop(plan)
-        return EvalResult(plan.key(), FP32 - drop, drop, fake_latency(plan), 0.05, "ok", eval_seconds=0.01)
+        return EvalResult(plan.key(), FP32 - drop, drop, fake_latency(plan), 0.05, "ok", eval_seconds=0.01,
+                          fp32_latency_ms=20.0)
 
     def evaluate(self, plans):
         self.calls.append([p.key() for p in plans])
@@ -140,6 +141,7 @@ def test_resume_from_journal_does_not_reevaluate(tmp_path):
     second = driver(fake, n_trials=10, storage=str(storage), study_name="s").run()
     assert [r.number for r in second.records] == list(range(10))
     assert second.records[:6] == first.records
+    assert {r.fp32_latency_ms for r in second.records if r.status == "ok"} == {20.0}  # persisted, reused
     new = second.records[6:]
     assert len(fake.evaluated) == sum(not r.reused for r in new) <= 4
     assert not set(fake.evaluated) & set(first_fake.evaluated)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from rayq.core.plan import QuantPlan
 from rayq.pipeline.latency import Latency, time_interleaved
@@ -66,3 +67,39 @@ def test_interleaved_timing_orders_runners_and_gives_each_a_turn_every_round():
     assert [len(t) for t in times] == [9, 9, 9]
     medians = [sorted(t)[4] for t in times]
     assert medians[1] < medians[2] < medians[0]
+
+
+def test_finalists_are_chosen_on_latencies_rescaled_by_their_own_fp32_timing():
+    """Trial 5 was timed during a slow spell (FP32 timed with it: 2x): raw it ranks last
+    and would miss the 4-finalist runoff; rescaled it is the fastest."""
+    records = [replace(_rec(n, lat), fp32_latency_ms=fp32)
+               for n, lat, fp32 in [(0, 1.0, 5.0), (1, 1.05, 5.0), (2, 1.1, 5.0), (3, 1.15, 5.0), (4, 1.2, 5.0),
+                                    (5, 1.8, 10.0)]]
+    scale = control.comparable_latencies(records)
+    assert scale[5] == 0.9 and scale[0] == 1.0
+    pool = Pool({None: 5.0, "a5": 0.9, "a0": 1.0, "a1": 1.05, "a2": 1.1})
+    _, finalists, _ = runoff(pool, records)
+    assert [r.number for r in finalists] == [5, 0, 1, 2]
+    assert select_best(finalists)[0].number == 5
+
+
+def test_pool_evaluator_times_each_generation_with_fp32():
+    from rayq.pipeline.candidate import CandidateMetric
+
+    class GenerationPool(Pool):
+        def map_metric(self, plans, indices=None):
+            return [CandidateMetric(p.key(), 0.9, None, 0.1, None if p.fallback[0] != "a9" else "boom")
+                    for p in plans]
+
+    pool = GenerationPool({None: 4.0, "a1": 2.0, "a2": 1.0})
+    plans = [QuantPlan(fallback=(f"a{n}",)) for n in (1, 9, 2)]
+    results = control.PoolEvaluator(pool, 0.9, "absolute").evaluate(plans)
+    assert pool.calls == [[None, plans[0], plans[2]]]  # FP32 and the ok plans, timed in one run
+    assert [(r.status, r.latency_ms, r.fp32_latency_ms) for r in results] == [
+        ("ok", 2.0, 4.0), ("failed", None, None), ("ok", 1.0, 4.0)]
+    rec = replace(_rec(0, 2.0), fp32_latency_ms=4.0)
+    assert rec.speedup == 2.0
+    from rayq.tuning.evaluator import DriverOutcome
+
+    row = DriverOutcome(None, "met", [rec]).trials_frame().iloc[0]
+    assert (row["fp32_latency_ms"], row["speedup"]) == (4.0, 2.0)
