@@ -2,7 +2,8 @@
 with Optuna, and pick the fastest *measured* plan within the budget.
 
 It depends on an evaluator *pool* (``map_metric``, ``map_output_error``,
-``map_latency``), not on Ray: the Ray pool and the in-process pool both fit.
+``map_latency``, ``compare_latency``), not on Ray: the Ray pool and the in-process
+pool both fit.
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ class SearchResult:
             FP32, interleaved on one worker; the choice and these numbers use that runoff
             (``trials`` shows it for those trials too, marked ``remeasured``).
         fp32_latency_ms: FP32 latency on the same runtime and worker (same runoff).
-        trials: Every trial as a DataFrame (also ``trials.parquet``). Latencies
-            of rows with ``remeasured`` False were each timed at their trial's own
-            moment: compare them as a guide (a busy machine moves them), the
-            ``remeasured`` rows with each other.
+        trials: Every trial as a DataFrame (also ``trials.parquet``). Each trial's
+            latency was timed together with FP32 (``fp32_latency_ms``; ``speedup``
+            is their ratio, comparable across trials timed at different moments);
+            ``remeasured`` rows hold the final runoff's timings.
         pareto: Non-dominated trials on (latency, metric).
         wall_seconds / cpu_seconds: Search wall time and CPU time (driver + workers).
         model_path: Where the model was saved (when ``output`` was given).
