@@ -26,6 +26,8 @@ from rayq.pipeline.latency import Latency, summarize, time_interleaved, time_run
 
 log = logging.getLogger(__name__)
 
+LATENCY_MIN_SECONDS = 0.2  # timed seconds per model at least (a fast model gets more repeats)
+
 
 @dataclass(frozen=True)
 class CandidateMetric:
@@ -151,7 +153,7 @@ class CandidateEvaluator:
     def latency(self, plan: QuantPlan | None) -> Latency:
         """Measured latency of ``plan`` (None: the FP32 model) on one batch."""
         times = time_runner(self._latency_runner(plan), self._latency_feeds, warmup=5,
-                            repeats=self.latency_repeats, min_seconds=0.2)
+                            repeats=self.latency_repeats, min_seconds=LATENCY_MIN_SECONDS)
         return summarize(times, self.runtime, self.latency_threads)
 
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
@@ -160,5 +162,6 @@ class CandidateEvaluator:
         runs = [self._latency_runner(p) for p in plans]
         rounds = 3
         times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=rounds,
-                                 block=max(1, -(-self.latency_repeats // rounds)))
+                                 block=max(1, -(-self.latency_repeats // rounds)),
+                                 min_seconds=LATENCY_MIN_SECONDS / rounds)
         return [summarize(t, self.runtime, self.latency_threads) for t in times]

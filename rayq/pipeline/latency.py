@@ -54,18 +54,19 @@ def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats:
 
 
 def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 3,
-                     block: int = 10) -> list[list[float]]:
+                     block: int = 10, min_seconds: float = 0.0) -> list[list[float]]:
     """Time several runners against each other: each round gives every runner a turn of
     ``warmup`` untimed then ``block`` timed calls, in an order that rotates by round, so
     drift of the machine (load, clocks, neighbours) falls on all of them alike. Turns,
     not single calls: after another model ran, a model needs several calls to be back
-    at its steady latency (MiniLM FP32 on 2 vCPUs: 6-8 calls). Returns each runner's
-    times (ms), ``rounds * block`` each."""
+    at its steady latency (MiniLM FP32 on 2 vCPUs: 6-8 calls). A turn lasts at least
+    ``min_seconds`` (more calls of a fast model). Returns each runner's times (ms), at
+    least ``rounds * block`` each."""
     times: list[list[float]] = [[] for _ in runs]
     for r in range(rounds):
         for k in range(len(runs)):
             i = (r + k) % len(runs)
-            times[i] += time_runner(runs[i], feeds, warmup=warmup, repeats=block)
+            times[i] += time_runner(runs[i], feeds, warmup=warmup, repeats=block, min_seconds=min_seconds)
     return times
 
 

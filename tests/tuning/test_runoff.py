@@ -67,6 +67,9 @@ def test_interleaved_timing_orders_runners_and_gives_each_a_turn_every_round():
     assert [len(t) for t in times] == [9, 9, 9]
     medians = [sorted(t)[4] for t in times]
     assert medians[1] < medians[2] < medians[0]
+    # a turn lasts at least min_seconds: the fast runner gets more calls than block
+    times = time_interleaved([sleeper(0.004), sleeper(0.001)], {}, warmup=1, rounds=2, block=3, min_seconds=0.03)
+    assert all(sum(t) >= 2 * 30 for t in times) and len(times[1]) > len(times[0]) >= 6
 
 
 def test_finalists_are_chosen_on_latencies_rescaled_by_their_own_fp32_timing():
