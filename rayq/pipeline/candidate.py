@@ -27,6 +27,9 @@ from rayq.pipeline.latency import Latency, summarize, time_interleaved, time_run
 log = logging.getLogger(__name__)
 
 LATENCY_MIN_SECONDS = 0.2  # timed seconds per model at least (a fast model gets more repeats)
+#: The same when models are timed against each other: interleaved turns already cancel
+#: the machine's drift, which the longer single timing only averages over.
+INTERLEAVED_MIN_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -163,5 +166,5 @@ class CandidateEvaluator:
         rounds = 3
         times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=rounds,
                                  block=max(1, -(-self.latency_repeats // rounds)),
-                                 min_seconds=LATENCY_MIN_SECONDS / rounds)
+                                 min_seconds=INTERLEAVED_MIN_SECONDS / rounds)
         return [summarize(t, self.runtime, self.latency_threads) for t in times]
