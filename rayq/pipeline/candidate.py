@@ -82,6 +82,7 @@ class CandidateEvaluator:
         self._placements: dict[tuple, Any] = {}
         self._built: OrderedDict[str, Any] = OrderedDict()
         self._reference: list | None = None
+        self._fp32_runner = None
 
     # -- building --------------------------------------------------------------------
     def build(self, plan: QuantPlan) -> Any:
@@ -145,9 +146,15 @@ class CandidateEvaluator:
         return float(np.mean([output_nmse(r, o) for r, o in zip(self._reference, outs)]))
 
     def _latency_runner(self, plan: QuantPlan | None):
+        """A compiled runner for timing; the FP32 one is kept (every generation times it)."""
+        if plan is None and self._fp32_runner is not None:
+            return self._fp32_runner
         model = self.model if plan is None else self.build(plan)
-        return self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
-                                   num_threads=self.latency_threads)
+        run = self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
+                                  num_threads=self.latency_threads)
+        if plan is None:
+            self._fp32_runner = run
+        return run
 
     @property
     def _latency_feeds(self) -> dict[str, np.ndarray]:
