@@ -71,6 +71,7 @@ def test_ray_pool_matches_local_pool(ray_cluster, problem):
         assert {i["node_id"] for i in info} == set(remote.node_ids) and len(remote.node_ids) == 1
         assert all(i["gpu_ids"] == [] and i["device"] == "CPU" and i["providers"] == ["CPUExecutionProvider"]
                    for i in info)
+        assert {i["threads"] for i in info} == {1}  # one thread per reserved CPU, not every core
     finally:
         remote.close()
 
