@@ -99,6 +99,7 @@ def evaluate(call: dict, verb: str, args: tuple) -> tuple[Any, str]:
 
     release(call.get("ended", ()))
     ev = resident(call["token"], lambda: _load(call), idle_s=IDLE_RELEASE_S)
+    ev.threads = call.get("threads") or ev.threads  # the CPUs this task reserved
     out = _VERBS[verb](ev, *args)
     touch(call["token"])
     return out, ray.get_runtime_context().get_node_id()
@@ -173,6 +174,7 @@ class RayEvaluatorPool:
             # runtime's default (every core) would oversubscribe the node (MiniLM ranking on 2 cores:
             # 7.05 s for 20 groups, 4.97 s with 1 thread each)
             kwargs = {**kwargs, "threads": max(1, int(self.resources.get("num_cpus", 1)))}
+        self._threads = kwargs["threads"]
         if self.resources.get("num_gpus"):
             if kwargs.get("runtime") == "onnxruntime":
                 kwargs = {**kwargs, "device": "GPU"}  # accuracy on CUDA; latency stays on the target
@@ -180,6 +182,7 @@ class RayEvaluatorPool:
                 log.warning("GPU workers validate OpenVINO targets on CPU (OpenVINO's GPU plugin is for "
                             "Intel GPUs)")
         self.nodes = worker_nodes(self.resources, "an evaluator worker", PLACEMENT_TIMEOUT_S)[:self.workers]
+        self._node_cpus = max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] in self.nodes)
         self.task = task or ray.remote(evaluate)
         payload = _put_payload(model_bytes, stats.to_arrays(), items, validation_fn, kwargs)
         self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [payload]}
@@ -224,21 +227,29 @@ class RayEvaluatorPool:
             ray.kill(actor)
         self._bound, self._free = [], []
 
-    def _submit(self, verb: str, args: tuple, node: str | None = None):
+    def _submit(self, verb: str, args: tuple, node: str | None = None, share: int = 1):
+        """One evaluation task; ``share`` > 1: it takes the CPUs (and threads) of that many
+        workers, for maps with fewer plans than workers (a lone FP32 validation would
+        otherwise run on one thread while the others idle)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         if self._bound:  # a free bound worker (on ``node`` when given)
             k = next(k for k in self._free if node is None or self._bound[k][1] == node)
             self._free.remove(k)
-            ref = self._bound[k][0].evaluate.remote(call_with_ended(self.call), verb, args)
+            ref = self._bound[k][0].evaluate.remote({**call_with_ended(self.call), "threads": self._threads},
+                                                    verb, args)
             self._busy[ref] = k
             return ref
         opts = dict(self.resources, max_retries=MAX_RETRIES)
+        threads = self._threads
+        if share > 1:
+            opts["num_cpus"] = min(self._node_cpus, self.resources.get("num_cpus", 1) * share)
+            threads = max(threads, int(opts["num_cpus"]))
         if node is not None:  # latency: on this node, no other
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         elif self._unvisited:  # one task per node that can take one, so evaluation spans the cluster
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self._unvisited.pop(0), soft=True)
-        return self.task.options(**opts).remote(call_with_ended(self.call), verb, args)
+        return self.task.options(**opts).remote({**call_with_ended(self.call), "threads": threads}, verb, args)
 
     def _result(self, ref, what: str) -> Any:
         import ray
@@ -260,11 +271,12 @@ class RayEvaluatorPool:
         results: list[Any] = [None] * len(args)
         todo = list(range(len(args)))
         pending: dict = {}
+        share = max(1, self.workers // max(1, len(args)))  # fewer plans than workers: more CPUs each
         with GATE.evaluating():
             while todo or pending:
                 while todo and len(pending) < self.workers:
                     i = todo.pop(0)
-                    pending[self._submit(verb, args[i])] = i
+                    pending[self._submit(verb, args[i], share=share)] = i
                 ref = next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S)
                 results[pending.pop(ref)] = self._result(ref, verb)
         return results

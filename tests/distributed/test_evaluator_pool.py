@@ -175,3 +175,22 @@ def test_unserialisable_validation_fn_is_named(ray_cluster, problem):
         RayEvaluatorPool(num_workers=2, resources=None, backend_name="onnx",
                          model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
                          validation_fn=locked_accuracy, kwargs=kwargs)
+
+
+def test_fewer_plans_than_workers_get_the_idle_workers_cpus(ray_cluster, problem):
+    """A lone evaluation (the FP32 validation) takes W workers' CPUs and threads; a full
+    map runs W single-CPU evaluations."""
+    import ray
+
+    @ray.remote
+    def threads_of(call, verb, args):
+        out, node = de.evaluate(call, verb, args)
+        return (out, resident.resident(call["token"], lambda: None, idle_s=60).threads), node
+
+    plan = problem[1]
+    pool = _pool(problem, task=threads_of)
+    try:
+        assert [t for _, t in pool.map_metric([None])] == [2]
+        assert [t for _, t in pool.map_metric([plan, plan])] == [1, 1]
+    finally:
+        pool.close()
