@@ -27,14 +27,16 @@ def run_ort(model: onnx.ModelProto, feeds: dict, *, optimized_path: str | None =
 
 def run_ov(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """OpenVINO reads QDQ ONNX directly (Q/DQ pairs become INT8 FakeQuantize); skips the
-    calling test where OpenVINO is not installed."""
+    calling test where OpenVINO is not installed. Compiled with the ``f32`` precision
+    hint, as rayq's own runner does: on AMX CPUs the default (bf16) would blur the
+    comparison with FP32."""
     import pytest
 
     ov = pytest.importorskip("openvino")
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
-                                  {"INFERENCE_NUM_THREADS": 2})
+                                  {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
     result = compiled(feeds)
     return [np.asarray(result[o]) for o in compiled.outputs]
 

@@ -8,6 +8,7 @@ run in INT8.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,33 @@ def compile_model(model: ov.Model, *, device: str = "CPU", num_threads: int = 0)
         return core().compile_model(model, device, config)
     except Exception as exc:  # openvino raises RuntimeError subclasses
         raise BackendError(f"OpenVINO cannot compile the model on {device}: {describe(exc)}") from exc
+
+
+@functools.cache
+def int8_saturates(device: str = "CPU") -> bool:
+    """True when ``device``'s INT8 kernels saturate intermediate sums.
+
+    CPUs without VNNI (AVX2 only) multiply u8 x s8 with ``vpmaddubsw``, which adds pairs
+    of products into int16 with saturation: full-range 8-bit weights then lose accuracy
+    wherever activations are large, and 7-bit weights (``overflow_fix="enable"``) avoid
+    it. Asked of the runtime itself with a one-layer probe (255 x 127 summed over 64
+    inputs), not guessed from CPU flags.
+
+    Example:
+        >>> int8_saturates()        # doctest: +SKIP
+        True
+    """
+    import openvino.opset13 as ops
+
+    n = 64
+    x = ops.parameter([1, n], np.float32, name="x")
+    lo, hi = ops.constant(np.float32(0)), ops.constant(np.float32(255))
+    act = ops.fake_quantize(x, lo, hi, lo, hi, 256)
+    weight = ops.multiply(ops.convert(ops.constant(np.full((1, n), 127, np.int8)), "f32"),
+                          ops.constant(np.ones((1, 1), np.float32)))
+    probe = ov.Model([ops.matmul(act, weight, False, True)], [x], "rayq_int8_probe")
+    out = compile_model(probe, device=device)({"x": np.full((1, n), 255, np.float32)})[0]
+    return bool(abs(float(np.asarray(out).ravel()[0]) - 255 * 127 * n) > 0.5)
 
 
 class Session:

@@ -63,14 +63,42 @@ _FOLDED = "rayq_constant_folded"
 def _fold(model: ov.Model) -> ov.Model:
     """Fold constant subgraphs once (e.g. a bias reshaped through ShapeOf by the ONNX
     frontend), so a bias Add is seen as an Add of a constant, not as a residual Add.
-    The model is tagged so later ``load`` calls return it unchanged (stable names)."""
+    Compressed weights (an ``i8``/``u8``/``f16``... ``Constant`` -> ``Convert`` chain)
+    are kept as they are: folded to f32, an INT8 model's weights would lose their
+    integer form and OpenVINO would run those layers in f32. The model is tagged so
+    later ``load`` calls return it unchanged (stable names)."""
     from openvino import passes
 
+    shielded = _shield_compressed(model)
     manager = passes.Manager()
     manager.register_pass(passes.ConstantFolding())
     manager.run_passes(model)
+    for const, param in shielded:
+        param.output(0).replace(const.output(0))
+        model.remove_parameter(param)
     model.set_rt_info(True, _FOLDED)
     return model
+
+
+_COMPRESSED = frozenset({"i8", "u8", "i4", "u4", "f16", "bf16", "nf4", "f8e4m3", "f8e5m2"})
+
+
+def _shield_compressed(model: ov.Model) -> list[tuple]:
+    """Swap each low-precision ``Constant`` read by a ``Convert`` for a temporary
+    ``Parameter`` (constant folding cannot see through one); returns the pairs to swap back."""
+    import openvino.opset13 as ops
+
+    pairs = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() not in _COMPRESSED:
+            continue
+        users = [t.get_node() for t in op.output(0).get_target_inputs()]
+        if users and all(u.get_type_name() == "Convert" for u in users):
+            param = ops.parameter(op.get_output_partial_shape(0), op.get_output_element_type(0))
+            op.output(0).replace(param.output(0))
+            model.add_parameters([param])
+            pairs.append((op, param))
+    return pairs
 
 
 def save_model(model: ov.Model, path: str | os.PathLike) -> list[str]:
