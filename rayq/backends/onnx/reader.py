@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -14,6 +15,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from rayq.backends.base import InputSpec
+from rayq.backends.onnx import normalize
 from rayq.core import graph as g
 from rayq.core.graph import GraphView, NodeInfo, TensorInfo
 from rayq.errors import BackendError
@@ -48,7 +50,9 @@ _DTYPES = {
 def load_model(model: Any) -> onnx.ModelProto:
     """Load and validate an ONNX model from a ``ModelProto`` or a path.
 
-    Nodes without a name get a unique one; opsets below 13 are upgraded.
+    Nodes without a name get a unique one; opsets below 13 are upgraded; main-graph
+    ``Constant`` nodes become initializers and constant subexpressions (``Identity``,
+    ``Cast`` of FP16 weights, ``Transpose``...) are folded (see :mod:`.normalize`).
 
     Raises:
         BackendError: the file is missing, not ONNX, invalid, or cannot be upgraded.
@@ -68,6 +72,7 @@ def load_model(model: Any) -> onnx.ModelProto:
         raise BackendError("the ONNX model has no nodes (not a model, or an empty graph)")
     proto = _upgrade_opset(proto)
     _name_nodes(proto)
+    normalize.constants_to_initializers(proto)
     _fold_constants(proto)
     try:
         if fits_in_memory_proto(proto):
@@ -101,13 +106,16 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 _FOLD_MAX_ELEMENTS = 1 << 24  # never materialise a folded tensor larger than this
+_QUANTIZATION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
 def _fold_constants(proto: onnx.ModelProto) -> None:
     """Replace nodes computed only from initializers (``Transpose(W)``, ``Cast``, a
     ``Gather`` of a constant table...) by their values, in place, so weights computed in
     the graph are quantized as weights. Nodes whose outputs are graph outputs, that
-    carry subgraphs, are random, or whose result would be huge are kept."""
+    carry subgraphs, are random, quantize or dequantize (an already-quantized weight
+    stays so), or whose result would be huge are kept. Tensors read only inside
+    subgraphs stay."""
     from onnx.reference import ReferenceEvaluator
 
     graph = proto.graph
@@ -116,9 +124,8 @@ def _fold_constants(proto: onnx.ModelProto) -> None:
     folded, keep = [], []
     for node in graph.node:
         ins = [t for t in node.input if t]
-        foldable = (_pure(node) and ins and all(t in known for t in ins) and not outputs.intersection(node.output)
-                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                for a in node.attribute))
+        foldable = (_pure(node) and node.op_type not in _QUANTIZATION_OPS and ins and all(t in known for t in ins)
+                    and not outputs.intersection(node.output) and not normalize.has_subgraph(node))
         if foldable:
             try:
                 values = _evaluate(ReferenceEvaluator, proto, node, {t: known[t] for t in ins})
@@ -137,7 +144,7 @@ def _fold_constants(proto: onnx.ModelProto) -> None:
     if folded:
         del graph.node[:]
         graph.node.extend(keep)
-        used = {t for n in keep for t in n.input} | outputs | {vi.name for vi in graph.input}
+        used = normalize.used_names(graph) | {vi.name for vi in graph.input}
         kept = [t for t in graph.initializer if t.name in used] + [t for t in folded if t.name in used]
         del graph.initializer[:]
         graph.initializer.extend(kept)
@@ -298,7 +305,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
             info = tensors.get(out, TensorInfo(out, None, "unknown"))
             tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name,
                                       data_independent=out in independent)
-    nodes = [_node_info(n, tensors, graph) for n in graph.node if n.op_type != "Constant"]
+    nodes, fp32 = _nodes(graph, tensors)
     cache: dict[str, np.ndarray] = {}
 
     def constant_fn(name: str) -> np.ndarray:
@@ -308,7 +315,28 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
-    return GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn), raw_shapes
+    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=fp32)
+    return view, raw_shapes
+
+
+def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list[NodeInfo], list[tuple[str, str]]]:
+    """The view's nodes, and ``(name, reason)`` for the weighted ops that must stay FP32:
+    those are typed ``other`` so that no rule places a quantizer on them."""
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fp32 = normalize.subgraph_ops(graph)
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        info = _node_info(node, tensors, graph)
+        reason = normalize.fp32_reason(node, {t: tensors[t].dtype for t in node.input if t in tensors}, dequantized)
+        if reason is not None and info.meta != g.OTHER:
+            if info.meta in g.WEIGHTED:
+                fp32.append((node.name, reason))
+            info = dataclasses.replace(info, meta=g.OTHER, weight_input=None, weight_axis=None,
+                                       weight_in_axis=None, bias_input=None, bias_node=None)
+        nodes.append(info)
+    return nodes, fp32
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})
@@ -320,8 +348,9 @@ def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Initializers and ``Constant`` node values, by tensor name."""
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
+        value = normalize.constant_value(node)
+        if value is not None:
+            constants[node.output[0]] = value
     return constants
 
 
