@@ -254,6 +254,34 @@ def loop_subgraph():
     return model, list(_images(16, (1, 64))), {"x": _images(2, (64,), seed=13)}
 
 
+def scan_subgraph():
+    """A ``Scan`` over time whose body reads main-graph initializers (an RNN cell)."""
+    b = _B(11)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "w_in"], ["u"], name="scan_in"),
+         helper.make_node("MatMul", ["state", "w_state"], ["v"], name="scan_rec"),
+         helper.make_node("Add", ["u", "v"], ["uv"], name="scan_add"),
+         helper.make_node("Tanh", ["uv"], ["state_out"], name="scan_tanh"),
+         helper.make_node("Identity", ["state_out"], ["y_t"], name="scan_y")],
+        "cell", [helper.make_tensor_value_info("state", T.FLOAT, ["N", 64]),
+                 helper.make_tensor_value_info("x_t", T.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("state_out", T.FLOAT, ["N", 64]),
+         helper.make_tensor_value_info("y_t", T.FLOAT, ["N", 64])])
+    b.w(32, 64, scale=0.15, name="w_in")
+    b.w(64, 64, scale=0.1, name="w_state")
+    b.op("MatMul", ["seq", b.w(32, 32, scale=0.2)], "proj")
+    b.op("MatMul", ["state0", b.w(64, 64, scale=0.15)], "s0")
+    b.nodes.append(helper.make_node("Scan", ["s0", "proj"], ["final", "ys"], name="scan", body=body,
+                                    num_scan_inputs=1, scan_input_axes=[1], scan_output_axes=[1]))
+    b.op("MatMul", ["final", b.w(64, 8, scale=0.15)], "y")
+    model = b.model([helper.make_tensor_value_info("seq", T.FLOAT, ["N", 5, 32]),
+                     helper.make_tensor_value_info("state0", T.FLOAT, ["N", 64])],
+                    [helper.make_tensor_value_info("y", T.FLOAT, ["N", 8]),
+                     helper.make_tensor_value_info("ys", T.FLOAT, ["N", 5, 64])])
+    items = [{"seq": s, "state0": z} for s, z in zip(_images(16, (1, 5, 32)), _images(16, (1, 64), seed=2))]
+    return model, items, {"seq": _images(2, (5, 32), seed=15), "state0": _images(2, (64,), seed=16)}
+
+
 def scalar_input():
     """A 0-d sample-rate input next to a batched audio input; the items give the rate as
     ``np.array([16000])``, as ONNX Runtime accepts."""
@@ -275,5 +303,6 @@ CASES = {
     "multi_io": multi_io, "token_ids": token_ids, "output_is_intermediate": output_is_intermediate,
     "paddle_constants": paddle_text_detector, "identity_fp16_cast": identity_and_fp16_weights,
     "shared_weights": shared_weights, "prequantized_weights": prequantized_weights,
-    "if_subgraph": if_subgraph, "loop_subgraph": loop_subgraph, "scalar_input": scalar_input,
+    "if_subgraph": if_subgraph, "loop_subgraph": loop_subgraph,
+    "scan_subgraph": scan_subgraph, "scalar_input": scalar_input,
 }
