@@ -282,6 +282,16 @@ def scan_subgraph():
     return model, items, {"seq": _images(2, (5, 32), seed=15), "state0": _images(2, (64,), seed=16)}
 
 
+def initializers_as_inputs():
+    """Every weight also listed as a graph input (``keep_initializers_as_inputs``, as
+    older exporters write): the quantized model must not ask for them as feeds."""
+    model, items, feeds = conv_resize_net(11)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    onnx.checker.check_model(model, full_check=True)
+    return model, items, feeds
+
+
 def scalar_input():
     """A 0-d sample-rate input next to a batched audio input; the items give the rate as
     ``np.array([16000])``, as ONNX Runtime accepts."""
@@ -305,4 +315,5 @@ CASES = {
     "shared_weights": shared_weights, "prequantized_weights": prequantized_weights,
     "if_subgraph": if_subgraph, "loop_subgraph": loop_subgraph,
     "scan_subgraph": scan_subgraph, "scalar_input": scalar_input,
+    "initializers_as_inputs": initializers_as_inputs,
 }

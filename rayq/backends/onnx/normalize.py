@@ -3,9 +3,13 @@
 Exporters store the same weight in many ways: an initializer, a ``Constant`` node
 (Paddle2ONNX keeps every weight and bias so, with ``value`` or ``value_float(s)`` /
 ``value_int(s)`` attributes), an ``Identity`` or ``Cast`` of either (FP16-stored
-models). On load, main-graph ``Constant`` nodes become initializers here, and the
-reader folds ``Identity``/``Cast``/``Transpose`` of constants into initializers, so
-every constant weight or bias the graph view reports is an initializer.
+models), or list weights as graph inputs too (``keep_initializers_as_inputs``). On
+load (:func:`rayq.backends.onnx.reader.load_model`), initializers stop being graph
+inputs, main-graph ``Constant`` nodes become initializers, and nodes computed only
+from constants (``Identity``, ``Cast``, ``Transpose``...) are folded into
+initializers, so every constant weight or bias the graph view reports is an
+initializer. ``DequantizeLinear`` of a constant is not folded: an already-quantized
+weight stays as it is.
 
 Names read by nested subgraphs (``If``/``Loop``/``Scan`` bodies may read main-graph
 tensors without listing them as node inputs) are counted as used everywhere an
@@ -85,6 +89,26 @@ def constants_to_initializers(proto: onnx.ModelProto) -> int:
         graph.initializer.extend(moved)
         log.debug("%d Constant nodes became initializers", len(moved))
     return len(moved)
+
+
+def initializer_inputs_to_constants(proto: onnx.ModelProto) -> int:
+    """Drop initializers from the graph inputs, in place; returns how many.
+
+    Older exporters (``keep_initializers_as_inputs``) list every weight as a graph
+    input too, which makes it a default that a caller may override. rayq quantizes
+    weights as constants; once the writer replaces an FP32 weight, such an input would
+    be left without its initializer and become a required feed.
+    """
+    if proto.ir_version and proto.ir_version < 4:
+        return 0  # IR < 4: every initializer must be a graph input
+    inits = {t.name for t in proto.graph.initializer}
+    kept = [vi for vi in proto.graph.input if vi.name not in inits]
+    removed = len(proto.graph.input) - len(kept)
+    if removed:
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
+        log.debug("%d initializers were also graph inputs: now constants only", removed)
+    return removed
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -173,3 +197,85 @@ def fp32_reason(node: onnx.NodeProto, dtypes: dict[str, str], dequantized: set[s
     if odd:
         return f"computes in {'/'.join(odd)} (rayq quantizes float32 ops)"
     return None
+
+
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                               "Multinomial", "Bernoulli", "Dropout"})
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and ``Constant`` node values, by tensor name."""
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        value = constant_value(node)
+        if value is not None:
+            constants[node.output[0]] = value
+    return constants
+
+
+def pure(node: onnx.NodeProto) -> bool:
+    """A standard, deterministic op other than ``Constant``: its outputs follow from its inputs."""
+    return node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC and node.op_type != "Constant"
+
+
+_FOLD_MAX_ELEMENTS = 1 << 24  # never materialise a folded tensor larger than this
+_QUANTIZATION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def fold_constants(proto: onnx.ModelProto) -> None:
+    """Replace nodes computed only from initializers (``Transpose(W)``, ``Cast``, a
+    ``Gather`` of a constant table...) by their values, in place, so weights computed in
+    the graph are quantized as weights. Nodes whose outputs are graph outputs, that
+    carry subgraphs, are random, quantize or dequantize (an already-quantized weight
+    stays so), or whose result would be huge are kept. Tensors read only inside
+    subgraphs stay."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = proto.graph
+    known = constant_tensors(graph)
+    outputs = {o.name for o in graph.output}
+    folded, keep = [], []
+    for node in graph.node:
+        ins = [t for t in node.input if t]
+        foldable = (pure(node) and node.op_type not in _QUANTIZATION_OPS and ins and all(t in known for t in ins)
+                    and not outputs.intersection(node.output) and not has_subgraph(node))
+        if foldable:
+            try:
+                values = _evaluate(ReferenceEvaluator, proto, node, {t: known[t] for t in ins})
+                names = [o for o in node.output if o]
+                tensors = ([numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
+                           if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values) else None)
+            except Exception as exc:  # an op the reference runtime lacks, an odd dtype: keep the node
+                log.debug("not folding %s: %s", node.name, exc)
+                tensors = None
+            if tensors is not None and len(tensors) == len(names):
+                for t in tensors:
+                    known[t.name] = t
+                    folded.append(t)
+                continue
+        keep.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = used_names(graph) | {vi.name for vi in graph.input}
+        kept = [t for t in graph.initializer if t.name in used] + [t for t in folded if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        log.debug("folded %d constant tensors", len(folded))
+
+
+def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
+              values: dict[str, onnx.TensorProto]) -> list:
+    """Run one node on constant inputs (input name -> tensor) with ONNX's reference runtime."""
+    inputs = []
+    for name, t in values.items():
+        if t.name != name:  # a Constant node's value is named by its output
+            t = onnx.TensorProto()
+            t.CopyFrom(values[name])
+            t.name = name
+        inputs.append(t)
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
+                                                     for o in node.output if o], inputs),
+        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    return evaluator(model).run(None, {})
