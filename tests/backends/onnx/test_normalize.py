@@ -242,3 +242,23 @@ def test_loaded_view_of_a_model_without_subgraphs_reports_nothing(backend):
     model, _, _ = patterns.multi_io()
     assert backend.graph(backend.load(model)).fp32_ops == ()
     assert reader.opset(backend.load(model)) == 17
+
+
+# --------------------------------------------------------------------------------------
+# graph inputs and versions
+# --------------------------------------------------------------------------------------
+def test_initializers_listed_as_inputs_become_constants(backend):
+    model, _, _ = patterns.initializers_as_inputs()
+    assert len(model.graph.input) > 1
+    loaded = backend.load(model)
+    assert [vi.name for vi in loaded.graph.input] == ["x"]
+    assert [s.name for s in backend.inputs(loaded)] == ["x"]
+    assert backend.graph(loaded).node("Conv_c2").weight_input == 1  # weights are constants, quantizable
+
+
+def test_opset_upgrade_raises_the_ir_version_to_what_the_opset_needs(backend):
+    model, _, _ = patterns.conv_resize_net(11)
+    assert model.ir_version == 6
+    loaded = backend.load(model)
+    assert reader.opset(loaded) == 13 and loaded.ir_version >= 7
+    onnx.checker.check_model(loaded, full_check=True)
