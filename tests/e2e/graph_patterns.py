@@ -49,7 +49,7 @@ def _images(n: int, shape, seed: int = 1) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # the cases: each returns (model, calibration items, evaluation feeds)
 # --------------------------------------------------------------------------------------
-def conv_resize_net(opset: int):
+def conv_resize_net(opset: int, ir_version: int | None = None):
     """Strided Conv, depthwise Conv, residual Add, Resize, 1x1 Conv; dynamic batch and
     spatial dims, evaluated at a spatial size that calibration never saw."""
     b = _B(opset)
@@ -63,6 +63,8 @@ def conv_resize_net(opset: int):
     b.op("Conv", ["u", b.w(4, 8, 1, 1), b.w(4, scale=0.1)], "y")
     model = b.model([helper.make_tensor_value_info("x", T.FLOAT, ["N", 3, "H", "W"])],
                     [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4, "H2", "W2"])], opset=opset)
+    if ir_version is not None:
+        model.ir_version = ir_version
     return model, list(_images(16, (1, 3, 16, 16))), {"x": _images(2, (3, 20, 24), seed=9)}
 
 
@@ -310,6 +312,7 @@ def scalar_input():
 
 CASES = {
     **{f"opset{o}": (lambda o=o: conv_resize_net(o)) for o in IR_FOR_OPSET},
+    "opset21_ir12": lambda: conv_resize_net(21, 12),  # the newest IR that ORT 1.32 and OV 2026.4 load
     "multi_io": multi_io, "token_ids": token_ids, "output_is_intermediate": output_is_intermediate,
     "paddle_constants": paddle_text_detector, "identity_fp16_cast": identity_and_fp16_weights,
     "shared_weights": shared_weights, "prequantized_weights": prequantized_weights,
