@@ -50,9 +50,10 @@ _DTYPES = {
 def load_model(model: Any) -> onnx.ModelProto:
     """Load and validate an ONNX model from a ``ModelProto`` or a path.
 
-    Nodes without a name get a unique one; opsets below 13 are upgraded; main-graph
-    ``Constant`` nodes become initializers and constant subexpressions (``Identity``,
-    ``Cast`` of FP16 weights, ``Transpose``...) are folded (see :mod:`.normalize`).
+    Nodes without a name get a unique one; opsets below 13 are upgraded; initializers
+    stop being graph inputs, main-graph ``Constant`` nodes become initializers and
+    constant subexpressions (``Identity``, ``Cast`` of FP16 weights, ``Transpose``...)
+    are folded (see :mod:`rayq.backends.onnx.normalize`).
 
     Raises:
         BackendError: the file is missing, not ONNX, invalid, or cannot be upgraded.
@@ -282,6 +283,8 @@ def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
 def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
     """Outputs computed only from constants and input shapes (``Shape``/``Size``), in
     topological order: e.g. position ids and their embedding, zero token-type ids."""
