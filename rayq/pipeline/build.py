@@ -228,6 +228,9 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
         if out not in stats or stats[out].channel_mean is None:
             raise CalibrationError(f"exact bias correction needs the FP32 output means of {node.name!r}; "
                                    "these statistics were collected without them (exact_bias=False)")
+        bias = _bias_value(graph, node)
+        if bias is None or np.size(bias) != np.size(stats[out].channel_mean):
+            continue  # a bias broadcast over the channels (Gemm's C of shape [1]) cannot take a per-channel shift
         targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
     levels = _weighted_levels(graph, set(targets))

@@ -294,6 +294,17 @@ def initializers_as_inputs():
     return model, items, feeds
 
 
+def gemm_broadcast_bias():
+    """Gemm with ``alpha``/``beta`` and biases of shape [1, N] and [1] (broadcast)."""
+    b = _B(12)
+    b.op("Gemm", ["x", b.w(32, 32, scale=0.2), b.w(1, 32, scale=0.1)], "h", alpha=0.5, beta=2.0)
+    b.op("Relu", ["h"], "r")
+    b.op("Gemm", ["r", b.w(8, 32, scale=0.3), b.w(1, scale=0.1)], "y", transB=1)
+    model = b.model([helper.make_tensor_value_info("x", T.FLOAT, ["N", 32])],
+                    [helper.make_tensor_value_info("y", T.FLOAT, ["N", 8])])
+    return model, list(_images(64, (1, 32))), {"x": _images(2, (32,), seed=17)}
+
+
 def scalar_input():
     """A 0-d sample-rate input next to a batched audio input; the items give the rate as
     ``np.array([16000])``, as ONNX Runtime accepts."""
@@ -318,5 +329,5 @@ CASES = {
     "shared_weights": shared_weights, "prequantized_weights": prequantized_weights,
     "if_subgraph": if_subgraph, "loop_subgraph": loop_subgraph,
     "scan_subgraph": scan_subgraph, "scalar_input": scalar_input,
-    "initializers_as_inputs": initializers_as_inputs,
+    "initializers_as_inputs": initializers_as_inputs, "gemm_broadcast_bias": gemm_broadcast_bias,
 }

@@ -53,3 +53,14 @@ def test_pattern_quantizes_and_runs_close_to_fp32(case):
         out = run(q, feeds)
         assert [o.shape for o in out] == [r.shape for r in reference], runtime
         assert nmse(reference, out) < MAX_NMSE, f"{runtime}: NMSE {nmse(reference, out):.4f}"
+
+
+@pytest.mark.parametrize("case", ["paddle_constants", "gemm_broadcast_bias", "shared_weights", "if_subgraph"])
+def test_exact_bias_correction_on_patterns(case):
+    """The exact (data-driven) bias correction runs the quantized model on the patterns
+    too: Constant and shared biases, a bias broadcast over the channels, a subgraph."""
+    model, items, feeds = CASES[case]()
+    q = quantize(model, items, fast_bias_correction=False)
+    onnx.checker.check_model(q, full_check=True)
+    reference = run_ort(model, feeds)
+    assert nmse(reference, run_ort(q, feeds)) < MAX_NMSE * 1.5
