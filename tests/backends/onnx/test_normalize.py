@@ -21,6 +21,7 @@ from rayq.core import graph as g
 from rayq.core.params import quantize, weight_params
 from rayq.core.recipe import Recipe, WeightQuant
 from rayq.core.rules import Edge
+from rayq.testing.models import random_inputs, resnet_like, transformer_block
 from tests.e2e import graph_patterns as patterns
 
 
@@ -262,3 +263,31 @@ def test_opset_upgrade_raises_the_ir_version_to_what_the_opset_needs(backend):
     loaded = backend.load(model)
     assert reader.opset(loaded) == 13 and loaded.ir_version >= 7
     onnx.checker.check_model(loaded, full_check=True)
+
+
+def _constified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every initializer held in a ``Constant`` node instead, as
+    Paddle2ONNX writes weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    consts = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+              for t in out.graph.initializer]
+    nodes = list(out.graph.node)
+    del out.graph.initializer[:]
+    del out.graph.node[:]
+    out.graph.node.extend(consts + nodes)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: resnet_like(), {}),
+    (lambda: transformer_block(layers=1, vocab=50, with_attention_mask=True), {"model_type": "transformer"}),
+], ids=["cnn", "transformer"])
+def test_constant_stored_weights_quantize_exactly_like_initializers(make, kwargs):
+    model = make()
+    items, feeds = random_inputs(model, 16, seed=1), random_inputs(model, 1, batch=2, seed=2)[0]
+    expected = _run(_quantize(model, items, **kwargs), feeds)
+    actual = _run(_quantize(_constified(model), items, **kwargs), feeds)
+    for e, a in zip(expected, actual):
+        np.testing.assert_array_equal(a, e)
