@@ -181,6 +181,19 @@ def _weighted_in(graph: onnx.GraphProto) -> Iterator[tuple[str, str]]:
 
 
 _NOT_FLOAT32 = ("float16", "bfloat16", "float64")
+#: Data-movement ops through which a dequantized tensor stays on its quantization grid.
+_MOVES_DATA = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool"})
+
+
+def dequantized(graph: onnx.GraphProto) -> set[str]:
+    """Outputs of the model's own ``DequantizeLinear`` nodes, and of data-movement ops
+    that read them (graph nodes in topological order)."""
+    out: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" or (node.op_type in _MOVES_DATA and node.input
+                                                   and node.input[0] in out):
+            out.add(node.output[0])
+    return out
 
 
 def fp32_reason(node: onnx.NodeProto, dtypes: dict[str, str], dequantized: set[str]) -> str | None:
@@ -189,7 +202,7 @@ def fp32_reason(node: onnx.NodeProto, dtypes: dict[str, str], dequantized: set[s
     Args:
         node: A main-graph node.
         dtypes: numpy dtype name of its inputs (where known).
-        dequantized: Outputs of the model's own ``DequantizeLinear`` nodes.
+        dequantized: Tensors already quantized in the model (see :func:`dequantized`).
     """
     if any(t in dequantized for t in node.input):
         return "already quantized (reads a DequantizeLinear output)"

@@ -265,7 +265,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
 def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list[NodeInfo], list[tuple[str, str]]]:
     """The view's nodes, and ``(name, reason)`` for the weighted ops that must stay FP32:
     those are typed ``other`` so that no rule places a quantizer on them."""
-    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dequantized = normalize.dequantized(graph)
     fp32 = normalize.subgraph_ops(graph)
     nodes = []
     for node in graph.node:

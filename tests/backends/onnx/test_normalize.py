@@ -291,3 +291,19 @@ def test_constant_stored_weights_quantize_exactly_like_initializers(make, kwargs
     actual = _run(_quantize(_constified(model), items, **kwargs), feeds)
     for e, a in zip(expected, actual):
         np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: resnet_like(with_concat=True), {}),
+    (lambda: transformer_block(layers=1, vocab=50), {"model_type": "transformer"}),
+], ids=["cnn", "transformer"])
+def test_quantizing_a_qdq_model_again_leaves_it_alone(make, kwargs):
+    """A model that is already QDQ (here rayq's own output) gets no second quantizer:
+    not on its DequantizeLinear outputs, nor behind a Reshape/Transpose of them (the
+    attention's Q x K^T)."""
+    model = make()
+    items, feeds = random_inputs(model, 16, seed=1), random_inputs(model, 1, batch=2, seed=2)[0]
+    once = _quantize(model, items, **kwargs)
+    twice = _quantize(once, items, **kwargs)
+    assert [n.op_type for n in twice.graph.node] == [n.op_type for n in once.graph.node]
+    np.testing.assert_array_equal(_run(twice, feeds)[0], _run(once, feeds)[0])
