@@ -76,7 +76,7 @@ def quantize(
     info = session.info
     source = "cached statistics" if info and info.cached else f"calibrated on {session.num_items} items"
     size = f"{_mb(session.backend, session.model)} -> {_mb(session.backend, qmodel)}"
-    log.info("rayq.quantize: %.1fs, %s, %s, %s", time.perf_counter() - start, source, summary.line(), size)
+    log.info("rayq.quantize: %.1fs, %s, %s, %s", time.perf_counter() - start, source, size, summary.line())
     for op, reason in summary.fp32_ops:
         if reason not in ("fallback", "ignored scope", "not a quantizable op type"):
             log.info("kept FP32: %s (%s)", op, reason)

@@ -11,7 +11,9 @@ from rayq.errors import DataError
 def check_feeds(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Return ``feeds`` cast to the model's dtypes, or raise a :class:`DataError`.
 
-    Checks input names (missing / unexpected), ranks and static dims.
+    Checks input names (missing / unexpected), ranks and static dims. A scalar (0-d)
+    input also takes one value of any rank (``np.array([16000])`` for a sample
+    rate), reshaped to 0-d: ONNX Runtime accepts such data, OpenVINO only a 0-d array.
     """
     expected = {s.name: s for s in specs}
     missing = sorted(set(expected) - set(feeds))
@@ -25,6 +27,8 @@ def check_feeds(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> dict[st
     out = {}
     for name, spec in expected.items():
         value = np.asarray(feeds[name])
+        if not spec.shape and value.ndim and value.size == 1:
+            value = value.reshape(())
         if value.ndim != len(spec.shape) or any(
             d is not None and d != v for d, v in zip(spec.shape, value.shape)
         ):

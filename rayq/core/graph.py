@@ -110,6 +110,9 @@ class GraphView:
         inputs: Graph input names (non-constant).
         outputs: Graph output names.
         constant_fn: Returns the numpy value of a constant tensor.
+        fp32_ops: ``(op name, reason)`` for weighted ops the backend read but that stay
+            FP32 whatever the plan (inside subgraphs, already quantized, float16...):
+            reported in the build summary, absent from ``nodes`` or typed ``other``.
 
     Example:
         >>> g = backend.graph(model)            # doctest: +SKIP
@@ -123,7 +126,9 @@ class GraphView:
         inputs: list[str],
         outputs: list[str],
         constant_fn: Callable[[str], np.ndarray],
+        fp32_ops: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self.fp32_ops = tuple(fp32_ops)
         self.nodes: tuple[NodeInfo, ...] = tuple(nodes)
         self.tensors = MappingProxyType(dict(tensors))
         self.inputs = tuple(inputs)

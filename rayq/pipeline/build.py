@@ -36,9 +36,14 @@ class BuildSummary:
     bias_corrected: int
 
     def line(self) -> str:
+        """One line: what was quantized, then ``N ops left FP32: reason`` per reason."""
+        reasons: dict[str, int] = {}
+        for _, reason in self.fp32_ops:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        kept = "".join(f"; {n} ops left FP32: {reason}" for reason, n in reasons.items())
         return (f"{len(self.quantized_ops)} ops quantized ({self.activation_quantizers} activation, "
-                f"{self.weight_quantizers} weight quantizers), {len(self.fp32_ops)} weighted ops kept FP32, "
-                f"{self.smoothed} SmoothQuant scales, {self.bias_corrected} biases corrected")
+                f"{self.weight_quantizers} weight quantizers), {self.smoothed} SmoothQuant scales, "
+                f"{self.bias_corrected} biases corrected{kept or '; no weighted op left FP32'}")
 
 
 def placement_for(graph: GraphView, plan: QuantPlan) -> Placement:
@@ -159,7 +164,7 @@ def make_recipe(graph: GraphView, placement: Placement, stats: StatisticSet, pla
             new = _fast_bias(graph, node, stats, w - dequantize(values, params), smooth.get(node.name))
             if new is not None:
                 biases[node.name] = new
-    fp32 = tuple(placement.skipped) + tuple((op, "fallback") for op in plan.fallback)
+    fp32 = tuple(placement.skipped) + graph.fp32_ops + tuple((op, "fallback") for op in plan.fallback)
     return Recipe(tuple(activations), tuple(weights), biases=biases, fp32_ops=fp32)
 
 
@@ -223,6 +228,9 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
         if out not in stats or stats[out].channel_mean is None:
             raise CalibrationError(f"exact bias correction needs the FP32 output means of {node.name!r}; "
                                    "these statistics were collected without them (exact_bias=False)")
+        bias = _bias_value(graph, node)
+        if bias is None or np.size(bias) != np.size(stats[out].channel_mean):
+            continue  # a bias broadcast over the channels (Gemm's C of shape [1]) cannot take a per-channel shift
         targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
     levels = _weighted_levels(graph, set(targets))

@@ -216,13 +216,17 @@ def to_feeds(item: Any, specs: list[InputSpec]) -> dict[str, np.ndarray]:
 
 
 def batches(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Group consecutive feeds into batches along axis 0 (batch k = items [k*bs, (k+1)*bs))."""
+    """Group consecutive feeds into batches along axis 0 (batch k = items [k*bs, (k+1)*bs)).
+
+    Scalar (0-d) inputs have no batch axis: a batch takes their value, equal in every
+    item (see :func:`batch_size_for`)."""
     if batch_size <= 1:
         return feeds
     out = []
     for start in range(0, len(feeds), batch_size):
         chunk = feeds[start:start + batch_size]
-        out.append({s.name: np.concatenate([f[s.name] for f in chunk], axis=0) for s in specs})
+        out.append({s.name: np.concatenate([f[s.name] for f in chunk], axis=0) if s.shape else chunk[0][s.name]
+                    for s in specs})
     return out
 
 
@@ -233,17 +237,25 @@ AUTO_BATCH = 8
 
 
 def batch_size_for(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], requested: int | None) -> int:
-    """Largest safe batch size: 1 unless every input has a dynamic first dim and equal item shapes."""
+    """Largest safe batch size: 1 unless every input has a dynamic first dim and equal
+    item shapes, or is a scalar (0-d) input with the same value in every item."""
     if requested is not None:
         if requested > 1 and not _batchable(feeds, specs):
-            raise DataError("batch_size > 1 needs a dynamic batch dimension and equally shaped items")
+            raise DataError("batch_size > 1 needs a dynamic batch dimension, equally shaped items "
+                            "and the same value of every scalar input in all items")
         return requested
     return AUTO_BATCH if _batchable(feeds, specs) else 1
 
 
 def _batchable(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec]) -> bool:
+    if all(not s.shape for s in specs):
+        return False  # nothing to batch along
     for s in specs:
-        if not s.shape or s.shape[0] is not None:
+        if not s.shape:
+            if any(not np.array_equal(f[s.name], feeds[0][s.name]) for f in feeds):
+                return False
+            continue
+        if s.shape[0] is not None:
             return False
         shapes = {f[s.name].shape[1:] for f in feeds}
         if len(shapes) != 1:

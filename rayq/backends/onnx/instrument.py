@@ -2,7 +2,8 @@
 
 Only the small reduced tensors ([B] or [B, C]) leave ONNX Runtime. Tensors whose
 first dim is the model's batch dim are reduced per sample; tensors with a static
-first dim are reduced to a single value per batch (shape [1] / [1, C]). A first dim
+first dim, and tensors whose rank shape inference could not tell (``Loop`` outputs),
+are reduced to a single value per batch (shape [1] / [1, C]). A first dim
 that shape inference could not name (``unk__6`` after a Reshape, say) is kept in
 the graph and checked at run time: equal to the batch size, it is the batch dim;
 otherwise the rows are folded into one on the host. So per-sample statistics do not
@@ -77,9 +78,10 @@ def instrument(proto: onnx.ModelProto,
     maybe: set[str] = set()
     for req in requests:
         dims = raw_shapes.get(req.tensor)
-        if dims is None:
-            raise BackendError(f"cannot collect statistics for tensor {req.tensor!r}: its rank is unknown")
-        rank = len(dims)
+        if dims is None and any(r.startswith("ch_") for r in req.reductions):
+            raise BackendError(f"cannot collect per-channel statistics for tensor {req.tensor!r}: "
+                               "its rank is unknown")
+        rank = len(dims) if dims is not None else 0  # unknown rank (a Loop output): one value per batch
         batched = rank >= 1 and (dims[0] is None or isinstance(dims[0], str))
         if batched and dims[0] not in batch_syms:
             maybe.add(req.tensor)  # decided per run: see module docstring

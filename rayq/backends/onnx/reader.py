@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -14,6 +15,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from rayq.backends.base import InputSpec
+from rayq.backends.onnx import normalize
 from rayq.core import graph as g
 from rayq.core.graph import GraphView, NodeInfo, TensorInfo
 from rayq.errors import BackendError
@@ -48,7 +50,10 @@ _DTYPES = {
 def load_model(model: Any) -> onnx.ModelProto:
     """Load and validate an ONNX model from a ``ModelProto`` or a path.
 
-    Nodes without a name get a unique one; opsets below 13 are upgraded.
+    Nodes without a name get a unique one; opsets below 13 are upgraded; initializers
+    stop being graph inputs, main-graph ``Constant`` nodes become initializers and
+    constant subexpressions (``Identity``, ``Cast`` of FP16 weights, ``Transpose``...)
+    are folded (see :mod:`rayq.backends.onnx.normalize`).
 
     Raises:
         BackendError: the file is missing, not ONNX, invalid, or cannot be upgraded.
@@ -68,7 +73,9 @@ def load_model(model: Any) -> onnx.ModelProto:
         raise BackendError("the ONNX model has no nodes (not a model, or an empty graph)")
     proto = _upgrade_opset(proto)
     _name_nodes(proto)
-    _fold_constants(proto)
+    normalize.initializer_inputs_to_constants(proto)
+    normalize.constants_to_initializers(proto)
+    normalize.fold_constants(proto)
     try:
         if fits_in_memory_proto(proto):
             onnx.checker.check_model(proto)
@@ -92,73 +99,16 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnx import version_converter
 
-        return version_converter.convert_version(proto, MIN_OPSET)
+        upgraded = version_converter.convert_version(proto, MIN_OPSET)
+        # the converter keeps the IR version: IR 3 would need every initializer as an input
+        upgraded.ir_version = max(upgraded.ir_version, onnx.helper.find_min_ir_version_for(
+            [o for o in upgraded.opset_import if o.domain in ("", "ai.onnx")]))
+        return upgraded
     except Exception as exc:
         raise BackendError(
             f"the model uses ONNX opset {version}; rayq needs opset >= {MIN_OPSET} (per-channel "
             f"DequantizeLinear) and the automatic upgrade failed: {exc}. Re-export with opset >= 13."
         ) from exc
-
-
-_FOLD_MAX_ELEMENTS = 1 << 24  # never materialise a folded tensor larger than this
-
-
-def _fold_constants(proto: onnx.ModelProto) -> None:
-    """Replace nodes computed only from initializers (``Transpose(W)``, ``Cast``, a
-    ``Gather`` of a constant table...) by their values, in place, so weights computed in
-    the graph are quantized as weights. Nodes whose outputs are graph outputs, that
-    carry subgraphs, are random, or whose result would be huge are kept."""
-    from onnx.reference import ReferenceEvaluator
-
-    graph = proto.graph
-    known = _constant_tensors(graph)
-    outputs = {o.name for o in graph.output}
-    folded, keep = [], []
-    for node in graph.node:
-        ins = [t for t in node.input if t]
-        foldable = (_pure(node) and ins and all(t in known for t in ins) and not outputs.intersection(node.output)
-                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                for a in node.attribute))
-        if foldable:
-            try:
-                values = _evaluate(ReferenceEvaluator, proto, node, {t: known[t] for t in ins})
-                names = [o for o in node.output if o]
-                tensors = ([numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
-                           if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values) else None)
-            except Exception as exc:  # an op the reference runtime lacks, an odd dtype: keep the node
-                log.debug("not folding %s: %s", node.name, exc)
-                tensors = None
-            if tensors is not None and len(tensors) == len(names):
-                for t in tensors:
-                    known[t.name] = t
-                    folded.append(t)
-                continue
-        keep.append(node)
-    if folded:
-        del graph.node[:]
-        graph.node.extend(keep)
-        used = {t for n in keep for t in n.input} | outputs | {vi.name for vi in graph.input}
-        kept = [t for t in graph.initializer if t.name in used] + [t for t in folded if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        log.debug("folded %d constant tensors", len(folded))
-
-
-def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
-              values: dict[str, onnx.TensorProto]) -> list:
-    """Run one node on constant inputs (input name -> tensor) with ONNX's reference runtime."""
-    inputs = []
-    for name, t in values.items():
-        if t.name != name:  # a Constant node's value is named by its output
-            t = onnx.TensorProto()
-            t.CopyFrom(values[name])
-            t.name = name
-        inputs.append(t)
-    model = onnx.helper.make_model(
-        onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
-                                                     for o in node.output if o], inputs),
-        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    return evaluator(model).run(None, {})
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
@@ -280,7 +230,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
     """Build the :class:`GraphView`; also returns raw shapes (with dim symbols)."""
     inferred = infer(proto).graph  # shapes only: nodes and constants come from ``proto``
     graph = proto.graph
-    constants = _constant_tensors(graph)
+    constants = normalize.constant_tensors(graph)
     raw_shapes: dict[str, tuple] = {}
     tensors: dict[str, TensorInfo] = {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
@@ -298,7 +248,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
             info = tensors.get(out, TensorInfo(out, None, "unknown"))
             tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name,
                                       data_independent=out in independent)
-    nodes = [_node_info(n, tensors, graph) for n in graph.node if n.op_type != "Constant"]
+    nodes, fp32 = _nodes(graph, tensors)
     cache: dict[str, np.ndarray] = {}
 
     def constant_fn(name: str) -> np.ndarray:
@@ -308,26 +258,31 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
-    return GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn), raw_shapes
+    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=fp32)
+    return view, raw_shapes
+
+
+def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list[NodeInfo], list[tuple[str, str]]]:
+    """The view's nodes, and ``(name, reason)`` for the weighted ops that must stay FP32:
+    those are typed ``other`` so that no rule places a quantizer on them."""
+    dequantized = normalize.dequantized(graph)
+    fp32 = normalize.subgraph_ops(graph)
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        info = _node_info(node, tensors, graph)
+        reason = normalize.fp32_reason(node, {t: tensors[t].dtype for t in node.input if t in tensors}, dequantized)
+        if reason is not None and info.meta != g.OTHER:
+            if info.meta in g.WEIGHTED:
+                fp32.append((node.name, reason))
+            info = dataclasses.replace(info, meta=g.OTHER, weight_input=None, weight_axis=None,
+                                       weight_in_axis=None, bias_input=None, bias_node=None)
+        nodes.append(info)
+    return nodes, fp32
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})
-_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                               "Multinomial", "Bernoulli", "Dropout"})
-
-
-def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Initializers and ``Constant`` node values, by tensor name."""
-    constants = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-    return constants
-
-
-def _pure(node: onnx.NodeProto) -> bool:
-    """A standard, deterministic op other than ``Constant``: its outputs follow from its inputs."""
-    return node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC and node.op_type != "Constant"
 
 
 def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
@@ -335,7 +290,7 @@ def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
     topological order: e.g. position ids and their embedding, zero token-type ids."""
     out: set[str] = set()
     for node in graph.node:
-        if not _pure(node):
+        if not normalize.pure(node):
             continue
         ins = [t for t in node.input if t]
         if node.op_type in _SHAPE_READERS or (ins and all(t in constants or t in out for t in ins)):

@@ -8,10 +8,13 @@ quantized, which is what lets ONNX Runtime fuse the group into ``QLinearConv``.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from rayq.backends.onnx import normalize
 from rayq.core.params import QParams
 from rayq.core.recipe import ActivationQuant, Recipe, WeightQuant
 from rayq.errors import BackendError
@@ -19,6 +22,8 @@ from rayq.errors import BackendError
 _PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
 #: Data-movement ops after which the quantized tensor is re-quantized (see ``requantize``).
 _REQUANTIZE_AFTER = {"Flatten"}
+
+log = logging.getLogger(__name__)
 
 
 class _Writer:
@@ -32,7 +37,8 @@ class _Writer:
         self.new_nodes: list[onnx.NodeProto] = []
         self.inits = {i.name: i for i in self.graph.initializer}
         self.dq_params: dict[str, QParams] = {}  # DQ output tensor -> params
-        self.names: set[str] = {t for n in self.graph.node for t in n.output} | set(self.inits)
+        self.names: set[str] = normalize.all_names(self.graph)
+        self.constant_nodes = {n.output[0]: n for n in self.graph.node if normalize.constant_value(n) is not None}
 
     def unique(self, name: str) -> str:
         base, i = name, 1
@@ -98,18 +104,33 @@ class _Writer:
         self.set_input(w.node, w.edge.index, dq)
 
     def bias(self, node_name: str, value: np.ndarray) -> None:
+        """Replace the constant bias of ``node_name`` (its bias input, or the constant of
+        the Add after a MatMul) with ``value``. Only that node's reference changes, so a
+        bias shared with other nodes keeps its value for them. A bias that is not a
+        constant (computed in the graph) is left as it is."""
         node = self.nodes[node_name]
         if node.op_type in ("Conv", "Gemm", "ConvTranspose") and len(node.input) > 2 and node.input[2]:
-            old = self.inits[node.input[2]]
-            node.input[2] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old.dims))
-            return
-        for add in self.graph.node:  # MatMul + Add(bias)
-            if add.op_type == "Add" and node.output[0] in add.input:
-                idx = 1 - list(add.input).index(node.output[0])
-                old = self.inits[add.input[idx]]
-                add.input[idx] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old.dims))
+            target, index = node, 2
+        else:  # MatMul + Add(bias)
+            add = next((a for a in self.graph.node if a.op_type == "Add" and node.output[0] in a.input), None)
+            if add is None or len(add.input) != 2:
+                log.warning("bias correction of %r skipped: no bias found", node_name)
                 return
-        raise BackendError(f"cannot correct the bias of {node_name!r}: no bias found")
+            target, index = add, 1 - list(add.input).index(node.output[0])
+        old = self.constant_dims(target.input[index])
+        if old is None or int(np.prod(old)) != value.size:
+            log.warning("bias correction of %r skipped: its bias %r is not a constant of %d values",
+                        node_name, target.input[index], value.size)
+            return
+        target.input[index] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old))
+
+    def constant_dims(self, tensor: str) -> tuple[int, ...] | None:
+        """Shape of ``tensor`` if it is an initializer or a ``Constant`` node's output."""
+        if tensor in self.inits:
+            return tuple(self.inits[tensor].dims)
+        if tensor in self.constant_nodes:
+            return tuple(normalize.constant_value(self.constant_nodes[tensor]).dims)
+        return None
 
     def _upstream_dq(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> QParams | None:
         """Params of the DQ that feeds ``tensor`` through data-movement ops, or through a
@@ -183,7 +204,7 @@ class _Writer:
             target.input[index] = self.add("DequantizeLinear", [q_name, s_name, z_name], f"{base}_dq", axis=0)
 
     def finish(self) -> onnx.ModelProto:
-        used = {t for n in [*self.graph.node, *self.new_nodes] for t in n.input}
+        used = {t for n in [*self.graph.node, *self.new_nodes] for t in normalize.references(n)}
         inits = self.graph.initializer
         for i in reversed([i for i, t in enumerate(inits) if t.name not in used]):
             del inits[i]  # in place: re-adding the kept ones would copy every weight again
@@ -200,6 +221,7 @@ def _same(a: QParams, b: QParams) -> bool:
 def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     producers: dict[str, int] = {o: i for i, n in enumerate(nodes) for o in n.output}
+    reads = [normalize.references(n) if normalize.has_subgraph(n) else n.input for n in nodes]
     done: set[int] = set()
     order: list[onnx.NodeProto] = []
 
@@ -214,7 +236,7 @@ def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.
                 order.append(nodes[j])
                 continue
             stack.append((j, True))
-            for t in nodes[j].input:
+            for t in reads[j]:
                 if t not in available and t in producers and producers[t] not in done:
                     stack.append((producers[t], False))
 
