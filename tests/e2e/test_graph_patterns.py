@@ -20,20 +20,11 @@ import pytest
 
 import rayq
 from tests.e2e.graph_patterns import CASES
-from tests.e2e.runtimes import nmse, run_ort
+from tests.e2e.runtimes import nmse, run_ort, run_ov
 
 ov = pytest.importorskip("openvino")
 
 MAX_NMSE = 0.02
-
-
-def run_ov(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    """OpenVINO in f32 (AMX CPUs default to bf16), 2 threads."""
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
-    result = compiled(feeds)
-    return [np.asarray(result[o]) for o in compiled.outputs]
 
 
 def quantize(model: onnx.ModelProto, items, **kwargs) -> onnx.ModelProto:
