@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from rayq.core.accuracy import check_drop_type
+from rayq.core.cost import compute_shares
+from rayq.core.speed import CONFIDENCE
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
 from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
+from rayq.pipeline.latency import runtime_settings
 from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
@@ -78,14 +82,18 @@ def search(
     latency_threads: int = 0,
     cache: bool = True,
 ) -> SearchResult:
-    """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
+    """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
     Calibrates once (sharded over Ray tasks, cached), validates FP32 and the fully
     quantized model per preset, ranks fallback groups in parallel, evaluates top-k
     fallback sets (refined by bisection), then lets a seeded Optuna study explore
-    preset x estimator x bias correction x SmoothQuant alpha x fallback set. Every
-    finished trial is persisted (a journal in ``output`` by default) and a rerun with
-    the same study resumes.
+    preset x estimator x bias correction x SmoothQuant alpha x fallback set. The
+    sampler minimises a deterministic cost (share of compute left in FP32) under the
+    accuracy constraint, so the same seed tries the same plans; measured latency
+    decides only at the end, among the feasible finalists, by confidence intervals
+    on interleaved timings against FP32 on ``target`` (see
+    :mod:`rayq.tuning.selection`). Every finished trial is persisted (a journal in
+    ``output`` by default) and a rerun with the same study resumes.
 
     Args:
         model: ONNX / OpenVINO model or path.
@@ -106,7 +114,9 @@ def search(
         seed: Sampler seed; with the same seed any worker count gives the same plan.
 
     Returns:
-        A :class:`~rayq.tuning.result.SearchResult`.
+        A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
+        ``"no_speedup"`` (within budget but not significantly faster than FP32: the
+        most accurate quantized model) or ``"budget not met"``.
 
     Example:
         >>> result = rayq.search("model.onnx", calib, val, accuracy, max_drop=0.01,
@@ -158,9 +168,12 @@ def search(
                 shown = f"{best_latency[0]:.3f} ms" if best_latency[0] < float("inf") else "none yet"
                 bar.set_postfix(f"trial {rec.number}: {rec.status}, best feasible latency {shown}")
 
-            control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial)
+            control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial,
+                                      shares=compute_shares(session.graph, placement.ops))
             best, status, records = control.run()
-            fp32_latency = control.fp32_latency or pool.map_latency([None])[0]
+            choice = control.choice
+            fp32_ms = choice.fp32_latency_ms if choice.fp32_latency_ms is not None else \
+                pool.map_latency([None])[0].median_ms
         nodes = {"calibration": list(session.info.node_ids if session.info else []),
                  "evaluation": list(pool.node_ids)}
     finally:
@@ -174,18 +187,28 @@ def search(
                                 placement=None, batches=session.batches)
     outcome = DriverOutcome(best, status, records, study, max_drop)
     worker_seconds = sum(r.eval_seconds for r in records if not r.reused)
+    iv = choice.speedup
     result = SearchResult(
         model=qmodel, plan=best.plan, status=status, fp32_metric=control.fp32.value, metric=best.metric,
         drop=best.drop, max_drop=max_drop, drop_type=drop_type, latency_ms=best.latency_ms,
-        latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=fp32_latency.median_ms, target=target,
+        latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=fp32_ms, target=target,
         trials=outcome.trials_frame(), pareto=outcome.pareto(), wall_seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu0 + worker_seconds, ranking=list(control.ranking), study_name=study,
-        worker_nodes=nodes)
+        worker_nodes=nodes, speedup=None if iv is None else iv.estimate,
+        speedup_low=None if iv is None else iv.low, speedup_high=None if iv is None else iv.high,
+        speedup_margin=choice.margin, chosen_trial=best.number, n_quantizable=len(placement.ops),
+        message=choice.message(target),
+        latency_settings=choice.settings or runtime_settings(target, latency_threads),
+        decision={"finalists": [r.number for r in choice.finalists], "rounds": choice.rounds,
+                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE})
     if output:
         result.save(output)
-    log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms), "
+    log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "
              "%d layers FP32, %d trials", status, result.wall_seconds, best.metric, control.fp32.value,
-             best.drop, best.latency_ms, fp32_latency.median_ms, len(best.plan.fallback), len(records))
+             best.drop, best.latency_ms or math.nan, fp32_ms, result.speedup_text, len(best.plan.fallback),
+             len(records))
+    if status != "met":
+        log.warning("rayq.search: %s", result.message)
     return result
 
 
@@ -245,10 +268,21 @@ def quantize_with_accuracy_control(
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
         explore=False)
-    if result.status != "met":
-        log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
-                    "candidate", result.drop, max_drop)
+    _warn_restored(result, result.n_quantizable)
     return result.model
+
+
+def _warn_restored(result: SearchResult, n_ops: int) -> None:
+    """NNCF's contract returns the restored model; say when it is hardly INT8 or not faster."""
+    if result.status == "budget not met":
+        log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
+                    "candidate", result.drop, result.max_drop)
+    if n_ops and len(result.plan.fallback) * 2 > n_ops:
+        log.warning("%d of %d quantizable layers went back to FP32: the returned model is mostly FP32",
+                    len(result.plan.fallback), n_ops)
+    if result.status == "no_speedup" or (result.speedup_high is not None and result.speedup_high <= 1.0):
+        log.warning("the returned model is not significantly faster than FP32 on %s (%s)", result.target,
+                    result.speedup_text)
 
 
 

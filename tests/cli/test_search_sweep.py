@@ -31,11 +31,15 @@ def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
                  "--validation", f"{DIGITS}/validation.npz", "--validation-fn", "examples.digits.metric:accuracy",
                  "--max-drop", "0.01", "--n-trials", "4", "--num-workers", "1", "--subset-size", "64",
                  "--output", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "rayq search: met" in printed
     result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "met" and result["drop"] <= 0.01
+    # INT8 on the digits CNN may or may not be significantly faster than FP32 on this CPU
+    assert (code, result["status"]) in ((0, "met"), (3, "no_speedup"))
+    printed = capsys.readouterr().out
+    assert f"rayq search: {result['status']}" in printed and "x FP32 (95% CI " in printed
+    assert result["drop"] <= 0.01 and result["speedup_low"] <= result["speedup"] <= result["speedup_high"]
+    assert len(result["fallback"]) < result["n_quantizable"]  # never an all-FP32 "INT8" answer
+    if code == 3:
+        assert "no candidate within the budget is significantly faster" in printed
     assert len(pd.read_parquet(out / "trials.parquet")) == result["n_trials"] >= 4
     for name in ("model.onnx", "pareto.png", "config.yaml", "study.journal"):
         assert (out / name).exists(), name
@@ -75,7 +79,7 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
         """)
     assert main(["sweep", "--config", cfg]) == 1  # one model failed, the other finished
     table = pd.read_parquet(out / "summary.parquet").set_index("name")
-    assert table.loc["good", "status"] == "met"
+    assert table.loc["good", "status"] in ("met", "no_speedup")
     assert table.loc["broken", "status"] == "error" and "does not exist" in table.loc["broken", "error"]
     assert "| good | met |" in (out / "summary.md").read_text()
     mtime = (out / "good" / "result.json").stat().st_mtime
