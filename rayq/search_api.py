@@ -185,7 +185,7 @@ def search(
                           + "; ".join(sorted({str(r.error) for r in records if r.error})[:3]))
     qmodel, _ = build_quantized(session.backend, session.model, session.graph, stats, best.plan,
                                 placement=None, batches=session.batches)
-    outcome = DriverOutcome(best, status, records, study, max_drop)
+    outcome = DriverOutcome(best, status, records, study, max_drop, n_quantizable=len(placement.ops))
     worker_seconds = sum(r.eval_seconds for r in records if not r.reused)
     iv = choice.speedup
     result = SearchResult(

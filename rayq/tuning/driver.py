@@ -384,7 +384,7 @@ class SearchDriver:
         else:
             logger.warning("no INT8 trial of %d met max_drop=%g; the smallest drop is %s",
                            len(records), self.max_drop, None if best is None else best.drop)
-        return DriverOutcome(best, status, records, self.study_name, self.max_drop)
+        return DriverOutcome(best, status, records, self.study_name, self.max_drop, len(self.space.ranking))
 
 
 __all__ = ["SAMPLERS", "TrialRecord", "DriverOutcome", "SearchDriver", "open_storage", "pareto_front"]

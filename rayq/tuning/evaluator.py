@@ -107,8 +107,9 @@ class TrialRecord:
 
     ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
     ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
-    ``remeasured``: the latency is from the final runoff (the fastest feasible trials
-    timed against each other and FP32), not from the trial's own moment.
+    ``remeasured``: the latency is from the final runoff (the feasible finalists
+    timed against each other and FP32, or a finalist running the same graph), not
+    from the trial's own moment.
     ``fp32_latency_ms``: FP32 timed together with the trial (its generation), so
     :attr:`speedup` compares the trial with FP32 at the same moment;
     ``speedup_low``/``speedup_high`` bound it (95 %, from the interleaved rounds).
@@ -153,7 +154,7 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _record_row(r: TrialRecord, chosen: int | None = None) -> dict[str, Any]:
+def _record_row(r: TrialRecord, chosen: int | None = None, n_quantizable: int = 0) -> dict[str, Any]:
     row: dict[str, Any] = {
         "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
         "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
@@ -162,6 +163,7 @@ def _record_row(r: TrialRecord, chosen: int | None = None) -> dict[str, Any]:
         "speedup_low": _float(r.speedup_low), "speedup_high": _float(r.speedup_high), "cost": _float(r.cost),
         "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
         "chosen": chosen is not None and r.number == chosen, "plan_key": r.plan.key(),
+        "int8": not n_quantizable or len(set(r.plan.fallback)) < n_quantizable,
     }
     plan = r.plan.to_dict()
     plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
@@ -184,6 +186,8 @@ class DriverOutcome:
         records: Every finished trial of the study, by trial number.
         study_name: The Optuna study name.
         max_drop: The budget the records were judged against.
+        n_quantizable: Quantizable layers of the model (0: unknown); a trial keeping
+            all of them in FP32 has ``int8=False`` in the frame and is left off the front.
 
     Example:
         >>> DriverOutcome(None, "budget not met", [], "s", 0.01).trials_frame().empty
@@ -195,6 +199,7 @@ class DriverOutcome:
     records: list[TrialRecord] = field(default_factory=list)
     study_name: str = DEFAULT_STUDY_NAME
     max_drop: float = 0.0
+    n_quantizable: int = 0
 
     def trials_frame(self) -> pd.DataFrame:
         """One row per trial with the plan's fields flattened.
@@ -209,7 +214,7 @@ class DriverOutcome:
             '["a", "b"]'
         """
         chosen = None if self.best is None else self.best.number
-        rows = [_record_row(r, chosen) for r in self.records]
+        rows = [_record_row(r, chosen, self.n_quantizable) for r in self.records]
         if not rows:
             return pd.DataFrame(columns=list(_record_row(_EMPTY_RECORD)))
         return pd.DataFrame(rows)
@@ -237,8 +242,8 @@ def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
     the choice uses (:mod:`rayq.tuning.selection`). A frame without speed-ups (no FP32
     timing) falls back to latency (lower is better).
 
-    Only rows with ``status == "ok"`` and a known speed-up take part; exact
-    duplicates keep the lowest ``number``.
+    Only rows with ``status == "ok"``, a known speed-up and (when the frame says)
+    ``int8`` take part; exact duplicates keep the lowest ``number``.
 
     Example:
         >>> f = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"],
@@ -247,6 +252,8 @@ def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
         [1]
     """
     ok = frame[frame["status"] == "ok"]
+    if "int8" in ok:
+        ok = ok[ok["int8"].astype(bool)]
     if "speedup" in ok and ok["speedup"].notna().any():
         ok = ok[ok["speedup"].notna()].assign(_speed=lambda f: -f["speedup"])
     else:

@@ -90,14 +90,15 @@ def plot_pareto(
     if speed and {"speedup_low", "speedup_high"} <= set(ok):
         err = [(ok[x] - ok[bound]).abs().replace(math.inf, math.nan).fillna(0.0)
                for bound in ("speedup_low", "speedup_high")]
-        ax.errorbar(ok[x], ok["metric"], xerr=err, fmt="none", ecolor="silver", lw=1, zorder=1)
+        ax.errorbar(ok[x], ok["metric"], xerr=err, fmt="none", ecolor="tab:blue", alpha=0.35, lw=2, zorder=1)
     ax.scatter(ok.loc[~feasible, x], ok.loc[~feasible, "metric"], c="lightgrey",
                edgecolors="grey", label="over budget", zorder=2)
     ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue",
                label="within budget", zorder=3)
     if len(pareto):
         front = pareto.sort_values(x, ascending=not speed)
-        ax.step(front[x], front["metric"], where="post", c="tab:orange", label="Pareto front", zorder=4)
+        ax.step(front[x], front["metric"], where="post", c="tab:orange", marker="o", mfc="none", ms=10,
+                label="Pareto front", zorder=4)
     picked = ok[ok["number"] == chosen] if chosen is not None and "number" in ok else ok.iloc[:0]
     if len(picked):
         ax.scatter(picked[x], picked["metric"], marker="*", s=220, c="tab:red", edgecolors="black",

@@ -15,7 +15,8 @@ Rules, in order:
    the executed graph (preset, FP32 layers, SmoothQuant alpha); each group is one
    finalist (its simplest plan), ordered by the share of compute left in FP32
    (:mod:`rayq.core.cost`), and the first :data:`FINALISTS` are timed. No measured
-   latency enters this order, so the finalists are the same on every run.
+   latency enters this order, so the finalists are the same on every run. Trials
+   running a finalist's graph take its runoff timing (marked ``remeasured``).
 4. **Faster means significantly faster.** The finalists and FP32 are timed in
    interleaved rounds on one worker; rounds are added (whole calls of
    ``measure``) until the decision is clear or :data:`RUNOFF_SECONDS` pass. A
@@ -249,7 +250,8 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
             break
         active = _pruned(rounds, active, margin)
     retimed = {r.number: _retimed(r, rounds, verdict.vs_fp32[r.number]) for r in entrants}
-    all_records = tuple(retimed.get(r.number, r) for r in records)
+    by_graph = {speed_key(r.plan): retimed[r.number] for r in entrants}
+    all_records = tuple(retimed.get(r.number) or _same_graph(r, by_graph.get(speed_key(r.plan))) for r in records)
     chosen, status = verdict.winner, "met"
     if chosen is None:
         chosen, status = most_accurate(_feasible(all_records, ops), ops, base), "no_speedup"
@@ -266,6 +268,15 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
 def _retimed(r: TrialRecord, rounds: Rounds, iv: Interval) -> TrialRecord:
     return replace(r, latency_ms=rounds.median(r.number), fp32_latency_ms=rounds.median(None), remeasured=True,
                    latency_spread_ms=None, speedup_est=iv.estimate, speedup_low=iv.low, speedup_high=iv.high)
+
+
+def _same_graph(r: TrialRecord, timed: TrialRecord | None) -> TrialRecord:
+    """A trial running a finalist's graph takes the finalist's runoff timing."""
+    if timed is None:
+        return r
+    return replace(r, latency_ms=timed.latency_ms, fp32_latency_ms=timed.fp32_latency_ms, remeasured=True,
+                   latency_spread_ms=None, speedup_est=timed.speedup_est, speedup_low=timed.speedup_low,
+                   speedup_high=timed.speedup_high)
 
 
 def _interval_of(r: TrialRecord) -> Interval | None:

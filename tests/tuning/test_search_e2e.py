@@ -133,7 +133,8 @@ def test_failing_validation_is_recorded_not_fatal(task):
     failed = result.trials[result.trials.status == "failed"]
     assert len(failed) >= 1
     assert failed.error.str.contains("cannot validate this candidate|nan", case=False).all()
-    assert result.status in WITHIN_BUDGET
+    # only all-FP32 plans could be validated: that is no INT8 answer
+    assert result.status == "budget not met" and "no INT8 trial met the accuracy budget" in result.message
 
 
 def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
@@ -163,7 +164,7 @@ def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(cap
     caplog.clear()
     with caplog.at_level("WARNING", logger="rayq"):
         _warn_restored(result(("a",), "no_speedup", 0.9, 1.05), 4)
-    assert "not significantly faster than FP32 on openvino (0.97x FP32" in caplog.text
+    assert "not significantly faster than FP32 on openvino (0.9" in caplog.text
     assert "went back" not in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="rayq"):

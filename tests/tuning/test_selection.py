@@ -179,3 +179,15 @@ def test_time_rounds_keeps_rounds_apart_and_interleaves():
     times = time_interleaved([sleeper(0.004), sleeper(0.001)], {}, warmup=1, rounds=2, block=3, min_seconds=0.03)
     assert all(sum(t) >= 2 * 30 for t in times) and len(times[1]) > len(times[0]) >= 6
     assert math.isfinite(iv.high)
+
+
+def test_trials_running_a_finalists_graph_take_its_runoff_timing_and_all_fp32_is_off_the_front():
+    records = [rec(0, ()), rec(1, (), activation_estimator="minmax"), rec(2, OPS)]
+    choice = selection.choose(records, FakeTimer({None: 2.0, (): 1.0}), ops=OPS, base=BASE)
+    by_number = {r.number: r for r in choice.records}
+    assert by_number[1].remeasured and by_number[1].speedup == by_number[0].speedup == choice.speedup.estimate
+    assert not by_number[2].remeasured
+    out = DriverOutcome(choice.record, choice.status, list(choice.records), n_quantizable=len(OPS))
+    frame = out.trials_frame()
+    assert frame["int8"].tolist() == [True, True, False]
+    assert 2 not in out.pareto()["number"].tolist()
