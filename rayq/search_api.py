@@ -251,8 +251,11 @@ def quantize_with_accuracy_control(
     metric or ``(metric, per_item_values)``; higher is better; relative drop is
     ``(fp32 - int8) / fp32``). Keeps the given preset and estimator, reverts the most
     harmful layers to FP32 (ranked in parallel, top-k candidates refined by bisection)
-    and returns the fastest measured model within budget. If no candidate meets the
-    budget, the one with the smallest drop is returned and a warning is logged.
+    and returns the chosen model (:mod:`rayq.tuning.selection`): within the budget and
+    significantly faster than FP32 when one is. Like NNCF it always returns the
+    restored model, and logs a warning when the budget is not met (the INT8 candidate
+    with the smallest drop is returned), when most layers went back to FP32, or when
+    the model is not significantly faster than FP32 on ``target``.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
