@@ -85,3 +85,26 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
     mtime = (out / "good" / "result.json").stat().st_mtime
     main(["sweep", "--config", cfg])
     assert (out / "good" / "result.json").stat().st_mtime == mtime  # finished model skipped on rerun
+
+
+def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_repo, capsys, monkeypatch):
+    """Exit codes follow result.status (pure CLI logic: the search itself is faked)."""
+    import rayq.search_api
+    from rayq.core.plan import QuantPlan
+    from rayq.tuning.result import SearchResult
+
+    def fake(cfg, status, low):
+        return SearchResult(None, QuantPlan(fallback=("a",)), status, 0.9, 0.9, 0.0, 0.01, "absolute", 1.0, None,
+                            1.0, "openvino", pd.DataFrame(), pd.DataFrame(), 1.0, 1.0, speedup=low + 0.05,
+                            speedup_low=low, speedup_high=low + 0.1, chosen_trial=4, n_quantizable=10,
+                            message=f"because {status}")
+
+    args = ["search", f"{DIGITS}/digits_cnn.onnx", "--data", f"{DIGITS}/calibration.npz", "--validation",
+            f"{DIGITS}/validation.npz", "--validation-fn", "examples.digits.metric:accuracy"]
+    for status, low, code in (("no_speedup", 0.95, 3), ("met", 1.2, 0), ("budget not met", 1.2, 3)):
+        monkeypatch.setattr(rayq.search_api, "search_from_config", lambda cfg, s=status, lo=low: fake(cfg, s, lo))
+        assert main(args) == code
+        printed = capsys.readouterr().out
+        assert f"rayq search: {status}" in printed and f"x FP32 (95% CI {low:.2f}-{low + 0.1:.2f})" in printed
+        assert "(trial 4)" in printed and "FP32 layers: a (1 of 10)" in printed
+        assert (f"because {status}" in printed) == (status != "met")

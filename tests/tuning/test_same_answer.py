@@ -20,11 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(selection, "RUNOFF_SECONDS", 3.0)  # keep the final timing short
+    monkeypatch.setattr(selection, "RUNOFF_SECONDS", 2.0)  # keep the final timing short
 
 
 def _search(out: Path, *extra: str) -> dict:
-    code = main(["search", "--config", "configs/search_digits.yaml", "--n-trials", "8", "--subset-size", "64",
+    code = main(["search", "--config", "configs/search_digits.yaml", "--n-trials", "6", "--subset-size", "64",
                  "--output", str(out), *extra])
     result = json.loads((out / "result.json").read_text())
     assert (code, result["status"]) in ((0, "met"), (3, "no_speedup"))
