@@ -80,6 +80,7 @@ def search(
     explore: bool = True,
     generation_size: int = 4,
     latency_threads: int = 0,
+    finalists: int = 4,
     cache: bool = True,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
@@ -112,6 +113,8 @@ def search(
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        finalists: Feasible plans (cheapest first) timed against each other and FP32
+            at the end; ``quantize_with_accuracy_control`` times only the cheapest.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -127,6 +130,8 @@ def search(
     drop_type = check_drop_type(drop_type)
     if not callable(validation_fn):
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
+    if not isinstance(finalists, int) or finalists < 1:
+        raise ConfigError(f"finalists={finalists!r} must be an integer >= 1")
     adv = advanced_parameters or AdvancedQuantizationParameters()
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
@@ -146,7 +151,7 @@ def search(
                                exact_bias="exact" in (*bias_corrections, base.bias_correction),
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
-                              seed=seed, generation_size=generation_size, explore=explore)
+                              seed=seed, generation_size=generation_size, explore=explore, finalists=finalists)
     out_dir = local_dir_for(output) if output else None
     if storage is None and out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -270,7 +275,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
-        explore=False)
+        explore=False, finalists=1)
     _warn_restored(result, result.n_quantizable)
     return result.model
 

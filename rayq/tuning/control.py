@@ -61,6 +61,7 @@ class SearchSettings:
     ranking_subset: int = 300
     explore: bool = True
     runoff_seconds: float | None = None  # None: selection.RUNOFF_SECONDS
+    finalists: int = selection.FINALISTS
 
 
 class PoolEvaluator:
@@ -209,7 +210,8 @@ class AccuracyControl:
         in the study as ``rayq.chosen_trial`` and ``rayq.choice``."""
         choice = selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
                                   shares=self.shares,
-                                  max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS)
+                                  max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
+                                  size=self.s.finalists)
         self.choice = choice
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
