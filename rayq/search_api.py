@@ -164,14 +164,14 @@ def search(
     pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources)
     try:
         with Progress("search", total=n_trials, unit="trial") as bar:
-            best_latency = [float("inf")]
+            feasible = [0]
 
             def on_trial(rec: TrialRecord) -> None:
-                if rec.feasible and rec.latency_ms is not None:
-                    best_latency[0] = min(best_latency[0], rec.latency_ms)
+                feasible[0] += bool(rec.feasible)
                 bar.update(1)
-                shown = f"{best_latency[0]:.3f} ms" if best_latency[0] < float("inf") else "none yet"
-                bar.set_postfix(f"trial {rec.number}: {rec.status}, best feasible latency {shown}")
+                speed = "" if rec.speedup is None else f", {rec.speedup:.2f}x FP32"
+                bar.set_postfix(f"trial {rec.number}: {rec.status}{speed}, {len(rec.plan.fallback)} FP32 layers; "
+                                f"{feasible[0]} within budget so far")
 
             control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial,
                                       shares=compute_shares(session.graph, placement.ops))

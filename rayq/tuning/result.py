@@ -28,11 +28,12 @@ class SearchResult:
             returned as an INT8 answer. See :mod:`rayq.tuning.selection`.
         fp32_metric: Metric of the FP32 model.
         metric: Metric of the chosen model; ``drop`` its drop (``drop_type``).
-        latency_ms / latency_spread_ms: Measured median latency and IQR. Up to 4
-            feasible finalists (cheapest first by compute left in FP32) are re-timed at
-            the end against each other and FP32, in interleaved rounds on one worker,
-            adding rounds until the decision is clear or a time cap passes; the choice
-            and these numbers use that runoff (``trials`` marks them ``remeasured``).
+        latency_ms / latency_spread_ms: Measured median latency and the IQR of its
+            per-round medians. Up to ``finalists`` feasible plans (cheapest first by
+            compute left in FP32) are re-timed at the end against each other and FP32,
+            in interleaved rounds on one worker, adding rounds until the decision is
+            clear or a time cap passes; the choice and these numbers use that runoff
+            (``trials`` marks them ``remeasured``).
         fp32_latency_ms: FP32 latency on the same runtime and worker (same runoff).
         speedup / speedup_low / speedup_high: Speed-up over FP32 (geometric mean of
             the per-round ratios) and its 95 % confidence interval.

@@ -140,6 +140,14 @@ class Rounds:
     def median(self, key: Any) -> float:
         return statistics.median(row[key] for row in self.rows if key in row)
 
+    def spread(self, key: Any) -> float:
+        """Inter-quartile range of ``key``'s per-round medians."""
+        values = [row[key] for row in self.rows if key in row]
+        if len(values) < 2:
+            return 0.0
+        q = statistics.quantiles(values, n=4)
+        return q[2] - q[0]
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -267,7 +275,8 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
 
 def _retimed(r: TrialRecord, rounds: Rounds, iv: Interval) -> TrialRecord:
     return replace(r, latency_ms=rounds.median(r.number), fp32_latency_ms=rounds.median(None), remeasured=True,
-                   latency_spread_ms=None, speedup_est=iv.estimate, speedup_low=iv.low, speedup_high=iv.high)
+                   latency_spread_ms=rounds.spread(r.number), speedup_est=iv.estimate, speedup_low=iv.low,
+                   speedup_high=iv.high)
 
 
 def _same_graph(r: TrialRecord, timed: TrialRecord | None) -> TrialRecord:
@@ -275,7 +284,7 @@ def _same_graph(r: TrialRecord, timed: TrialRecord | None) -> TrialRecord:
     if timed is None:
         return r
     return replace(r, latency_ms=timed.latency_ms, fp32_latency_ms=timed.fp32_latency_ms, remeasured=True,
-                   latency_spread_ms=None, speedup_est=timed.speedup_est, speedup_low=timed.speedup_low,
+                   latency_spread_ms=timed.latency_spread_ms, speedup_est=timed.speedup_est, speedup_low=timed.speedup_low,
                    speedup_high=timed.speedup_high)
 
 
