@@ -322,7 +322,7 @@ def _parse_log(path: str, tool: str) -> dict:
             info["note"] = "NNCF: could not achieve the required accuracy drop"
     else:
         m = re.findall(r"rayq\.search: (.+?) in ([\d.]+)s: metric ([\d.]+) \(FP32 ([\d.]+), drop (-?[\d.]+)\), "
-                       r"([\d.]+) ms \(FP32 ([\d.]+) ms\), (\d+) layers FP32, (\d+) trials", text)
+                       r"([\d.]+) ms \(FP32 ([\d.]+) ms(?:, .*?)?\), (\d+) layers FP32, (\d+) trials", text)
         if m:
             s = m[-1]
             info.update(status=s[0], reported_metric=float(s[2]), reported_drop=float(s[4]),

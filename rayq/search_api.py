@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from rayq.core.accuracy import check_drop_type
+from rayq.core.cost import compute_shares
+from rayq.core.speed import CONFIDENCE
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
 from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
+from rayq.pipeline.latency import runtime_settings
 from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
@@ -76,16 +80,21 @@ def search(
     explore: bool = True,
     generation_size: int = 4,
     latency_threads: int = 0,
+    finalists: int = 4,
     cache: bool = True,
 ) -> SearchResult:
-    """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
+    """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
     Calibrates once (sharded over Ray tasks, cached), validates FP32 and the fully
     quantized model per preset, ranks fallback groups in parallel, evaluates top-k
     fallback sets (refined by bisection), then lets a seeded Optuna study explore
-    preset x estimator x bias correction x SmoothQuant alpha x fallback set. Every
-    finished trial is persisted (a journal in ``output`` by default) and a rerun with
-    the same study resumes.
+    preset x estimator x bias correction x SmoothQuant alpha x fallback set. The
+    sampler minimises a deterministic cost (share of compute left in FP32) under the
+    accuracy constraint, so the same seed tries the same plans; measured latency
+    decides only at the end, among the feasible finalists, by confidence intervals
+    on interleaved timings against FP32 on ``target`` (see
+    :mod:`rayq.tuning.selection`). Every finished trial is persisted (a journal in
+    ``output`` by default) and a rerun with the same study resumes.
 
     Args:
         model: ONNX / OpenVINO model or path.
@@ -104,9 +113,13 @@ def search(
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        finalists: Feasible plans (cheapest first) timed against each other and FP32
+            at the end; ``quantize_with_accuracy_control`` times only the cheapest.
 
     Returns:
-        A :class:`~rayq.tuning.result.SearchResult`.
+        A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
+        ``"no_speedup"`` (within budget but not significantly faster than FP32: the
+        most accurate quantized model) or ``"budget not met"``.
 
     Example:
         >>> result = rayq.search("model.onnx", calib, val, accuracy, max_drop=0.01,
@@ -117,6 +130,8 @@ def search(
     drop_type = check_drop_type(drop_type)
     if not callable(validation_fn):
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
+    if not isinstance(finalists, int) or finalists < 1:
+        raise ConfigError(f"finalists={finalists!r} must be an integer >= 1")
     adv = advanced_parameters or AdvancedQuantizationParameters()
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
@@ -136,7 +151,7 @@ def search(
                                exact_bias="exact" in (*bias_corrections, base.bias_correction),
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
-                              seed=seed, generation_size=generation_size, explore=explore)
+                              seed=seed, generation_size=generation_size, explore=explore, finalists=finalists)
     out_dir = local_dir_for(output) if output else None
     if storage is None and out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -149,18 +164,21 @@ def search(
     pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources)
     try:
         with Progress("search", total=n_trials, unit="trial") as bar:
-            best_latency = [float("inf")]
+            feasible = [0]
 
             def on_trial(rec: TrialRecord) -> None:
-                if rec.feasible and rec.latency_ms is not None:
-                    best_latency[0] = min(best_latency[0], rec.latency_ms)
+                feasible[0] += bool(rec.feasible)
                 bar.update(1)
-                shown = f"{best_latency[0]:.3f} ms" if best_latency[0] < float("inf") else "none yet"
-                bar.set_postfix(f"trial {rec.number}: {rec.status}, best feasible latency {shown}")
+                speed = "" if rec.speedup is None else f", {rec.speedup:.2f}x FP32"
+                bar.set_postfix(f"trial {rec.number}: {rec.status}{speed}, {len(rec.plan.fallback)} FP32 layers; "
+                                f"{feasible[0]} within budget so far")
 
-            control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial)
+            control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial,
+                                      shares=compute_shares(session.graph, placement.ops))
             best, status, records = control.run()
-            fp32_latency = control.fp32_latency or pool.map_latency([None])[0]
+            choice = control.choice
+            fp32_ms = choice.fp32_latency_ms if choice.fp32_latency_ms is not None else \
+                pool.map_latency([None])[0].median_ms
         nodes = {"calibration": list(session.info.node_ids if session.info else []),
                  "evaluation": list(pool.node_ids)}
     finally:
@@ -172,20 +190,30 @@ def search(
                           + "; ".join(sorted({str(r.error) for r in records if r.error})[:3]))
     qmodel, _ = build_quantized(session.backend, session.model, session.graph, stats, best.plan,
                                 placement=None, batches=session.batches)
-    outcome = DriverOutcome(best, status, records, study, max_drop)
+    outcome = DriverOutcome(best, status, records, study, max_drop, n_quantizable=len(placement.ops))
     worker_seconds = sum(r.eval_seconds for r in records if not r.reused)
+    iv = choice.speedup
     result = SearchResult(
         model=qmodel, plan=best.plan, status=status, fp32_metric=control.fp32.value, metric=best.metric,
         drop=best.drop, max_drop=max_drop, drop_type=drop_type, latency_ms=best.latency_ms,
-        latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=fp32_latency.median_ms, target=target,
+        latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=fp32_ms, target=target,
         trials=outcome.trials_frame(), pareto=outcome.pareto(), wall_seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu0 + worker_seconds, ranking=list(control.ranking), study_name=study,
-        worker_nodes=nodes)
+        worker_nodes=nodes, speedup=None if iv is None else iv.estimate,
+        speedup_low=None if iv is None else iv.low, speedup_high=None if iv is None else iv.high,
+        speedup_margin=choice.margin, chosen_trial=best.number, n_quantizable=len(placement.ops),
+        message=choice.message(target),
+        latency_settings=choice.settings or runtime_settings(target, latency_threads),
+        decision={"finalists": [r.number for r in choice.finalists], "rounds": choice.rounds,
+                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE})
     if output:
         result.save(output)
-    log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms), "
+    log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "
              "%d layers FP32, %d trials", status, result.wall_seconds, best.metric, control.fp32.value,
-             best.drop, best.latency_ms, fp32_latency.median_ms, len(best.plan.fallback), len(records))
+             best.drop, best.latency_ms or math.nan, fp32_ms, result.speedup_text, len(best.plan.fallback),
+             len(records))
+    if status != "met":
+        log.warning("rayq.search: %s", result.message)
     return result
 
 
@@ -228,8 +256,11 @@ def quantize_with_accuracy_control(
     metric or ``(metric, per_item_values)``; higher is better; relative drop is
     ``(fp32 - int8) / fp32``). Keeps the given preset and estimator, reverts the most
     harmful layers to FP32 (ranked in parallel, top-k candidates refined by bisection)
-    and returns the fastest measured model within budget. If no candidate meets the
-    budget, the one with the smallest drop is returned and a warning is logged.
+    and returns the chosen model (:mod:`rayq.tuning.selection`): within the budget and
+    significantly faster than FP32 when one is. Like NNCF it always returns the
+    restored model, and logs a warning when the budget is not met (the INT8 candidate
+    with the smallest drop is returned), when most layers went back to FP32, or when
+    the model is not significantly faster than FP32 on ``target``.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -244,11 +275,22 @@ def quantize_with_accuracy_control(
         advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
-        explore=False)
-    if result.status != "met":
-        log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
-                    "candidate", result.drop, max_drop)
+        explore=False, finalists=1)
+    _warn_restored(result, result.n_quantizable)
     return result.model
+
+
+def _warn_restored(result: SearchResult, n_ops: int) -> None:
+    """NNCF's contract returns the restored model; say when it is hardly INT8 or not faster."""
+    if result.status == "budget not met":
+        log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
+                    "candidate", result.drop, result.max_drop)
+    if n_ops and len(result.plan.fallback) * 2 > n_ops:
+        log.warning("%d of %d quantizable layers went back to FP32: the returned model is mostly FP32",
+                    len(result.plan.fallback), n_ops)
+    if result.status == "no_speedup" or (result.speedup_high is not None and result.speedup_high <= 1.0):
+        log.warning("the returned model is not significantly faster than FP32 on %s (%s)", result.target,
+                    result.speedup_text)
 
 
 

@@ -27,7 +27,8 @@ from rayq.storage import copy_dir_to, filesystem
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["name", "status", "fp32_metric", "int8_metric", "drop", "max_drop", "fp32_latency_ms",
-                   "int8_latency_ms", "speedup", "fp32_layers", "n_trials", "search_seconds", "error", "output"]
+                   "int8_latency_ms", "speedup", "speedup_low", "speedup_high", "fp32_layers", "n_trials",
+                   "search_seconds", "error", "output"]
 
 
 def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
@@ -62,7 +63,9 @@ def _row(name: str, out: str, result=None, error: str | None = None, seconds: fl
     return {"name": name, "status": result["status"], "fp32_metric": result["fp32_metric"],
             "int8_metric": result["metric"], "drop": result["drop"], "max_drop": result["max_drop"],
             "fp32_latency_ms": result["fp32_latency_ms"], "int8_latency_ms": result["latency_ms"],
-            "speedup": result["speedup"], "fp32_layers": len(result["fallback"]), "n_trials": result["n_trials"],
+            "speedup": result["speedup"], "speedup_low": result.get("speedup_low"),
+            "speedup_high": result.get("speedup_high"), "fp32_layers": len(result["fallback"]),
+            "n_trials": result["n_trials"],
             "search_seconds": result["wall_seconds"], "error": None, "output": out}
 
 

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         init(cfg.address)
         table = run_sweep(cfg, num_cpus=cluster_cpus())
     ok = int((table.status == "met").sum())
-    print(f"rayq sweep: {len(table)} models in {time.perf_counter() - start:.1f}s: {ok} met the budget, "
+    slow = int((table.status == "no_speedup").sum())
+    print(f"rayq sweep: {len(table)} models in {time.perf_counter() - start:.1f}s: {ok} met the budget and beat "
+          f"FP32, {slow} within budget but not significantly faster, "
           f"{int((table.status == 'error').sum())} failed; summary in {cfg.output}/summary.md")
     print(table.drop(columns=["output"]).to_string(index=False), flush=True)
     return 0 if (table.status != "error").all() else 1

@@ -22,7 +22,7 @@ from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.calibrate import Batch
 from rayq.pipeline.evaluate import CompiledModel, ValidationFailed, output_nmse, run_validation
-from rayq.pipeline.latency import Latency, summarize, time_interleaved, time_runner
+from rayq.pipeline.latency import Latency, runtime_settings, summarize, time_rounds, time_runner
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ LATENCY_MIN_SECONDS = 0.2  # timed seconds per model at least (a fast model gets
 #: The same when models are timed against each other: interleaved turns already cancel
 #: the machine's drift, which the longer single timing only averages over.
 INTERLEAVED_MIN_SECONDS = 0.1
+#: Interleaved rounds per comparison: each round is one sample of every ratio
+#: (:func:`rayq.core.speed.ratio_interval`); a search adds calls while undecided.
+INTERLEAVED_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -167,11 +170,14 @@ class CandidateEvaluator:
         return summarize(times, self.runtime, self.latency_threads)
 
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
-        """Latencies of ``plans`` measured against each other (interleaved rounds), for
-        choosing among finalists whose separate measurements were taken at other times."""
+        """Latencies of ``plans`` measured against each other in interleaved rounds; each
+        :class:`Latency` keeps its per-round medians (``rounds_ms``, aligned across the
+        plans) and the runtime settings it was measured with."""
         runs = [self._latency_runner(p) for p in plans]
-        rounds = 3
-        times = time_interleaved(runs, self._latency_feeds, warmup=5, rounds=rounds,
-                                 block=max(1, -(-self.latency_repeats // rounds)),
-                                 min_seconds=INTERLEAVED_MIN_SECONDS / rounds)
-        return [summarize(t, self.runtime, self.latency_threads) for t in times]
+        rounds = INTERLEAVED_ROUNDS
+        times = time_rounds(runs, self._latency_feeds, warmup=5, rounds=rounds,
+                            block=max(1, -(-self.latency_repeats // rounds)),
+                            min_seconds=INTERLEAVED_MIN_SECONDS / rounds)
+        settings = runtime_settings(self.runtime, self.latency_threads, self.latency_device)
+        return [summarize([x for r in t for x in r], self.runtime, self.latency_threads, t, settings)
+                for t in times]

@@ -6,10 +6,14 @@
 - :class:`Evaluator` is what the driver needs from the layer that builds and
   measures plans (Ray tasks in production, a fake in tests);
   :class:`EvalResult` is its answer for one plan.
-- :class:`SearchDriver` runs generations of ask/evaluate/tell, minimising
-  measured latency subject to ``drop <= max_drop``, persisting every trial and
-  resuming a study by name; it returns a :class:`DriverOutcome` (best trial,
-  all :class:`TrialRecord` s, trials frame, Pareto front).
+- :class:`SearchDriver` runs generations of ask/evaluate/tell, minimising a
+  deterministic cost (compute left in FP32, never a timing) subject to
+  ``drop <= max_drop``, persisting every trial and resuming a study by name; it
+  returns a :class:`DriverOutcome` (chosen trial, all :class:`TrialRecord` s,
+  trials frame, Pareto front).
+- :mod:`rayq.tuning.selection` is the one choice of the answer: feasible INT8
+  finalists timed against FP32 in interleaved rounds, significance with a margin,
+  deterministic tie-breaks, ``"no_speedup"`` when nothing beats FP32.
 - :func:`plot_pareto` draws latency vs. accuracy.
 
 Example:

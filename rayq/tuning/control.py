@@ -18,22 +18,22 @@ import numpy as np
 import optuna
 
 from rayq.core.accuracy import compute_drop, within_budget
+from rayq.core.cost import fp32_fraction
 from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
 from rayq.core.plan import QuantPlan
+from rayq.core.speed import ratio_interval
 from rayq.errors import SearchError
+from rayq.tuning import selection
 from rayq.tuning.driver import SearchDriver, open_storage
 from rayq.tuning.evaluator import EvalResult, TrialRecord
-from rayq.tuning.result import LATENCY_TIE_BAND
 from rayq.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 RANKING_ATTR = "rayq.ranking"
-#: The final choice re-measures the fastest feasible trials (at most this many, within
-#: RUNOFF_SPREAD x the fastest) against each other: trials are timed minutes apart, and
-#: a 2-core machine's load alone moved one model's latency by 70 % between them.
-RUNOFF_SIZE = 4
-RUNOFF_SPREAD = 2.0
+#: Study user attributes naming the answer (optuna-dashboard shows them).
+CHOSEN_ATTR = "rayq.chosen_trial"
+CHOICE_ATTR = "rayq.choice"
 
 
 class Pool(Protocol):
@@ -60,6 +60,8 @@ class SearchSettings:
     sampler: str = "tpe"
     ranking_subset: int = 300
     explore: bool = True
+    runoff_seconds: float | None = None  # None: selection.RUNOFF_SECONDS
+    finalists: int = selection.FINALISTS
 
 
 class PoolEvaluator:
@@ -87,8 +89,18 @@ class PoolEvaluator:
                 continue
             lat = latencies[i]
             out.append(EvalResult(plan.key(), m.value, compute_drop(self.fp32, m.value, self.drop_type),
-                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds, fp32.median_ms))
+                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds, fp32.median_ms,
+                                  _speedup(fp32, lat)))
         return out
+
+
+def _speedup(fp32, lat) -> tuple[float, float, float] | None:
+    """Speed-up of ``lat`` over ``fp32`` with its interval, from their shared rounds."""
+    a, b = getattr(fp32, "rounds_ms", ()), getattr(lat, "rounds_ms", ())
+    if not a or len(a) != len(b):
+        return None
+    iv = ratio_interval(a, b)
+    return iv.estimate, iv.low, iv.high
 
 
 def ranking_subset(fp32_items: np.ndarray | None, int8_items: np.ndarray | None, size: int) -> list[int] | None:
@@ -114,57 +126,6 @@ def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], int8_metric, s
     return {op: ref_err - e for op, e in zip(ops, errs)}
 
 
-def select_best(records: Sequence[TrialRecord], band: float = LATENCY_TIE_BAND) -> tuple[TrialRecord | None, str]:
-    """Fastest feasible trial; latencies within ``band`` of it count as ties, broken by
-    fewer FP32 ops then lower trial number. Without a feasible one: smallest drop."""
-    ok = [r for r in records if r.status == "ok" and r.latency_ms is not None]
-    feasible = [r for r in ok if r.feasible]
-    if feasible:
-        fastest = min(r.latency_ms for r in feasible)
-        near = [r for r in feasible if r.latency_ms <= fastest * (1 + band)]
-        return min(near, key=lambda r: (len(r.plan.fallback), r.number)), "met"
-    if ok:
-        return min(ok, key=lambda r: (r.drop, r.number)), "budget not met"
-    return None, "budget not met"
-
-
-def comparable_latencies(records: Sequence[TrialRecord]) -> dict[int, float]:
-    """Each ok trial's latency on a common scale: rescaled by the FP32 latency timed with
-    it (``latency * median FP32 / its FP32``), so trials timed during a slow spell are not
-    counted slower; trials without an FP32 timing keep their own latency."""
-    ok = [r for r in records if r.status == "ok" and r.latency_ms is not None]
-    ref = [r.fp32_latency_ms for r in ok if r.fp32_latency_ms]
-    mid = float(np.median(ref)) if ref else None
-    return {r.number: r.latency_ms * mid / r.fp32_latency_ms if mid and r.fp32_latency_ms else r.latency_ms
-            for r in ok}
-
-
-def runoff(pool: Pool, records: Sequence[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord], Any]:
-    """The fastest feasible records (the finalists, by :func:`comparable_latencies`)
-    re-measured against each other and the FP32 model, interleaved on one worker.
-    Returns ``records`` with the finalists' new latencies, the finalists, and that FP32
-    latency (``records``, ``[]``, None when no trial is feasible). The choice must be
-    among the finalists: the others' timings come from other moments."""
-    scale = comparable_latencies(records)
-    feasible = sorted((r for r in records if r.status == "ok" and r.feasible and r.latency_ms is not None),
-                      key=lambda r: (scale[r.number], r.number))
-    finalists, seen = [], set()
-    for r in feasible:
-        if r.plan.key() not in seen and scale[r.number] <= scale[feasible[0].number] * RUNOFF_SPREAD:
-            seen.add(r.plan.key())
-            finalists.append(r)
-    finalists = finalists[:RUNOFF_SIZE]
-    if not finalists:
-        return list(records), [], None
-    fp32, *measured = pool.compare_latency([None, *(r.plan for r in finalists)])
-    new = {r.number: replace(r, latency_ms=m.median_ms, latency_spread_ms=m.iqr_ms, remeasured=True,
-                             fp32_latency_ms=fp32.median_ms)
-           for r, m in zip(finalists, measured)}
-    log.info("latency runoff (interleaved): FP32 %.3f ms; %s", fp32.median_ms, ", ".join(
-        f"trial {r.number} {r.latency_ms:.3f} -> {new[r.number].latency_ms:.3f} ms" for r in finalists))
-    return [new.get(r.number, r) for r in records], list(new.values()), fp32
-
-
 def _done(records: Sequence[TrialRecord]) -> int:
     """Finished trials as the driver counts them (interrupted ones excluded)."""
     return sum(r.status in ("ok", "failed") for r in records)
@@ -174,19 +135,21 @@ class AccuracyControl:
     """One search over a prepared pool. ``run()`` returns the chosen record and all records."""
 
     def __init__(self, pool: Pool, base: QuantPlan, ops: Sequence[str], space: SearchSpace,
-                 settings: SearchSettings, on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+                 settings: SearchSettings, on_trial: Callable[[TrialRecord], None] | None = None,
+                 shares: dict[str, float] | None = None) -> None:
         self.pool, self.base, self.ops, self.space0, self.s = pool, base, list(ops), space, settings
         self.on_trial = on_trial
+        self.shares = dict(shares) if shares else dict.fromkeys(self.ops, 1.0)
         self.storage = open_storage(settings.storage)
         self.fp32 = None
-        self.fp32_latency = None  # from the final runoff
+        self.choice: selection.Choice | None = None  # the answer, after run()
         self.ranking: list[str] = []
 
     def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
         return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=n_trials,
                             timeout=self.s.timeout, generation_size=self.s.generation_size, seed=self.s.seed,
                             storage=self.storage, study_name=self.s.study_name, sampler=self.s.sampler,
-                            on_trial=self.on_trial)
+                            on_trial=self.on_trial, cost=lambda p: fp32_fraction(p.fallback, self.shares))
 
     def fp32_metric(self):
         m = self.pool.map_metric([None])[0]
@@ -230,7 +193,7 @@ class AccuracyControl:
         space = replace(self.space0, ranking=tuple(self.ranking or self.ops))
         presets = [replace(self.base, preset=p) for p in (space.presets or (self.base.preset,))]
         outcome = self._driver(space, len(presets), evaluator).run(seeds=presets)
-        best, status = select_best(outcome.records)
+        best, status = outcome.best, outcome.status
         if status == "met" and not best.plan.fallback and not self.s.explore:
             return self._final(outcome.records)
         if status != "met" or best.plan.fallback:
@@ -243,10 +206,21 @@ class AccuracyControl:
         return self._final(outcome.records)
 
     def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
-        """The choice among ``records``, after the finalists' latency runoff."""
-        records, finalists, self.fp32_latency = runoff(self.pool, records)
-        best, status = select_best(finalists or records)
-        return best, status, records
+        """The answer among ``records`` (:func:`rayq.tuning.selection.choose`), recorded
+        in the study as ``rayq.chosen_trial`` and ``rayq.choice``."""
+        choice = selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
+                                  shares=self.shares,
+                                  max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
+                                  size=self.s.finalists)
+        self.choice = choice
+        study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
+        if choice.record is not None:
+            study.set_user_attr(CHOSEN_ATTR, choice.record.number)
+            study.set_user_attr(CHOICE_ATTR, {
+                "status": choice.status, "plan_key": choice.record.plan.key(), "margin": choice.margin,
+                "speedup": None if choice.speedup is None else choice.speedup.to_dict(),
+                "finalists": [r.number for r in choice.finalists], "rounds": choice.rounds, "clear": choice.clear})
+        return choice.record, choice.status, list(choice.records)
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
         """Evaluate ``plans`` not yet in the study (and nothing else)."""

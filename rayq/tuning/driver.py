@@ -5,8 +5,17 @@ workers evaluate them), evaluates their plans with ONE ``evaluator.evaluate``
 call, and tells them in trial-number order, so a seeded search gives the same
 answer with any worker count. Every trial is told (persisted) before the next
 generation is asked. Trial user attributes hold the plan (JSON), metric, drop,
-latency, spread, status and error; a plan already recorded in the study is not
-evaluated again, its result is reused.
+latency, spread, speed-up interval, cost, status and error; a plan already
+recorded in the study is not evaluated again, its result is reused.
+
+The sampler sees a deterministic objective, never measured latency: the plan's
+*cost* (by default the share of quantizable layers kept in FP32; the search passes
+the share of compute, :mod:`rayq.core.cost`), subject to the constraint
+``drop - max_drop <= 0``. Timing noise therefore cannot change which plans are
+tried. Constraints are written by Optuna's ``constraints_func`` (trial system
+attribute ``constraints``, which optuna-dashboard shows). The outcome's ``best`` is
+:func:`rayq.tuning.selection.provisional`; the latency decision among the feasible
+finalists is :func:`rayq.tuning.selection.choose`.
 
 Storage: None keeps the study in memory (for this driver's lifetime); a path
 ending ``.log``/``.journal`` is an Optuna journal file; a URL with ``://`` is
@@ -33,6 +42,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,16 +51,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rayq.core.accuracy import within_budget
+from rayq.core.cost import fp32_fraction
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
 from rayq.tuning.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
+from rayq.tuning.selection import provisional
 from rayq.tuning.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2")
 _RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint",
-                "fp32_latency_ms")
+                "fp32_latency_ms", "speedup", "speedup_low", "speedup_high")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _INTERRUPTED = "interrupted: the driver stopped before the trial finished"
 
@@ -90,8 +102,13 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
     raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
 
 
+def _constraints(trial: FrozenTrial) -> list[float]:
+    """Optuna's ``constraints_func``: ``drop - max_drop`` (<= 0 is feasible)."""
+    return [float(trial.user_attrs.get("constraint") or 0.0)]
+
+
 class SearchDriver:
-    """Minimise measured latency subject to ``drop <= max_drop`` with Optuna.
+    """Minimise a deterministic cost subject to ``drop <= max_drop`` with Optuna.
 
     Args:
         space: What the study varies.
@@ -109,6 +126,8 @@ class SearchDriver:
         study_name: Optuna study name (default ``"rayq-search"``).
         sampler: ``"tpe"`` (constrained TPE) or ``"nsga2"`` (NSGA-II with constraints).
         on_trial: Called with each :class:`TrialRecord` after its generation is told.
+        cost: ``plan -> float``, the objective the sampler minimises (default: the
+            share of ``space.ranking`` kept in FP32).
 
     Example:
         >>> SearchDriver(SearchSpace(), QuantPlan(), None, max_drop=0.01, n_trials=1).study_name
@@ -130,6 +149,7 @@ class SearchDriver:
         study_name: str | None = None,
         sampler: str = "tpe",
         on_trial: Callable[[TrialRecord], None] | None = None,
+        cost: Callable[[QuantPlan], float] | None = None,
     ) -> None:
         within_budget(0.0, max_drop)  # validates max_drop
         if n_trials < 0 or generation_size < 1:
@@ -143,6 +163,7 @@ class SearchDriver:
         self.generation_size, self.seed, self.sampler = int(generation_size), int(seed), sampler
         self.study_name = study_name or DEFAULT_STUDY_NAME
         self.on_trial = on_trial
+        self.cost = cost or (lambda plan: fp32_fraction(plan.fallback, dict.fromkeys(space.ranking, 1.0)))
         self._storage = open_storage(storage)
 
     def run(self, seeds: Sequence[QuantPlan] = ()) -> DriverOutcome:
@@ -195,11 +216,17 @@ class SearchDriver:
         return study
 
     def _make_sampler(self, n_trials_so_far: int) -> optuna.samplers.BaseSampler:
+        """A sampler seeded from ``(seed, trials so far)``. Constraints go through
+        ``constraints_func`` (deprecated in Optuna 5 in favour of ``set_constraint``):
+        it writes the ``constraints`` list that optuna-dashboard (0.21) displays, which
+        ``set_constraint``'s per-key attributes are not."""
         seed = int(np.random.SeedSequence([self.seed, n_trials_so_far]).generate_state(1)[0])
-        if self.sampler == "nsga2":
-            size = max(8, 2 * self.generation_size)
-            return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+            if self.sampler == "nsga2":
+                size = max(8, 2 * self.generation_size)
+                return optuna.samplers.NSGAIISampler(population_size=size, seed=seed, constraints_func=_constraints)
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
 
     def _recover(self, study: optuna.Study) -> None:
         """Fail trials a stopped driver left running; re-enqueue interrupted plans."""
@@ -292,6 +319,8 @@ class SearchDriver:
                  "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
                  "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
                  "fp32_latency_ms": finite(r.fp32_latency_ms)}
+        est, low, high = r.speedup if r.speedup is not None else (None, None, None)
+        attrs.update(speedup=finite(est), speedup_low=finite(low), speedup_high=finite(high))
         if status == "ok":
             drop = attrs["drop"]
             attrs["constraint"] = 0.0 if within_budget(drop, self.max_drop) else drop - self.max_drop
@@ -301,14 +330,19 @@ class SearchDriver:
         for name in _RESULT_KEYS:
             trial.set_user_attr(name, attrs.get(name))  # studies from older versions lack newer keys
         trial.set_user_attr("reused", reused)
+        cost = float(self.cost(self._plan_of_trial(trial)))
+        trial.set_user_attr("cost", cost)
         if attrs["status"] == "ok":
-            trial.set_constraint("drop", attrs["constraint"])  # Optuna 5: samplers read trial.constraints
-            frozen = study.tell(trial, attrs["latency_ms"])
+            frozen = study.tell(trial, cost)  # the sampler's constraints_func records the constraint
         else:
             frozen = study.tell(trial, state=TrialState.FAIL)
         return self._record(frozen)
 
     # -- reading the study back ------------------------------------------------------
+
+    @staticmethod
+    def _plan_of_trial(trial: optuna.Trial) -> QuantPlan:
+        return QuantPlan.from_json(trial.user_attrs["plan"])
 
     def _plan_of(self, t: FrozenTrial) -> QuantPlan | None:
         if "plan" in t.user_attrs:
@@ -338,20 +372,19 @@ class SearchDriver:
         return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
                            a.get("latency_spread_ms"), status, error, feasible, a.get("source", "sampler"),
                            bool(a.get("reused", False)), float(a.get("eval_seconds") or 0.0),
-                           fp32_latency_ms=a.get("fp32_latency_ms"))
+                           fp32_latency_ms=a.get("fp32_latency_ms"), cost=a.get("cost"),
+                           speedup_est=a.get("speedup"), speedup_low=a.get("speedup_low"),
+                           speedup_high=a.get("speedup_high"))
 
     def _outcome(self, study: optuna.Study) -> DriverOutcome:
         records = [r for t in study.get_trials(deepcopy=False, states=_DONE) if (r := self._record(t))]
-        feasible = [r for r in records if r.feasible]
-        if feasible:
-            best = min(feasible, key=lambda r: (r.latency_ms, r.number))
-            logger.info("best: trial %d, %.3f ms, drop %.5f", best.number, best.latency_ms, best.drop)
-            return DriverOutcome(best, "met", records, self.study_name, self.max_drop)
-        ok = [r for r in records if r.status == "ok"]
-        best = min(ok, key=lambda r: (r.drop, r.number), default=None)
-        logger.warning("no trial of %d met max_drop=%g; reporting the smallest drop (%s)",
-                       len(records), self.max_drop, None if best is None else best.drop)
-        return DriverOutcome(best, "budget not met", records, self.study_name, self.max_drop)
+        best, status = provisional(records, ops=self.space.ranking, base=self.base_plan)
+        if status == "met":
+            logger.info("cheapest feasible: trial %d, cost %.4f, drop %.5f", best.number, best.cost, best.drop)
+        else:
+            logger.warning("no INT8 trial of %d met max_drop=%g; the smallest drop is %s",
+                           len(records), self.max_drop, None if best is None else best.drop)
+        return DriverOutcome(best, status, records, self.study_name, self.max_drop, len(self.space.ranking))
 
 
 __all__ = ["SAMPLERS", "TrialRecord", "DriverOutcome", "SearchDriver", "open_storage", "pareto_front"]

@@ -57,6 +57,8 @@ class EvalResult:
         eval_seconds: Wall time spent on this candidate.
         fp32_latency_ms: The FP32 model's latency timed in the same run as
             ``latency_ms`` (interleaved with it), when the evaluator measures one.
+        speedup: ``(estimate, low, high)``: the speed-up over FP32 from those
+            interleaved rounds and its 95 % interval (:mod:`rayq.core.speed`).
 
     Example:
         >>> EvalResult("0123456789abcdef", None, None, None, None, "failed", "NaN metric").status
@@ -72,6 +74,7 @@ class EvalResult:
     error: str | None = None
     eval_seconds: float = 0.0
     fp32_latency_ms: float | None = None
+    speedup: tuple[float, float, float] | None = None
 
     @classmethod
     def failure(cls, plan: QuantPlan, error: str, eval_seconds: float = 0.0) -> EvalResult:
@@ -104,10 +107,13 @@ class TrialRecord:
 
     ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
     ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
-    ``remeasured``: the latency is from the final runoff (the fastest feasible trials
-    timed against each other and FP32), not from the trial's own moment.
+    ``remeasured``: the latency is from the final runoff (the feasible finalists
+    timed against each other and FP32, or a finalist running the same graph), not
+    from the trial's own moment.
     ``fp32_latency_ms``: FP32 timed together with the trial (its generation), so
-    :attr:`speedup` compares the trial with FP32 at the same moment.
+    :attr:`speedup` compares the trial with FP32 at the same moment;
+    ``speedup_low``/``speedup_high`` bound it (95 %, from the interleaved rounds).
+    ``cost``: the deterministic cost the sampler minimised (share of compute in FP32).
 
     Example:
         >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
@@ -128,11 +134,17 @@ class TrialRecord:
     eval_seconds: float = 0.0
     remeasured: bool = False
     fp32_latency_ms: float | None = None
+    cost: float | None = None
+    speedup_est: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
 
     @property
     def speedup(self) -> float | None:
-        """FP32 latency / this trial's latency, both timed in the same run (None when
-        either is unknown)."""
+        """Speed-up over FP32 timed in the same run: the per-round estimate when known,
+        else FP32 latency / this latency (None when unknown)."""
+        if self.speedup_est is not None:
+            return self.speedup_est
         if not self.latency_ms or not self.fp32_latency_ms:
             return None
         return self.fp32_latency_ms / self.latency_ms
@@ -142,14 +154,16 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _record_row(r: TrialRecord) -> dict[str, Any]:
+def _record_row(r: TrialRecord, chosen: int | None = None, n_quantizable: int = 0) -> dict[str, Any]:
     row: dict[str, Any] = {
         "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
         "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
         "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
         "fp32_latency_ms": _float(r.fp32_latency_ms), "speedup": _float(r.speedup),
+        "speedup_low": _float(r.speedup_low), "speedup_high": _float(r.speedup_high), "cost": _float(r.cost),
         "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
-        "plan_key": r.plan.key(),
+        "chosen": chosen is not None and r.number == chosen, "plan_key": r.plan.key(),
+        "int8": not n_quantizable or len(set(r.plan.fallback)) < n_quantizable,
     }
     plan = r.plan.to_dict()
     plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
@@ -166,13 +180,14 @@ class DriverOutcome:
     """What a search returns.
 
     Args:
-        best: With ``status="met"``, the feasible trial with the lowest latency
-            (ties: lowest trial number); otherwise the ok trial with the
-            smallest drop (None when no trial succeeded).
-        status: ``"met"`` or ``"budget not met"``.
+        best: The chosen trial (:mod:`rayq.tuning.selection`; None when no trial
+            succeeded); the trials frame marks it in its ``chosen`` column.
+        status: ``"met"``, ``"no_speedup"`` or ``"budget not met"``.
         records: Every finished trial of the study, by trial number.
         study_name: The Optuna study name.
         max_drop: The budget the records were judged against.
+        n_quantizable: Quantizable layers of the model (0: unknown); a trial keeping
+            all of them in FP32 has ``int8=False`` in the frame and is left off the front.
 
     Example:
         >>> DriverOutcome(None, "budget not met", [], "s", 0.01).trials_frame().empty
@@ -184,6 +199,7 @@ class DriverOutcome:
     records: list[TrialRecord] = field(default_factory=list)
     study_name: str = DEFAULT_STUDY_NAME
     max_drop: float = 0.0
+    n_quantizable: int = 0
 
     def trials_frame(self) -> pd.DataFrame:
         """One row per trial with the plan's fields flattened.
@@ -197,18 +213,20 @@ class DriverOutcome:
             >>> DriverOutcome(rec, "met", [rec]).trials_frame().loc[0, "fallback"]
             '["a", "b"]'
         """
-        rows = [_record_row(r) for r in self.records]
+        chosen = None if self.best is None else self.best.number
+        rows = [_record_row(r, chosen, self.n_quantizable) for r in self.records]
         if not rows:
             return pd.DataFrame(columns=list(_record_row(_EMPTY_RECORD)))
         return pd.DataFrame(rows)
 
     def pareto(self) -> pd.DataFrame:
-        """The ok trials not dominated on (latency_ms: lower, metric: higher).
+        """The ok trials not dominated on (speed-up over FP32: higher, metric: higher).
 
-        Exact duplicates keep the lowest trial number. Sorted by latency.
+        Exact duplicates keep the lowest trial number. Sorted by speed-up, fastest first.
 
         Example:
-            >>> recs = [TrialRecord(i, QuantPlan(), m, 0.0, lat, None, "ok", None, True, "sampler")
+            >>> recs = [TrialRecord(i, QuantPlan(), m, 0.0, lat, None, "ok", None, True, "sampler",
+            ...                     fp32_latency_ms=3.0)
             ...         for i, (lat, m) in enumerate([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)])]
             >>> DriverOutcome(None, "met", recs).pareto()["number"].tolist()
             [0, 2]
@@ -220,19 +238,28 @@ _EMPTY_RECORD = TrialRecord(0, QuantPlan(), None, None, None, None, "ok", None, 
 
 
 def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of a trials frame not dominated on (latency_ms min, metric max).
+    """Rows of a trials frame not dominated on (speed-up max, metric max): the quantity
+    the choice uses (:mod:`rayq.tuning.selection`). A frame without speed-ups (no FP32
+    timing) falls back to latency (lower is better).
 
-    Only rows with ``status == "ok"`` take part; exact duplicates keep the
-    lowest ``number``.
+    Only rows with ``status == "ok"``, a known speed-up and (when the frame says)
+    ``int8`` take part; exact duplicates keep the lowest ``number``.
 
     Example:
         >>> f = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"],
-        ...                   "latency_ms": [1.0, 1.0], "metric": [0.8, 0.9]})
+        ...                   "speedup": [1.5, 1.5], "metric": [0.8, 0.9]})
         >>> pareto_front(f)["number"].tolist()
         [1]
     """
-    ok = frame[frame["status"] == "ok"].sort_values(
-        ["latency_ms", "metric", "number"], ascending=[True, False, True], kind="mergesort")
+    ok = frame[frame["status"] == "ok"]
+    if "int8" in ok:
+        ok = ok[ok["int8"].astype(bool)]
+    if "speedup" in ok and ok["speedup"].notna().any():
+        ok = ok[ok["speedup"].notna()].assign(_speed=lambda f: -f["speedup"])
+    else:
+        ok = ok.assign(_speed=ok["latency_ms"])
+    ok = ok.sort_values(["_speed", "metric", "number"], ascending=[True, False, True],
+                        kind="mergesort").drop(columns="_speed")
     keep, best = [], -math.inf
     for index, metric in zip(ok.index, ok["metric"]):
         if metric > best:

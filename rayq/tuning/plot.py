@@ -7,10 +7,11 @@ the returned figure.
 Example:
     >>> import pandas as pd
     >>> frame = pd.DataFrame({"number": [0, 1], "status": ["ok", "ok"], "feasible": [True, False],
-    ...                       "latency_ms": [2.0, 1.0], "metric": [0.9, 0.7], "drop": [0.0, 0.2]})
-    >>> fig = plot_pareto(frame, frame.iloc[:1], max_drop=0.01)
+    ...                       "speedup": [1.2, 1.5], "speedup_low": [1.1, 1.4], "speedup_high": [1.3, 1.6],
+    ...                       "metric": [0.9, 0.7], "drop": [0.0, 0.2]})
+    >>> fig = plot_pareto(frame, frame.iloc[:1], max_drop=0.01, chosen=0)
     >>> fig.axes[0].get_xlabel()
-    'latency (ms, median)'
+    'speed-up over FP32 (x, 95% interval)'
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ def plot_pareto(
     fp32_metric: float | None = None,
     drop_type: str = "absolute",
     path: str | os.PathLike | None = None,
+    chosen: int | None = None,
 ) -> Figure:
-    """Scatter latency vs. metric, with the Pareto front and the accuracy budget.
+    """Scatter speed-up over FP32 vs. metric, with the Pareto front (on the same
+    quantity), the accuracy budget and the chosen trial (a star).
+
+    Speed-ups carry their 95 % intervals as horizontal error bars when the frame has
+    ``speedup_low``/``speedup_high``. A frame without speed-ups is drawn against
+    latency instead.
 
     Args:
         frame: A trials frame (``DriverOutcome.trials_frame()``); rows whose
@@ -64,6 +71,7 @@ def plot_pareto(
             frame's metric and drop columns.
         drop_type: ``"absolute"`` or ``"relative"`` (how ``drop`` was computed).
         path: Where to save a PNG (optional).
+        chosen: Trial number of the answer, marked with a star.
 
     Returns:
         The figure.
@@ -73,17 +81,30 @@ def plot_pareto(
     """
     check_drop_type(drop_type)
     ok = frame[frame["status"] == "ok"]
+    speed = "speedup" in ok and bool(ok["speedup"].notna().any())
+    x = "speedup" if speed else "latency_ms"
     feasible = ok["feasible"].astype(bool)
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter(ok.loc[~feasible, "latency_ms"], ok.loc[~feasible, "metric"], c="lightgrey",
+    if speed and {"speedup_low", "speedup_high"} <= set(ok):
+        err = [(ok[x] - ok[bound]).abs().replace(math.inf, math.nan).fillna(0.0)
+               for bound in ("speedup_low", "speedup_high")]
+        ax.errorbar(ok[x], ok["metric"], xerr=err, fmt="none", ecolor="tab:blue", alpha=0.35, lw=2, zorder=1)
+    ax.scatter(ok.loc[~feasible, x], ok.loc[~feasible, "metric"], c="lightgrey",
                edgecolors="grey", label="over budget", zorder=2)
-    ax.scatter(ok.loc[feasible, "latency_ms"], ok.loc[feasible, "metric"], c="tab:blue",
+    ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue",
                label="within budget", zorder=3)
     if len(pareto):
-        front = pareto.sort_values("latency_ms")
-        ax.step(front["latency_ms"], front["metric"], where="post", c="tab:orange", label="Pareto front", zorder=4)
+        front = pareto.sort_values(x, ascending=not speed)
+        ax.step(front[x], front["metric"], where="post", c="tab:orange", marker="o", mfc="none", ms=10,
+                label="Pareto front", zorder=4)
+    picked = ok[ok["number"] == chosen] if chosen is not None and "number" in ok else ok.iloc[:0]
+    if len(picked):
+        ax.scatter(picked[x], picked["metric"], marker="*", s=220, c="tab:red", edgecolors="black",
+                   label=f"chosen (trial {chosen})", zorder=5)
+    if speed:
+        ax.axvline(1.0, c="black", ls=":", lw=1)
     fp32 = fp32_metric if fp32_metric is not None else _fp32_from_frame(ok, drop_type)
     if fp32 is not None:
         ax.axhline(fp32, c="black", ls=":", lw=1, label="FP32")
@@ -91,9 +112,9 @@ def plot_pareto(
                    label=f"budget (max_drop={max_drop:g}, {drop_type})")
     else:
         logger.info("no FP32 metric known; the budget line is not drawn")
-    ax.set_xlabel("latency (ms, median)")
+    ax.set_xlabel("speed-up over FP32 (x, 95% interval)" if speed else "latency (ms, median)")
     ax.set_ylabel("metric (higher is better)")
-    ax.set_title("latency vs. accuracy")
+    ax.set_title("speed-up vs. accuracy" if speed else "latency vs. accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     if path is not None:

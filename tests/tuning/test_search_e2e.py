@@ -11,7 +11,9 @@ import rayq
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
-MAX_DROP = 0.01
+MAX_DROP = 0.05  # full INT8 drops ~0.10; keeping Gemm_1 in FP32 drops ~0.03
+#: Within the budget; whether INT8 is significantly faster than FP32 depends on the CPU.
+WITHIN_BUDGET = ("met", "no_speedup")
 
 
 # importable on Ray workers (a function of this test module would not be)
@@ -47,18 +49,27 @@ def test_search_returns_model_within_budget(task, tmp_path):
     model, calib, val = task
     result = rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=1, n_trials=8,
                          output=str(tmp_path / "run"))
-    assert result.status == "met"
+    assert result.status in WITHIN_BUDGET
     # re-validate the returned model independently on the full validation set
     assert full_accuracy(model, val) - full_accuracy(result.model, val) <= MAX_DROP
-    assert result.plan.fallback, "the sensitive layer must be kept in FP32"
+    assert result.plan.fallback == ("Gemm_1",), "the sensitive layer, and only it, stays FP32 (a real INT8 model)"
     assert result.ranking[0] == "Gemm_1"  # the layer fed by the outlier channel ranks first
-    feasible = result.trials[(result.trials.status == "ok") & (result.trials["drop"] <= MAX_DROP)]
-    assert result.latency_ms <= feasible.latency_ms.min() * 1.031
+    assert result.speedup_low <= result.speedup <= result.speedup_high
+    assert (result.status == "met") == (result.speedup_low > 1 + result.speedup_margin)
     for name in ("trials.parquet", "result.json", "pareto.png", "model.onnx", "study.journal"):
         assert (tmp_path / "run" / name).exists(), name
+    import json
+
     import pandas as pd
 
-    assert len(pd.read_parquet(tmp_path / "run" / "trials.parquet")) == len(result.trials) >= 8
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert len(trials) == len(result.trials) >= 8
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    chosen = trials[trials.chosen]
+    assert chosen["number"].tolist() == [saved["chosen_trial"]] == [result.chosen_trial]
+    assert chosen["plan_key"].item() == saved["plan_key"] == result.plan.key()
+    assert chosen["speedup_low"].item() == pytest.approx(saved["speedup_low"])
+    assert saved["latency_settings"]["runtime"] == "onnxruntime" and saved["latency_settings"]["cpu"]
 
 
 def test_one_and_two_workers_give_the_same_plan(task, ray_cluster):
@@ -122,7 +133,8 @@ def test_failing_validation_is_recorded_not_fatal(task):
     failed = result.trials[result.trials.status == "failed"]
     assert len(failed) >= 1
     assert failed.error.str.contains("cannot validate this candidate|nan", case=False).all()
-    assert result.status == "met"
+    # only all-FP32 plans could be validated: that is no INT8 answer
+    assert result.status == "budget not met" and "no INT8 trial met the accuracy budget" in result.message
 
 
 def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
@@ -130,6 +142,34 @@ def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
     q = rayq.quantize_with_accuracy_control(model, calib, val, nncf_style_accuracy, max_drop=MAX_DROP,
                                             num_workers=1)
     assert full_accuracy(model, val) - full_accuracy(q, val) <= MAX_DROP
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0  # a real INT8 model
+
+
+def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(caplog):
+    """NNCF's contract returns the restored model as it is; rayq says what it is."""
+    import pandas as pd
+
+    from rayq.core.plan import QuantPlan
+    from rayq.search_api import _warn_restored
+    from rayq.tuning.result import SearchResult
+
+    def result(fallback, status, low, high):
+        return SearchResult(None, QuantPlan(fallback=fallback), status, 0.9, 0.9, 0.0, 0.01, "absolute", 1.0, None,
+                            1.0, "openvino", pd.DataFrame(), pd.DataFrame(), 1.0, 1.0, speedup=(low + high) / 2,
+                            speedup_low=low, speedup_high=high, n_quantizable=4)
+
+    with caplog.at_level("WARNING", logger="rayq"):
+        _warn_restored(result(("a", "b", "c"), "met", 1.2, 1.4), 4)
+    assert "3 of 4 quantizable layers went back to FP32" in caplog.text and "not significantly" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rayq"):
+        _warn_restored(result(("a",), "no_speedup", 0.9, 1.05), 4)
+    assert "not significantly faster than FP32 on openvino (0.9" in caplog.text
+    assert "went back" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rayq"):
+        _warn_restored(result(("a",), "met", 1.2, 1.4), 4)
+    assert caplog.text == ""
 
 
 def test_fp32_validation_failure_is_a_clear_error(task):
