@@ -10,7 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rayq import compat
+from rayq.compat import check_mode, compat_advanced
 from rayq.core.accuracy import check_drop_type
+from rayq.core.advanced import AdvancedAccuracyRestorerParameters
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
@@ -77,6 +80,7 @@ def search(
     generation_size: int = 4,
     latency_threads: int = 0,
     cache: bool = True,
+    ranking_subset_size: int = 300,
 ) -> SearchResult:
     """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
 
@@ -104,6 +108,8 @@ def search(
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        ranking_subset_size: Validation items (those FP32 and INT8 disagree on) used to
+            rank fallback groups.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`.
@@ -117,7 +123,8 @@ def search(
     drop_type = check_drop_type(drop_type)
     if not callable(validation_fn):
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
-    adv = advanced_parameters or AdvancedQuantizationParameters()
+    adv = compat_advanced(advanced_parameters)
+    ignored_scope = compat.ignored_scope(ignored_scope)
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
@@ -136,7 +143,8 @@ def search(
                                exact_bias="exact" in (*bias_corrections, base.bias_correction),
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
-                              seed=seed, generation_size=generation_size, explore=explore)
+                              seed=seed, generation_size=generation_size, explore=explore,
+                              ranking_subset=ranking_subset_size)
     out_dir = local_dir_for(output) if output else None
     if storage is None and out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -211,6 +219,7 @@ def quantize_with_accuracy_control(
     *,
     max_drop: float = 0.01,
     drop_type: str = "absolute",
+    mode: str | None = None,
     preset: str | None = None,
     target_device: str = "ANY",
     subset_size: int = 300,
@@ -218,6 +227,8 @@ def quantize_with_accuracy_control(
     model_type: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_quantization_parameters: AdvancedQuantizationParameters | None = None,
+    advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
+    disable_bias_correction: bool | None = None,
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
@@ -231,19 +242,30 @@ def quantize_with_accuracy_control(
     and returns the fastest measured model within budget. If no candidate meets the
     budget, the one with the smallest drop is returned and a warning is logged.
 
+    ``mode``, ``disable_bias_correction`` and the advanced parameters are as in
+    :func:`rayq.quantize`. ``advanced_accuracy_restorer_parameters``
+    (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
+    subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
+    the output directory (``intermediate_model_dir`` when ``output`` is None).
+
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
     """
+    check_mode(mode)
+    restorer = compat.accuracy_restorer_parameters(advanced_accuracy_restorer_parameters)
+    adv = compat_advanced(advanced_quantization_parameters, disable_bias_correction)
     base = QuantPlan.create(preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
-                            advanced=advanced_quantization_parameters or AdvancedQuantizationParameters())
+                            target_device=target_device, advanced=adv)
     result = search(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
-        target=target, n_trials=0, num_workers=num_workers, output=output, preset=base.preset,
+        target=target, n_trials=0, num_workers=num_workers or restorer.num_ranking_workers,
+        output=output or restorer.intermediate_model_dir, preset=base.preset,
         model_type=model_type, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,
-        advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),
+        ranking_subset_size=restorer.ranking_subset_size or 300,
+        advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
-        smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
+        smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
         explore=False)
     if result.status != "met":
         log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
