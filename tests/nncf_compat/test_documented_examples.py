@@ -169,8 +169,9 @@ def test_accuracy_control_onnx(loaders, ray_cluster, by_value, tmp_path):
     onnx.save(quantized_model, str(tmp_path / "int8.onnx"))
 
 
-def test_openvino_validation_gets_a_compiled_model(loaders, ov_model_path):
-    """The validation function is handed OpenVINO's own object (in-process search)."""
+def test_openvino_validation_gets_a_compiled_model(loaders, ov_model_path, tmp_path):
+    """The validation function is handed OpenVINO's own object; NNCF's restorer parameters
+    choose the workers (one: in-process) and the output directory."""
     calibration_loader, validation_loader = loaders
     seen_models = []
 
@@ -181,5 +182,13 @@ def test_openvino_validation_gets_a_compiled_model(loaders, ov_model_path):
     nncf.quantize_with_accuracy_control(
         ov.Core().read_model(ov_model_path), nncf.Dataset(calibration_loader, transform_fn),
         nncf.Dataset(validation_loader, transform_fn), recording_validate, max_drop=MAX_DROP,
-        drop_type="absolute", subset_size=100, num_workers=1)
+        drop_type="absolute", subset_size=100,
+        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+            num_ranking_workers=1, intermediate_model_dir=str(tmp_path / "run")))
     assert seen_models and all(isinstance(m, ov.CompiledModel) for m in seen_models)
+    m = seen_models[-1]
+    images = validation_loader[0][0]
+    assert len(m.inputs) == 1 and m.input(0).get_any_name() == m.inputs[0].get_any_name()
+    by_name = m({m.input(0).get_any_name(): images})[m.output(0).get_any_name()]
+    assert np.array_equal(by_name, m(images)[0])
+    assert (tmp_path / "run" / "result.json").is_file()

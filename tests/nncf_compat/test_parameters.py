@@ -17,7 +17,7 @@ from examples.digits.data import MODEL, load_calibration
 from rayq import compat
 from rayq.compat import advanced_parameters, ignored_scope
 from rayq.core.plan import QuantPlan
-from tests.e2e.runtimes import dequantized, initializers, weight_of
+from e2e.runtimes import dequantized, initializers, weight_of
 
 ENUMS = ("QuantizationPreset", "ModelType", "TargetDevice", "DropType", "OverflowFix", "QuantizationMode")
 
