@@ -149,6 +149,10 @@ def test_real_nncf_ignored_scope_keeps_nodes_fp32(digits):
     conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
     scope = ignored_scope(real.IgnoredScope(names=[conv], subgraphs=[real.Subgraph(inputs=[conv], outputs=[conv])]))
     assert scope.names == (conv,) and scope.subgraphs[0].inputs == (conv,)
+    mixed = nncf.IgnoredScope(names=[conv], subgraphs=[real.Subgraph(inputs=[conv], outputs=[conv])])
+    assert mixed == scope
+    with pytest.raises(nncf.ConfigError, match="needs 'inputs' and 'outputs'"):
+        nncf.IgnoredScope(subgraphs=[{"inputs": [conv]}])
     q = _quantize(digits, ignored_scope=real.IgnoredScope(names=[conv]))
     assert weight_of(q, conv) is None
     assert weight_of(_quantize(digits), conv) is not None
