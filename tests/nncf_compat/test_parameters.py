@@ -188,3 +188,17 @@ def test_cpu_spr_uses_full_8bit_weights_and_leaves_one_add_input_fp32(digits):
 def test_unknown_target_device_is_a_config_error(digits):
     with pytest.raises(nncf.ConfigError, match="target_device='TPU'"):
         _quantize(digits, target_device="TPU")
+
+
+def test_cpu_spr_on_openvino_drops_one_fake_quantize_per_residual_add(digits):
+    ov = pytest.importorskip("openvino")
+    model, calib = digits
+    ov_model = ov.convert_model(str(MODEL))
+
+    def fake_quantizes(device):
+        q = nncf.quantize(ov_model, nncf.Dataset(list(calib[:, None])), target_device=device, subset_size=64,
+                          num_workers=1, cache=False)
+        return sum(op.get_type_name() == "FakeQuantize" for op in q.get_ops())
+
+    adds = sum(n.op_type == "Add" for n in model.graph.node)
+    assert fake_quantizes("CPU_SPR") == fake_quantizes("NPU") - adds
