@@ -97,7 +97,7 @@ def search(
         validation_dataset: Validation data; its raw items are passed to ``validation_fn``.
         validation_fn: ``fn(model, items) -> metric`` or ``(metric, per_item_values)``,
             higher is better (NNCF's contract). ``model`` is an ``openvino.CompiledModel``
-            for the OpenVINO target, else a callable wrapper of the ``onnx.ModelProto``.
+            for an OpenVINO model, a callable wrapper of the ``onnx.ModelProto`` for an ONNX one.
         max_drop: Accuracy budget; ``drop_type`` ``absolute`` or ``relative``.
         target: Runtime to validate and time on: ``onnxruntime`` or ``openvino``.
         n_trials: Total trials of the study (seeds and candidates included).
