@@ -1,7 +1,9 @@
 """rayq: distributed post-training INT8 quantization search on Ray.
 
 The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Dataset``,
-``IgnoredScope``) and adds a distributed, latency-measuring ``search``.
+``IgnoredScope``, the advanced-parameter classes and the option enums such as
+``QuantizationPreset`` and ``DropType``), so ``import rayq as nncf`` runs NNCF's
+examples, and adds a distributed, latency-measuring ``search``.
 
 Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
 ray, onnxruntime, openvino and optuna.
@@ -23,6 +25,15 @@ _EXPORTS = {
     "IgnoredScope": "rayq.core.scope",
     "Subgraph": "rayq.core.scope",
     "AdvancedQuantizationParameters": "rayq.core.plan",
+    "AdvancedSmoothQuantParameters": "rayq.core.advanced",
+    "AdvancedBiasCorrectionParameters": "rayq.core.advanced",
+    "AdvancedAccuracyRestorerParameters": "rayq.core.advanced",
+    "QuantizationPreset": "rayq.core.enums",
+    "QuantizationMode": "rayq.core.enums",
+    "ModelType": "rayq.core.enums",
+    "TargetDevice": "rayq.core.enums",
+    "DropType": "rayq.core.enums",
+    "OverflowFix": "rayq.core.enums",
     "QuantPlan": "rayq.core.plan",
     "init": "rayq.distributed.cluster",
     "shutdown": "rayq.distributed.cluster",

@@ -10,6 +10,8 @@ import logging
 import time
 from typing import Any
 
+from rayq import compat
+from rayq.compat import check_mode, compat_advanced
 from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
@@ -23,6 +25,7 @@ def quantize(
     model: Any,
     calibration_dataset: Any,
     *,
+    mode: str | None = None,
     preset: str | None = None,
     target_device: str = "ANY",
     subset_size: int = 300,
@@ -30,6 +33,7 @@ def quantize(
     model_type: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_parameters: AdvancedQuantizationParameters | None = None,
+    disable_bias_correction: bool | None = None,
     num_workers: int | None = None,
     cache: bool = True,
 ) -> Any:
@@ -41,15 +45,25 @@ def quantize(
             path (returns an ``openvino.Model`` with FakeQuantize).
         calibration_dataset: :class:`rayq.Dataset`, numpy array, ``.npz``/``.npy``/
             Parquet path, or ``ray.data.Dataset``.
+        mode: None or ``rayq.QuantizationMode.INT8`` (INT8); other modes (NNCF's FP8)
+            raise :class:`rayq.ConfigError`.
         preset: ``performance`` (symmetric activations) or ``mixed`` (asymmetric);
-            default ``mixed`` for transformers, else ``performance``.
-        target_device: ``ANY``, ``CPU``, ``GPU``, ``NPU`` or ``CPU_SPR``.
+            default ``mixed`` for transformers, else ``performance``. Every option
+            taking a name also takes the matching ``rayq`` string enum member
+            (``rayq.QuantizationPreset.MIXED``).
+        target_device: ``ANY``, ``CPU``, ``GPU``, ``NPU`` or ``CPU_SPR``. ``CPU_SPR``
+            (Sapphire Rapids, AMX) leaves one input of each residual Add in FP32 and
+            uses full 8-bit weights (``overflow_fix`` defaults to ``disable``); the
+            others give the same INT8 scheme, as in NNCF for 8-bit quantization.
         subset_size: Number of calibration items (the first ones).
         fast_bias_correction: True: fast bias correction; False: the exact
             (data-driven) variant; None: none.
         model_type: None or ``"transformer"`` (SmoothQuant, transformer placement).
         ignored_scope: Nodes to keep in FP32.
-        advanced_parameters: :class:`rayq.AdvancedQuantizationParameters`.
+        advanced_parameters: :class:`rayq.AdvancedQuantizationParameters` (an NNCF
+            one is converted field by field, see :mod:`rayq.compat`).
+        disable_bias_correction: True: no bias correction (as
+            ``advanced_parameters.disable_bias_correction``).
         num_workers: Calibration workers (Ray tasks). None: every CPU of the connected Ray cluster
             (a local one is started when none runs); 1: calibrate in this process.
         cache: Reuse/store calibration statistics in the Parquet cache.
@@ -63,7 +77,9 @@ def quantize(
         >>> q = rayq.quantize("examples/digits/digits_cnn.onnx", calib)           # doctest: +SKIP
     """
     start = time.perf_counter()
-    adv = advanced_parameters or AdvancedQuantizationParameters()
+    check_mode(mode)
+    adv = compat_advanced(advanced_parameters, disable_bias_correction)
+    ignored_scope = compat.ignored_scope(ignored_scope)
     plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)

@@ -11,9 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rayq import compat
+from rayq.compat import check_mode, compat_advanced
 from rayq.core.accuracy import check_drop_type
 from rayq.core.cost import compute_shares
 from rayq.core.speed import CONFIDENCE
+from rayq.core.advanced import AdvancedAccuracyRestorerParameters
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
@@ -82,6 +85,7 @@ def search(
     latency_threads: int = 0,
     finalists: int = 4,
     cache: bool = True,
+    ranking_subset_size: int = 300,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -102,7 +106,7 @@ def search(
         validation_dataset: Validation data; its raw items are passed to ``validation_fn``.
         validation_fn: ``fn(model, items) -> metric`` or ``(metric, per_item_values)``,
             higher is better (NNCF's contract). ``model`` is an ``openvino.CompiledModel``
-            for the OpenVINO target, else a callable wrapper of the ``onnx.ModelProto``.
+            for an OpenVINO model, a callable wrapper of the ``onnx.ModelProto`` for an ONNX one.
         max_drop: Accuracy budget; ``drop_type`` ``absolute`` or ``relative``.
         target: Runtime to validate and time on: ``onnxruntime`` or ``openvino``.
         n_trials: Total trials of the study (seeds and candidates included).
@@ -115,6 +119,8 @@ def search(
         seed: Sampler seed; with the same seed any worker count gives the same plan.
         finalists: Feasible plans (cheapest first) timed against each other and FP32
             at the end; ``quantize_with_accuracy_control`` times only the cheapest.
+        ranking_subset_size: Validation items (those FP32 and INT8 disagree on) used to
+            rank fallback groups.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -132,7 +138,8 @@ def search(
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
     if not isinstance(finalists, int) or finalists < 1:
         raise ConfigError(f"finalists={finalists!r} must be an integer >= 1")
-    adv = advanced_parameters or AdvancedQuantizationParameters()
+    adv = compat_advanced(advanced_parameters)
+    ignored_scope = compat.ignored_scope(ignored_scope)
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
@@ -151,7 +158,8 @@ def search(
                                exact_bias="exact" in (*bias_corrections, base.bias_correction),
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
-                              seed=seed, generation_size=generation_size, explore=explore, finalists=finalists)
+                              seed=seed, generation_size=generation_size, explore=explore, finalists=finalists,
+                              ranking_subset=ranking_subset_size)
     out_dir = local_dir_for(output) if output else None
     if storage is None and out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -239,6 +247,7 @@ def quantize_with_accuracy_control(
     *,
     max_drop: float = 0.01,
     drop_type: str = "absolute",
+    mode: str | None = None,
     preset: str | None = None,
     target_device: str = "ANY",
     subset_size: int = 300,
@@ -246,6 +255,8 @@ def quantize_with_accuracy_control(
     model_type: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_quantization_parameters: AdvancedQuantizationParameters | None = None,
+    advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
+    disable_bias_correction: bool | None = None,
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
@@ -262,19 +273,30 @@ def quantize_with_accuracy_control(
     with the smallest drop is returned), when most layers went back to FP32, or when
     the model is not significantly faster than FP32 on ``target``.
 
+    ``mode``, ``disable_bias_correction`` and the advanced parameters are as in
+    :func:`rayq.quantize`. ``advanced_accuracy_restorer_parameters``
+    (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
+    subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
+    the output directory (``intermediate_model_dir`` when ``output`` is None).
+
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
     """
+    check_mode(mode)
+    restorer = compat.accuracy_restorer_parameters(advanced_accuracy_restorer_parameters)
+    adv = compat_advanced(advanced_quantization_parameters, disable_bias_correction)
     base = QuantPlan.create(preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
-                            advanced=advanced_quantization_parameters or AdvancedQuantizationParameters())
+                            target_device=target_device, advanced=adv)
     result = search(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
-        target=target, n_trials=0, num_workers=num_workers, output=output, preset=base.preset,
+        target=target, n_trials=0, num_workers=num_workers or restorer.num_ranking_workers,
+        output=output or restorer.intermediate_model_dir, preset=base.preset,
         model_type=model_type, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,
-        advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),
+        ranking_subset_size=restorer.ranking_subset_size or 300,
+        advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
-        smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
+        smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
         explore=False, finalists=1)
     _warn_restored(result, result.n_quantizable)
     return result.model

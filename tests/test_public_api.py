@@ -16,7 +16,7 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: The documented public names (rayq/__init__.py docstring, design.md): NNCF's
 #: quantize / quantize_with_accuracy_control / Dataset / IgnoredScope /
-#: AdvancedQuantizationParameters, the search, the plan value, the cluster helpers
+#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the plan value, the cluster helpers
 #: and the error hierarchy of rayq/errors.py.
 PUBLIC = {
     "quantize",
@@ -27,6 +27,15 @@ PUBLIC = {
     "IgnoredScope",
     "Subgraph",
     "AdvancedQuantizationParameters",
+    "AdvancedSmoothQuantParameters",
+    "AdvancedBiasCorrectionParameters",
+    "AdvancedAccuracyRestorerParameters",
+    "QuantizationPreset",
+    "QuantizationMode",
+    "ModelType",
+    "TargetDevice",
+    "DropType",
+    "OverflowFix",
     "QuantPlan",
     "init",
     "shutdown",

@@ -1,7 +1,8 @@
 """Validation function of the digits example, for ``validation_fn: examples.digits.metric:accuracy``.
 
 It has NNCF's signature: ``fn(compiled_model, validation_data) -> float``, where
-``compiled_model`` is callable on an input array and returns the list of outputs,
+``compiled_model`` is callable on an input array and returns outputs indexable by
+position (a list for ONNX models; OpenVINO's result for an ``openvino.CompiledModel``),
 and ``validation_data`` is the list of validation items as loaded from
 ``validation.npz`` (dicts ``{"input": float32 [1, 8, 8], "label": int}``).
 

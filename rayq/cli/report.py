@@ -10,7 +10,7 @@ from typing import Any
 from rayq.backends.base import Backend
 from rayq.errors import DataError
 from rayq.pipeline import data as data_mod
-from rayq.pipeline.evaluate import CompiledModel, run_validation
+from rayq.pipeline.evaluate import run_validation, validation_model
 from rayq.pipeline.latency import Latency, measure_latency
 
 log = logging.getLogger("rayq.cli")
@@ -64,9 +64,8 @@ def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Se
     for runtime in runtimes or backend.runtimes:
         for label, model in models.items():
             log.info("validating %s on %s", label, runtime)
-            run = backend.runner(model, runtime=runtime, num_threads=threads)
-            names = [s.name for s in backend.inputs(model)]
-            metric = run_validation(fn, CompiledModel(model, run, names, runtime), items)
+            compiled = validation_model(backend, model, runtime=runtime, threads=threads)
+            metric = run_validation(fn, compiled, items)
             latency = measure_latency(backend, model, feeds, runtime=runtime, threads=threads, repeats=repeats)
             rows.append(Row(runtime, label, metric.value, latency))
     return rows

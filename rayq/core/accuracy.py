@@ -26,10 +26,10 @@ def check_drop_type(drop_type: str) -> str:
     """Validate a drop type and return it.
 
     Args:
-        drop_type: ``"absolute"`` or ``"relative"``.
+        drop_type: ``"absolute"`` or ``"relative"`` (or a ``DropType`` member).
 
     Returns:
-        The same string.
+        The plain string.
 
     Raises:
         ConfigError: When ``drop_type`` is not one of :data:`DROP_TYPES`.
@@ -38,9 +38,10 @@ def check_drop_type(drop_type: str) -> str:
         >>> check_drop_type("relative")
         'relative'
     """
+    drop_type = getattr(drop_type, "value", drop_type)  # a DropType member (rayq's or NNCF's)
     if drop_type not in DROP_TYPES:
         raise ConfigError(f"drop_type={drop_type!r} is not valid; choose one of {list(DROP_TYPES)}")
-    return drop_type
+    return str(drop_type)
 
 
 def compute_drop(fp32: float, value: float, drop_type: str = "absolute") -> float:

@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from rayq.core.advanced import AdvancedBiasCorrectionParameters, AdvancedSmoothQuantParameters
+from rayq.core.enums import plain
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
 
@@ -21,6 +23,24 @@ TARGET_DEVICES = ("ANY", "CPU", "GPU", "NPU", "CPU_SPR")
 BIAS_CORRECTIONS = ("fast", "exact", "none")
 OVERFLOW_FIXES = ("first_layer", "enable", "disable")
 ACTIVATION_ESTIMATORS = ("minmax", "mean_minmax", "quantile", "histogram_mse")
+
+
+#: NNCF field names that rayq accepts only at the value it implements (others: ConfigError).
+NNCF_FIXED = {"quantize_outputs": False, "disable_channel_alignment": True}
+
+
+def default_overflow_fix(target_device: str) -> str:
+    """The overflow fix a target device gets unless one is given.
+
+    ``CPU_SPR`` (Sapphire Rapids: AMX and AVX-512 VNNI accumulate u8 x s8 products in
+    int32 without saturating) gets ``disable``: full 8-bit weights. Every other device
+    gets ``first_layer``, NNCF's default for CPUs whose AVX2/AVX-512 kernels saturate.
+
+    Example:
+        >>> default_overflow_fix("CPU_SPR"), default_overflow_fix("ANY")
+        ('disable', 'first_layer')
+    """
+    return "disable" if plain(target_device) == "CPU_SPR" else "first_layer"
 
 
 def _check(name: str, value: object, allowed: tuple) -> None:
@@ -36,15 +56,25 @@ class AdvancedQuantizationParameters:
         activation_estimator: Range estimator for activations
             (``minmax``, ``mean_minmax``, ``quantile``, ``histogram_mse``).
         quantile: Outlier probability for the ``quantile`` estimator.
-        overflow_fix: ``first_layer`` (default), ``enable`` or ``disable``: 7-bit
-            weight range that avoids u8*s8 accumulator saturation on AVX2 CPUs
-            without VNNI.
+        overflow_fix: ``first_layer``, ``enable`` or ``disable`` (or a
+            :class:`rayq.OverflowFix`): 7-bit weight range that avoids u8*s8
+            accumulator saturation on AVX2 CPUs without VNNI. None (default): the
+            target device's default (:func:`default_overflow_fix`).
         per_channel: Per-channel weight quantization (default True).
         smooth_quant_alpha: SmoothQuant migration strength for transformers; None
             uses 0.95 when ``model_type="transformer"``, a negative value disables it.
         bias_correction_iterations: Passes of the exact bias correction.
         batch_size: Calibration batch size (None: automatic, 1 if the model has a
             fixed batch dimension).
+        disable_bias_correction: NNCF's switch: True applies no bias correction.
+        smooth_quant_alphas: NNCF's per-op-type SmoothQuant strengths
+            (:class:`rayq.AdvancedSmoothQuantParameters`); ``matmul`` is the alpha of
+            transformers unless ``smooth_quant_alpha`` is given.
+        bias_correction_params: :class:`rayq.AdvancedBiasCorrectionParameters`.
+        quantize_outputs, disable_channel_alignment: NNCF's fields, accepted at their
+            defaults (False, True) only.
+        inplace_statistics, batchwise_statistics: NNCF's fields, accepted and without
+            effect: rayq always reduces statistics inside the graph, per item.
 
     Example:
         >>> AdvancedQuantizationParameters(activation_estimator="quantile", overflow_fix="disable")
@@ -54,16 +84,36 @@ class AdvancedQuantizationParameters:
 
     activation_estimator: str | None = None
     quantile: float = 1e-4
-    overflow_fix: str = "first_layer"
+    overflow_fix: str | None = None
     per_channel: bool = True
     smooth_quant_alpha: float | None = None
     bias_correction_iterations: int = 2
     batch_size: int | None = None
+    disable_bias_correction: bool = False
+    smooth_quant_alphas: AdvancedSmoothQuantParameters = field(default_factory=AdvancedSmoothQuantParameters)
+    bias_correction_params: AdvancedBiasCorrectionParameters = field(
+        default_factory=AdvancedBiasCorrectionParameters)
+    quantize_outputs: bool = False
+    inplace_statistics: bool = True
+    disable_channel_alignment: bool = True
+    batchwise_statistics: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("activation_estimator", "overflow_fix"):
+            object.__setattr__(self, name, plain(getattr(self, name)))
         if self.activation_estimator is not None:
             _check("activation_estimator", self.activation_estimator, ACTIVATION_ESTIMATORS)
-        _check("overflow_fix", self.overflow_fix, OVERFLOW_FIXES)
+        if self.overflow_fix is not None:
+            _check("overflow_fix", self.overflow_fix, OVERFLOW_FIXES)
+        for name, supported in NNCF_FIXED.items():
+            if getattr(self, name) != supported:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not supported by rayq (only {supported})")
+        for name, cls in (("smooth_quant_alphas", AdvancedSmoothQuantParameters),
+                          ("bias_correction_params", AdvancedBiasCorrectionParameters)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, _nested(cls, name, getattr(self, name)))
+            elif not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be a rayq.{cls.__name__}, got {type(getattr(self, name)).__name__}")
         if not 0 < self.quantile < 0.5:
             raise ConfigError(f"quantile={self.quantile} must be in (0, 0.5)")
         if self.smooth_quant_alpha is not None and self.smooth_quant_alpha > 1:
@@ -73,12 +123,20 @@ class AdvancedQuantizationParameters:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> AdvancedQuantizationParameters:
+        """Build from a mapping (a config file's ``advanced:``); nested mappings are allowed."""
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown advanced_parameters field(s): {sorted(unknown)}; valid: {sorted(names)}")
         return cls(**data)
+
+
+def _nested(cls, name: str, data: dict):
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown {name} field(s): {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -88,7 +146,10 @@ class QuantPlan:
     Args:
         preset: ``performance`` (symmetric activations) or ``mixed`` (asymmetric).
         model_type: None or ``transformer`` (SmoothQuant, transformer placement).
-        target_device: NNCF-style target device name (recorded; placement is the same).
+        target_device: NNCF's target device. ``CPU_SPR`` leaves one input of each
+            residual Add in FP32 and defaults ``overflow_fix`` to ``disable``; ``ANY``,
+            ``CPU``, ``GPU`` and ``NPU`` give the same INT8 scheme (NNCF maps 8-bit
+            GPU/NPU quantization to the CPU scheme).
         activation_estimator: Activation range estimator.
         quantile: Outlier probability for the ``quantile`` estimator.
         bias_correction: ``fast``, ``exact`` or ``none``.
@@ -119,6 +180,8 @@ class QuantPlan:
     fallback: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         _check("preset", self.preset, PRESETS)
         _check("model_type", self.model_type, MODEL_TYPES)
         _check("target_device", self.target_device, TARGET_DEVICES)
@@ -144,20 +207,23 @@ class QuantPlan:
         """Build a plan from ``nncf.quantize``-style arguments, applying defaults.
 
         ``preset=None`` means ``mixed`` for transformers and ``performance`` otherwise;
-        ``fast_bias_correction=None`` disables bias correction.
+        ``fast_bias_correction=None`` (or ``advanced.disable_bias_correction``) disables
+        bias correction; ``advanced.overflow_fix=None`` takes the target device's default.
         """
+        preset, model_type, target_device = plain(preset), plain(model_type), plain(target_device)
         _check("model_type", model_type, MODEL_TYPES)
+        _check("target_device", target_device, TARGET_DEVICES)
         adv = advanced or AdvancedQuantizationParameters()
         if preset is None:
             preset = "mixed" if model_type == "transformer" else "performance"
         alpha = adv.smooth_quant_alpha
         if model_type == "transformer":
-            alpha = 0.95 if alpha is None else alpha
+            alpha = adv.smooth_quant_alphas.matmul if alpha is None else alpha
         if alpha is not None and alpha < 0:
             alpha = None
         if model_type != "transformer" and adv.smooth_quant_alpha is None:
             alpha = None
-        if fast_bias_correction is None:
+        if fast_bias_correction is None or adv.disable_bias_correction:
             bc = "none"
         else:
             bc = "fast" if fast_bias_correction else "exact"
@@ -170,7 +236,7 @@ class QuantPlan:
             bias_correction=bc,
             bias_correction_iterations=adv.bias_correction_iterations,
             smooth_quant_alpha=alpha,
-            overflow_fix=adv.overflow_fix,
+            overflow_fix=adv.overflow_fix or default_overflow_fix(target_device),
             per_channel=adv.per_channel,
             ignored_scope=ignored_scope or IgnoredScope(),
             fallback=tuple(fallback),

@@ -183,13 +183,34 @@ def _first_layer(graph: GraphView) -> frozenset[str]:
     return frozenset(first)
 
 
-def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] = frozenset()) -> Placement:
+def _spr_fp32_input(graph: GraphView, node: NodeInfo) -> int | None:
+    """For ``target_device="CPU_SPR"``: the input of a two-activation Add left in FP32.
+
+    On Sapphire Rapids the runtime fuses an elementwise Add into the op producing one
+    of its inputs, which then needs no quantizer (NNCF documents the same device pass
+    as a performance gain there). The quantizer stays on the input read by more ops
+    (the residual branch, quantized for its other readers anyway); on a tie, on the
+    first input.
+    """
+    if node.meta != g.ADD:
+        return None
+    acts = [i for i, t in enumerate(node.inputs) if _is_float_activation(graph, t)]
+    if len(acts) != 2:
+        return None
+    readers = [len(graph.consumers(node.inputs[i])) for i in acts]
+    return acts[1] if readers[0] >= readers[1] else acts[0]
+
+
+def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] = frozenset(),
+          target_device: str = "ANY") -> Placement:
     """Compute the quantizer placement for ``graph``.
 
     Args:
         graph: The model's graph view.
         model_type: None (CNN-style rules) or ``"transformer"``.
         ignored: Node names that must stay FP32 (resolved ignored scope).
+        target_device: ``CPU_SPR`` leaves one input of each two-activation Add in FP32
+            (:func:`_spr_fp32_input`); other devices place alike.
 
     Returns:
         The :class:`Placement`; weighted ops that cannot be quantized are listed in
@@ -215,8 +236,9 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
                 skipped.append((node.name, reason))
             continue
         ops.append(node.name)
+        fp32_input = _spr_fp32_input(graph, node) if target_device == "CPU_SPR" else None
         for i, tensor in enumerate(node.inputs):
-            if i == node.weight_input or not _is_float_activation(graph, tensor):
+            if i in (node.weight_input, fp32_input) or not _is_float_activation(graph, tensor):
                 continue
             edge, src = _move_up(graph, Edge(node.name, i), tensor)
             # a Concat's inputs share one scale, taken from its output: it then runs on INT8

@@ -46,8 +46,7 @@ class IgnoredScope:
             if isinstance(value, str):
                 value = (value,)
             object.__setattr__(self, attr, tuple(value))
-        subs = tuple(s if isinstance(s, Subgraph) else Subgraph(tuple(s["inputs"]), tuple(s["outputs"]))
-                     for s in self.subgraphs)
+        subs = tuple(_subgraph(s) for s in self.subgraphs)
         object.__setattr__(self, "subgraphs", subs)
         for p in self.patterns:
             try:
@@ -80,6 +79,17 @@ class IgnoredScope:
             subgraphs=tuple(data.get("subgraphs", ())),
             validate=bool(data.get("validate", True)),
         )
+
+
+def _subgraph(sub) -> Subgraph:
+    """A :class:`Subgraph` from itself, a mapping, or an object with ``inputs``/``outputs`` (NNCF's)."""
+    if isinstance(sub, Subgraph):
+        return sub
+    try:
+        inputs, outputs = (sub["inputs"], sub["outputs"]) if isinstance(sub, dict) else (sub.inputs, sub.outputs)
+    except (KeyError, AttributeError) as exc:
+        raise ConfigError(f"ignored_scope subgraph {sub!r} needs 'inputs' and 'outputs'") from exc
+    return Subgraph(tuple(inputs), tuple(outputs))
 
 
 def _close(name: str, candidates: list[str]) -> str:

@@ -48,7 +48,8 @@ class BuildSummary:
 
 def placement_for(graph: GraphView, plan: QuantPlan) -> Placement:
     """The placement for ``plan``'s model type and ignored scope."""
-    return place(graph, model_type=plan.model_type, ignored=resolve_ignored(plan.ignored_scope, graph))
+    return place(graph, model_type=plan.model_type, ignored=resolve_ignored(plan.ignored_scope, graph),
+                 target_device=plan.target_device)
 
 
 def _stats(stats: StatisticSet, tensor: str):

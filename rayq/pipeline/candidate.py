@@ -21,7 +21,7 @@ from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.calibrate import Batch
-from rayq.pipeline.evaluate import CompiledModel, ValidationFailed, output_nmse, run_validation
+from rayq.pipeline.evaluate import ValidationFailed, output_nmse, run_validation, validation_model
 from rayq.pipeline.latency import Latency, runtime_settings, summarize, time_rounds, time_runner
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class CandidateEvaluator:
         if key in self._built:
             self._built.move_to_end(key)
             return self._built[key]
-        pkey = (plan.model_type, plan.ignored_scope)
+        pkey = (plan.model_type, plan.ignored_scope, plan.target_device)
         if pkey not in self._placements:
             self._placements[pkey] = placement_for(self.graph, plan)
         model, _ = build_quantized(self.backend, self.model, self.graph, self.stats, plan,
@@ -105,10 +105,9 @@ class CandidateEvaluator:
             self._built.popitem(last=False)
         return model
 
-    def compiled(self, model: Any, threads: int) -> CompiledModel:
-        run = self.backend.runner(model, runtime=self.runtime, device=self.device, num_threads=threads)
-        names = [s.name for s in self.backend.inputs(model)]
-        return CompiledModel(model, run, names, self.runtime)
+    def compiled(self, model: Any, threads: int) -> Any:
+        """The object ``validation_fn`` receives (see :func:`~rayq.pipeline.evaluate.validation_model`)."""
+        return validation_model(self.backend, model, runtime=self.runtime, device=self.device, threads=threads)
 
     # -- verbs -----------------------------------------------------------------------
     def fp32_metric(self, indices: Sequence[int] | None = None) -> CandidateMetric:

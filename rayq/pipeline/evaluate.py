@@ -24,13 +24,33 @@ class Metric:
     per_item: np.ndarray | None = None
 
 
+def validation_model(backend: Any, model: Any, *, runtime: str | None, device: str = "CPU",
+                     threads: int = 0) -> Any:
+    """What a validation function receives for ``model``, as NNCF passes it.
+
+    A backend with a ``compiled_model`` method hands over the runtime's own object
+    (OpenVINO: an ``openvino.CompiledModel``, so ``model(x)[model.output(0)]`` works);
+    the others (ONNX) a :class:`CompiledModel` wrapper of the model object.
+
+    Example:
+        >>> m = validation_model(get_backend("openvino"), ov_model, runtime="openvino")  # doctest: +SKIP
+        >>> m(images)[m.output(0)].shape                                                  # doctest: +SKIP
+        (100, 10)
+    """
+    make = getattr(backend, "compiled_model", None)
+    if make is not None:
+        return make(model, runtime=runtime, device=device, num_threads=threads)
+    run = backend.runner(model, runtime=runtime, device=device, num_threads=threads)
+    return CompiledModel(model, run, [s.name for s in backend.inputs(model)], runtime)
+
+
 class CompiledModel:
-    """What a validation function receives: a callable compiled model.
+    """What a validation function receives for an ONNX model: the model, callable.
 
     ``model(feeds)`` (or ``model(array)`` for single-input models) returns the list
-    of outputs, like OpenVINO's ``CompiledModel``; ``model.model`` is the model
-    object itself (``onnx.ModelProto`` / ``openvino.Model``), ``model.runtime``
-    the runtime it was compiled for.
+    of outputs; ``model.model`` is the ``onnx.ModelProto`` itself and its attributes
+    are the wrapper's (NNCF passes the ``ModelProto``), ``model.runtime`` the runtime
+    it was compiled for.
     """
 
     def __init__(self, model: Any, run: Callable, input_names: Sequence[str], runtime: str) -> None:

@@ -70,6 +70,15 @@ def test_subprocess_python_m(tmp_path):
     assert "rayq.quantize:" in proc.stderr  # INFO progress/summary lines by default
 
 
+def test_python_m_rayq_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "rayq", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "rayq" in proc.stdout + proc.stderr
+    bare = subprocess.run([sys.executable, "-m", "rayq"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "give a command" in bare.stderr
+
+
 @pytest.mark.skipif(shutil.which("rayq") is None, reason="console script not installed")
 def test_console_script_error_exit_code(tmp_path):
     proc = subprocess.run(["rayq", "quantize", str(tmp_path / "missing.onnx"), "--data", str(CALIBRATION),

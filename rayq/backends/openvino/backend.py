@@ -12,6 +12,7 @@ from rayq.backends.openvino import instrument, reader, serialization, writer
 from rayq.backends.openvino import runtime as ov_runtime
 from rayq.core.graph import GraphView
 from rayq.core.recipe import Recipe
+from rayq.errors import BackendError
 
 
 class OpenVINOBackend:
@@ -61,6 +62,13 @@ class OpenVINOBackend:
         model = self.load(model)
         return ov_runtime.make_runner(model, reader.input_specs(model), runtime=runtime,
                                       device=device, num_threads=num_threads)
+
+    def compiled_model(self, model: ov.Model, *, runtime: str | None = None, device: str = "CPU",
+                       num_threads: int = 0) -> ov.CompiledModel:
+        """The ``openvino.CompiledModel`` a validation function receives, as NNCF passes it."""
+        if runtime not in (None, "openvino"):
+            raise BackendError(f"OpenVINO models run on OpenVINO only, not {runtime!r}; use runtime='openvino'")
+        return ov_runtime.compile_model(self.load(model), device=device, num_threads=num_threads)
 
     def save(self, model: ov.Model, path: str) -> list[str]:
         return serialization.save_model(self.load(model), path)
