@@ -3,11 +3,13 @@ latency-measuring accuracy-control search (see :mod:`rayq.tuning.control`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayq.core.accuracy import check_drop_type
@@ -23,7 +25,7 @@ from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
 from rayq.tuning.space import SearchSpace
 from rayq.session import ModelSession, _resolve_workers, start_workers_early
-from rayq.storage import local_dir_for
+from rayq.storage import OutputLock, local_dir_for
 
 log = logging.getLogger("rayq")
 
@@ -45,6 +47,26 @@ def _space(base: QuantPlan, ops, *, presets, estimators, bias_corrections, alpha
                        bias_corrections=tuple(bias_corrections), smooth_quant_alphas=alphas, ranking=tuple(ops))
 
 
+def _claims_output(fn: Callable) -> Callable:
+    """Check ``output`` and hold its :class:`~rayq.storage.OutputLock` for the whole call.
+
+    Both happen before any work (calibration, Ray): an unusable output or one that
+    another run holds raises :class:`~rayq.errors.OutputError` at once.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        output = signature.bind(*args, **kwargs).arguments.get("output")
+        if output is None:
+            return fn(*args, **kwargs)
+        with OutputLock(output, command="search"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_claims_output
 def search(
     model: Any,
     calibration_dataset: Any,
@@ -77,6 +99,7 @@ def search(
     generation_size: int = 4,
     latency_threads: int = 0,
     cache: bool = True,
+    output_files: Mapping[str, str] | None = None,
 ) -> SearchResult:
     """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
 
@@ -102,8 +125,13 @@ def search(
         worker_resources: Ray resources per evaluation task, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
         storage: Optuna storage: a journal path or an RDB URL (default: journal in ``output``).
         study_name: Study name (default: derived from model, data and settings).
-        output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
+        output: Folder (local path, ``file://`` or ``pyarrow.fs`` URI) for the model,
+            ``trials.parquet``, ``pareto.*`` and ``result.json`` (written last: the marker
+            of a complete run). Checked and locked before any work: :class:`~rayq.OutputError`
+            if it is unusable or another run holds it.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        output_files: Extra text files (name -> content) saved with the results in
+            ``output`` before ``result.json``; the CLI adds ``config.yaml``.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`.
@@ -182,7 +210,7 @@ def search(
         cpu_seconds=time.process_time() - cpu0 + worker_seconds, ranking=list(control.ranking), study_name=study,
         worker_nodes=nodes)
     if output:
-        result.save(output)
+        result.save(output, files=dict(output_files or {}))
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms), "
              "%d layers FP32, %d trials", status, result.wall_seconds, best.metric, control.fp32.value,
              best.drop, best.latency_ms, fp32_latency.median_ms, len(best.plan.fallback), len(records))
@@ -253,8 +281,11 @@ def quantize_with_accuracy_control(
 
 
 def search_from_config(config, *, output: str | None = None, num_workers: int | None = None) -> SearchResult:
-    """Run :func:`search` for a :class:`rayq.config.SearchConfig` (used by the CLI and sweeps)."""
-    from rayq.config import resolve_reference
+    """Run :func:`search` for a :class:`rayq.config.SearchConfig` (used by the CLI and sweeps).
+
+    The effective config is saved as ``config.yaml`` with the results.
+    """
+    from rayq.config import dump, resolve_reference
 
     fn = resolve_reference(config.validation_fn, "validation_fn")
     return search(
@@ -267,4 +298,4 @@ def search_from_config(config, *, output: str | None = None, num_workers: int | 
         ignored_scope=config.ignored_scope, advanced_parameters=config.advanced, presets=config.presets,
         estimators=config.estimators, bias_corrections=config.bias_corrections,
         smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
-        generation_size=config.generation_size)
+        generation_size=config.generation_size, output_files={"config.yaml": dump(config)})

@@ -6,8 +6,9 @@ import argparse
 import time
 
 from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function
-from rayq.config import SearchConfig, dump
+from rayq.config import SearchConfig
 from rayq.errors import ConfigError
+from rayq.storage import check_output, resolve
 
 HELP = "find the fastest measured INT8 model within an accuracy budget (Ray + Optuna)"
 DESCRIPTION = """\
@@ -15,7 +16,9 @@ Calibrate once (sharded over Ray actors), rank fallback groups in parallel, eval
 top-k fallback sets, then explore preset x estimator x bias correction x SmoothQuant
 alpha x fallback set with a seeded Optuna study. Every trial is persisted (a journal
 in --output); rerunning the same command resumes. Writes the model, trials.parquet,
-pareto.parquet, result.json, pareto.png and config.yaml under --output."""
+pareto.parquet, pareto.png, config.yaml and, last, result.json (the marker of a
+complete run) under --output, which one search at a time may use (a second one is
+refused, naming the first)."""
 EPILOG = """\
 examples:
   rayq search --config configs/search_digits.yaml
@@ -75,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
+    if cfg.output:  # before Ray starts; rayq.search then locks it for the run
+        check_output(resolve(cfg.output), folder=True)
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):
         result = search_from_config(cfg)
-    if cfg.output:
-        _write_config(cfg)
     fb = ", ".join(result.plan.fallback) or "none"
     speed = f" ({result.speedup:.2f}x FP32)" if result.speedup else ""
     print(f"rayq search: {result.status} in {time.perf_counter() - start:.1f}s, {len(result.trials)} trials")
@@ -91,14 +94,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  model: {result.model_path}; trials, result.json and pareto.png next to it", flush=True)
     return 0 if result.status == "met" else 3
 
-
-def _write_config(cfg: SearchConfig) -> None:
-    import os
-    import tempfile
-
-    from rayq.storage import copy_dir_to
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump(cfg))
-        copy_dir_to(tmp, cfg.output)
