@@ -70,7 +70,10 @@ class Publication:
         if self.marker in names:
             self._unmark()
         remote_staging = None if self.location.local else self.location.child(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        name = "the staging folder"
         try:
+            if remote_staging is not None:
+                self.location.fs.create_dir(remote_staging.path, recursive=True)
             for name in order:
                 self._move(name, remote_staging)
         except OSError as exc:
