@@ -163,3 +163,23 @@ def test_sweep_names_from_file_names_become_safe_folder_names(tmp_path):
     cfg = SweepConfig(output=str(tmp_path / "o"), models=({"glob": f"{tmp_path}/*.onnx"},),
                       defaults={"calibration": "c.npz", "validation": "v.npz", "validation_fn": "m:f"})
     assert sorted(n for n, _ in expand(cfg)) == ["_dash", "a__b", "my_model"]
+
+
+def test_quantize_to_an_object_store_uploads_and_writes_nothing_locally(tmp_path, monkeypatch, capsys):
+    from pyarrow import fs as pafs
+
+    from rayq.cli import quantize
+    from rayq.storage import Location
+
+    store = pafs._MockFileSystem()
+    monkeypatch.setattr(quantize, "resolve", lambda uri: Location(uri, store, uri.split("://", 1)[1]))
+    monkeypatch.chdir(tmp_path)
+    code = main(["quantize", str(MODEL), "--data", str(CALIBRATION), "-o", "mock://bucket/run/",
+                 "--num-workers", "1", "--subset-size", "16"])
+    assert code == 0
+    names = sorted(i.base_name for i in store.get_file_info(pafs.FileSelector("bucket/run")))
+    assert names == ["config.yaml", "digits_cnn_int8.onnx"]  # no staging prefix left behind
+    with store.open_input_stream("bucket/run/digits_cnn_int8.onnx") as f:
+        onnx.checker.check_model(onnx.load_from_string(f.read()))
+    assert os.listdir(tmp_path) == []
+    assert "-> mock://bucket/run/digits_cnn_int8.onnx" in capsys.readouterr().out
