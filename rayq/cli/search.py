@@ -8,7 +8,7 @@ import time
 from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function
 from rayq.config import SearchConfig
 from rayq.errors import ConfigError
-from rayq.storage import check_output, resolve
+from rayq.storage import check_free, check_output, resolve
 
 HELP = "find the fastest measured INT8 model within an accuracy budget (Ray + Optuna)"
 DESCRIPTION = """\
@@ -74,12 +74,13 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg.output:  # before the search is imported and Ray starts; rayq.search then locks it
+        check_output(resolve(cfg.output), folder=True)
+        check_free(cfg.output)
+    resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
     from rayq.search_api import search_from_config
 
-    cfg = config_from_args(args)
-    resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
-    if cfg.output:  # before Ray starts; rayq.search then locks it for the run
-        check_output(resolve(cfg.output), folder=True)
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):
         result = search_from_config(cfg)

@@ -8,7 +8,7 @@ import time
 from rayq.cli.common import UNSET, build_config, ray_scope
 from rayq.config import SweepConfig
 from rayq.errors import ConfigError
-from rayq.storage import check_output, resolve
+from rayq.storage import check_free, check_output, resolve
 
 HELP = "run the search for many models (concurrently, resumable) and summarise"
 DESCRIPTION = """\
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.output:
         raise ConfigError("a sweep needs an output")
     check_output(resolve(cfg.output), folder=True)  # bad outputs and model names fail before Ray starts
+    check_free(cfg.output)
     expand(cfg)
     start = time.perf_counter()
     with ray_scope(cfg.address, True):

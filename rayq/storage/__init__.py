@@ -8,8 +8,8 @@
 """
 
 from rayq.storage.location import Location, check_output, copy_dir_to, download, local_dir_for, resolve, upload
-from rayq.storage.lock import LOCK_NAME, Holder, OutputLock, holder_of
+from rayq.storage.lock import LOCK_NAME, Holder, OutputLock, check_free, holder_of
 from rayq.storage.publish import Publication, read_marker
 
 __all__ = ["Location", "resolve", "check_output", "copy_dir_to", "upload", "download", "local_dir_for",
-           "Publication", "read_marker", "OutputLock", "Holder", "holder_of", "LOCK_NAME"]
+           "Publication", "read_marker", "OutputLock", "Holder", "holder_of", "check_free", "LOCK_NAME"]

@@ -109,9 +109,7 @@ class OutputLock:
         return self
 
     def _busy(self, holder: Holder | None, where: str) -> OutputError:
-        who = holder.describe() if holder else "a run that is starting"
-        return OutputError(f"the output folder {self.location.uri!r} is in use by another run ({who}); wait for "
-                           f"it to finish or choose another output (lock: {where})")
+        return busy_error(self.location, holder, where)
 
     def _acquire_file(self, path: str) -> None:
         import fcntl
@@ -174,6 +172,25 @@ class OutputLock:
         self.release()
 
 
+def busy_error(location: Location, holder: Holder | None, where: str) -> OutputError:
+    who = holder.describe() if holder else "a run that is starting"
+    return OutputError(f"the output folder {location.uri!r} is in use by another run ({who}); wait for "
+                       f"it to finish or choose another output (lock: {where})")
+
+
+def check_free(output: str | Location) -> None:
+    """Raise the :class:`OutputError` a lock attempt would when a run holds ``output`` now.
+
+    A cheap early check (the CLI makes it before importing the search); the lock itself
+    is taken by :class:`OutputLock`.
+    """
+    location = resolve(output)
+    if location.kind() == "folder":
+        holder = holder_of(location)
+        if holder is not None:
+            raise busy_error(location, holder, location.child(LOCK_NAME).uri)
+
+
 def _read_file_holder(path: str) -> Holder | None:
     """The holder written in a held lock file (it may be writing it: a few tries)."""
     for _ in range(10):
@@ -187,7 +204,11 @@ def _read_file_holder(path: str) -> Holder | None:
 
 
 def holder_of(output: str | Location) -> Holder | None:
-    """The holder of the folder's lock when a run holds it now, else None."""
+    """The holder of the folder's lock when a run holds it now, else None.
+
+    Locally this takes a shared ``flock`` for an instant: a run trying to lock the
+    folder in that instant is refused as if the folder were busy.
+    """
     location = resolve(output)
     if location.local is None:
         lock = location.child(LOCK_NAME)
