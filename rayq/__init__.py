@@ -44,6 +44,7 @@ _EXPORTS = {
     "CalibrationError": "rayq.errors",
     "SearchError": "rayq.errors",
     "ClusterError": "rayq.errors",
+    "OutputError": "rayq.errors",
 }
 
 __all__ = list(_EXPORTS)

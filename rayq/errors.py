@@ -12,6 +12,9 @@ so users catch one family and always get a message that names the problem.
 - :class:`CalibrationError` -- statistics collection failed.
 - :class:`SearchError` -- the accuracy-control search cannot proceed.
 - :class:`ClusterError` -- Ray cannot be reached or a worker died for good.
+- :class:`OutputError` -- an output location cannot be used (unknown URI scheme,
+  not writable, a file where a folder is expected, held by another run), or a run
+  found there is incomplete.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class ClusterError(RayqError):
     """The Ray cluster is unreachable or a worker failed permanently."""
 
 
+class OutputError(RayqError):
+    """An output location is unusable or busy, or the run stored there is incomplete."""
+
+
 __all__ = [
     "RayqError",
     "ConfigError",
@@ -53,4 +60,5 @@ __all__ = [
     "CalibrationError",
     "SearchError",
     "ClusterError",
+    "OutputError",
 ]

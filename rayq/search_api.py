@@ -3,12 +3,14 @@ latency-measuring accuracy-control search (see :mod:`rayq.tuning.control`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayq import compat
@@ -30,7 +32,7 @@ from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
 from rayq.tuning.space import SearchSpace
 from rayq.session import ModelSession, _resolve_workers, start_workers_early
-from rayq.storage import local_dir_for
+from rayq.storage import OutputLock, local_dir_for
 
 log = logging.getLogger("rayq")
 
@@ -52,6 +54,26 @@ def _space(base: QuantPlan, ops, *, presets, estimators, bias_corrections, alpha
                        bias_corrections=tuple(bias_corrections), smooth_quant_alphas=alphas, ranking=tuple(ops))
 
 
+def _claims_output(fn: Callable) -> Callable:
+    """Check ``output`` and hold its :class:`~rayq.storage.OutputLock` for the whole call.
+
+    Both happen before any work (calibration, Ray): an unusable output or one that
+    another run holds raises :class:`~rayq.errors.OutputError` at once.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        output = signature.bind(*args, **kwargs).arguments.get("output")
+        if output is None:
+            return fn(*args, **kwargs)
+        with OutputLock(output, command="search"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_claims_output
 def search(
     model: Any,
     calibration_dataset: Any,
@@ -86,6 +108,7 @@ def search(
     finalists: int = 4,
     cache: bool = True,
     ranking_subset_size: int = 300,
+    output_files: Mapping[str, str] | None = None,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -115,12 +138,17 @@ def search(
         worker_resources: Ray resources per evaluation task, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
         storage: Optuna storage: a journal path or an RDB URL (default: journal in ``output``).
         study_name: Study name (default: derived from model, data and settings).
-        output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
+        output: Folder (local path, ``file://`` or ``pyarrow.fs`` URI) for the model,
+            ``trials.parquet``, ``pareto.*`` and ``result.json`` (written last: the marker
+            of a complete run). Checked and locked before any work: :class:`~rayq.OutputError`
+            if it is unusable or another run holds it.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
         finalists: Feasible plans (cheapest first) timed against each other and FP32
             at the end; ``quantize_with_accuracy_control`` times only the cheapest.
         ranking_subset_size: Validation items (those FP32 and INT8 disagree on) used to
             rank fallback groups.
+        output_files: Extra text files (name -> content) saved with the results in
+            ``output`` before ``result.json``; the CLI adds ``config.yaml``.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -215,7 +243,7 @@ def search(
         decision={"finalists": [r.number for r in choice.finalists], "rounds": choice.rounds,
                   "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE})
     if output:
-        result.save(output)
+        result.save(output, files=dict(output_files or {}))
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "
              "%d layers FP32, %d trials", status, result.wall_seconds, best.metric, control.fp32.value,
              best.drop, best.latency_ms or math.nan, fp32_ms, result.speedup_text, len(best.plan.fallback),
@@ -317,8 +345,11 @@ def _warn_restored(result: SearchResult, n_ops: int) -> None:
 
 
 def search_from_config(config, *, output: str | None = None, num_workers: int | None = None) -> SearchResult:
-    """Run :func:`search` for a :class:`rayq.config.SearchConfig` (used by the CLI and sweeps)."""
-    from rayq.config import resolve_reference
+    """Run :func:`search` for a :class:`rayq.config.SearchConfig` (used by the CLI and sweeps).
+
+    The effective config is saved as ``config.yaml`` with the results.
+    """
+    from rayq.config import dump, resolve_reference
 
     fn = resolve_reference(config.validation_fn, "validation_fn")
     return search(
@@ -331,4 +362,4 @@ def search_from_config(config, *, output: str | None = None, num_workers: int | 
         ignored_scope=config.ignored_scope, advanced_parameters=config.advanced, presets=config.presets,
         estimators=config.estimators, bias_corrections=config.bias_corrections,
         smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
-        generation_size=config.generation_size)
+        generation_size=config.generation_size, output_files={"config.yaml": dump(config)})

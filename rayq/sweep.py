@@ -4,6 +4,13 @@ Each model's search runs with its own output folder (model, trials, result.json,
 study journal); at most ``max_concurrent`` run at once, each with an equal share of
 the cluster's CPUs. One model's failure is recorded and the others go on. A rerun
 skips models whose ``result.json`` exists and resumes unfinished studies.
+
+Model names become folder names under the sweep output, so they must be one safe path
+component: an explicit ``name`` is rejected (:class:`~rayq.errors.ConfigError`) unless
+it matches :data:`NAME_PATTERN` (no ``/``, no ``..``, no leading dot); names derived
+from file names have every other character replaced by ``_``. The sweep holds the lock
+of its output folder (:class:`~rayq.storage.OutputLock`), each search the lock of its
+own folder.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import glob
 import json
 import logging
 import os
-import tempfile
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import fields, replace
@@ -22,9 +29,12 @@ import pandas as pd
 from rayq.config import SearchConfig, SweepConfig, _build
 from rayq.errors import ConfigError, RayqError
 from rayq.progress import Progress
-from rayq.storage import copy_dir_to, filesystem
+from rayq.storage import OutputLock, Publication, read_marker, resolve
 
 log = logging.getLogger(__name__)
+
+#: A model name usable as a folder name on any file system or object store.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 SUMMARY_COLUMNS = ["name", "status", "fp32_metric", "int8_metric", "drop", "max_drop", "fp32_latency_ms",
                    "int8_latency_ms", "speedup", "speedup_low", "speedup_high", "fp32_layers", "n_trials",
@@ -45,8 +55,10 @@ def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
         unknown = set(entry) - search_fields
         if unknown:
             raise ConfigError(f"models[{i}] has unknown field(s) {sorted(unknown)}")
+        if name is not None:
+            _check_name(name, i)
         for path in paths:
-            base = name if name and len(paths) == 1 else os.path.splitext(os.path.basename(path))[0]
+            base = name if name and len(paths) == 1 else _safe_name(os.path.splitext(os.path.basename(path))[0])
             data = {**config.defaults, **entry, "model": path}
             out.append((base, _build(SearchConfig, data)))
     names = [n for n, _ in out]
@@ -54,6 +66,19 @@ def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
     if dupes:
         raise ConfigError(f"sweep model names must be unique; repeated: {dupes} (set 'name')")
     return out
+
+
+def _check_name(name: object, index: int) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(f"models[{index}].name={name!r} must be a plain folder name: letters, digits, "
+                          f"'_', '-' and '.', not starting with '.', without '..' (it names the model's "
+                          f"folder under the sweep output)")
+
+
+def _safe_name(stem: str) -> str:
+    """A file stem as a folder name: unsafe characters become ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).replace("..", "__")[:100]
+    return "_" + safe[1:] if not safe or safe[0] in ".-" else safe
 
 
 def _row(name: str, out: str, result=None, error: str | None = None, seconds: float = 0.0) -> dict:
@@ -70,14 +95,13 @@ def _row(name: str, out: str, result=None, error: str | None = None, seconds: fl
 
 
 def _read_result(out: str) -> dict | None:
-    fs_, root = filesystem(out)
-    from pyarrow import fs as pafs
+    """The ``result.json`` of a finished search in ``out``, else None (absent or incomplete)."""
+    from rayq.errors import OutputError
 
-    path = f"{root.rstrip('/')}/result.json"
-    if fs_.get_file_info(path).type == pafs.FileType.NotFound:
+    try:
+        return json.loads(read_marker(out).decode())
+    except OutputError:
         return None
-    with fs_.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
 
 
 def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFrame:
@@ -92,6 +116,11 @@ def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFra
     from rayq.search_api import search_from_config
 
     jobs = expand(config)
+    with OutputLock(config.output, command="sweep"):
+        return _run_jobs(config, jobs, num_cpus, search_from_config)
+
+
+def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.DataFrame:
     per_search = None
     if num_cpus is not None:
         per_search = max(1, num_cpus // min(config.max_concurrent, len(jobs)))
@@ -128,11 +157,10 @@ def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFra
 
 
 def _write_summary(table: pd.DataFrame, output: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        table.to_parquet(os.path.join(tmp, "summary.parquet"), index=False)
-        with open(os.path.join(tmp, "summary.md"), "w", encoding="utf-8") as f:
-            f.write(_markdown(table))
-        copy_dir_to(tmp, output)
+    with Publication.open(resolve(output)) as out:
+        table.to_parquet(out.staging / "summary.parquet", index=False)
+        (out.staging / "summary.md").write_text(_markdown(table), encoding="utf-8")
+        out.publish(["summary.parquet", "summary.md"])
 
 
 def _markdown(table: pd.DataFrame) -> str:

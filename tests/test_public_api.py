@@ -46,6 +46,7 @@ PUBLIC = {
     "CalibrationError",
     "SearchError",
     "ClusterError",
+    "OutputError",
 }
 
 HEAVY = ("ray", "onnxruntime", "openvino", "optuna", "onnx")
@@ -66,7 +67,7 @@ def test_every_public_name_exists_and_nothing_else_leaks():
 
 
 def test_error_hierarchy():
-    for name in ("ConfigError", "DataError", "BackendError", "CalibrationError", "SearchError", "ClusterError"):
+    for name in ("ConfigError", "DataError", "BackendError", "CalibrationError", "SearchError", "ClusterError", "OutputError"):
         assert issubclass(getattr(rayq, name), rayq.RayqError)
     assert issubclass(rayq.ConfigError, ValueError) and issubclass(rayq.DataError, ValueError)
 

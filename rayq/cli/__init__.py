@@ -9,13 +9,15 @@ Each subcommand is a small module ``rayq.cli.<name>`` listed in
 - ``run(args) -> int``: the work; it raises :class:`rayq.RayqError` subclasses on failure
   and ``main`` turns them into one-line messages and exit codes.
 
-Shared pieces (building the one frozen config from ``--config`` plus flags, checking
-and atomically committing the output folder, starting/stopping a local Ray) live in
-:mod:`rayq.cli.common`; the FP32-vs-INT8 metric and latency table in
+Shared pieces (building the one frozen config from ``--config`` plus flags,
+starting/stopping a local Ray) live in :mod:`rayq.cli.common`; outputs go through
+:mod:`rayq.storage` (local paths and ``pyarrow.fs`` URIs alike, checked before any
+work, published atomically); the FP32-vs-INT8 table and ``rayq report`` live in
 :mod:`rayq.cli.report`.
 
 Exit codes: 0 success; 2 bad input or usage (argparse errors, ``ConfigError``,
-``DataError``, a model that cannot be read, missing or unwritable files); 1 any other
+``DataError``, ``OutputError``, a model that cannot be read, missing or unwritable
+files, an output folder in use by another run, an incomplete run given to ``report``); 1 any other
 ``RayqError`` (calibration, search, cluster, a failing validation function) or an
 internal error; 130 interrupted.
 """

@@ -1,4 +1,7 @@
-"""Helpers shared by the subcommands: config from file + flags, output folders, Ray.
+"""Helpers shared by the subcommands: config from file + flags, Ray.
+
+Outputs go through :mod:`rayq.storage` (one resolution of paths and URIs, atomic
+publication, the output-folder lock).
 
 These are the only places the CLI decides policy; subcommand modules stay small.
 """
@@ -8,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from rayq import config as rayq_config
@@ -97,80 +97,6 @@ def file_size(paths: list[str] | tuple[str, ...]) -> int:
 
 def mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
-
-
-class OutputDir:
-    """An output folder checked before any work and written all-or-nothing.
-
-    :meth:`open` creates the folder (and parents) and a hidden staging folder inside
-    it, so an unwritable location fails before calibration starts. Files are written
-    into :attr:`staging` and moved into place by :meth:`commit` (``os.replace``, atomic
-    per file); on any exception the staging folder and the folders this run created
-    are removed, so a failed run leaves nothing half-written.
-
-    Example:
-        >>> with OutputDir.open(tmp) as out:                       # doctest: +SKIP
-        ...     (out.staging / "config.yaml").write_text("...")
-        ...     out.commit(["config.yaml"])
-    """
-
-    def __init__(self, directory: Path, staging: Path, created: list[Path]) -> None:
-        self.directory = directory
-        self.staging = staging
-        self._created = created
-        self.committed: list[str] = []
-
-    @classmethod
-    def open(cls, directory: str | os.PathLike) -> OutputDir:
-        directory = Path(directory)
-        created: list[Path] = []
-        try:
-            for parent in reversed([directory, *directory.parents]):
-                if not parent.exists():
-                    parent.mkdir()
-                    created.append(parent)
-            if not directory.is_dir():
-                raise NotADirectoryError(f"{str(directory)!r} is not a directory")
-            staging = Path(tempfile.mkdtemp(prefix=".rayq-staging-", dir=directory))
-        except OSError as exc:
-            _remove_empty(created)
-            reason = exc.strerror or str(exc)
-            raise InputError(f"cannot write to the output folder {str(directory)!r}: {reason}") from exc
-        return cls(directory, staging, created)
-
-    def target(self, name: str) -> Path:
-        """Where ``name`` lands after :meth:`commit`."""
-        return self.directory / name
-
-    def commit(self, names: list[str]) -> list[str]:
-        """Move the staged files ``names`` (relative to :attr:`staging`) into the folder."""
-        for name in names:
-            target = self.directory / name
-            if target.is_dir():
-                raise InputError(f"cannot write {str(target)!r}: a folder of that name exists")
-            os.replace(self.staging / name, target)
-            self.committed.append(str(target))
-        return [str(self.directory / n) for n in names]
-
-    def close(self, ok: bool) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        if not ok:
-            for path in self.committed:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            _remove_empty(self._created)
-
-    def __enter__(self) -> OutputDir:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(ok=exc_type is None)
-
-
-def _remove_empty(created: list[Path]) -> None:
-    for path in reversed(created):
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 @contextlib.contextmanager

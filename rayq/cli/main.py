@@ -16,17 +16,17 @@ from collections.abc import Callable, Sequence
 
 import rayq
 from rayq.cli.common import InputError
-from rayq.errors import ConfigError, DataError
+from rayq.errors import ConfigError, DataError, OutputError
 
 #: Subcommand modules ``rayq.cli.<name>`` (see :mod:`rayq.cli`); a listed module that
 #: does not exist yet is skipped, so owners add a subcommand by adding its module.
-SUBCOMMANDS = ("quantize", "search", "sweep")
+SUBCOMMANDS = ("quantize", "search", "sweep", "report")
 
 USAGE_EXIT = 2
 ERROR_EXIT = 1
 INTERRUPT_EXIT = 130
 #: Errors caused by the user's input: exit code 2. Every other error: exit code 1.
-INPUT_ERRORS = (ConfigError, DataError, InputError, FileNotFoundError, PermissionError,
+INPUT_ERRORS = (ConfigError, DataError, InputError, OutputError, FileNotFoundError, PermissionError,
                 IsADirectoryError, NotADirectoryError)
 
 

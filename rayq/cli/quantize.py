@@ -17,10 +17,11 @@ from typing import Any
 import rayq
 from rayq.backends import detect, get_backend
 from rayq.cli import report
-from rayq.cli.common import UNSET, InputError, OutputDir, build_config, file_size, mb, ray_scope, resolve_function
+from rayq.cli.common import UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function
 from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError
+from rayq.storage import Location, Publication, check_output, resolve
 
 log = logging.getLogger("rayq.cli")
 
@@ -126,22 +127,26 @@ def config_from_args(args: argparse.Namespace) -> QuantizeConfig:
     return cfg
 
 
-def output_path(cfg: QuantizeConfig, backend_name: str) -> tuple[Path, str]:
-    """The model file to write and its format (see ``output`` in configs/README.md)."""
-    out = Path(cfg.output)
+def output_path(cfg: QuantizeConfig, backend_name: str) -> tuple[Location, str]:
+    """The model file to write (a local path or a ``pyarrow.fs`` URI) and its format,
+    checked before any work (see ``output`` in configs/README.md)."""
+    out = resolve(cfg.output)
     by_suffix = {v: k for k, v in SUFFIXES.items()}
     fmt = cfg.output_format
-    if out.suffix.lower() in by_suffix:
-        implied = by_suffix[out.suffix.lower()]
+    suffix = Path(out.name).suffix.lower()
+    if suffix in by_suffix:
+        implied = by_suffix[suffix]
         if fmt is not None and fmt != implied:
-            raise ConfigError(f"output={cfg.output!r} ends in {out.suffix} but output_format={fmt!r}: "
+            raise ConfigError(f"output={cfg.output!r} ends in {suffix} but output_format={fmt!r}: "
                               f"use a {SUFFIXES[fmt]} name or an output folder")
         fmt = implied
     else:
         fmt = fmt or backend_name
-        out = out / f"{Path(cfg.model).stem}_int8{SUFFIXES[fmt]}"
+        out = out.child(f"{Path(cfg.model).stem}_int8{SUFFIXES[fmt]}")
     if backend_name == "openvino" and fmt == "onnx":
         raise ConfigError("an OpenVINO model cannot be saved as ONNX: use output_format openvino")
+    check_output(out.parent(), folder=True)
+    check_output(out, folder=False)
     return out, fmt
 
 
@@ -152,7 +157,7 @@ def input_files(path: str) -> list[str]:
     return files
 
 
-def save(qmodel: Any, backend_name: str, fmt: str, out: OutputDir, name: str) -> list[str]:
+def save(qmodel: Any, backend_name: str, fmt: str, out: Publication, name: str) -> list[str]:
     """Write the model into the staging folder; returns the staged file names."""
     if fmt == backend_name:
         return [Path(p).name for p in get_backend(fmt).save(qmodel, str(out.staging / name))]
@@ -178,11 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except BackendError as exc:
         raise InputError(str(exc)) from exc
     target, fmt = output_path(cfg, backend.name)
-    if target.is_dir():
-        raise InputError(f"cannot write the model to {str(target)!r}: a folder of that name exists")
     feeds = report.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
     start = time.perf_counter()
-    with OutputDir.open(target.parent) as out, ray_scope(cfg.address, cfg.num_workers != 1):
+    with Publication.open(target.parent()) as out, ray_scope(cfg.address, cfg.num_workers != 1):
         qmodel = rayq.quantize(
             model, cfg.calibration, preset=cfg.preset, target_device=cfg.target_device,
             subset_size=cfg.subset_size, fast_bias_correction=cfg.fast_bias_correction,
@@ -190,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
             num_workers=cfg.num_workers, cache=not args.no_cache)
         staged = save(qmodel, backend.name, fmt, out, target.name)
         (out.staging / "config.yaml").write_text(dump(cfg), encoding="utf-8")
-        written = out.commit([*staged, "config.yaml"])
+        size = file_size([str(out.staging / name) for name in staged])
+        written = list(out.publish([*staged, "config.yaml"]).values())
     model_files = written[:-1]
     print(f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
-          f" -> {model_files[0]} ({mb(file_size(model_files))}, {fmt}); config {written[-1]}", flush=True)
+          f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}", flush=True)
     if fn is not None:
         rows = report.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")

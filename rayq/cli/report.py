@@ -1,7 +1,9 @@
-"""FP32 vs INT8 on every runtime of a backend: the user's metric and latency of one batch."""
+"""Reports: FP32 vs INT8 on every runtime of a backend (the user's metric and latency of
+one batch, for ``rayq quantize --validation``), and the ``rayq report`` command."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,3 +92,61 @@ def format_table(rows: Sequence[Row], metric_name: str, batch: int = 1) -> str:
         lines.append(f"(latency: median of {lat.repeats} runs after warm-up, batch {batch}, "
                      f"{lat.threads or 'default'} threads)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# ``rayq report``: what a finished search or sweep found
+# --------------------------------------------------------------------------------------
+HELP = "summarise a finished search or sweep output (local path or pyarrow.fs URI)"
+DESCRIPTION = """\
+Prints the result of a finished `rayq search` (its result.json and Pareto front) or
+the summary table of a `rayq sweep`. OUT is resolved like every output: a local
+path, file:// or a pyarrow.fs URI. An incomplete search (no result.json: still
+running, interrupted, or failed while saving) is refused with exit 2."""
+EPILOG = """\
+examples:
+  rayq report runs/search
+  rayq report s3://bucket/sweep"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("output", metavar="OUT", help="output folder of a search or a sweep")
+
+
+def run(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from rayq.storage import read_marker, resolve
+
+    location = resolve(args.output)
+    summary = location.child("summary.parquet")
+    if location.kind() == "folder" and summary.kind() == "file":
+        table = pd.read_parquet(io.BytesIO(summary.read_bytes()))
+        print(f"rayq sweep at {location.uri}: {len(table)} models, {int((table.status == 'met').sum())} met the "
+              f"budget, {int((table.status == 'error').sum())} failed")
+        print(table.drop(columns=["output"], errors="ignore").to_string(index=False), flush=True)
+        return 0
+    result = json.loads(read_marker(location, "result.json").decode())
+    print(format_result(result, location.uri))
+    pareto = location.child("pareto.parquet")
+    if pareto.kind() == "file":
+        front = pd.read_parquet(io.BytesIO(pareto.read_bytes()))
+        shown = [c for c in ("number", "latency_ms", "metric", "drop", "feasible", "fallback") if c in front]
+        print("Pareto front (latency vs metric):")
+        print(front[shown].to_string(index=False), flush=True)
+    return 0
+
+
+def format_result(result: Mapping[str, Any], where: str) -> str:
+    """The summary lines of a search's ``result.json``."""
+    speed = f" ({result['speedup']:.2f}x FP32)" if result.get("speedup") else ""
+    latency = f"{result['latency_ms']:.3f} ms" if result.get("latency_ms") is not None else "n/a"
+    metric = f"{result['metric']:.4f}" if result.get("metric") is not None else "n/a"
+    drop = f"{result['drop']:.4f}" if result.get("drop") is not None else "n/a"
+    fallback = ", ".join(result.get("fallback") or []) or "none"
+    return (f"rayq search at {where}: {result['status']}, {result['n_trials']} trials\n"
+            f"  metric {metric} (FP32 {result['fp32_metric']:.4f}, drop {drop}, max {result['max_drop']} "
+            f"{result['drop_type']}); latency {latency}{speed} on {result['target']}\n"
+            f"  FP32 layers: {fallback}\n  model: {result.get('model_path')}")

@@ -6,8 +6,9 @@ import argparse
 import time
 
 from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function
-from rayq.config import SearchConfig, dump
+from rayq.config import SearchConfig
 from rayq.errors import ConfigError
+from rayq.storage import check_free, check_output, resolve
 
 HELP = "find an INT8 model within an accuracy budget that is measurably faster than FP32 (Ray + Optuna)"
 DESCRIPTION = """\
@@ -19,8 +20,9 @@ timings against FP32 on --target with 95% intervals: exit code 0 when it is
 significantly faster than FP32, 3 when the budget is not met or no candidate is
 significantly faster (status "no_speedup"; the most accurate quantized model is still
 written). Every trial is persisted (a journal in --output); rerunning the same command
-resumes. Writes the model, trials.parquet, pareto.parquet, result.json, pareto.png and
-config.yaml under --output."""
+resumes. Writes the model, trials.parquet, pareto.parquet, pareto.png, config.yaml and,
+last, result.json (the marker of a complete run) under --output, which one search at a
+time may use (a second one is refused, naming the first)."""
 EPILOG = """\
 examples:
   rayq search --config configs/search_digits.yaml
@@ -76,15 +78,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg.output:  # before the search is imported and Ray starts; rayq.search then locks it
+        check_output(resolve(cfg.output), folder=True)
+        check_free(cfg.output)
+    resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
     from rayq.search_api import search_from_config
 
-    cfg = config_from_args(args)
-    resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):
         result = search_from_config(cfg)
-    if cfg.output:
-        _write_config(cfg)
     fb = ", ".join(result.plan.fallback) or "none"
     latency = f"{result.latency_ms:.3f} ms, " if result.latency_ms else ""
     print(f"rayq search: {result.status} in {time.perf_counter() - start:.1f}s, {len(result.trials)} trials")
@@ -100,14 +103,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  model: {result.model_path}{label}; trials, result.json and pareto.png next to it", flush=True)
     return 0 if result.status == "met" else 3
 
-
-def _write_config(cfg: SearchConfig) -> None:
-    import os
-    import tempfile
-
-    from rayq.storage import copy_dir_to
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump(cfg))
-        copy_dir_to(tmp, cfg.output)

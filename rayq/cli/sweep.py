@@ -8,14 +8,16 @@ import time
 from rayq.cli.common import UNSET, build_config, ray_scope
 from rayq.config import SweepConfig
 from rayq.errors import ConfigError
+from rayq.storage import check_free, check_output, resolve
 
 HELP = "run the search for many models (concurrently, resumable) and summarise"
 DESCRIPTION = """\
 Runs one accuracy-controlled search per model (a list or glob in the config, with
 shared defaults), at most --max-concurrent at a time, each with an equal share of
 the cluster's CPUs. A model that fails is recorded in the summary and the others go
-on. Writes summary.parquet and summary.md plus one folder per model; a rerun skips
-finished models and resumes unfinished studies."""
+on. Writes summary.parquet and summary.md plus one folder per model (named by the
+model's 'name': letters, digits, '_', '-', '.'); a rerun skips finished models and
+resumes unfinished studies. One sweep at a time may use an output folder."""
 EPILOG = """\
 examples:
   rayq sweep --config configs/sweep.yaml
@@ -32,13 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayq.distributed.cluster import cluster_cpus, init
-    from rayq.sweep import run_sweep
+    from rayq.sweep import expand, run_sweep
 
     given = vars(args)
     cfg: SweepConfig = build_config("sweep", args.config, {k: given.get(k, UNSET) for k in
                                                             ("output", "max_concurrent", "address")})
     if not cfg.output:
         raise ConfigError("a sweep needs an output")
+    check_output(resolve(cfg.output), folder=True)  # bad outputs and model names fail before Ray starts
+    check_free(cfg.output)
+    expand(cfg)
     start = time.perf_counter()
     with ray_scope(cfg.address, True):
         init(cfg.address)

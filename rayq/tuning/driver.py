@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import time
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,6 +66,26 @@ _RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "
                 "fp32_latency_ms", "speedup", "speedup_low", "speedup_high")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _INTERRUPTED = "interrupted: the driver stopped before the trial finished"
+
+
+_RDB_OPEN = threading.Lock()
+
+
+def _open_rdb(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
+    """An RDB storage; searches that open a new database at once race to create its tables
+    (the loser sees "table ... already exists"), so creation is serialised in this process
+    and retried across processes."""
+    for attempt in range(attempts):
+        try:
+            with _RDB_OPEN:
+                return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # sqlalchemy/driver errors: translate at the boundary
+            if attempt + 1 < attempts and "already exists" in str(exc):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            scheme = url.split("://", 1)[0]
+            raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
+    raise SearchError(f"cannot open the RDB storage {url!r}")
 
 
 def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
@@ -94,11 +115,7 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
 
         return optuna.storages.JournalStorage(JournalFileBackend(text))
     if "://" in text:
-        try:
-            return optuna.storages.RDBStorage(text)
-        except Exception as exc:  # sqlalchemy/driver errors: translate at the boundary
-            scheme = text.split("://", 1)[0]
-            raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
+        return _open_rdb(text)
     raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import posixpath
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +13,13 @@ from typing import Any
 import pandas as pd
 
 from rayq.core.plan import QuantPlan
+
+#: Written last when a search run is saved: its presence marks the run complete.
+RESULT_FILE = "result.json"
+
+#: Fields of ``result.json`` that older runs may lack (their defaults apply).
+_OPTIONAL_FIELDS = ("speedup", "speedup_low", "speedup_high", "speedup_margin", "chosen_trial",
+                    "n_quantizable", "message", "latency_settings", "decision")
 
 
 @dataclass
@@ -121,25 +130,61 @@ class SearchResult:
         return plot_pareto(self.trials, self.pareto, max_drop=self.max_drop, fp32_metric=self.fp32_metric,
                            drop_type=self.drop_type, path=path, chosen=self.chosen_trial)
 
-    def save(self, uri: str) -> dict[str, str]:
-        """Write model, ``trials.parquet``, ``pareto.parquet``, ``result.json`` and
-        ``pareto.png`` under ``uri`` (a local path or any ``pyarrow.fs`` URI)."""
+    def save(self, uri: str, files: dict[str, str] | None = None) -> dict[str, str]:
+        """Publish model, ``trials.parquet``, ``pareto.parquet``, ``pareto.png``, the text
+        ``files`` (name -> content, e.g. ``config.yaml``) and ``result.json`` under ``uri``
+        (a local path, ``file://`` or any ``pyarrow.fs`` URI).
+
+        Files are staged and renamed into place with ``result.json`` last, the marker of a
+        complete run (see :class:`rayq.storage.Publication`); a failure leaves no marker.
+        Returns name -> written URI.
+        """
         from rayq.backends import detect
-        from rayq.storage import copy_dir_to
+        from rayq.storage import Publication
 
         backend = detect(self.model)
-        with tempfile.TemporaryDirectory() as tmp:
-            model_files = backend.save(self.model, os.path.join(tmp, f"model{backend.suffix}"))
-            self.trials.to_parquet(os.path.join(tmp, "trials.parquet"), index=False)
-            self.pareto.to_parquet(os.path.join(tmp, "pareto.parquet"), index=False)
-            self.plot(os.path.join(tmp, "pareto.png"))
-            written = copy_dir_to(tmp, uri)
-        self.model_path = written[os.path.basename(model_files[0])]
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "result.json"), "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, default=str)
-            written.update(copy_dir_to(tmp, uri))
-        return written
+        with Publication.open(uri, marker=RESULT_FILE) as out:
+            staged = [os.path.basename(p) for p in backend.save(self.model, str(out.staging / f"model{backend.suffix}"))]
+            self.trials.to_parquet(out.staging / "trials.parquet", index=False)
+            self.pareto.to_parquet(out.staging / "pareto.parquet", index=False)
+            self.plot(str(out.staging / "pareto.png"))
+            for name, text in (files or {}).items():
+                (out.staging / name).write_text(text, encoding="utf-8")
+            model = out.location.child(staged[0])
+            self.model_path = model.local if out.location.local else model.uri
+            (out.staging / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str),
+                                                   encoding="utf-8")
+            names = [*staged, "trials.parquet", "pareto.parquet", "pareto.png", *(files or {}), RESULT_FILE]
+            return out.publish(names)
+
+    @classmethod
+    def load(cls, uri: str) -> SearchResult:
+        """The result of a finished search saved under ``uri`` (local path or ``pyarrow.fs`` URI).
+
+        Raises:
+            OutputError: Nothing is there, or the run is incomplete (no ``result.json``:
+                still running, interrupted, or failed while saving).
+
+        Example:
+            >>> result = SearchResult.load("runs/search")            # doctest: +SKIP
+            >>> result.status, result.plan.fallback                  # doctest: +SKIP
+        """
+        from rayq.storage import read_marker, resolve
+
+        location = resolve(uri)
+        data = json.loads(read_marker(location, RESULT_FILE).decode())
+        frames = {name: pd.read_parquet(io.BytesIO(location.child(f"{name}.parquet").read_bytes()))
+                  for name in ("trials", "pareto")}
+        return cls(
+            model=_load_model(location, data["model_path"]), plan=QuantPlan.from_dict(data["plan"]),
+            status=data["status"], fp32_metric=data["fp32_metric"], metric=data["metric"], drop=data["drop"],
+            max_drop=data["max_drop"], drop_type=data["drop_type"], latency_ms=data["latency_ms"],
+            latency_spread_ms=data["latency_spread_ms"], fp32_latency_ms=data["fp32_latency_ms"],
+            target=data["target"], trials=frames["trials"], pareto=frames["pareto"],
+            wall_seconds=data["wall_seconds"], cpu_seconds=data["cpu_seconds"], ranking=list(data["ranking"]),
+            model_path=data["model_path"], study_name=data.get("study_name", ""),
+            worker_nodes=data.get("worker_nodes", {}),
+            **{k: data[k] for k in _OPTIONAL_FIELDS if k in data})
 
     def __repr__(self) -> str:
         lat = f"{self.latency_ms:.3f} ms" if self.latency_ms else "n/a"
@@ -158,3 +203,25 @@ def _register_notebook_png() -> None:
     shell = get_ipython()
     if shell is not None and hasattr(shell, "display_formatter"):
         select_figure_formats(shell, {"png"})
+
+
+def _load_model(location, model_path: str):
+    """The saved model next to ``result.json`` (its files copied locally first from a store)."""
+    from rayq.backends import detect
+    from rayq.storage import download
+
+    name = posixpath.basename(str(model_path))
+    if location.local:
+        return detect(os.path.join(location.local, name)).load(os.path.join(location.local, name))
+    from pyarrow import fs as pafs
+
+    stem = os.path.splitext(name)[0]
+    infos = location.fs.get_file_info(pafs.FileSelector(location.path))
+    with tempfile.TemporaryDirectory(prefix="rayq-load-") as tmp:
+        for info in infos:  # the model and its weights (.bin, external data)
+            if info.type == pafs.FileType.File and info.base_name.startswith(stem + "."):
+                download(location.child(info.base_name), os.path.join(tmp, info.base_name))
+        backend = detect(os.path.join(tmp, name))
+        model = backend.load(os.path.join(tmp, name))
+        # OpenVINO may map the weights file: detach the model from the temporary folder
+        return backend.from_bytes(backend.to_bytes(model)) if backend.name == "openvino" else model

@@ -41,6 +41,7 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     unknown.write_text(f"model: {MODEL}\ncalibration: {CALIBRATION}\noutput: {tmp_path}/o.onnx\nbogus_field: 1\n")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
+    (tmp_path / "folder.onnx").mkdir()
     out = str(tmp_path / "out" / "m.onnx")
     data = ["--data", str(CALIBRATION)]
     val = ["--validation", str(VALIDATION)]
@@ -61,6 +62,11 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "validation data does not fit": ([str(MODEL), *data, "-o", out, "--validation", str(CALIBRATION).replace(
             "calibration", "nope"), "--validation-fn", "examples.digits.metric:accuracy"], "does not exist"),
         "unwritable output": ([str(MODEL), *data, "-o", str(blocker / "sub" / "m.onnx")], "cannot write"),
+        "output URI pyarrow cannot open": ([str(MODEL), *data, "-o", "foo://bucket/run/m.onnx"],
+                                           "cannot open the output location 'foo://bucket/run/m.onnx'"),
+        "output URI missing a slash": ([str(MODEL), *data, "-o", "s3:/bucket/run/m.onnx"], "write s3://"),
+        "output model is a folder": ([str(MODEL), *data, "-o", str(tmp_path / "folder.onnx")],
+                                     "is an existing folder"),
         "suffix contradicts format": ([str(MODEL), *data, "-o", out, "--output-format", "openvino"], ".onnx"),
         "bad ignored name": ([str(MODEL), *data, "-o", out, "--ignored-scope", "/stem/stem.0/Con"],
                              "matches no node"),
@@ -71,7 +77,8 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 CASES = ["missing model", "corrupt model", "unknown model format", "missing data", "wrong data shape", "NaN data",
          "unknown config field", "missing config", "validation_fn not importable", "validation_fn not a reference",
-         "validation data does not fit", "unwritable output", "suffix contradicts format", "bad ignored name",
+         "validation data does not fit", "unwritable output", "output URI pyarrow cannot open",
+         "output URI missing a slash", "output model is a folder", "suffix contradicts format", "bad ignored name",
          "invalid subset size", "missing arguments"]
 
 
@@ -85,12 +92,15 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing model", "corrupt model", "unknown config field", "unwritable output",
-                                  "validation_fn not importable", "suffix contradicts format"])
+                                  "validation_fn not importable", "suffix contradicts format",
+                                  "output URI pyarrow cannot open", "output URI missing a slash",
+                                  "output model is a folder"])
 def test_bad_input_fails_before_calibration(case, tmp_path, capsys, no_calibration):
     args, _ = _cases(tmp_path)[case]
     assert _run(tmp_path, *args) == 2
     one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+    assert not [p for p in Path.cwd().iterdir() if p.name.endswith(":")]  # no ./foo: or ./s3: folder
 
 
 @pytest.mark.parametrize("argv", [["quantize", "--preset", "fast"], ["quantize", "--bogus"], ["frobnicate"],

@@ -82,6 +82,10 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
     assert table.loc["good", "status"] in ("met", "no_speedup")
     assert table.loc["broken", "status"] == "error" and "does not exist" in table.loc["broken", "error"]
     assert f"| good | {table.loc['good', 'status']} |" in (out / "summary.md").read_text()
+    assert not list(out.glob(".rayq*"))  # lock released, no staging left
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "rayq sweep at" in capsys.readouterr().out
     mtime = (out / "good" / "result.json").stat().st_mtime
     main(["sweep", "--config", cfg])
     assert (out / "good" / "result.json").stat().st_mtime == mtime  # finished model skipped on rerun

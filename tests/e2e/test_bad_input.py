@@ -226,3 +226,32 @@ def test_unreachable_cluster_address_fails_fast():
         pytest.fail("rayq.init(address='127.0.0.1:1') did not fail within 20 s (Ray keeps retrying)")
     assert out.stdout.startswith("ClusterError"), out.stdout + out.stderr[-2000:]
     assert "127.0.0.1:1" in out.stdout
+
+
+# --------------------------------------------------------------------------------------
+# outputs and stored runs
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("output, fragment", [
+    ("foo://bucket/run", "cannot open the output location"),
+    ("s3:/bucket/run", "missing '/'"),
+    ("{file}", "is an existing file"),
+])
+def test_search_output_errors_come_before_calibration(tmp_path, calib, monkeypatch, output, fragment):
+    from rayq import search_api
+
+    monkeypatch.setattr(search_api, "ModelSession", lambda *a, **k: pytest.fail("calibrated for a bad output"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(rayq.OutputError, match=fragment):
+        rayq.search(MODEL, calib, calib, lambda m, d: 1.0, num_workers=1, output=output.format(file=tmp_path / "f"))
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "incomplete (result.json is missing)"),
+    (lambda p: p.write_text("x"), "it is a file"),
+])
+def test_loading_a_missing_or_incomplete_run(tmp_path, setup, fragment):
+    setup(tmp_path / "run")
+    with pytest.raises(rayq.OutputError) as info:
+        rayq.SearchResult.load(str(tmp_path / "run"))
+    assert fragment in str(info.value)

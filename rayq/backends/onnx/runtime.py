@@ -134,12 +134,16 @@ def ov_compiled(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
     try:
         if reader.fits_in_memory_proto(proto):
             model = core.read_model(model=proto.SerializeToString(), weights=b"")
-        else:
-            tmp = tempfile.mkdtemp(prefix="rayq-ov-")
+            return core.compile_model(model, device.upper(), config)
+        # Over protobuf's 2 GB: through a file with external data, removed once compiled
+        # (the compiled model owns its weights; a mapping of a removed file stays valid).
+        with tempfile.TemporaryDirectory(prefix="rayq-ov-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             onnx.save(proto, path, save_as_external_data=True)
             model = core.read_model(path)
-        return core.compile_model(model, device.upper(), config)
+            compiled = core.compile_model(model, device.upper(), config)
+            del model
+            return compiled
     except Exception as exc:
         raise BackendError(f"OpenVINO cannot compile the model: {_first_line(exc)}") from exc
 

@@ -445,3 +445,21 @@ def test_tensor_size_estimate_matches_serialised_size():
         assert 0 <= reader.tensor_bytes(t) - t.ByteSize() <= 80
     t = helper.make_tensor("f", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])  # float_data, no raw_data
     assert reader.tensor_bytes(t) == t.ByteSize()
+
+
+def test_openvino_compile_of_a_model_over_2gb_removes_its_temporary_folder(backend, monkeypatch, tmp_path):
+    """Models over protobuf's 2 GB reach OpenVINO through a temporary file: removed once compiled."""
+    pytest.importorskip("openvino")
+    import tempfile
+
+    from rayq.backends.onnx import runtime
+
+    model = mlp()
+    feeds = random_inputs(model, 1, batch=2, seed=0)[0]
+    expected = backend.runner(model, runtime="openvino")(feeds)
+    monkeypatch.setattr(runtime.reader, "fits_in_memory_proto", lambda proto: False)  # take the > 2 GB path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run = backend.runner(model, runtime="openvino")
+    assert list(tmp_path.glob("rayq-ov-*")) == []
+    for got, want in zip(run(feeds), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
