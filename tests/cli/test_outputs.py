@@ -94,7 +94,7 @@ def test_second_search_into_a_held_folder_is_refused_and_a_dead_holder_is_taken_
             holder.kill()
         holder.stdout.close()
     assert (out / ".rayq.lock").exists()
-    assert main([*SEARCH, "-o", str(out)]) == 0
+    assert main([*SEARCH, "-o", str(out)]) in (0, 3)  # 3: within budget but not significantly faster (no_speedup)
     assert (out / "result.json").is_file() and (out / "config.yaml").is_file()
     assert not (out / ".rayq.lock").exists()
     assert main(["report", str(out)]) == 0
