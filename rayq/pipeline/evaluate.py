@@ -65,6 +65,7 @@ def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
 
     Raises:
         ValidationFailed: ``fn`` raised, or returned NaN/Inf or a non-number.
+        DataError: the per-item values are not numbers, or not one per item of ``data``.
     """
     try:
         result = fn(compiled, data)
@@ -75,7 +76,7 @@ def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
     per_item = None
     if isinstance(result, tuple) and len(result) == 2:
         result, per_item = result
-        per_item = np.asarray(per_item, dtype=np.float64).reshape(-1)
+        per_item = _per_item_values(fn, per_item, data)
     try:
         value = float(result)
     except (TypeError, ValueError) as exc:
@@ -83,6 +84,20 @@ def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
     if not math.isfinite(value):
         raise ValidationFailed(f"validation function {_name(fn)} returned {value}")
     return Metric(value, per_item)
+
+
+def _per_item_values(fn: Callable, values: Any, data: Any) -> np.ndarray:
+    """``values`` as a float vector with one value per item of ``data`` (when it has a length)."""
+    try:
+        per_item = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"validation function {_name(fn)} returned per-item values that are not numbers: "
+                        f"{exc}") from exc
+    if hasattr(data, "__len__") and len(per_item) != len(data):
+        raise DataError(f"validation function {_name(fn)} returned {len(per_item)} per-item values for "
+                        f"{len(data)} items; return (metric, per_item_values) with one value per item, "
+                        "or the metric alone")
+    return per_item
 
 
 def output_nmse(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
