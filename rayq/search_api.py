@@ -17,6 +17,7 @@ from rayq.errors import ConfigError, DataError
 from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
+from rayq.pipeline.evaluate import ValidationTimeout
 from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
@@ -77,6 +78,7 @@ def search(
     generation_size: int = 4,
     latency_threads: int = 0,
     cache: bool = True,
+    validation_timeout: float | None = None,
 ) -> SearchResult:
     """Find the fastest *measured* INT8 model whose metric drop is within ``max_drop``.
 
@@ -104,6 +106,12 @@ def search(
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        validation_timeout: Seconds one call of ``validation_fn`` may take (None: 10x the
+            FP32 validation time, at least 60 s). A candidate whose validation does not
+            return in time is a failed trial with a ``timeout`` error; its Ray worker is
+            killed and replaced (in-process, ``num_workers=1``: its thread is abandoned,
+            since a thread cannot be killed), and the search goes on. An FP32 validation
+            that times out stops the search with a :class:`~rayq.errors.SearchError`.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`.
@@ -117,6 +125,7 @@ def search(
     drop_type = check_drop_type(drop_type)
     if not callable(validation_fn):
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
+    call_limit = ValidationTimeout(validation_timeout)
     adv = advanced_parameters or AdvancedQuantizationParameters()
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
@@ -146,7 +155,7 @@ def search(
     latency_feeds = {k: v[:1] for k, v in session.batches[0][1].items()}
     kwargs = dict(runtime=target, latency_feeds=latency_feeds, calibration_batches=session.batches,
                   latency_threads=latency_threads)
-    pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources)
+    pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources, call_limit)
     try:
         with Progress("search", total=n_trials, unit="trial") as bar:
             best_latency = [float("inf")]
@@ -189,18 +198,18 @@ def search(
     return result
 
 
-def _make_pool(session, stats, items, fn, kwargs, num_workers, worker_resources):
+def _make_pool(session, stats, items, fn, kwargs, num_workers, worker_resources, timeout):
     workers = _resolve_workers(num_workers, 2)
     if workers == 1:
         from rayq.distributed.evaluator import LocalEvaluatorPool
 
         return LocalEvaluatorPool(CandidateEvaluator(session.backend.name, session.model, stats, items, fn,
-                                                     **kwargs))
+                                                     **kwargs), timeout=timeout)
     from rayq.distributed.evaluator import RayEvaluatorPool
 
     return RayEvaluatorPool(num_workers=workers, resources=worker_resources, backend_name=session.backend.name,
                             model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
-                            validation_fn=fn, kwargs=kwargs)
+                            validation_fn=fn, kwargs=kwargs, timeout=timeout)
 
 
 def quantize_with_accuracy_control(
@@ -221,6 +230,7 @@ def quantize_with_accuracy_control(
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
+    validation_timeout: float | None = None,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -230,6 +240,7 @@ def quantize_with_accuracy_control(
     harmful layers to FP32 (ranked in parallel, top-k candidates refined by bisection)
     and returns the fastest measured model within budget. If no candidate meets the
     budget, the one with the smallest drop is returned and a warning is logged.
+    ``validation_timeout`` bounds each validation call as in :func:`search`.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -244,7 +255,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if model_type == "transformer" else None,
-        explore=False)
+        explore=False, validation_timeout=validation_timeout)
     if result.status != "met":
         log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
                     "candidate", result.drop, max_drop)
@@ -267,4 +278,4 @@ def search_from_config(config, *, output: str | None = None, num_workers: int | 
         ignored_scope=config.ignored_scope, advanced_parameters=config.advanced, presets=config.presets,
         estimators=config.estimators, bias_corrections=config.bias_corrections,
         smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
-        generation_size=config.generation_size)
+        generation_size=config.generation_size, validation_timeout=config.validation_timeout)
