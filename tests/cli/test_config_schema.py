@@ -195,3 +195,19 @@ def test_schema_fields_and_defaults_match_the_config_objects(model, cls):
             assert info.default_factory is not None, f.name
         else:
             assert info.default == f.default, f.name
+
+
+def test_validation_timeout_flag(tmp_path, capsys, no_work):
+    from rayq.cli.main import build_parser
+    from rayq.cli.search import config_from_args
+
+    argv = ["search", str(MODEL), "--data", str(CALIBRATION), "--validation", str(VALIDATION),
+            "--validation-fn", "examples.digits.metric:accuracy", "--validation-timeout"]
+    assert config_from_args(build_parser().parse_args([*argv, "2.5"])).validation_timeout == 2.5
+    assert main([*argv, "0", "-q"]) == 2
+    assert "validation_timeout: expected a number greater than 0" in one_error_line(capsys.readouterr().err)
+
+
+def test_bundled_configs_point_editors_at_the_schema():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        assert path.read_text().startswith("# yaml-language-server: $schema=schema.json\n"), path.name
