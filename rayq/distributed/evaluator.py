@@ -384,7 +384,7 @@ def observe_fp32(timeout: ValidationTimeout, plans: Sequence[QuantPlan | None], 
     """Record the first full FP32 validation's duration (the automatic timeout's base)."""
     if timeout.fp32_seconds is None and indices is None:
         for plan, m in zip(plans, out):
-            if plan is None and m.error is None:
+            if plan is None and getattr(m, "error", "no metric") is None:
                 timeout.fp32_seconds = m.seconds
                 return
 

@@ -57,6 +57,7 @@ def _check_search_went_on(result):
     assert result.status == "met" and "Gemm_1" in result.plan.fallback
 
 
+@pytest.mark.timeout(300)
 def test_in_process_search_survives_a_hanging_validation(task):
     model, calib, val = task
     start = time.monotonic()
@@ -66,6 +67,7 @@ def test_in_process_search_survives_a_hanging_validation(task):
     assert time.monotonic() - start < 120
 
 
+@pytest.mark.timeout(300)  # a worker left hanging would block the search: fail, not hang
 def test_ray_search_kills_and_replaces_the_hanging_worker(task, ray_cluster, monkeypatch):
     monkeypatch.setattr(evaluator_mod, "TASK_START_GRACE_S", 3.0)
     model, calib, val = task
@@ -75,6 +77,25 @@ def test_ray_search_kills_and_replaces_the_hanging_worker(task, ray_cluster, mon
     _check_search_went_on(result)
     assert "on a Ray worker, which was replaced" in " ".join(result.trials.error.dropna())
     assert time.monotonic() - start < 240
+    assert not _busy_ray_workers(), "a hung validation's worker process was left running"
+
+
+def _busy_ray_workers(wait_s: float = 10.0) -> list[int]:
+    """Ray worker processes of this session's cluster still running a task (``ray::evaluate``):
+    once the search returned, only a hung validation that was not killed would be one."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + wait_s
+    while True:
+        busy = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if "ray::evaluate" in " ".join(proc.cmdline()):
+                    busy.append(proc.pid)
+            except psutil.Error:
+                pass
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.5)
 
 
 def test_quantize_with_accuracy_control_times_out_instead_of_hanging(task):
