@@ -1,7 +1,11 @@
 """Frozen run configurations, shared by the Python API, the CLI and YAML files.
 
-``configs/README.md`` documents every field. A config is validated on creation
-and saved as ``config.yaml`` next to each run's outputs.
+``configs/README.md`` documents every field. A mapping (a YAML file, CLI flags) is
+first checked against the typed schema of :mod:`rayq.config_schema` (every wrong
+field named with its expected type and value), then built into the frozen config
+objects below, which the rest of rayq uses; these check their values again when
+built directly from Python. A config is saved as ``config.yaml`` next to each
+run's outputs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rayq import config_schema
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
@@ -92,6 +97,7 @@ class SearchConfig:
     target: str | None = None
     n_trials: int = 32
     timeout: float | None = None
+    validation_timeout: float | None = None
     num_workers: int | None = None
     worker_resources: dict | None = None
     storage: str | None = None
@@ -124,6 +130,8 @@ class SearchConfig:
             raise ConfigError("n_trials must be >= 0 and generation_size >= 1")
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
+        if self.validation_timeout is not None and not self.validation_timeout > 0:
+            raise ConfigError(f"validation_timeout={self.validation_timeout} must be > 0 seconds (or null: automatic)")
         for name in ("presets", "estimators", "bias_corrections"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.smooth_quant_alphas is not None:
@@ -241,10 +249,12 @@ def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = 
         raise ConfigError("a config must be a mapping of field names to values")
     data = dict(data)
     cmd = data.pop("command", None) or command
+    if not isinstance(cmd, str) or cmd not in _REGISTRY:
+        raise ConfigError(f"config 'command' must be one of {sorted(_REGISTRY)}, got {cmd!r}")
     if command and cmd != command:
         raise ConfigError(f"config is for 'rayq {cmd}', not 'rayq {command}'")
-    if cmd not in _REGISTRY:
-        raise ConfigError(f"config 'command' must be one of {sorted(_REGISTRY)}, got {cmd!r}")
+    if cmd in config_schema.MODELS:
+        data = config_schema.validate(data, cmd)
     if base_dir:
         for key in ("model", "calibration", "validation"):  # paths relative to the config file
             value = data.get(key)
@@ -264,6 +274,9 @@ def load(path: str, *, command: str | None = None, overrides: dict | None = None
         raise ConfigError(f"cannot read config {path!r}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path!r} must be a mapping of field names to values (field: value lines), "
+                          f"not a {type(data).__name__}: {data!r:.80}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(data, command=command)
 

@@ -26,6 +26,7 @@ from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
 from rayq.pipeline.latency import runtime_settings
+from rayq.pipeline.evaluate import ValidationTimeout
 from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
@@ -109,6 +110,7 @@ def search(
     cache: bool = True,
     ranking_subset_size: int = 300,
     output_files: Mapping[str, str] | None = None,
+    validation_timeout: float | None = None,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -149,6 +151,12 @@ def search(
             rank fallback groups.
         output_files: Extra text files (name -> content) saved with the results in
             ``output`` before ``result.json``; the CLI adds ``config.yaml``.
+        validation_timeout: Seconds one call of ``validation_fn`` may take (None: 10x the
+            FP32 validation time, at least 60 s). A candidate whose validation does not
+            return in time is a failed trial with a ``timeout`` error; its Ray worker is
+            killed and replaced (in-process, ``num_workers=1``: its thread is abandoned,
+            since a thread cannot be killed), and the search goes on. An FP32 validation
+            that times out stops the search with a :class:`~rayq.errors.SearchError`.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -168,6 +176,7 @@ def search(
         raise ConfigError(f"finalists={finalists!r} must be an integer >= 1")
     adv = compat_advanced(advanced_parameters)
     ignored_scope = compat.ignored_scope(ignored_scope)
+    call_limit = ValidationTimeout(validation_timeout)
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
@@ -197,7 +206,7 @@ def search(
     latency_feeds = {k: v[:1] for k, v in session.batches[0][1].items()}
     kwargs = dict(runtime=target, latency_feeds=latency_feeds, calibration_batches=session.batches,
                   latency_threads=latency_threads)
-    pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources)
+    pool = _make_pool(session, stats, items, validation_fn, kwargs, num_workers, worker_resources, call_limit)
     try:
         with Progress("search", total=n_trials, unit="trial") as bar:
             feasible = [0]
@@ -253,18 +262,18 @@ def search(
     return result
 
 
-def _make_pool(session, stats, items, fn, kwargs, num_workers, worker_resources):
+def _make_pool(session, stats, items, fn, kwargs, num_workers, worker_resources, timeout):
     workers = _resolve_workers(num_workers, 2)
     if workers == 1:
         from rayq.distributed.evaluator import LocalEvaluatorPool
 
         return LocalEvaluatorPool(CandidateEvaluator(session.backend.name, session.model, stats, items, fn,
-                                                     **kwargs))
+                                                     **kwargs), timeout=timeout)
     from rayq.distributed.evaluator import RayEvaluatorPool
 
     return RayEvaluatorPool(num_workers=workers, resources=worker_resources, backend_name=session.backend.name,
                             model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
-                            validation_fn=fn, kwargs=kwargs)
+                            validation_fn=fn, kwargs=kwargs, timeout=timeout)
 
 
 def quantize_with_accuracy_control(
@@ -288,6 +297,7 @@ def quantize_with_accuracy_control(
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
+    validation_timeout: float | None = None,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -306,6 +316,7 @@ def quantize_with_accuracy_control(
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
     subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
     the output directory (``intermediate_model_dir`` when ``output`` is None).
+    ``validation_timeout`` bounds each validation call as in :func:`search`.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -325,7 +336,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
-        explore=False, finalists=1)
+        explore=False, finalists=1, validation_timeout=validation_timeout)
     _warn_restored(result, result.n_quantizable)
     return result.model
 
@@ -362,4 +373,5 @@ def search_from_config(config, *, output: str | None = None, num_workers: int | 
         ignored_scope=config.ignored_scope, advanced_parameters=config.advanced, presets=config.presets,
         estimators=config.estimators, bias_corrections=config.bias_corrections,
         smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
-        generation_size=config.generation_size, output_files={"config.yaml": dump(config)})
+        generation_size=config.generation_size, validation_timeout=config.validation_timeout,
+        output_files={"config.yaml": dump(config)})

@@ -84,7 +84,7 @@ class ModelSession:
         key = cache.cache_key(self.model_fingerprint, self.data_fingerprint, spec.key_material(), self.batch_size)
         start = time.perf_counter()
         if use_cache:
-            stats = cache.load(key, cache_dir)
+            stats = cache.load(key, cache_dir, tensors=spec.tensors())
             if stats is not None:
                 self.info = CalibrationInfo(True, time.perf_counter() - start, 0, cache_key=key)
                 log.info("calibration statistics loaded from cache (%s)", key)

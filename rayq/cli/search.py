@@ -35,7 +35,7 @@ FIELDS = {
     "output": "output", "max_drop": "max_drop", "drop_type": "drop_type", "target": "target",
     "n_trials": "n_trials", "timeout": "timeout", "num_workers": "num_workers", "storage": "storage",
     "study_name": "study_name", "seed": "seed", "preset": "preset", "model_type": "model_type",
-    "subset_size": "subset_size", "address": "address",
+    "subset_size": "subset_size", "address": "address", "validation_timeout": "validation_timeout",
 }
 
 
@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--target", choices=["onnxruntime", "openvino"], default=u, help="runtime to validate and time")
     s.add_argument("--n-trials", type=int, default=u, help="total trials (default 32)")
     s.add_argument("--timeout", type=float, default=u, help="seconds after which no new generation starts")
+    s.add_argument("--validation-timeout", type=float, default=u, metavar="SECONDS",
+                   help="seconds one validation call may take; a slower candidate is a failed trial "
+                        "(default: 10x the FP32 validation, at least 60)")
     s.add_argument("--num-workers", type=int, default=u,
                    help="evaluations at once, as Ray tasks (default: all cluster CPUs; 1: in-process)")
     s.add_argument("--storage", default=u, help="Optuna storage: journal path or RDB URL")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 from rayq.errors import ClusterError, ConfigError, RayqError
 
@@ -15,8 +17,11 @@ log = logging.getLogger(__name__)
 def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -> dict:
     """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one.
 
-    A local cluster is started without the dashboard; an existing connection is
-    reused. Returns the cluster's resources.
+    A local cluster is started without the dashboard and on loopback only: its GCS,
+    raylet, workers and agents listen on 127.0.0.1 (Ray's token authentication stays
+    on), so nothing on the network can reach it; pass ``_node_ip_address=...`` to
+    start it on another interface. An existing connection is reused. Returns the
+    cluster's resources.
 
     Example:
         >>> import rayq
@@ -41,11 +46,43 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
         else:
             # "local": always a fresh private cluster, never an unrelated one found on this machine
             opts.setdefault("include_dashboard", False)
-            ray.init(address="local", num_cpus=num_cpus, **opts)
+            with _loopback_only(opts):
+                ray.init(address="local", num_cpus=num_cpus, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc
     return ray.cluster_resources()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_only(opts: dict) -> Iterator[None]:
+    """Start a local Ray whose processes bind 127.0.0.1 only.
+
+    Ray 2.x binds its gRPC servers and agents to the node IP address, but maps a
+    loopback ``_node_ip_address`` to the machine's external address unless clusters
+    are disabled on this platform (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read at
+    import time into ``ray._private.ray_constants``). Both are set for the start only.
+    """
+    if "_node_ip_address" in opts:  # the caller chose an interface
+        yield
+        return
+    from ray._private import ray_constants
+
+    opts["_node_ip_address"] = LOOPBACK
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[1]
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

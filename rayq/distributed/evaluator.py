@@ -24,11 +24,18 @@ concurrent work on the same cores. The first task for each node that can run a
 worker is pinned there (soft affinity), so evaluation spans the cluster. Ray re-runs
 a task whose worker process or node died, and restarts a dead bound worker
 (``MAX_RETRIES`` times).
+
+A validation that does not return within the validation timeout
+(:class:`~rayq.pipeline.evaluate.ValidationTimeout`, plus ``TASK_START_GRACE_S``) is a
+failed metric with a ``timeout`` error: its task is cancelled with ``force=True``,
+which kills the worker process (Ray starts a new one for the next task), or its
+bound worker is killed and replaced; the other evaluations go on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -41,6 +48,7 @@ from rayq.distributed.cluster import default_resources, next_done, task_error, w
 from rayq.distributed.resident import call_with_ended, end, release, resident, touch
 from rayq.errors import ClusterError, ConfigError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric
+from rayq.pipeline.evaluate import ValidationTimeout, timeout_message
 from rayq.pipeline.latency import GATE, Latency
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 2  # re-runs of a task whose worker process or node died
 PLACEMENT_TIMEOUT_S = 180
 IDLE_RELEASE_S = 60.0  # a worker process drops a search's evaluator unused for this long
+#: On Ray, a validation's time counts from its submission: this much more is allowed for
+#: starting a worker process and loading the evaluator before the worker is killed.
+TASK_START_GRACE_S = 10.0
 
 
 # -- worker side ------------------------------------------------------------------------
@@ -157,6 +168,7 @@ class RayEvaluatorPool:
         task: the remote function that runs an evaluation (tests inject failures here).
         bind_processes: run on W actors (:class:`BoundWorker`) held for the pool's
             lifetime instead of pooled tasks; default: when ``resources`` ask for GPUs.
+        timeout: How long a validation may take (default: automatic).
 
     Raises:
         ClusterError: no node of the cluster can run a worker with ``resources``, or
@@ -165,10 +177,13 @@ class RayEvaluatorPool:
 
     def __init__(self, *, num_workers: int, resources: dict | None, backend_name: str, model_bytes: bytes,
                  stats: StatisticSet, items: list, validation_fn: Callable, kwargs: dict,
-                 task: Callable | None = None, bind_processes: bool | None = None) -> None:
+                 task: Callable | None = None, bind_processes: bool | None = None,
+                 timeout: ValidationTimeout | None = None) -> None:
         import ray
 
         self.workers = max(1, num_workers)
+        self.timeout = timeout or ValidationTimeout()
+        self._fn_name = f"{getattr(validation_fn, '__module__', '?')}:{getattr(validation_fn, '__qualname__', '?')}"
         self.resources = dict(resources or default_resources(self.workers))
         if not kwargs.get("threads"):  # as many validation threads as CPUs reserved: W workers of a
             # runtime's default (every core) would oversubscribe the node (MiniLM ranking on 2 cores:
@@ -202,6 +217,8 @@ class RayEvaluatorPool:
         opts = dict(self.resources, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         pin = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(n, soft=True)} for n in self.nodes]
         actors = [cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote() for i in range(self.workers)]
+        self._new_bound = lambda node: cls.options(  # a replacement for a killed worker, on its node
+            **opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
         try:
             nodes = ray.get([a.node_id.remote() for a in actors], timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
@@ -266,23 +283,68 @@ class RayEvaluatorPool:
             self.node_ids.append(node)
         return out
 
-    def _map(self, verb: str, args: Sequence[tuple]) -> list:
-        """``verb(*a)`` for each ``a``, at most W at a time; results in order."""
+    def _map(self, verb: str, args: Sequence[tuple], limit: float | None = None) -> list:
+        """``verb(*a)`` for each ``a``, at most W at a time; results in order. With
+        ``limit``, a call running longer (plus the start grace) is killed and gives a
+        ``timeout`` :class:`CandidateMetric`."""
         results: list[Any] = [None] * len(args)
         todo = list(range(len(args)))
         pending: dict = {}
+        started: dict = {}
         share = max(1, self.workers // max(1, len(args)))  # fewer plans than workers: more CPUs each
         with GATE.evaluating():
             while todo or pending:
                 while todo and len(pending) < self.workers:
                     i = todo.pop(0)
-                    pending[self._submit(verb, args[i], share=share)] = i
-                ref = next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S)
-                results[pending.pop(ref)] = self._result(ref, verb)
+                    ref = self._submit(verb, args[i], share=share)
+                    pending[ref], started[ref] = i, time.monotonic()
+                ref, late = self._next(pending, started, limit)
+                i = pending.pop(ref)
+                if late:
+                    results[i] = self._timed_out(ref, args[i][0], limit, time.monotonic() - started[ref])
+                else:
+                    results[i] = self._result(ref, verb)
         return results
 
+    def _next(self, pending: dict, started: dict, limit: float | None) -> tuple[Any, bool]:
+        """The next finished call, or one past its deadline (``True``)."""
+        if limit is None:
+            return next_done(pending, "evaluation", PLACEMENT_TIMEOUT_S), False
+        import ray
+
+        deadline = limit + TASK_START_GRACE_S
+        while True:
+            now = time.monotonic()
+            late = [r for r in pending if now - started[r] >= deadline]
+            if late:
+                return late[0], True
+            wait = min(deadline - (now - started[r]) for r in pending)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.05, min(wait, PLACEMENT_TIMEOUT_S)))
+            if done:
+                return done[0], False
+
+    def _timed_out(self, ref, plan_json: str | None, limit: float, seconds: float) -> CandidateMetric:
+        """Kill the worker running ``ref`` (Ray starts another) and report the timeout."""
+        import ray
+
+        if ref in self._busy:  # a bound worker: replace it on its node
+            k = self._busy.pop(ref)
+            actor, node = self._bound[k]
+            ray.kill(actor, no_restart=True)
+            self._bound[k] = (self._new_bound(node), node)
+            self._free.append(k)
+        else:
+            ray.cancel(ref, force=True, recursive=True)
+        key = "fp32" if plan_json is None else QuantPlan.from_json(plan_json).key()
+        log.warning("validation of %s timed out after %.1f s; its worker was killed and is replaced", key, seconds)
+        return CandidateMetric(key, None, None, seconds,
+                               timeout_message(self._fn_name, limit, "on a Ray worker, which was replaced"))
+
     def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list[CandidateMetric]:
-        return self._map("metric", [(None if p is None else p.to_json(), indices) for p in plans])
+        out = self._map("metric", [(None if p is None else p.to_json(), indices) for p in plans],
+                        limit=self.timeout.limit())
+        observe_fp32(self.timeout, plans, indices, out)
+        return out
 
     def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]:
         return self._map("output_error", [(None if p is None else p.to_json(),) for p in plans])
@@ -318,11 +380,25 @@ class RayEvaluatorPool:
         return [self._result(r, "describe") for r in refs]
 
 
-class LocalEvaluatorPool:
-    """The in-process pool (``num_workers=1``): same verbs, no Ray."""
+def observe_fp32(timeout: ValidationTimeout, plans: Sequence[QuantPlan | None], indices, out) -> None:
+    """Record the first full FP32 validation's duration (the automatic timeout's base)."""
+    if timeout.fp32_seconds is None and indices is None:
+        for plan, m in zip(plans, out):
+            if plan is None and getattr(m, "error", "no metric") is None:
+                timeout.fp32_seconds = m.seconds
+                return
 
-    def __init__(self, evaluator: CandidateEvaluator) -> None:
+
+class LocalEvaluatorPool:
+    """The in-process pool (``num_workers=1``): same verbs, no Ray.
+
+    A validation call past the timeout is abandoned in its thread (a thread cannot be
+    killed) and gives a ``timeout`` metric; the search goes on.
+    """
+
+    def __init__(self, evaluator: CandidateEvaluator, timeout: ValidationTimeout | None = None) -> None:
         self.ev = evaluator
+        self.timeout = timeout or ValidationTimeout()
         self.node_ids = ["local"]
 
     size = 1
@@ -331,8 +407,13 @@ class LocalEvaluatorPool:
         pass
 
     def map_metric(self, plans, indices=None) -> list[CandidateMetric]:
+        out = []
         with GATE.evaluating():
-            return [self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices) for p in plans]
+            for p in plans:
+                self.ev.validation_timeout = self.timeout.limit()
+                out.append(self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices))
+        observe_fp32(self.timeout, plans, indices, out)
+        return out
 
     def map_output_error(self, plans) -> list[float]:
         with GATE.evaluating():

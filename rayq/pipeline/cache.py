@@ -3,6 +3,11 @@
 Arrays are stored as raw little-endian bytes with dtype and shape columns -- plain
 Parquet, never pickle. Files go through ``pyarrow.fs``, so the cache directory may
 be a local path or an object-store URI.
+
+Cache content is never trusted blindly: each file carries a SHA-256 digest of its
+rows in the Parquet metadata (``rayq.digest``), checked on load, and the caller
+names the tensors it needs. A damaged, edited or incomplete entry is logged as a
+warning and recalibrated, never used.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -18,7 +24,8 @@ from rayq.core.stats import StatisticSet
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: rows digest in the Parquet metadata
+DIGEST_KEY = b"rayq.digest"
 
 
 def default_dir() -> str:
@@ -57,7 +64,7 @@ def save(stats: StatisticSet, key: str, directory: str | None = None) -> str:
             rows["dtype"].append(arr.dtype.str)
             rows["shape"].append(list(arr.shape))
             rows["data"].append(arr.tobytes())
-    table = pa.table(rows)
+    table = pa.table(rows).replace_schema_metadata({DIGEST_KEY: digest(rows).encode()})
     path = f"{root}/{key}.parquet"
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # unique per writer: sweeps save from threads
     with filesystem.open_output_stream(tmp) as out:
@@ -66,8 +73,28 @@ def save(stats: StatisticSet, key: str, directory: str | None = None) -> str:
     return path
 
 
-def load(key: str, directory: str | None = None) -> StatisticSet | None:
-    """The cached statistics for ``key``, or None (a corrupt file is ignored and logged)."""
+def digest(rows: dict[str, list]) -> str:
+    """SHA-256 of the cache rows (tensor, field, dtype, shape, bytes), in a fixed order."""
+    h = hashlib.sha256()
+    order = sorted(range(len(rows["tensor"])), key=lambda i: (rows["tensor"][i], rows["field"][i]))
+    for i in order:
+        for part in (rows["tensor"][i], rows["field"][i], rows["dtype"][i], repr(list(rows["shape"][i]))):
+            h.update(part.encode() + b"\0")
+        data = rows["data"][i]
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+class _Stale(Exception):
+    """A readable cache entry whose content cannot be trusted."""
+
+
+def load(key: str, directory: str | None = None, *, tensors: Iterable[str] = ()) -> StatisticSet | None:
+    """The cached statistics for ``key``, or None.
+
+    An unreadable file, one whose rows do not match the digest stored with them, or
+    one missing any of ``tensors`` is ignored with a warning (the caller recalibrates).
+    """
     import pyarrow.parquet as pq
     from pyarrow import fs as pafs
 
@@ -78,11 +105,23 @@ def load(key: str, directory: str | None = None) -> StatisticSet | None:
     try:
         with filesystem.open_input_file(path) as f:
             table = pq.read_table(f)
+        rows = table.to_pydict()
+        stored = (table.schema.metadata or {}).get(DIGEST_KEY)
+        if stored is None:
+            raise _Stale("it has no digest (written by another tool or an older rayq)")
+        if stored.decode() != digest(rows):
+            raise _Stale("its content does not match the digest stored with it (edited or damaged)")
         arrays: dict[str, dict[str, np.ndarray]] = {}
-        for row in table.to_pylist():
-            value = np.frombuffer(row["data"], dtype=np.dtype(row["dtype"])).reshape(row["shape"])
-            arrays.setdefault(row["tensor"], {})[row["field"]] = value.copy()
+        for name, field, dtype, shape, data in zip(rows["tensor"], rows["field"], rows["dtype"], rows["shape"],
+                                                   rows["data"]):
+            arrays.setdefault(name, {})[field] = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+        missing = sorted(set(tensors) - set(arrays))
+        if missing:
+            raise _Stale(f"it lacks the statistics of {len(missing)} tensor(s), e.g. {missing[:3]}")
         return StatisticSet.from_arrays(arrays)
+    except _Stale as exc:
+        log.warning("ignoring untrusted statistics cache %s: %s; recalibrating", path, exc)
+        return None
     except Exception as exc:  # a damaged cache entry must never break a run
-        log.warning("ignoring unreadable statistics cache %s: %s", path, exc)
+        log.warning("ignoring unreadable statistics cache %s: %s; recalibrating", path, exc)
         return None

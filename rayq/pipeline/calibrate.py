@@ -41,6 +41,10 @@ class StatSpec:
         reqs = ";".join(f"{r.tensor}|{','.join(r.reductions)}|{r.channel_axis}" for r in self.requests)
         return f"{reqs}#hist:{','.join(self.histogram_tensors)}#{HIST_BINS}"
 
+    def tensors(self) -> tuple[str, ...]:
+        """Every tensor this spec collects statistics of."""
+        return tuple(dict.fromkeys([*(r.tensor for r in self.requests), *self.histogram_tensors]))
+
 
 def _channel_axis(node) -> int:
     return 1 if node.meta in (g.CONV, g.CONV_TRANSPOSE) else -1

@@ -86,6 +86,9 @@ class CandidateEvaluator:
         self._built: OrderedDict[str, Any] = OrderedDict()
         self._reference: list | None = None
         self._fp32_runner = None
+        #: Seconds one validation call may take (None: no limit; the in-process pool sets
+        #: it per call, Ray pools enforce it from the driver by killing the worker)
+        self.validation_timeout: float | None = None
 
     # -- building --------------------------------------------------------------------
     def build(self, plan: QuantPlan) -> Any:
@@ -131,7 +134,7 @@ class CandidateEvaluator:
         items = self.items if indices is None else [self.items[i] for i in indices]
         try:
             compiled = self.compiled(model, self.threads)
-            m = run_validation(self.fn, compiled, items)
+            m = run_validation(self.fn, compiled, items, timeout=self.validation_timeout)
         except ValidationFailed as exc:
             return CandidateMetric(key, None, None, time.perf_counter() - start, str(exc))
         return CandidateMetric(key, m.value, m.per_item, time.perf_counter() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,86 @@ from rayq.errors import DataError, RayqError
 
 class ValidationFailed(RayqError):
     """The user's validation function raised or returned a non-finite metric."""
+
+
+class ValidationTimedOut(ValidationFailed):
+    """The user's validation function did not return within the validation timeout."""
+
+
+#: Automatic validation timeout: ``FACTOR`` x the FP32 validation time, at least ``MIN_S``;
+#: the FP32 validation itself, whose time is not known yet, gets ``FP32_LIMIT_S``.
+TIMEOUT_FACTOR = 10.0
+TIMEOUT_MIN_S = 60.0
+TIMEOUT_FP32_LIMIT_S = 3600.0
+
+
+@dataclass
+class ValidationTimeout:
+    """How long one call of the validation function may take.
+
+    Args:
+        seconds: The limit given by the user (``validation_timeout``); None: automatic,
+            ``max(TIMEOUT_MIN_S, TIMEOUT_FACTOR * fp32_seconds)`` once the FP32 validation
+            time is known, ``TIMEOUT_FP32_LIMIT_S`` for the FP32 validation itself.
+        fp32_seconds: Measured duration of the FP32 validation (set by the pools).
+
+    Example:
+        >>> t = ValidationTimeout()
+        >>> t.fp32_seconds = 12.0
+        >>> t.limit()
+        120.0
+    """
+
+    seconds: float | None = None
+    fp32_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float))
+                                         or not self.seconds > 0):
+            from rayq.errors import ConfigError
+
+            raise ConfigError(f"validation_timeout={self.seconds!r} must be a number of seconds > 0 "
+                              "(or None: 10x the FP32 validation time, at least 60 s)")
+
+    def limit(self) -> float:
+        """Seconds the next validation call may take."""
+        if self.seconds is not None:
+            return float(self.seconds)
+        if self.fp32_seconds is None:
+            return TIMEOUT_FP32_LIMIT_S
+        return max(TIMEOUT_MIN_S, TIMEOUT_FACTOR * self.fp32_seconds)
+
+
+def timeout_message(fn: Callable | str, limit: float, where: str) -> str:
+    """The error of a timed-out validation call (trial tables show it; it starts with ``timeout``)."""
+    name = fn if isinstance(fn, str) else _name(fn)
+    return (f"timeout: validation function {name} did not return within {limit:g} s ({where}; "
+            "set validation_timeout to allow longer)")
+
+
+def _call_with_timeout(fn: Callable, args: tuple, timeout: float) -> Any:
+    """``fn(*args)`` in a daemon thread, waited for ``timeout`` seconds.
+
+    A thread cannot be killed: on timeout it is abandoned (it keeps its CPU and
+    memory until ``fn`` returns or the process exits) and :class:`ValidationTimedOut`
+    is raised, so the caller goes on. Ray workers are killed and replaced instead.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"rayq-validation-{_name(fn)}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ValidationTimedOut(timeout_message(fn, timeout, "in-process: its thread is abandoned"))
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 @dataclass(frozen=True)
@@ -78,16 +159,19 @@ class CompiledModel:
         return getattr(self.model, name)
 
 
-def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
+def run_validation(fn: Callable, compiled: CompiledModel, data: Any, timeout: float | None = None) -> Metric:
     """Call ``fn(compiled, data)`` and normalise its result.
 
     ``fn`` returns the metric (higher is better) or ``(metric, per_item_values)``.
+    With ``timeout``, ``fn`` runs in a thread that is abandoned after ``timeout``
+    seconds (:class:`ValidationTimedOut`).
 
     Raises:
         ValidationFailed: ``fn`` raised, or returned NaN/Inf or a non-number.
+        DataError: the per-item values are not numbers, or not one per item of ``data``.
     """
     try:
-        result = fn(compiled, data)
+        result = fn(compiled, data) if timeout is None else _call_with_timeout(fn, (compiled, data), timeout)
     except RayqError:
         raise
     except Exception as exc:
@@ -95,7 +179,7 @@ def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
     per_item = None
     if isinstance(result, tuple) and len(result) == 2:
         result, per_item = result
-        per_item = np.asarray(per_item, dtype=np.float64).reshape(-1)
+        per_item = _per_item_values(fn, per_item, data)
     try:
         value = float(result)
     except (TypeError, ValueError) as exc:
@@ -103,6 +187,20 @@ def run_validation(fn: Callable, compiled: CompiledModel, data: Any) -> Metric:
     if not math.isfinite(value):
         raise ValidationFailed(f"validation function {_name(fn)} returned {value}")
     return Metric(value, per_item)
+
+
+def _per_item_values(fn: Callable, values: Any, data: Any) -> np.ndarray:
+    """``values`` as a float vector with one value per item of ``data`` (when it has a length)."""
+    try:
+        per_item = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"validation function {_name(fn)} returned per-item values that are not numbers: "
+                        f"{exc}") from exc
+    if hasattr(data, "__len__") and len(per_item) != len(data):
+        raise DataError(f"validation function {_name(fn)} returned {len(per_item)} per-item values for "
+                        f"{len(data)} items; return (metric, per_item_values) with one value per item, "
+                        "or the metric alone")
+    return per_item
 
 
 def output_nmse(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:

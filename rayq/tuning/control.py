@@ -119,8 +119,10 @@ def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], int8_metric, s
     plans = [base.with_fallback([op]) for op in ops]
     if use_metric:
         ref = pool.map_metric([base], subset)[0]
-        results = pool.map_metric(plans, subset)
-        return {op: (r.value - ref.value) if r.error is None else -math.inf for op, r in zip(ops, results)}
+        if ref.error is None:
+            results = pool.map_metric(plans, subset)
+            return {op: (r.value - ref.value) if r.error is None else -math.inf for op, r in zip(ops, results)}
+        log.warning("ranking by output error: the base plan's validation failed (%s)", ref.error)
     ref_err = pool.map_output_error([base])[0]
     errs = pool.map_output_error(plans)
     return {op: ref_err - e for op, e in zip(ops, errs)}

@@ -173,7 +173,7 @@ def test_cache_file_with_wrong_content_is_ignored(cnn, runners, rayq_cache_dir, 
     with caplog.at_level(logging.WARNING):
         _quantize(model, calib)
     assert runners.calls == 2
-    assert "ignoring unreadable statistics cache" in caplog.text
+    assert "ignoring untrusted statistics cache" in caplog.text and "no digest" in caplog.text
 
 
 def test_single_batch_runs_in_process(runners):
@@ -226,3 +226,55 @@ def test_concurrent_writers_of_one_key_all_succeed(rayq_cache_dir):
         paths = list(pool.map(lambda _: cache.save(stats, "k"), range(32)))
     assert len(set(paths)) == 1 and sorted(p.name for p in rayq_cache_dir.iterdir()) == ["k.parquet"]
     assert cache.load("k")["x"].max == 2.0
+
+
+def _rewrite_cache(path, edit):
+    """Rewrite a cache file through pyarrow, keeping its schema metadata (the digest)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    rows = edit(table.to_pydict())
+    pq.write_table(type(table).from_pydict(rows, schema=table.schema), str(path))
+
+
+def _scaled_by_50(rows):
+    scaled = []
+    for field, dtype, data in zip(rows["field"], rows["dtype"], rows["data"]):
+        arr = np.frombuffer(data, dtype=np.dtype(dtype))
+        scaled.append((arr * 50).astype(arr.dtype).tobytes() if arr.dtype.kind == "f" else data)
+    return {**rows, "data": scaled}
+
+
+def _one_tensor_deleted(rows):
+    victim = next(t for t in rows["tensor"] if not t.startswith("__"))
+    keep = [i for i, t in enumerate(rows["tensor"]) if t != victim]
+    return {k: [v[i] for i in keep] for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("edit", [_scaled_by_50, _one_tensor_deleted], ids=["scaled_by_50", "tensor_deleted"])
+def test_tampered_cache_is_recalibrated_with_a_warning(cnn, runners, rayq_cache_dir, caplog, edit):
+    """Statistics edited in the cache (values x50, a tensor's rows deleted) are never used
+    silently: a warning, a recalibration, and the same model as a clean run."""
+    model, calib = cnn
+    clean = _quantize(model, calib)
+    (path,) = rayq_cache_dir.glob("*.parquet")
+    _rewrite_cache(path, edit)
+    with caplog.at_level(logging.WARNING):
+        second = _quantize(model, calib)
+    assert runners.calls == 2, "a tampered cache entry must be recomputed"
+    assert "ignoring untrusted statistics cache" in caplog.text
+    assert second.SerializeToString() == clean.SerializeToString()
+
+
+def test_cache_entry_missing_a_needed_tensor_is_recalibrated(cnn, rayq_cache_dir, caplog):
+    """Even with a consistent digest, an entry lacking a tensor the plan needs is not used."""
+    from rayq.pipeline import cache
+
+    model, calib = cnn
+    session = ModelSession(model, calib, subset_size=8)
+    stats = session.statistics(_plan("minmax"), histograms=False, num_workers=1)
+    key = session.info.cache_key
+    assert cache.load(key, tensors=stats.names()) is not None
+    with caplog.at_level(logging.WARNING):
+        assert cache.load(key, tensors=[*stats.names(), "not_there"]) is None
+    assert "lacks the statistics of 1 tensor" in caplog.text
