@@ -71,16 +71,37 @@ class IgnoredScopeModel(_Model):
     validate_: Bool = Field(True, alias="validate", description="a rule that matches no node is an error")
 
 
+class SmoothQuantAlphasModel(_Model):
+    """``advanced.smooth_quant_alphas``: :class:`rayq.AdvancedSmoothQuantParameters` (NNCF's)."""
+
+    convolution: Float = -1
+    matmul: Float = 0.95
+
+
+class BiasCorrectionParamsModel(_Model):
+    """``advanced.bias_correction_params``: :class:`rayq.AdvancedBiasCorrectionParameters` (NNCF's)."""
+
+    apply_for_all_nodes: Bool = False
+    threshold: Float | None = None
+
+
 class AdvancedModel(_Model):
     """``advanced``: :class:`rayq.AdvancedQuantizationParameters`."""
 
     activation_estimator: Estimator | None = None
     quantile: Annotated[float, Strict(), Field(gt=0, lt=0.5)] = 1e-4
-    overflow_fix: Literal[OVERFLOW_FIXES] = "first_layer"
+    overflow_fix: Literal[(*OVERFLOW_FIXES, "first_layer_only")] | None = None
     per_channel: Bool = True
     smooth_quant_alpha: Annotated[float, Strict(), Field(le=1)] | None = None
     bias_correction_iterations: Int = 2
     batch_size: PositiveInt | None = None
+    disable_bias_correction: Bool = False
+    smooth_quant_alphas: SmoothQuantAlphasModel = Field(default_factory=lambda: SmoothQuantAlphasModel())
+    bias_correction_params: BiasCorrectionParamsModel = Field(default_factory=lambda: BiasCorrectionParamsModel())
+    quantize_outputs: Bool = False
+    inplace_statistics: Bool = True
+    disable_channel_alignment: Bool = True
+    batchwise_statistics: Bool | None = None
 
 
 class _Plan(_Model):
