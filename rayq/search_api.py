@@ -54,7 +54,7 @@ def search(
     max_drop: float = 0.01,
     drop_type: str = "absolute",
     target: str | None = None,
-    n_trials: int = 32,
+    n_trials: int | None = 32,
     timeout: float | None = None,
     num_workers: int | None = None,
     worker_resources: dict | None = None,
@@ -96,7 +96,10 @@ def search(
             for the OpenVINO target, else a callable wrapper of the ``onnx.ModelProto``.
         max_drop: Accuracy budget; ``drop_type`` ``absolute`` or ``relative``.
         target: Runtime to validate and time on: ``onnxruntime`` or ``openvino``.
-        n_trials: Total trials of the study (seeds and candidates included).
+        n_trials: Total trials of the study: preset seeds, top-k candidates, bisection
+            steps and Optuna trials together, counted across resumes; the search
+            never runs more. None: no cap, only with ``explore=False`` (the preset
+            seeds, candidates and bisection steps, as ``quantize_with_accuracy_control``).
         timeout: Seconds after which no new generation starts.
         num_workers: Evaluations at once, as Ray tasks (None: all CPUs of the cluster; 1: in-process).
         worker_resources: Ray resources per evaluation task, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
@@ -104,6 +107,12 @@ def search(
         study_name: Study name (default: derived from model, data and settings).
         output: Directory or URI for the model, ``trials.parquet``, ``result.json``, ``pareto.png``.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+
+    Resume: re-running with the same ``storage`` and ``study_name`` (the default
+    ones for the same model, data, settings and ``output``) continues the study:
+    finished trials are not evaluated again, trials in flight when the previous
+    run was killed are evaluated once under their own numbers, the persisted
+    fallback ranking is reused, and the run stops at ``n_trials`` in all.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`.
@@ -117,6 +126,8 @@ def search(
     drop_type = check_drop_type(drop_type)
     if not callable(validation_fn):
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
+    if n_trials is None and explore or n_trials is not None and n_trials < 1:
+        raise ConfigError(f"n_trials={n_trials} must be >= 1 (None, no cap, only with explore=False)")
     adv = advanced_parameters or AdvancedQuantizationParameters()
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
@@ -238,7 +249,7 @@ def quantize_with_accuracy_control(
                             advanced=advanced_quantization_parameters or AdvancedQuantizationParameters())
     result = search(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
-        target=target, n_trials=0, num_workers=num_workers, output=output, preset=base.preset,
+        target=target, n_trials=None, num_workers=num_workers, output=output, preset=base.preset,
         model_type=model_type, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,
         advanced_parameters=advanced_quantization_parameters, presets=(base.preset,),

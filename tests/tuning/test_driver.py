@@ -10,6 +10,7 @@ import pytest
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
+from optuna.trial import TrialState
 from rayq.tuning import (
     DriverOutcome,
     EvalResult,
@@ -20,6 +21,7 @@ from rayq.tuning import (
     open_storage,
     plot_pareto,
 )
+from rayq.tuning.sampling import TrialSeededSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -97,10 +99,6 @@ def driver(evaluator, **kwargs) -> SearchDriver:
     return SearchDriver(kwargs.pop("space", SPACE), BASE, evaluator, **kwargs)
 
 
-def done(outcome: DriverOutcome) -> list[TrialRecord]:
-    return [r for r in outcome.records if r.status != "interrupted"]
-
-
 def test_fake_is_an_evaluator():
     assert isinstance(FakeEvaluator(), Evaluator)
 
@@ -115,7 +113,7 @@ def test_best_is_fastest_feasible_evaluated_plan():
     assert outcome.best.latency_ms == fastest
     assert outcome.best.number == min(r.number for r in feasible if r.latency_ms == fastest)
     assert fake_drop(outcome.best.plan) <= MAX_DROP
-    assert len(done(outcome)) == 24
+    assert len(outcome.records) == 24
 
 
 def test_same_best_with_one_and_two_workers():
@@ -151,6 +149,11 @@ def test_resume_from_journal_does_not_reevaluate(tmp_path):
     assert third_fake.calls == [] and third.records == second.records
 
 
+def _states(storage, name) -> list:
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    return [t.state for t in study.get_trials()]
+
+
 def test_crash_then_resume(tmp_path):
     storage = tmp_path / "crash.journal"
     crashing = CrashingEvaluator(crash_on=3)
@@ -158,34 +161,76 @@ def test_crash_then_resume(tmp_path):
         driver(crashing, n_trials=16, generation_size=4, storage=storage, study_name="c").run()
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     states = [t.state for t in study.get_trials()]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 8  # two generations persisted
-    interrupted = [t for t in study.get_trials() if t.user_attrs.get("status") == "interrupted"]
-    assert len(interrupted) == 4 and all("KeyboardInterrupt" in t.user_attrs["error"] for t in interrupted)
-    finished_before = set(crashing.evaluated)
+    assert states == [TrialState.COMPLETE] * 8 + [TrialState.RUNNING] * 4  # in flight: left running
+    in_flight = [t.user_attrs["plan_key"] for t in study.get_trials()[8:]]
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=16, generation_size=4, storage=storage, study_name="c").run()
-    assert not set(fake.evaluated) & finished_before
-    redo = {t.user_attrs["plan_key"] for t in interrupted} - finished_before
-    assert redo <= set(fake.calls[0])  # interrupted plans are asked again first
-    assert len(done(outcome)) == 16
-    assert sum(r.status == "interrupted" for r in outcome.records) == 4
+    assert not set(fake.evaluated) & set(crashing.evaluated)
+    assert fake.calls[0] == list(dict.fromkeys(k for k in in_flight if k not in crashing.evaluated))
+    assert [r.number for r in outcome.records] == list(range(16))  # one record per trial, same numbers
+    assert _states(storage, "c") == [TrialState.COMPLETE] * 16
+    whole = driver(FakeEvaluator(), n_trials=16, generation_size=4).run()
+    assert [r.plan for r in outcome.records] == [r.plan for r in whole.records]
 
 
-def test_trial_left_running_by_a_killed_driver(tmp_path):
+def test_trial_left_half_suggested_is_taken_over_with_its_draws(tmp_path):
+    """A driver killed between two suggestions of a trial: the rerun draws the rest as it would have."""
     storage = tmp_path / "kill.log"
     driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="k").run()
-    study = optuna.load_study(study_name="k", storage=open_storage(storage))
-    trial = study.ask()  # what a driver killed mid-evaluation leaves behind
-    plan = SPACE.suggest(trial, BASE.with_fallback(()))
-    trial.set_user_attr("plan", plan.to_json())
-    trial.set_user_attr("plan_key", plan.key())
+    study = optuna.create_study(study_name="k", storage=open_storage(storage), load_if_exists=True,
+                                sampler=TrialSeededSampler("tpe", 7))
+    study.ask().suggest_categorical("preset", list(SPACE.presets))  # then the driver died
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=8, storage=storage, study_name="k").run()
-    killed = outcome.records[4]
-    assert killed.status == "interrupted" and "interrupted" in killed.error
-    assert len(done(outcome)) == 8
-    reran = [r for r in outcome.records[5:] if r.plan == plan]
-    assert reran and reran[0].number == 5 and reran[0].status == "ok"
+    assert [r.number for r in outcome.records] == list(range(8))
+    assert _states(storage, "k") == [TrialState.COMPLETE] * 8
+    whole = driver(FakeEvaluator(), n_trials=8).run()
+    assert [r.plan for r in outcome.records] == [r.plan for r in whole.records]
+
+
+def _journal_cut(src, dest, lines: int) -> None:
+    """What ``kill -9`` leaves: the first ``lines`` operations of a journal."""
+    with open(src, encoding="utf-8") as f:
+        dest.write_text("".join(f.readlines()[:lines]), encoding="utf-8")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_killed_at_any_moment_resumes_to_the_same_study(tmp_path, sampler):
+    seeds = [BASE.with_fallback(RANKING[:k]) for k in (10, 6, 3)]
+    kwargs = dict(n_trials=11, generation_size=4, study_name="s", sampler=sampler)
+    whole = driver(FakeEvaluator(), storage=tmp_path / "whole.log", **kwargs).run(seeds)
+    ops = len((tmp_path / "whole.log").read_text().splitlines())
+    for cut in range(1, ops, 3):  # every third operation: asks, suggestions, tells, enqueues
+        path = tmp_path / f"cut{cut}.log"
+        _journal_cut(tmp_path / "whole.log", path, cut)
+        fake = FakeEvaluator()
+        resumed = driver(fake, storage=path, **kwargs).run(seeds)
+        assert resumed.records == whole.records, f"cut after {cut} of {ops} operations"
+        assert _states(path, "s") == [TrialState.COMPLETE] * 11
+        assert len(fake.evaluated) == len(set(fake.evaluated))
+
+
+def test_seeds_beyond_n_trials_are_not_enqueued():
+    seeds = [BASE.with_fallback(RANKING[:k]) for k in (10, 8, 6, 4)]
+    d = driver(FakeEvaluator(), n_trials=2)
+    outcome = d.run(seeds)
+    assert [r.plan for r in outcome.records] == seeds[:2]
+    study = optuna.load_study(study_name=d.study_name, storage=d._storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2  # nothing left waiting
+
+
+def test_a_smaller_budget_reads_the_first_trials_and_stray_ones_are_discarded(tmp_path):
+    storage = tmp_path / "d.log"
+    crashing = CrashingEvaluator(crash_on=2)
+    with pytest.raises(KeyboardInterrupt):
+        driver(crashing, n_trials=8, storage=storage, study_name="d").run()
+    small = driver(FakeEvaluator(), n_trials=2, storage=storage, study_name="d")
+    outcome = small.run([BASE.with_fallback(RANKING[:9])])
+    assert [r.number for r in outcome.records] == [0, 1]
+    assert small.discard_pending() == [4, 5, 6, 7]
+    assert _states(storage, "d") == [TrialState.COMPLETE] * 4 + [TrialState.FAIL] * 4
+    again = driver(FakeEvaluator(), n_trials=6, storage=storage, study_name="d").run()
+    assert [r.number for r in again.records] == [0, 1, 2, 3, 8, 9]  # discarded trials never count
 
 
 def test_failed_evaluations_are_recorded_and_search_goes_on():
