@@ -188,28 +188,6 @@ def test_trial_left_half_suggested_is_taken_over_with_its_draws(tmp_path):
     assert [r.plan for r in outcome.records] == [r.plan for r in whole.records]
 
 
-def _journal_cut(src, dest, lines: int) -> None:
-    """What ``kill -9`` leaves: the first ``lines`` operations of a journal."""
-    with open(src, encoding="utf-8") as f:
-        dest.write_text("".join(f.readlines()[:lines]), encoding="utf-8")
-
-
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
-def test_killed_at_any_moment_resumes_to_the_same_study(tmp_path, sampler):
-    seeds = [BASE.with_fallback(RANKING[:k]) for k in (10, 6, 3)]
-    kwargs = dict(n_trials=11, generation_size=4, study_name="s", sampler=sampler)
-    whole = driver(FakeEvaluator(), storage=tmp_path / "whole.log", **kwargs).run(seeds)
-    ops = len((tmp_path / "whole.log").read_text().splitlines())
-    for cut in range(1, ops, 3):  # every third operation: asks, suggestions, tells, enqueues
-        path = tmp_path / f"cut{cut}.log"
-        _journal_cut(tmp_path / "whole.log", path, cut)
-        fake = FakeEvaluator()
-        resumed = driver(fake, storage=path, **kwargs).run(seeds)
-        assert resumed.records == whole.records, f"cut after {cut} of {ops} operations"
-        assert _states(path, "s") == [TrialState.COMPLETE] * 11
-        assert len(fake.evaluated) == len(set(fake.evaluated))
-
-
 def test_seeds_beyond_n_trials_are_not_enqueued():
     seeds = [BASE.with_fallback(RANKING[:k]) for k in (10, 8, 6, 4)]
     d = driver(FakeEvaluator(), n_trials=2)
