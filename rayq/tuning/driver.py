@@ -97,6 +97,7 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
     if text.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend
 
+        _drop_torn_line(text)
         return optuna.storages.JournalStorage(JournalFileBackend(text))
     if "://" in text:
         try:
@@ -105,6 +106,26 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
             scheme = text.split("://", 1)[0]
             raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
     raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
+
+
+def _drop_torn_line(path: str) -> None:
+    """Cut a partial last line off a journal file: what a driver killed while appending
+    leaves. Optuna skips it when reading but would glue the next operation onto it."""
+    try:
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            start = max(0, end - (1 << 20))
+            f.seek(start)
+            tail = f.read()
+            if not tail or tail.endswith(b"\n"):
+                return
+            keep = start + tail.rfind(b"\n") + 1 if b"\n" in tail else start
+            f.truncate(keep)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SearchError(f"cannot repair the journal file {path!r}: {exc}") from exc
+    logger.warning("journal %s ended with a partial operation (a driver killed while writing); dropped it", path)
 
 
 class SearchDriver:

@@ -372,3 +372,14 @@ def test_space_round_trip_and_covering_k():
         SearchSpace(presets=("fast",))
     with pytest.raises(ConfigError):
         SearchSpace(ranking=("a",), max_fallback=2)
+
+
+def test_a_journal_torn_by_a_kill_while_writing_is_repaired(tmp_path):
+    storage = tmp_path / "torn.journal"
+    first = driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="t").run()
+    with open(storage, "a", encoding="utf-8") as f:
+        f.write('{"op_code":4,"worker_id":"x","study_id":0,"datetime_st')  # killed mid-append
+    second = driver(FakeEvaluator(), n_trials=6, storage=storage, study_name="t").run()
+    assert second.records[:4] == first.records and len(second.records) == 6
+    assert storage.read_text().endswith("\n")
+    assert len(optuna.load_study(study_name="t", storage=open_storage(storage)).trials) == 6
