@@ -97,6 +97,7 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
     if text.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend
 
+        _release_stale_lock(text)
         _drop_torn_line(text)
         return optuna.storages.JournalStorage(JournalFileBackend(text))
     if "://" in text:
@@ -106,6 +107,25 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
             scheme = text.split("://", 1)[0]
             raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
     raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
+
+
+def _release_stale_lock(path: str, wait: float = 2.0) -> None:
+    """Remove the lock a driver killed while appending left next to a journal file.
+
+    Appends hold Optuna's lock (``<journal>.lock``) for milliseconds, and only one
+    driver runs a study at a time: a lock still there after ``wait`` seconds is
+    stale. Left alone, Optuna would stall the next driver's first write for 30 s.
+    """
+    lock, deadline = path + ".lock", time.monotonic() + wait
+    while os.path.lexists(lock):
+        if time.monotonic() >= deadline:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                return
+            logger.warning("removed the stale lock %s (left by a driver killed while writing)", lock)
+            return
+        time.sleep(0.05)
 
 
 def _drop_torn_line(path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pandas as pd
@@ -383,3 +384,13 @@ def test_a_journal_torn_by_a_kill_while_writing_is_repaired(tmp_path):
     assert second.records[:4] == first.records and len(second.records) == 6
     assert storage.read_text().endswith("\n")
     assert len(optuna.load_study(study_name="t", storage=open_storage(storage)).trials) == 6
+
+
+def test_a_lock_left_by_a_killed_driver_does_not_stall_the_next(tmp_path):
+    storage = tmp_path / "locked.journal"
+    driver(FakeEvaluator(), n_trials=2, storage=storage, study_name="l").run()
+    (tmp_path / "locked.journal.lock").symlink_to(storage)  # what a kill during an append leaves
+    started = time.monotonic()
+    outcome = driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="l").run()
+    assert len(outcome.records) == 4 and time.monotonic() - started < 20  # Optuna alone waits 30 s
+    assert not (tmp_path / "locked.journal.lock").exists()
