@@ -220,7 +220,7 @@ class AccuracyControl:
         value = self._study().user_attrs.get(RANKING_ATTR)
         if isinstance(value, dict):
             return list(value["order"])
-        return list(value) if value is not None else None  # rayq < 0.x stored the bare order
+        return list(value) if value is not None else None  # older studies hold the bare order
 
     def _store_ranking(self, ranking: list[str], scores: dict[str, float], basis: str) -> None:
         finite = {op: (float(v) if math.isfinite(v) else None) for op, v in scores.items()}
