@@ -33,7 +33,7 @@ N_TRIALS = 12
 COMMAND = [
     sys.executable, "-m", "rayq.cli.main", "search", str(DIGITS / "digits_cnn.onnx"),
     "--data", str(DIGITS / "calibration.npz"), "--validation", str(DIGITS / "validation.npz"),
-    "--validation-fn", "tests.e2e.digits_metric:true_class_probability", "--max-drop", "0.001",
+    "--validation-fn", "tests.e2e.digits_metric:true_class_probability", "--max-drop", "0.0002",
     "--n-trials", str(N_TRIALS), "--num-workers", "1", "--seed", "0",
 ]
 RANKING_ATTR = "rayq.ranking"
