@@ -251,8 +251,9 @@ class SearchDriver:
         tag = next((t.user_attrs["generation"] for t in orphans if "generation" in t.user_attrs), None)
         if tag is None:
             return size, None
-        told = sum(t.user_attrs.get("generation") == tag for t in study.get_trials(deepcopy=False, states=_DONE))
-        return int(tag[1]) - told, list(tag)
+        told = sum(t.user_attrs.get("generation") == tag and t.user_attrs.get("status") in _COUNTED
+                   for t in study.get_trials(deepcopy=False, states=_DONE))
+        return max(1, min(int(tag[1]) - told, size)), list(tag)
 
     def _ask(self, study: optuna.Study, orphans: deque[FrozenTrial]) -> optuna.Trial:
         if orphans:
