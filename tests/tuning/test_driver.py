@@ -8,10 +8,10 @@ import time
 import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from optuna.trial import TrialState
 from rayq.tuning import (
     DriverOutcome,
     EvalResult,
