@@ -126,8 +126,8 @@ class SearchConfig:
             raise ConfigError(f"drop_type={self.drop_type!r} must be 'absolute' or 'relative'")
         if self.target is not None:
             _check_choice("target", self.target, ("onnxruntime", "openvino"))
-        if self.n_trials < 0 or self.generation_size < 1:
-            raise ConfigError("n_trials must be >= 0 and generation_size >= 1")
+        if self.n_trials < 1 or self.generation_size < 1:
+            raise ConfigError("n_trials must be >= 1 and generation_size >= 1")
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
         if self.validation_timeout is not None and not self.validation_timeout > 0:

@@ -84,7 +84,7 @@ def search(
     max_drop: float = 0.01,
     drop_type: str = "absolute",
     target: str | None = None,
-    n_trials: int = 32,
+    n_trials: int | None = 32,
     timeout: float | None = None,
     num_workers: int | None = None,
     worker_resources: dict | None = None,
@@ -134,7 +134,10 @@ def search(
             for an OpenVINO model, a callable wrapper of the ``onnx.ModelProto`` for an ONNX one.
         max_drop: Accuracy budget; ``drop_type`` ``absolute`` or ``relative``.
         target: Runtime to validate and time on: ``onnxruntime`` or ``openvino``.
-        n_trials: Total trials of the study (seeds and candidates included).
+        n_trials: Total trials of the study: preset seeds, top-k candidates, bisection
+            steps and Optuna trials together, counted across resumes; the search
+            never runs more. None: no cap, only with ``explore=False`` (the preset
+            seeds, candidates and bisection steps, as ``quantize_with_accuracy_control``).
         timeout: Seconds after which no new generation starts.
         num_workers: Evaluations at once, as Ray tasks (None: all CPUs of the cluster; 1: in-process).
         worker_resources: Ray resources per evaluation task, e.g. ``{"num_cpus": 2, "num_gpus": 1}``.
@@ -158,6 +161,12 @@ def search(
             since a thread cannot be killed), and the search goes on. An FP32 validation
             that times out stops the search with a :class:`~rayq.errors.SearchError`.
 
+    Resume: re-running with the same ``storage`` and ``study_name`` (the default
+    ones for the same model, data, settings and ``output``) continues the study:
+    finished trials are not evaluated again, trials in flight when the previous
+    run was killed are evaluated once under their own numbers, the persisted
+    fallback ranking is reused, and the run stops at ``n_trials`` in all.
+
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
         ``"no_speedup"`` (within budget but not significantly faster than FP32: the
@@ -174,6 +183,8 @@ def search(
         raise ConfigError("validation_fn must be callable: fn(model, validation_items) -> metric")
     if not isinstance(finalists, int) or finalists < 1:
         raise ConfigError(f"finalists={finalists!r} must be an integer >= 1")
+    if n_trials is None and explore or n_trials is not None and n_trials < 1:
+        raise ConfigError(f"n_trials={n_trials} must be >= 1 (None, no cap, only with explore=False)")
     adv = compat_advanced(advanced_parameters)
     ignored_scope = compat.ignored_scope(ignored_scope)
     call_limit = ValidationTimeout(validation_timeout)
@@ -328,7 +339,7 @@ def quantize_with_accuracy_control(
                             target_device=target_device, advanced=adv)
     result = search(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
-        target=target, n_trials=0, num_workers=num_workers or restorer.num_ranking_workers,
+        target=target, n_trials=None, num_workers=num_workers or restorer.num_ranking_workers,
         output=output or restorer.intermediate_model_dir, preset=base.preset,
         model_type=model_type, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,

@@ -4,6 +4,16 @@ with Optuna, and pick the fastest *measured* plan within the budget.
 It depends on an evaluator *pool* (``map_metric``, ``map_output_error``,
 ``map_latency``, ``compare_latency``), not on Ray: the Ray pool and the in-process
 pool both fit.
+
+Trial accounting and resume: ``n_trials`` is the study's total (preset seeds,
+top-k candidates, bisection steps and Optuna trials together); each phase runs a
+driver up to a cumulative target within it. The fallback ranking is persisted in
+the study (user attribute ``rayq.ranking``: order, scores and what they measured)
+before any trial uses it, and read back instead of being recomputed. Every phase's
+decision reads the trials of the phases before it (the driver answers with the
+study's first ``n`` trials), so re-running a killed search replays the same
+decisions, takes over the trials left in flight and ends where an uninterrupted
+search ends.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ class SearchSettings:
 
     max_drop: float = 0.01
     drop_type: str = "absolute"
-    n_trials: int = 32
+    n_trials: int | None = 32  # total trials; None: no cap (only with explore=False)
     timeout: float | None = None
     seed: int = 0
     generation_size: int = 4
@@ -129,7 +139,7 @@ def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], int8_metric, s
 
 
 def _done(records: Sequence[TrialRecord]) -> int:
-    """Finished trials as the driver counts them (interrupted ones excluded)."""
+    """Finished trials as the driver counts them."""
     return sum(r.status in ("ok", "failed") for r in records)
 
 
@@ -139,6 +149,8 @@ class AccuracyControl:
     def __init__(self, pool: Pool, base: QuantPlan, ops: Sequence[str], space: SearchSpace,
                  settings: SearchSettings, on_trial: Callable[[TrialRecord], None] | None = None,
                  shares: dict[str, float] | None = None) -> None:
+        if settings.n_trials is None and settings.explore:
+            raise SearchError("n_trials=None (no cap) needs explore=False: exploration needs a trial budget")
         self.pool, self.base, self.ops, self.space0, self.s = pool, base, list(ops), space, settings
         self.on_trial = on_trial
         self.shares = dict(shares) if shares else dict.fromkeys(self.ops, 1.0)
@@ -147,8 +159,14 @@ class AccuracyControl:
         self.choice: selection.Choice | None = None  # the answer, after run()
         self.ranking: list[str] = []
 
+    def _cap(self, n_trials: int) -> int:
+        return n_trials if self.s.n_trials is None else min(n_trials, self.s.n_trials)
+
+    def _room(self, records: Sequence[TrialRecord]) -> bool:
+        return self.s.n_trials is None or _done(records) < self.s.n_trials
+
     def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
-        return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=n_trials,
+        return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=self._cap(n_trials),
                             timeout=self.s.timeout, generation_size=self.s.generation_size, seed=self.s.seed,
                             storage=self.storage, study_name=self.s.study_name, sampler=self.s.sampler,
                             on_trial=self.on_trial, cost=lambda p: fp32_fraction(p.fallback, self.shares))
@@ -160,19 +178,22 @@ class AccuracyControl:
         self.fp32 = m
         return m
 
-    def _stored_ranking(self) -> list[str] | None:
-        try:
-            study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
-        except KeyError:
-            return None
-        value = study.user_attrs.get(RANKING_ATTR)
-        return list(value) if value is not None else None
+    def _study(self) -> optuna.Study:
+        return optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
 
-    def _store_ranking(self, ranking: list[str]) -> None:
-        study = optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
-        study.set_user_attr(RANKING_ATTR, ranking)
+    def _stored_ranking(self) -> list[str] | None:
+        value = self._study().user_attrs.get(RANKING_ATTR)
+        if isinstance(value, dict):
+            return list(value["order"])
+        return list(value) if value is not None else None  # older studies hold the bare order
+
+    def _store_ranking(self, ranking: list[str], scores: dict[str, float], basis: str) -> None:
+        finite = {op: (float(v) if math.isfinite(v) else None) for op, v in scores.items()}
+        self._study().set_user_attr(RANKING_ATTR, {"order": list(ranking), "scores": finite, "basis": basis})
 
     def rank(self) -> list[str]:
+        """The fallback groups, most harmful first: read from the study, else scored
+        (in parallel) and persisted there before any trial uses them."""
         stored = self._stored_ranking()
         if stored is not None:
             log.info("using the fallback ranking stored in study %r", self.s.study_name)
@@ -180,11 +201,11 @@ class AccuracyControl:
         int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
         subset = ranking_subset(self.fp32.per_item, int8_per_item, self.s.ranking_subset)
         use_metric = subset is not None
-        log.info("ranking %d fallback groups on %s", len(self.ops),
-                 f"{len(subset)} disagreeing items" if use_metric else "output error")
+        basis = f"metric gained on {len(subset)} disagreeing items" if use_metric else "output error removed"
+        log.info("ranking %d fallback groups by %s", len(self.ops), basis)
         scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
         ranking = rank_groups(scores, self.ops)
-        self._store_ranking(ranking)
+        self._store_ranking(ranking, scores, basis)
         return ranking
 
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
@@ -197,15 +218,19 @@ class AccuracyControl:
         outcome = self._driver(space, len(presets), evaluator).run(seeds=presets)
         best, status = outcome.best, outcome.status
         if status == "met" and not best.plan.fallback and not self.s.explore:
-            return self._final(outcome.records)
-        if status != "met" or best.plan.fallback:
+            return self._end(space, evaluator, outcome.records)
+        if (status != "met" or best.plan.fallback) and self._room(outcome.records):
             self.ranking = self.rank()
             space = replace(self.space0, ranking=tuple(self.ranking))
             outcome = self._candidates(space, evaluator, outcome.records)
-        total = max(self.s.n_trials, _done(outcome.records))
-        if self.s.explore and total > _done(outcome.records):
-            outcome = self._driver(space, total, evaluator).run()
-        return self._final(outcome.records)
+        if self.s.explore and self._room(outcome.records):
+            outcome = self._driver(space, self.s.n_trials, evaluator).run()
+        return self._end(space, evaluator, outcome.records)
+
+    def _end(self, space: SearchSpace, evaluator, records: Sequence[TrialRecord]):
+        """Leave no stray trial in the study, then choose."""
+        self._driver(space, _done(records), evaluator).discard_pending()
+        return self._final(records)
 
     def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         """The answer among ``records`` (:func:`rayq.tuning.selection.choose`), recorded
@@ -235,6 +260,8 @@ class AccuracyControl:
         outcome = self._seeded(space, evaluator, records, plans)
         n = len(self.ranking)
         for _ in range(2 * max(1, n.bit_length()) + 2):
+            if not self._room(outcome.records):
+                break
             k = bisect_k(self._feasible_by_k(outcome.records), n)
             if k is None:
                 break

@@ -19,10 +19,23 @@ finalists is :func:`rayq.tuning.selection.choose`.
 
 Storage: None keeps the study in memory (for this driver's lifetime); a path
 ending ``.log``/``.journal`` is an Optuna journal file; a URL with ``://`` is
-an RDB. Re-running with the same storage and study name resumes: finished
-trials count toward ``n_trials`` and are not re-evaluated; trials a stopped
-driver left running are marked failed ("interrupted") and their plans asked
-again. Only one driver may run a given study at a time.
+an RDB. Re-running with the same storage and study name resumes exactly:
+
+- ``n_trials`` is the total number of trials of the study, enqueued seeds
+  included; finished trials count toward it and are not re-evaluated, and seeds
+  are enqueued only while there is room, so the study never holds more.
+- Trials a stopped driver left in flight (``RUNNING``: killed, Ctrl-C, an
+  evaluator error) keep their numbers: the next driver takes them over first,
+  with the parameters they already hold, evaluates each once and tells it. No
+  trial is failed and asked again, so the study has one trial per plan tried.
+- Every draw of the sampler is seeded from (seed, trial number, parameter), see
+  :mod:`rayq.tuning.sampling`, so a resumed study samples what an uninterrupted
+  one would have sampled, given the same finished trials.
+- :meth:`SearchDriver.run` answers with the study's first ``n_trials`` finished
+  trials (by number), so a driver re-run on a study that has since grown sees
+  what it saw the first time.
+
+Only one driver may run a given study at a time.
 
 Example:
     >>> from rayq.tuning.evaluator import EvalResult
@@ -42,12 +55,11 @@ import logging
 import math
 import os
 import time
-import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -57,71 +69,20 @@ from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
 from rayq.tuning.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
 from rayq.tuning.selection import provisional
+from rayq.tuning.sampling import SAMPLERS, TrialSeededSampler
+from rayq.tuning.storage import open_storage
 from rayq.tuning.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "nsga2")
 _RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint",
                 "fp32_latency_ms", "speedup", "speedup_low", "speedup_high")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
-_INTERRUPTED = "interrupted: the driver stopped before the trial finished"
-
-
-_RDB_OPEN = threading.Lock()
-
-
-def _open_rdb(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
-    """An RDB storage; searches that open a new database at once race to create its tables
-    (the loser sees "table ... already exists"), so creation is serialised in this process
-    and retried across processes."""
-    for attempt in range(attempts):
-        try:
-            with _RDB_OPEN:
-                return optuna.storages.RDBStorage(url)
-        except Exception as exc:  # sqlalchemy/driver errors: translate at the boundary
-            if attempt + 1 < attempts and "already exists" in str(exc):
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            scheme = url.split("://", 1)[0]
-            raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
-    raise SearchError(f"cannot open the RDB storage {url!r}")
-
-
-def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
-    """Turn the ``storage`` argument into an Optuna storage.
-
-    Args:
-        storage: None (in memory), a ``.log``/``.journal`` path (journal file),
-            a URL with ``://`` (RDB), or an Optuna storage object.
-
-    Returns:
-        The storage.
-
-    Raises:
-        ConfigError: A string that is neither a journal path nor a URL.
-
-    Example:
-        >>> type(open_storage(None)).__name__
-        'InMemoryStorage'
-    """
-    if storage is None:
-        return optuna.storages.InMemoryStorage()
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    text = os.fspath(storage)
-    if text.endswith((".log", ".journal")):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(text))
-    if "://" in text:
-        return _open_rdb(text)
-    raise ConfigError(f"storage={text!r} must be a path ending .log/.journal or a database URL (with '://')")
-
-
-def _constraints(trial: FrozenTrial) -> list[float]:
-    """Optuna's ``constraints_func``: ``drop - max_drop`` (<= 0 is feasible)."""
-    return [float(trial.user_attrs.get("constraint") or 0.0)]
+_PENDING = (TrialState.RUNNING, TrialState.WAITING)
+#: Statuses of the trials that count: evaluated (or reused) plans. Older rayq versions
+#: failed interrupted trials ("interrupted") and asked their plans again; a search ended
+#: with trials it could not start fails them as "discarded". Neither counts nor is reported.
+_COUNTED = ("ok", "failed")
 
 
 class SearchDriver:
@@ -132,13 +93,13 @@ class SearchDriver:
         base_plan: Supplies every plan field the space does not vary.
         evaluator: Builds, validates and times plans (see :class:`Evaluator`).
         max_drop: Accuracy budget (same drop type as the evaluator reports).
-        n_trials: Finished trials the study should hold (resumed ones count;
-            interrupted ones do not).
+        n_trials: Total trials of the study: seeds, resumed and reused trials
+            included. Seeds beyond it are not enqueued.
         timeout: Seconds after which no new generation is started.
         generation_size: Trials asked and evaluated together; keep it fixed
             across worker counts for reproducible results.
-        seed: Sampler seed; each generation's sampler is seeded from
-            ``(seed, trials so far)``, so a resumed study continues deterministically.
+        seed: Sampler seed; every draw is seeded from ``(seed, trial number,
+            parameter)``, so a resumed study continues deterministically.
         storage: None, a journal path, an RDB URL or an Optuna storage.
         study_name: Optuna study name (default ``"rayq-search"``).
         sampler: ``"tpe"`` (constrained TPE) or ``"nsga2"`` (NSGA-II with constraints).
@@ -187,12 +148,13 @@ class SearchDriver:
         """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
         Args:
-            seeds: Plans enqueued first (in order) unless already in the study;
-                see :meth:`SearchSpace.to_params` for fallback sets that are not
-                a top-k prefix.
+            seeds: Plans enqueued first (in order) unless already in the study
+                and while the study has room for them; see
+                :meth:`SearchSpace.to_params` for fallback sets that are not a
+                top-k prefix.
 
         Returns:
-            The outcome over every finished trial of the study.
+            The outcome over the study's first ``n_trials`` finished trials.
 
         Raises:
             ConfigError: The study was started with another budget, space or base plan.
@@ -202,7 +164,7 @@ class SearchDriver:
             See the module docstring.
         """
         study = self._open_study()
-        self._recover(study)
+        orphans = self._orphans(study)
         self._enqueue(study, [(self.space.to_params(p), "seed") for p in seeds])
         cache = self._results(study)
         started = time.monotonic()
@@ -210,16 +172,46 @@ class SearchDriver:
             if self.timeout is not None and time.monotonic() - started >= self.timeout:
                 logger.info("timeout of %.1f s reached with %d trial(s) to go", self.timeout, remaining)
                 break
-            study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
-            self._generation(study, min(self.generation_size, remaining), cache)
+            size, tag = min(self.generation_size, remaining), None
+            if orphans:
+                size, tag = self._rest_of_generation(study, orphans, size)
+            self._generation(study, size, cache, orphans, tag)
         return self._outcome(study)
+
+    def discard_pending(self) -> list[int]:
+        """Fail the study's trials that are waiting or left running (status ``"discarded"``).
+
+        A search calls it once it is over, so that the study holds no stray
+        trial: seeds enqueued by a run with a larger ``n_trials``, or trials in
+        flight when such a run was killed. They do not count and are not reported.
+
+        Returns:
+            The numbers of the discarded trials.
+
+        Example:
+            >>> SearchDriver(SearchSpace(), QuantPlan(), None, max_drop=0.01, n_trials=1).discard_pending()
+            []
+        """
+        study = self._open_study()
+        pending = sorted(study.get_trials(deepcopy=False, states=_PENDING), key=lambda t: t.number)
+        trials = [optuna.Trial(study, t._trial_id) for t in pending if t.state == TrialState.RUNNING]
+        trials += [study.ask() for t in pending if t.state == TrialState.WAITING]  # tell() needs them running
+        for trial in trials:
+            trial.set_user_attr("status", "discarded")
+            study.tell(trial, state=TrialState.FAIL)
+        numbers = sorted(t.number for t in trials)
+        if numbers:
+            logger.warning("discarded trial(s) %s of study %r: its n_trials=%d is reached", numbers,
+                           self.study_name, self.n_trials)
+        return numbers
 
     # -- study setup -----------------------------------------------------------------
 
     def _open_study(self) -> optuna.Study:
         try:
-            study = optuna.create_study(storage=self._storage, sampler=self._make_sampler(0),
-                                        study_name=self.study_name, direction="minimize", load_if_exists=True)
+            study = optuna.create_study(storage=self._storage, study_name=self.study_name, direction="minimize",
+                                        sampler=TrialSeededSampler(self.sampler, self.seed, self.generation_size),
+                                        load_if_exists=True)
         except Exception as exc:  # optuna/storage errors: translate at the boundary
             raise SearchError(f"cannot open study {self.study_name!r}: {exc}") from exc
         expected = {"max_drop": self.max_drop, "space": self.space.choices_fingerprint(), "base_plan": self.base_plan.key()}
@@ -232,58 +224,77 @@ class SearchDriver:
                                   f"not {value!r}; use another study name to start afresh")
         return study
 
-    def _make_sampler(self, n_trials_so_far: int) -> optuna.samplers.BaseSampler:
-        """A sampler seeded from ``(seed, trials so far)``. Constraints go through
-        ``constraints_func`` (deprecated in Optuna 5 in favour of ``set_constraint``):
-        it writes the ``constraints`` list that optuna-dashboard (0.21) displays, which
-        ``set_constraint``'s per-key attributes are not."""
-        seed = int(np.random.SeedSequence([self.seed, n_trials_so_far]).generate_state(1)[0])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
-            if self.sampler == "nsga2":
-                size = max(8, 2 * self.generation_size)
-                return optuna.samplers.NSGAIISampler(population_size=size, seed=seed, constraints_func=_constraints)
-            return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints)
-
-    def _recover(self, study: optuna.Study) -> None:
-        """Fail trials a stopped driver left running; re-enqueue interrupted plans."""
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            logger.warning("trial %d of study %r was left running; recording it as interrupted",
-                           t.number, self.study_name)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        redo = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            plan = self._plan_of(t)
-            if t.user_attrs.get("status") != "failed" and plan is not None:
-                redo.append((self.space.to_params(plan), t.user_attrs.get("source", "sampler")))
-        self._enqueue(study, redo)
+    def _orphans(self, study: optuna.Study) -> deque[FrozenTrial]:
+        """Trials a stopped driver left running, oldest first: the next generation takes them over."""
+        running = sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
+        if running:
+            logger.warning("study %r has trial(s) %s left in flight by a stopped driver; evaluating them first",
+                           self.study_name, [t.number for t in running])
+        return deque(running)
 
     def _enqueue(self, study: optuna.Study, items: Sequence[tuple[dict, str]]) -> None:
+        """Enqueue the plans not yet in the study, while the study has room for them."""
+        trials = study.get_trials(deepcopy=False)
         known = set(self._results(study))
-        known |= {t.user_attrs.get("enqueued_key") for t in study.get_trials(states=(TrialState.WAITING,))}
+        known |= {t.user_attrs.get(k) for t in trials if t.state in _PENDING for k in ("enqueued_key", "plan_key")}
+        room = self.n_trials - self._n_done(study) - sum(t.state in _PENDING for t in trials)
         for params, source in items:
             key = self.space.from_params(params, self.base_plan).key()
             if key in known:
                 logger.debug("plan %s is already in study %r; not enqueued", key, self.study_name)
                 continue
+            if room <= 0:
+                logger.info("study %r is full (n_trials=%d): seed %s not enqueued", self.study_name,
+                            self.n_trials, key)
+                continue
             study.enqueue_trial(params, user_attrs={"source": source, "enqueued_key": key})
             known.add(key)
+            room -= 1
 
     # -- one generation --------------------------------------------------------------
 
-    def _generation(self, study: optuna.Study, size: int, cache: dict[str, dict]) -> None:
+    def _rest_of_generation(self, study: optuna.Study, orphans: deque[FrozenTrial],
+                            size: int) -> tuple[int, list[int] | None]:
+        """Size and tag of what is left of the generation a stopped driver had in flight.
+
+        Every trial carries its generation's tag ``[first trial number, size]``. A
+        driver killed while telling a generation left its first trials told and the
+        rest running: the rest alone is the next generation, so that later
+        generations (and what the sampler knows when it draws them) are those of an
+        uninterrupted run. Without a tag (killed before writing the first one) no
+        trial of the generation was told: it is asked whole.
+        """
+        tag = next((t.user_attrs["generation"] for t in orphans if "generation" in t.user_attrs), None)
+        if tag is None:
+            return size, None
+        told = sum(t.user_attrs.get("generation") == tag and t.user_attrs.get("status") in _COUNTED
+                   for t in study.get_trials(deepcopy=False, states=_DONE))
+        return max(1, min(int(tag[1]) - told, size)), list(tag)
+
+    def _ask(self, study: optuna.Study, orphans: deque[FrozenTrial]) -> optuna.Trial:
+        if orphans:
+            # Take the trial over with the parameters it holds; the missing ones are drawn
+            # as the stopped driver drew them (seeded per trial and parameter).
+            return optuna.Trial(study, orphans.popleft()._trial_id)
+        return study.ask()
+
+    def _generation(self, study: optuna.Study, size: int, cache: dict[str, dict],
+                    orphans: deque[FrozenTrial], tag: list[int] | None = None) -> None:
         trials: list[optuna.Trial] = []
         try:
+            plans = []
             for _ in range(size):
-                trials.append(study.ask())
-            plans = [self._suggest(t) for t in trials]
+                trials.append(self._ask(study, orphans))
+                tag = tag or [trials[0].number, size]
+                if trials[-1].user_attrs.get("generation") != tag:
+                    trials[-1].set_user_attr("generation", tag)
+                plans.append(self._suggest(trials[-1]))
             fresh = list({p.key(): p for p in plans if p.key() not in cache}.values())
             results = self._evaluate(fresh)
-        except BaseException as exc:
-            for t in trials:
-                t.set_user_attr("status", "interrupted")
-                t.set_user_attr("error", f"interrupted by {type(exc).__name__}: {exc}")
-                study.tell(t, state=TrialState.FAIL)
+        except BaseException:
+            # The trials stay RUNNING: re-running the search takes them over and tells them.
+            logger.warning("search stopped with trial(s) %s of study %r in flight; re-run it to finish them",
+                           [t.number for t in trials], self.study_name)
             raise
         records = []
         for trial, plan in zip(trials, plans):
@@ -367,34 +378,34 @@ class SearchDriver:
         return self.space.from_params(t.params, self.base_plan) if t.params else None
 
     def _results(self, study: optuna.Study) -> dict[str, dict]:
-        """Recorded results (not interrupted ones) by plan key, first trial wins."""
+        """Recorded results (of counted trials) by plan key, first trial wins."""
         out: dict[str, dict] = {}
         for t in study.get_trials(deepcopy=False, states=_DONE):
-            if t.user_attrs.get("status") in ("ok", "failed") and "plan_key" in t.user_attrs:
+            if t.user_attrs.get("status") in _COUNTED and "plan_key" in t.user_attrs:
                 out.setdefault(t.user_attrs["plan_key"], {k: t.user_attrs.get(k) for k in _RESULT_KEYS})
         return out
 
     def _n_done(self, study: optuna.Study) -> int:
-        return sum(t.user_attrs.get("status") in ("ok", "failed")
-                   for t in study.get_trials(deepcopy=False, states=_DONE))
+        return sum(t.user_attrs.get("status") in _COUNTED for t in study.get_trials(deepcopy=False, states=_DONE))
 
     def _record(self, t: FrozenTrial) -> TrialRecord | None:
         plan = self._plan_of(t)
-        if plan is None:
-            return None
         a = t.user_attrs
-        status = a.get("status") if a.get("status") in ("ok", "failed") else "interrupted"
-        error = a.get("error") if status != "interrupted" else a.get("error") or _INTERRUPTED
-        feasible = status == "ok" and within_budget(a.get("drop"), self.max_drop)
+        if plan is None or t.state not in _DONE or a.get("status") not in _COUNTED:
+            return None
+        feasible = a["status"] == "ok" and within_budget(a.get("drop"), self.max_drop)
         return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
-                           a.get("latency_spread_ms"), status, error, feasible, a.get("source", "sampler"),
-                           bool(a.get("reused", False)), float(a.get("eval_seconds") or 0.0),
-                           fp32_latency_ms=a.get("fp32_latency_ms"), cost=a.get("cost"),
-                           speedup_est=a.get("speedup"), speedup_low=a.get("speedup_low"),
+                           a.get("latency_spread_ms"), a["status"], a.get("error"), feasible,
+                           a.get("source", "sampler"), bool(a.get("reused", False)),
+                           float(a.get("eval_seconds") or 0.0), fp32_latency_ms=a.get("fp32_latency_ms"),
+                           cost=a.get("cost"), speedup_est=a.get("speedup"), speedup_low=a.get("speedup_low"),
                            speedup_high=a.get("speedup_high"))
 
     def _outcome(self, study: optuna.Study) -> DriverOutcome:
-        records = [r for t in study.get_trials(deepcopy=False, states=_DONE) if (r := self._record(t))]
+        """The outcome over the first ``n_trials`` counted trials: what this driver's run produced,
+        even when the study has grown since (a resumed multi-phase search re-runs earlier phases)."""
+        trials = sorted(study.get_trials(deepcopy=False, states=_DONE), key=lambda t: t.number)
+        records = [r for t in trials if (r := self._record(t))][: self.n_trials]
         best, status = provisional(records, ops=self.space.ranking, base=self.base_plan)
         if status == "met":
             logger.info("cheapest feasible: trial %d, cost %.4f, drop %.5f", best.number, best.cost, best.drop)

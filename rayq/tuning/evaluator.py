@@ -11,8 +11,8 @@ The driver hands a batch of plans to :meth:`Evaluator.evaluate` and gets one
 workers (Ray tasks, threads, one process) is the evaluator's business; the
 driver's result does not depend on it. A candidate that cannot be built or
 validated is a result with ``status="failed"`` and a reason, not an exception:
-an exception from ``evaluate`` stops the search (the in-flight trials are
-recorded as interrupted and re-run when the study is resumed).
+an exception from ``evaluate`` stops the search (the in-flight trials stay
+running in the study; re-running the search evaluates and tells them).
 
 Example:
     >>> from rayq.core.plan import QuantPlan
@@ -105,8 +105,7 @@ class Evaluator(Protocol):
 class TrialRecord:
     """One finished trial, as the driver reports it.
 
-    ``status`` is ``"ok"``, ``"failed"`` (the evaluator reported a failure) or
-    ``"interrupted"`` (the driver stopped first; the plan is re-run on resume).
+    ``status`` is ``"ok"`` or ``"failed"`` (the evaluator reported a failure).
     ``remeasured``: the latency is from the final runoff (the feasible finalists
     timed against each other and FP32, or a finalist running the same graph), not
     from the trial's own moment.

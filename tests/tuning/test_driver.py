@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 
 import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
@@ -20,6 +22,7 @@ from rayq.tuning import (
     open_storage,
     plot_pareto,
 )
+from rayq.tuning.sampling import TrialSeededSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -97,10 +100,6 @@ def driver(evaluator, **kwargs) -> SearchDriver:
     return SearchDriver(kwargs.pop("space", SPACE), BASE, evaluator, **kwargs)
 
 
-def done(outcome: DriverOutcome) -> list[TrialRecord]:
-    return [r for r in outcome.records if r.status != "interrupted"]
-
-
 def test_fake_is_an_evaluator():
     assert isinstance(FakeEvaluator(), Evaluator)
 
@@ -116,7 +115,7 @@ def test_best_is_cheapest_feasible_int8_plan_and_the_sampler_never_sees_latency(
     cheapest = min(feasible, key=lambda r: (r.cost, tie_key(r.plan, BASE)))
     assert outcome.best.plan == cheapest.plan
     assert fake_drop(outcome.best.plan) <= MAX_DROP
-    assert len(done(outcome)) == 24
+    assert len(outcome.records) == 24
     # the objective told to Optuna is the deterministic cost (share of layers in FP32)
     for r in outcome.records:
         assert r.cost == len(r.plan.fallback) / len(RANKING)
@@ -155,6 +154,11 @@ def test_resume_from_journal_does_not_reevaluate(tmp_path):
     assert third_fake.calls == [] and third.records == second.records
 
 
+def _states(storage, name) -> list:
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    return [t.state for t in study.get_trials()]
+
+
 def test_crash_then_resume(tmp_path):
     storage = tmp_path / "crash.journal"
     crashing = CrashingEvaluator(crash_on=3)
@@ -162,34 +166,54 @@ def test_crash_then_resume(tmp_path):
         driver(crashing, n_trials=16, generation_size=4, storage=storage, study_name="c").run()
     study = optuna.load_study(study_name="c", storage=open_storage(storage))
     states = [t.state for t in study.get_trials()]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 8  # two generations persisted
-    interrupted = [t for t in study.get_trials() if t.user_attrs.get("status") == "interrupted"]
-    assert len(interrupted) == 4 and all("KeyboardInterrupt" in t.user_attrs["error"] for t in interrupted)
-    finished_before = set(crashing.evaluated)
+    assert states == [TrialState.COMPLETE] * 8 + [TrialState.RUNNING] * 4  # in flight: left running
+    in_flight = [t.user_attrs["plan_key"] for t in study.get_trials()[8:]]
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=16, generation_size=4, storage=storage, study_name="c").run()
-    assert not set(fake.evaluated) & finished_before
-    redo = {t.user_attrs["plan_key"] for t in interrupted} - finished_before
-    assert redo <= set(fake.calls[0])  # interrupted plans are asked again first
-    assert len(done(outcome)) == 16
-    assert sum(r.status == "interrupted" for r in outcome.records) == 4
+    assert not set(fake.evaluated) & set(crashing.evaluated)
+    assert fake.calls[0] == list(dict.fromkeys(k for k in in_flight if k not in crashing.evaluated))
+    assert [r.number for r in outcome.records] == list(range(16))  # one record per trial, same numbers
+    assert _states(storage, "c") == [TrialState.COMPLETE] * 16
+    whole = driver(FakeEvaluator(), n_trials=16, generation_size=4).run()
+    assert [r.plan for r in outcome.records] == [r.plan for r in whole.records]
 
 
-def test_trial_left_running_by_a_killed_driver(tmp_path):
+def test_trial_left_half_suggested_is_taken_over_with_its_draws(tmp_path):
+    """A driver killed between two suggestions of a trial: the rerun draws the rest as it would have."""
     storage = tmp_path / "kill.log"
     driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="k").run()
-    study = optuna.load_study(study_name="k", storage=open_storage(storage))
-    trial = study.ask()  # what a driver killed mid-evaluation leaves behind
-    plan = SPACE.suggest(trial, BASE.with_fallback(()))
-    trial.set_user_attr("plan", plan.to_json())
-    trial.set_user_attr("plan_key", plan.key())
+    study = optuna.create_study(study_name="k", storage=open_storage(storage), load_if_exists=True,
+                                sampler=TrialSeededSampler("tpe", 7))
+    study.ask().suggest_categorical("preset", list(SPACE.presets))  # then the driver died
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=8, storage=storage, study_name="k").run()
-    killed = outcome.records[4]
-    assert killed.status == "interrupted" and "interrupted" in killed.error
-    assert len(done(outcome)) == 8
-    reran = [r for r in outcome.records[5:] if r.plan == plan]
-    assert reran and reran[0].number == 5 and reran[0].status == "ok"
+    assert [r.number for r in outcome.records] == list(range(8))
+    assert _states(storage, "k") == [TrialState.COMPLETE] * 8
+    whole = driver(FakeEvaluator(), n_trials=8).run()
+    assert [r.plan for r in outcome.records] == [r.plan for r in whole.records]
+
+
+def test_seeds_beyond_n_trials_are_not_enqueued():
+    seeds = [BASE.with_fallback(RANKING[:k]) for k in (10, 8, 6, 4)]
+    d = driver(FakeEvaluator(), n_trials=2)
+    outcome = d.run(seeds)
+    assert [r.plan for r in outcome.records] == seeds[:2]
+    study = optuna.load_study(study_name=d.study_name, storage=d._storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2  # nothing left waiting
+
+
+def test_a_smaller_budget_reads_the_first_trials_and_stray_ones_are_discarded(tmp_path):
+    storage = tmp_path / "d.log"
+    crashing = CrashingEvaluator(crash_on=2)
+    with pytest.raises(KeyboardInterrupt):
+        driver(crashing, n_trials=8, storage=storage, study_name="d").run()
+    small = driver(FakeEvaluator(), n_trials=2, storage=storage, study_name="d")
+    outcome = small.run([BASE.with_fallback(RANKING[:9])])
+    assert [r.number for r in outcome.records] == [0, 1]
+    assert small.discard_pending() == [4, 5, 6, 7]
+    assert _states(storage, "d") == [TrialState.COMPLETE] * 4 + [TrialState.FAIL] * 4
+    again = driver(FakeEvaluator(), n_trials=6, storage=storage, study_name="d").run()
+    assert [r.number for r in again.records] == [0, 1, 2, 3, 8, 9]  # discarded trials never count
 
 
 def test_failed_evaluations_are_recorded_and_search_goes_on():
@@ -353,3 +377,24 @@ def test_space_round_trip_and_covering_k():
         SearchSpace(presets=("fast",))
     with pytest.raises(ConfigError):
         SearchSpace(ranking=("a",), max_fallback=2)
+
+
+def test_a_journal_torn_by_a_kill_while_writing_is_repaired(tmp_path):
+    storage = tmp_path / "torn.journal"
+    first = driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="t").run()
+    with open(storage, "a", encoding="utf-8") as f:
+        f.write('{"op_code":4,"worker_id":"x","study_id":0,"datetime_st')  # killed mid-append
+    second = driver(FakeEvaluator(), n_trials=6, storage=storage, study_name="t").run()
+    assert second.records[:4] == first.records and len(second.records) == 6
+    assert storage.read_text().endswith("\n")
+    assert len(optuna.load_study(study_name="t", storage=open_storage(storage)).trials) == 6
+
+
+def test_a_lock_left_by_a_killed_driver_does_not_stall_the_next(tmp_path):
+    storage = tmp_path / "locked.journal"
+    driver(FakeEvaluator(), n_trials=2, storage=storage, study_name="l").run()
+    (tmp_path / "locked.journal.lock").symlink_to(storage)  # what a kill during an append leaves
+    started = time.monotonic()
+    outcome = driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="l").run()
+    assert len(outcome.records) == 4 and time.monotonic() - started < 20  # Optuna alone waits 30 s
+    assert not (tmp_path / "locked.journal.lock").exists()
