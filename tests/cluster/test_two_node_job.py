@@ -136,9 +136,12 @@ def test_search_job_runs_on_both_nodes(two_node_cluster, tmp_path, monkeypatch):
         assert time.monotonic() < deadline, "job did not finish in 10 minutes"
         time.sleep(2)
     logs = client.get_job_logs(job)
-    assert str(client.get_job_status(job)) in ("SUCCEEDED", "JobStatus.SUCCEEDED"), logs[-3000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "met"
+    # within budget; "no_speedup" (exit code 3, a FAILED job) when INT8 is not significantly
+    # faster than FP32 on this machine at that moment
+    assert result["status"] in ("met", "no_speedup"), logs[-3000:]
+    want = "SUCCEEDED" if result["status"] == "met" else "FAILED"
+    assert str(client.get_job_status(job)).endswith(want), logs[-3000:]
     for name in ("trials.parquet", "pareto.png", "model.onnx"):
         assert (out / name).exists(), name
     nodes = result["worker_nodes"]
