@@ -47,9 +47,13 @@ class QuantizerPoint:
         edges: Op inputs rewired to the dequantized tensor.
         serves: The quantizable op each edge serves (parallel to ``edges``).
         axis: Per-channel axis of a weight quantizer.
-        unify: For quantizers on a Concat's inputs: the Concat's output tensor. Every
-            quantizer with the same ``unify`` gets the same scale (from that tensor's
-            statistics), so the Concat runs on INT8 data without requantization.
+        unify: For quantizers on a Concat's inputs or output: the output tensor of the
+            first Concat of its *unified-scale group*. Every quantizer with the same
+            ``unify`` gets the same scale, so the Concats run on INT8 data without
+            requantization. Concats that share an input (DenseNet's dense blocks) form
+            one group: a tensor gets one quantizer, shared by all its consumers.
+        unify_tensors: The output tensors of every Concat of that group, whose joint
+            range sets the group's scale (empty when ``unify`` is None).
         symmetric: The quantizer is symmetric in every preset: it serves only
             activation x activation MatMuls (attention's Q x K^T), which runtimes fuse
             into integer attention kernels only with signed, zero-point-free inputs.
@@ -63,12 +67,14 @@ class QuantizerPoint:
     axis: int | None = None
     unify: str | None = None
     symmetric: bool = False
+    unify_tensors: tuple[str, ...] = ()
 
     @property
-    def stats_tensor(self) -> str:
-        """The tensor whose statistics set this quantizer's range (the Concat output
-        for quantizers on Concat inputs, so they share one scale)."""
-        return self.unify or self.tensor
+    def stats_tensors(self) -> tuple[str, ...]:
+        """The tensors whose joint range sets this quantizer's range: the group's Concat
+        outputs for a unified-scale quantizer (so the group shares one scale), else its
+        own tensor."""
+        return self.unify_tensors or (self.tensor,)
 
     def active_edges(self, fallback: frozenset[str]) -> tuple[Edge, ...]:
         return tuple(e for e, op in zip(self.edges, self.serves) if op not in fallback)
@@ -106,7 +112,7 @@ class Placement:
 
     def activation_tensors(self) -> tuple[str, ...]:
         """Tensors whose statistics the activation quantizers need."""
-        return tuple(dict.fromkeys(p.stats_tensor for p in self.points if p.kind == ACTIVATION))
+        return tuple(dict.fromkeys(t for p in self.points if p.kind == ACTIVATION for t in p.stats_tensors))
 
 
 def _is_float_activation(graph: GraphView, tensor: str) -> bool:
@@ -200,7 +206,8 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
         >>> placement.group(placement.ops[0])                   # doctest: +SKIP
         ('a:input', 'w:/conv1/Conv')
     """
-    acts: dict[tuple[str, str | None], tuple[list[Edge], list[str]]] = {}
+    acts: dict[str, tuple[list[Edge], list[str]]] = {}
+    concats: dict[str, list[str]] = {}  # tensor -> outputs of the quantized Concats that read it
     weights: list[QuantizerPoint] = []
     ops: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -219,17 +226,58 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
             if i == node.weight_input or not _is_float_activation(graph, tensor):
                 continue
             edge, src = _move_up(graph, Edge(node.name, i), tensor)
-            # a Concat's inputs share one scale, taken from its output: it then runs on INT8
-            unify = node.outputs[0] if node.meta == g.CONCAT else None
-            edges, serves = acts.setdefault((src, unify), ([], []))
+            edges, serves = acts.setdefault(src, ([], []))  # one quantizer per tensor
             edges.append(edge)
             serves.append(node.name)
+            if node.meta == g.CONCAT:
+                concats.setdefault(src, []).append(node.outputs[0])
         if node.weight_input is not None:
             weights.append(QuantizerPoint(
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
                 (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
             ))
-    points = [QuantizerPoint(f"a:{t}" if u is None else f"a:{t}@{u}", t, ACTIVATION, tuple(e), tuple(s), unify=u,
-                             symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s))
-              for (t, u), (e, s) in acts.items()]
+    groups = _unified_groups(concats)
+    points = []
+    for t, (e, s) in acts.items():
+        members = groups.get(t, ())
+        points.append(QuantizerPoint(
+            f"a:{t}", t, ACTIVATION, tuple(e), tuple(s), unify=members[0] if members else None,
+            symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s), unify_tensors=members))
     return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))
+
+
+def _unified_groups(concats: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """Unified-scale groups: Concats whose inputs overlap (or nest: a Concat's output
+    read by another Concat) must share one scale, since each tensor gets one quantizer.
+
+    Args:
+        concats: For every quantized tensor read by a quantized Concat, the outputs
+            of those Concats, in topological order.
+
+    Returns:
+        For every tensor in a group (Concat inputs and outputs): the group's Concat
+        outputs, in topological order.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    order = list(dict.fromkeys(out for outs in concats.values() for out in outs))
+    for out in order:
+        find(out)
+    for tensor, outs in concats.items():
+        for out in outs[1:]:
+            parent[find(out)] = find(outs[0])
+        if tensor in parent:  # a Concat output read by another Concat
+            parent[find(tensor)] = find(outs[0])
+    members: dict[str, list[str]] = {}
+    for out in order:
+        members.setdefault(find(out), []).append(out)
+    groups = {out: tuple(members[find(out)]) for out in order}
+    groups.update({t: groups[outs[0]] for t, outs in concats.items()})
+    return groups

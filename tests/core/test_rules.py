@@ -20,13 +20,15 @@ def test_concat_inputs_share_one_unified_quantizer_group():
     placement = place(view, model_type=None)
     concat = next(n for n in view.nodes if n.meta == g.CONCAT)
     unified = [p for p in placement.points if p.unify == concat.outputs[0]]
-    assert sorted(p.tensor for p in unified) == sorted(concat.inputs)
-    assert {e.node for p in unified for e in p.edges} == {concat.name}
-    # the Concat is its own fallback group; its consumers quantize its output as usual
+    inputs = [p for p in unified if p.tensor != concat.outputs[0]]
+    assert sorted(p.tensor for p in inputs) == sorted(concat.inputs)
+    assert {e.node for p in inputs for e in p.edges} == {concat.name}
+    # the Concat is its own fallback group; its consumers quantize its output with the
+    # same (unified) scale, so the Concat runs on INT8 data
     assert concat.name in placement.ops
-    assert all(set(p.serves) == {concat.name} for p in unified)
+    assert all(set(p.serves) == {concat.name} for p in inputs)
     assert set(placement.activation_tensors()) >= {concat.outputs[0]}
-    assert any(p.tensor == concat.outputs[0] and p.unify is None for p in placement.points)
+    assert any(p.tensor == concat.outputs[0] and p.unify == concat.outputs[0] for p in placement.points)
 
 
 def test_fallback_removes_exactly_the_ops_edges():
@@ -118,3 +120,57 @@ def test_first_layer_follows_uint8_pixels_through_cast():
         [w, numpy_helper.from_array(np.ones((2, 4, 3, 3), np.float32), "w2")])
     p = _placement(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert p.first_layer == frozenset({"conv0"})
+
+
+def _graph(nodes, inits, *, channels=4, size=8, out_channels=2):
+    """A hand-built float model: input ``x`` [1, C, H, W], output ``out``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name) for name, shape in inits.items()]
+    graph = helper.make_graph(
+        [helper.make_node(op, i, o, name=o[0], **attrs) for op, i, o, attrs in nodes], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_channels, size, size])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _dense_block():
+    # x -> conv a -> ya; c1 = Concat(x, ya) -> conv b -> yb; c2 = Concat(x, ya, yb) -> conv out
+    return _graph([
+        ("Conv", ["x", "wa"], ["ya"], {}),
+        ("Concat", ["x", "ya"], ["c1"], {"axis": 1}),
+        ("Conv", ["c1", "wb"], ["yb"], {}),
+        ("Concat", ["x", "ya", "yb"], ["c2"], {"axis": 1}),
+        ("Conv", ["c2", "wc"], ["out"], {}),
+    ], {"wa": (4, 4, 1, 1), "wb": (4, 8, 1, 1), "wc": (2, 12, 1, 1)})
+
+
+def test_a_tensor_read_by_several_concats_gets_one_quantizer():
+    p = _placement(_dense_block())
+    acts = [q for q in p.points if q.kind == ACTIVATION]
+    tensors = [q.tensor for q in acts]
+    assert sorted(tensors) == sorted(set(tensors)) == ["c1", "c2", "x", "ya", "yb"]
+    x = next(q for q in acts if q.tensor == "x")
+    assert sorted(e.node for e in x.edges) == ["c1", "c2", "ya"]  # conv a and both Concats share it
+    # overlapping Concats form one unified-scale group, set by both outputs' joint range
+    assert {q.unify for q in acts} == {"c1"}
+    assert all(q.unify_tensors == ("c1", "c2") for q in acts)
+    assert set(p.activation_tensors()) == {"c1", "c2"}
+    # reverting one Concat leaves the shared quantizer to the other consumers
+    active = {q.tensor: [e.node for e in edges] for q, edges in p.active(["c2"]) if q.kind == ACTIVATION}
+    assert sorted(active["x"]) == ["c1", "ya"] and "c2" not in active.get("yb", [])
+
+
+def test_dense_block_builds_one_qdq_per_tensor_with_one_scale():
+    import rayq
+    from onnx import numpy_helper
+
+    model = _dense_block()
+    calib = np.random.default_rng(0).normal(size=(8, 1, 4, 8, 8)).astype(np.float32)
+    q = rayq.quantize(model, rayq.Dataset([{"x": c} for c in calib]), num_workers=1, subset_size=8, cache=False)
+    quantize = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    inputs = [n.input[0] for n in quantize]
+    assert len(inputs) == len(set(inputs)) == 5
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert len({float(inits[n.input[1]]) for n in quantize}) == 1
