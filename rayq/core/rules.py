@@ -5,6 +5,9 @@ its activation inputs get per-tensor quantizers and its constant weight a
 per-channel one. Reverting an op to FP32 (a *fallback group*) removes exactly the
 quantizer edges that serve it, so fallback sets compose freely.
 
+Squeeze-excitation blocks (:mod:`rayq.core.patterns`): the gating Mul is quantized
+(both inputs), the Convs of the branch that computes the gate stay FP32.
+
 Activation quantizers are moved upward through data-movement ops (Reshape,
 Transpose, Flatten, MaxPool...) with a single consumer, so those ops run on INT8
 data instead of adding a Q/DQ pair each.
@@ -16,12 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rayq.core import graph as g
+from rayq.core import patterns
 from rayq.core.graph import GraphView, NodeInfo
 
 ACTIVATION = "activation"
 WEIGHT = "weight"
 
-_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.CONCAT, g.AVG_POOL})
+_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.MUL, g.CONCAT, g.AVG_POOL})
 _TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
 _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
@@ -121,11 +125,16 @@ def _is_float_activation(graph: GraphView, tensor: str) -> bool:
             and info.dtype in _FLOAT)
 
 
-def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> str | None:
+def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
+                 se: frozenset[str] = frozenset()) -> str | None:
     """Return None if ``node`` is quantizable, else the reason it is not."""
     ops = _TRANSFORMER_OPS if model_type == "transformer" else _CNN_OPS
     if node.meta not in ops:
         return "not a quantizable op type"
+    if node.name in se:
+        return "squeeze-excitation branch stays FP32 ([N, C, 1, 1] tensors: Q/DQ costs more than INT8 saves)"
+    if node.meta == g.MUL and patterns.gate_input(graph, node) is None:
+        return "only a gating Mul (x * sigmoid(f(x)), e.g. squeeze-excitation) is quantized"
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
         return "no float inputs"
@@ -211,12 +220,13 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
     weights: list[QuantizerPoint] = []
     ops: list[str] = []
     skipped: list[tuple[str, str]] = []
+    se = patterns.se_branches(graph)
     for node in graph.nodes:
         if node.name in ignored:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, "ignored scope"))
             continue
-        reason = _quantizable(node, graph, model_type)
+        reason = _quantizable(node, graph, model_type, se)
         if reason is not None:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, reason))

@@ -174,3 +174,34 @@ def test_dense_block_builds_one_qdq_per_tensor_with_one_scale():
     assert len(inputs) == len(set(inputs)) == 5
     inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
     assert len({float(inits[n.input[1]]) for n in quantize}) == 1
+
+
+def _se_block():
+    # stem conv -> swish (x * sigmoid(x)) -> squeeze-excitation -> projection conv
+    return _graph([
+        ("Conv", ["x", "w0"], ["y"], {}),
+        ("Sigmoid", ["y"], ["ys"], {}),
+        ("Mul", ["y", "ys"], ["x1"], {}),  # swish: an activation, not a gate
+        ("GlobalAveragePool", ["x1"], ["p"], {}),
+        ("Conv", ["p", "ws1", "bs1"], ["s1"], {}),
+        ("Relu", ["s1"], ["r"], {}),
+        ("Conv", ["r", "ws2", "bs2"], ["s2"], {}),
+        ("HardSigmoid", ["s2"], ["gate"], {}),
+        ("Mul", ["x1", "gate"], ["m"], {}),
+        ("Conv", ["m", "w1"], ["out"], {}),
+    ], {"w0": (4, 4, 1, 1), "ws1": (2, 4, 1, 1), "bs1": (2,), "ws2": (4, 2, 1, 1), "bs2": (4,),
+        "w1": (2, 4, 1, 1)})
+
+
+def test_squeeze_excitation_quantizes_the_gating_mul_not_the_branch_convs():
+    p = _placement(_se_block())
+    edges = {(e.node, e.index) for q in p.points if q.kind == ACTIVATION for e in q.edges}
+    gating = "m"
+    assert gating in p.ops and {(gating, 0), (gating, 1)} <= edges  # x and its gate
+    assert "x1" not in p.ops  # the swish Mul is an activation function
+    skipped = dict(p.skipped)
+    assert "squeeze-excitation" in skipped["s1"] and "squeeze-excitation" in skipped["s2"]
+    assert not any(q.tensor in ("p", "r") for q in p.points)
+    # the pooled tensor x1 has one quantizer, shared by the pooling and the gating Mul
+    x1 = [q for q in p.points if q.tensor == "x1"]
+    assert len(x1) == 1 and {e.node for e in x1[0].edges} == {"p", "m"}
