@@ -5,6 +5,10 @@ its activation inputs get per-tensor quantizers and its constant weight a
 per-channel one. Reverting an op to FP32 (a *fallback group*) removes exactly the
 quantizer edges that serve it, so fallback sets compose freely.
 
+Attention: the MatMuls of two activations (Q x K^T, and the probabilities x V) are
+quantized with symmetric inputs; with ``model_type="transformer"`` the probabilities
+x V MatMul stays FP32 (better accuracy, the transformer preset's trade-off).
+
 Squeeze-excitation blocks (:mod:`rayq.core.patterns`): the gating Mul is quantized
 (both inputs), the Convs of the branch that computes the gate stay FP32.
 
@@ -138,7 +142,7 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
         return "no float inputs"
-    if node.meta == g.MATMUL and any(_from_softmax(graph, t) for t in acts):
+    if model_type == "transformer" and node.meta == g.MATMUL and any(_from_softmax(graph, t) for t in acts):
         return "attention-probabilities MatMul stays FP32 (a Softmax output loses its small values in INT8)"
     if node.meta == g.ADD and len(acts) < 2:
         return "Add with a constant operand stays FP32"

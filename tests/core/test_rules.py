@@ -205,3 +205,15 @@ def test_squeeze_excitation_quantizes_the_gating_mul_not_the_branch_convs():
     # the pooled tensor x1 has one quantizer, shared by the pooling and the gating Mul
     x1 = [q for q in p.points if q.tensor == "x1"]
     assert len(x1) == 1 and {e.node for e in x1[0].edges} == {"p", "m"}
+
+
+def test_default_mode_quantizes_the_attention_probabilities_matmul_symmetrically():
+    view = _view(transformer_block())
+    softmax_out = [n.outputs[0] for n in view.nodes if n.meta == g.SOFTMAX]
+    prob_matmuls = {n.name for n, _ in view.consumers(softmax_out[0])}
+    default = place(view, model_type=None)
+    assert prob_matmuls <= set(default.ops)
+    served = [p for p in default.points if p.kind == ACTIVATION and set(p.serves) & prob_matmuls]
+    assert len(served) == 2 and all(p.symmetric for p in served)  # probabilities and V
+    transformer = place(view, model_type="transformer")
+    assert not prob_matmuls & set(transformer.ops)
