@@ -13,7 +13,9 @@ normal images, seed 0, batch 1 each) and their defaults (no ``model_type``). Rep
   model takes part in the rounds too (``fp32`` = rayq/FP32).
 
 NNCF's quantized models are cached (they do not change when rayq does); ``--redo nncf``
-re-quantizes them. ``--diff`` prints the quantized edges (producer op -> consumer op) on
+re-quantizes them. ``--tag before`` quantizes with whatever rayq is on ``PYTHONPATH``
+(e.g. an older commit, ``git archive``-d) under another name, and ``--also before``
+measures those cached models in the same interleaved rounds. ``--diff`` prints the quantized edges (producer op -> consumer op) on
 which the tools differ. Usage::
 
     python bench/zoo/compare.py --models densenet121 --size 128 --diff
@@ -124,6 +126,7 @@ def _diff(a: list, b: list) -> dict[str, collections.Counter]:
 
 
 def measure(backend: str, files: dict[str, pathlib.Path], fp32: pathlib.Path, heldout: list, args) -> dict:
+    """NMSE of every variant vs FP32, and their latencies in the same interleaved rounds."""
     runtime = "ort" if backend == "onnx" else "ov"
     runners = {k: h.RUNTIMES[runtime](str(p), args.threads) for k, p in {"fp32": fp32, **files}.items()}
     outs = {k: h.outputs(r, heldout) for k, r in runners.items()}
@@ -132,27 +135,28 @@ def measure(backend: str, files: dict[str, pathlib.Path], fp32: pathlib.Path, he
     times = time_interleaved([runners[k] for k in names], heldout[0], warmup=5, rounds=args.rounds,
                              block=args.block)
     med = {k: float(np.median(t)) for k, t in zip(names, times)}
-    return {"nmse": nmse, "median_ms": med, "lat_ratio": med["rayq"] / med["nncf"], "vs_fp32": med["rayq"] / med["fp32"],
-            "nncf_vs_fp32": med["nncf"] / med["fp32"]}
+    return {"nmse": nmse, "median_ms": med}
 
 
 def run_model(name: str, args) -> dict:
     work = pathlib.Path(args.work)
     fp32 = work / f"{name}_{args.size}.onnx"
     items, heldout = _items(args.calib, args.size, 0), _items(args.heldout, args.size, 1)
-    result: dict = {"model": name, "size": args.size}
+    tags = list(dict.fromkeys([args.tag, *filter(None, args.also.split(","))]))
+    result: dict = {"model": name, "size": args.size, "tags": tags}
     for backend in args.backends.split(","):
         ext = "onnx" if backend == "onnx" else "xml"
-        files = {t: work / "q" / f"{name}_{args.size}_{t}_{backend}.{ext}" for t in ("rayq", "nncf")}
-        files["rayq"].parent.mkdir(parents=True, exist_ok=True)
+        files = {t: work / "q" / f"{name}_{args.size}_{t}_{backend}.{ext}" for t in ("nncf", *tags)}
+        files[args.tag].parent.mkdir(parents=True, exist_ok=True)
+        files = {t: p for t, p in files.items() if t in ("nncf", args.tag) or p.exists()}
         qtime = {}
         for tool, path in files.items():
-            if tool == "rayq" or not path.exists() or tool in args.redo.split(","):
-                qtime[tool] = _quantize(tool, backend, fp32, items, path)
+            if (tool == args.tag and not args.no_quantize) or not path.exists() or tool in args.redo.split(","):
+                qtime[tool] = _quantize("nncf" if tool == "nncf" else "rayq", backend, fp32, items, path)
         c = {t: counts(p, backend) for t, p in files.items()}
-        r = {"quantize_s": qtime, **{f"{k}_{t}": c[t][k] for t in c for k in ("aq", "tensors", "max_per_tensor")}}
+        r = {"quantize_s": qtime, "counts": {t: {k: c[t][k] for k in ("aq", "tensors", "max_per_tensor")} for t in c}}
         if args.diff:
-            d = _diff(c["rayq"]["edges"], c["nncf"]["edges"])
+            d = _diff(c[args.tag]["edges"], c["nncf"]["edges"])
             r["diff"] = {k: {f"{p}->{q}": n for (p, q), n in v.most_common()} for k, v in d.items()}
         if not args.no_measure:
             r.update(measure(backend, files, fp32, heldout, args))
@@ -162,18 +166,21 @@ def run_model(name: str, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| model | runtime | aq rayq/NNCF | tensors rayq/NNCF | NMSE rayq | NMSE NNCF | NMSE ratio | "
-            "latency rayq/NNCF | rayq/FP32 | NNCF/FP32 |", "|---" * 10 + "|"]
+    """Markdown: one row per model, runtime and rayq variant, ratios against NNCF."""
+    rows = ["| model | runtime | rayq | act. quantizers rayq/NNCF | tensors rayq/NNCF | NMSE rayq | NMSE NNCF | "
+            "NMSE ratio | latency rayq/NNCF | rayq/FP32 | NNCF/FP32 |", "|---" * 11 + "|"]
     for res in results:
         for backend in BACKENDS:
             r = res.get(backend)
             if not r or "nmse" not in r:
                 continue
-            n = r["nmse"]
-            rows.append(f"| {res['model']} | {'ORT' if backend == 'onnx' else 'OV'} | {r['aq_rayq']}/{r['aq_nncf']} | "
-                        f"{r['tensors_rayq']}/{r['tensors_nncf']} | {n['rayq']:.2e} | {n['nncf']:.2e} | "
-                        f"{n['rayq'] / max(n['nncf'], 1e-30):.2f} | {r['lat_ratio']:.2f} | {r['vs_fp32']:.2f} | "
-                        f"{r['nncf_vs_fp32']:.2f} |")
+            n, ms, c = r["nmse"], r["median_ms"], r["counts"]
+            for tag in (t for t in res["tags"] if t in n):
+                rows.append(
+                    f"| {res['model']} | {'ORT' if backend == 'onnx' else 'OV'} | {tag} | "
+                    f"{c[tag]['aq']}/{c['nncf']['aq']} | {c[tag]['tensors']}/{c['nncf']['tensors']} | "
+                    f"{n[tag]:.2e} | {n['nncf']:.2e} | {n[tag] / max(n['nncf'], 1e-30):.2f} | "
+                    f"{ms[tag] / ms['nncf']:.2f} | {ms[tag] / ms['fp32']:.2f} | {ms['nncf'] / ms['fp32']:.2f} |")
     return "\n".join(rows)
 
 
@@ -188,7 +195,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=10)
-    ap.add_argument("--redo", default="", help="tools whose cached models are re-quantized (nncf)")
+    ap.add_argument("--redo", default="", help="variants whose cached models are re-quantized (nncf)")
+    ap.add_argument("--tag", default="rayq", help="name of the rayq variant quantized by this run")
+    ap.add_argument("--also", default="", help="cached rayq variants measured alongside (e.g. before)")
+    ap.add_argument("--no-quantize", action="store_true", help="reuse the cached --tag models")
     ap.add_argument("--diff", action="store_true")
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--work", default="bench/.cache/zoo")

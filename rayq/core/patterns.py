@@ -65,3 +65,24 @@ def se_branches(graph: GraphView) -> frozenset[str]:
         if node.meta == g.MUL:
             out |= se_branch(graph, node)
     return frozenset(out)
+
+
+def layer_scale_input(graph: GraphView, node: NodeInfo) -> int | None:
+    """Index of the activation operand of a *layer scale*: a Mul by a constant whose
+    input is a weighted op's (biased) output behind data-movement ops, e.g. ConvNeXt's
+    ``Linear -> permute -> gamma * x``. Quantizing that input (the quantizer then moves
+    up through the data-movement ops) lets them run on INT8 data. Directly after the
+    weighted op the Mul is fused by the runtimes, so it is not a layer scale then."""
+    if node.meta != g.MUL or len(node.inputs) != 2:
+        return None
+    const = [graph.is_constant(t) for t in node.inputs]
+    if const.count(True) != 1:
+        return None
+    index = const.index(False)
+    producer, moved = graph.producer(node.inputs[index]), False
+    while producer is not None and producer.meta == g.SHAPE:
+        producer, moved = graph.producer(producer.inputs[0]), True
+    if producer is not None and producer.meta == g.ADD and any(graph.is_constant(t) for t in producer.inputs):
+        act = [t for t in producer.inputs if not graph.is_constant(t)]
+        producer = graph.producer(act[0]) if len(act) == 1 else None
+    return index if moved and producer is not None and producer.meta in g.WEIGHTED else None

@@ -10,7 +10,9 @@ quantized with symmetric inputs; with ``model_type="transformer"`` the probabili
 x V MatMul stays FP32 (better accuracy, the transformer preset's trade-off).
 
 Squeeze-excitation blocks (:mod:`rayq.core.patterns`): the gating Mul is quantized
-(both inputs), the Convs of the branch that computes the gate stay FP32.
+(both inputs), the Convs of the branch that computes the gate stay FP32. A layer
+scale (a Mul by a constant, behind data-movement ops after a Linear: ConvNeXt) gets
+its input quantized, so the data movement runs on INT8 data.
 
 Activation quantizers are moved upward through data-movement ops (Reshape,
 Transpose, Flatten, MaxPool...) with a single consumer, so those ops run on INT8
@@ -137,8 +139,9 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
         return "not a quantizable op type"
     if node.name in se:
         return "squeeze-excitation branch stays FP32 ([N, C, 1, 1] tensors: Q/DQ costs more than INT8 saves)"
-    if node.meta == g.MUL and patterns.gate_input(graph, node) is None:
-        return "only a gating Mul (x * sigmoid(f(x)), e.g. squeeze-excitation) is quantized"
+    if node.meta == g.MUL and patterns.gate_input(graph, node) is None \
+            and patterns.layer_scale_input(graph, node) is None:
+        return "only a gating Mul (x * sigmoid(f(x)), e.g. squeeze-excitation) or a layer scale is quantized"
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
         return "no float inputs"

@@ -217,3 +217,20 @@ def test_default_mode_quantizes_the_attention_probabilities_matmul_symmetrically
     assert len(served) == 2 and all(p.symmetric for p in served)  # probabilities and V
     transformer = place(view, model_type="transformer")
     assert not prob_matmuls & set(transformer.ops)
+
+
+def test_layer_scale_behind_a_transpose_is_quantized_not_one_fused_to_its_conv():
+    # ConvNeXt: conv -> bias -> Transpose -> gamma * x -> residual Add; and conv -> gamma * x
+    model = _graph([
+        ("Conv", ["x", "w0", "b0"], ["y"], {}),
+        ("Transpose", ["y"], ["t"], {"perm": [0, 1, 3, 2]}),
+        ("Mul", ["gamma", "t"], ["s"], {}),
+        ("Add", ["s", "x"], ["r"], {}),
+        ("Conv", ["r", "w1"], ["c"], {}),
+        ("Mul", ["c", "gamma"], ["out"], {}),
+    ], {"w0": (4, 4, 1, 1), "b0": (4,), "gamma": (1, 4, 1, 1), "w1": (2, 4, 1, 1)})
+    p = _placement(model)
+    assert "s" in p.ops and "out" not in p.ops
+    scale = next(q for q in p.points if "s" in q.serves)
+    # the quantizer moved up through the Transpose: it runs on INT8 data
+    assert scale.tensor == "y" and [(e.node, e.index) for e in scale.edges] == [("t", 0)]
