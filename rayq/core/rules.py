@@ -34,6 +34,10 @@ WEIGHT = "weight"
 _CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.MUL, g.CONCAT, g.AVG_POOL})
 _TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
 _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
+#: Data-movement ops the readers leave as ``other`` (ONNX and OpenVINO op types):
+#: slicing channels (ShuffleNet's split) moves values without changing them.
+_MOVEMENT_TYPES = frozenset({"Slice", "Split", "StridedSlice", "VariadicSplit", "ShuffleChannels"})
+_SHAPE_READERS = frozenset({"Shape", "ShapeOf", "Size"})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
 _PIXELS = ("uint8", "int8")
 
@@ -170,13 +174,29 @@ def _from_softmax(graph: GraphView, tensor: str) -> bool:
     return producer is not None and producer.meta == g.SOFTMAX
 
 
+def _moves_data(node: NodeInfo | None) -> bool:
+    return node is not None and (node.meta in _PASS_THROUGH or node.op_type in _MOVEMENT_TYPES)
+
+
+def _concat_origin(graph: GraphView, tensor: str, concats: set[str]) -> str | None:
+    """The quantized Concat output that ``tensor`` is read from through data-movement ops
+    only (ShuffleNet: Concat -> shuffle -> Slice -> next Concat), else None."""
+    while tensor not in concats:
+        producer = graph.producer(tensor)
+        if not _moves_data(producer):
+            return None
+        tensor = producer.inputs[0]
+    return tensor
+
+
 def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
     """Walk from ``edge`` up through single-consumer data-movement ops."""
     while True:
         producer = graph.producer(tensor)
-        if producer is None or producer.meta not in _PASS_THROUGH:
+        if not _moves_data(producer):
             return edge, tensor
-        if len(graph.consumers(tensor)) != 1 or tensor in graph.outputs:
+        readers = [n for n, _ in graph.consumers(tensor) if n.op_type not in _SHAPE_READERS]
+        if len(readers) != 1 or tensor in graph.outputs:
             return edge, tensor
         source = producer.inputs[0]
         if not _is_float_activation(graph, source):
@@ -248,6 +268,9 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
             serves.append(node.name)
             if node.meta == g.CONCAT:
                 concats.setdefault(src, []).append(node.outputs[0])
+                origin = _concat_origin(graph, src, {o for outs in concats.values() for o in outs})
+                if origin is not None and origin != node.outputs[0]:  # values already on its grid
+                    concats.setdefault(origin, []).append(node.outputs[0])
         if node.weight_input is not None:
             weights.append(QuantizerPoint(
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,

@@ -234,3 +234,40 @@ def test_layer_scale_behind_a_transpose_is_quantized_not_one_fused_to_its_conv()
     scale = next(q for q in p.points if "s" in q.serves)
     # the quantizer moved up through the Transpose: it runs on INT8 data
     assert scale.tensor == "y" and [(e.node, e.index) for e in scale.edges] == [("t", 0)]
+
+
+def _shuffle_block():
+    # ShuffleNet: c1 = Concat(x, relu(conv x)) -> channel shuffle -> split in two halves;
+    # one half goes to the next Concat as is, the other through a Conv
+    from onnx import numpy_helper
+
+    model = _graph([
+        ("Conv", ["x", "wa"], ["ya"], {}),
+        ("Relu", ["ya"], ["ra"], {}),
+        ("Concat", ["x", "ra"], ["c1"], {"axis": 1}),
+        ("Reshape", ["c1", "shape5"], ["r5"], {}),
+        ("Transpose", ["r5"], ["t5"], {"perm": [0, 2, 1, 3, 4]}),
+        ("Reshape", ["t5", "shape4"], ["s"], {}),
+        ("Slice", ["s", "start0", "mid", "axis1"], ["sl0"], {}),
+        ("Slice", ["s", "mid", "end", "axis1"], ["sl1"], {}),
+        ("Conv", ["sl1", "wb"], ["yb"], {}),
+        ("Relu", ["yb"], ["rb"], {}),
+        ("Concat", ["sl0", "rb"], ["c2"], {"axis": 1}),
+        ("Conv", ["c2", "wc"], ["out"], {}),
+    ], {"wa": (4, 4, 1, 1), "wb": (4, 4, 1, 1), "wc": (2, 8, 1, 1)})
+    for name, value in {"shape5": [1, 2, 4, 8, 8], "shape4": [1, 8, 8, 8], "start0": [0], "mid": [4],
+                        "end": [8], "axis1": [1]}.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    return model
+
+
+def test_channel_shuffle_split_shares_one_quantizer_and_one_scale_with_the_concats():
+    p = _placement(_shuffle_block())
+    acts = {q.tensor: q for q in p.points if q.kind == ACTIVATION}
+    # both halves are quantized once, before the Slices (which then move INT8 data)
+    assert "sl0" not in acts and "sl1" not in acts
+    assert sorted(e.node for e in acts["s"].edges) == ["sl0", "sl1"]
+    # the second Concat reads the first one's output through data movement only: one
+    # unified-scale group, so the shuffled values are already on the second one's grid
+    assert acts["s"].unify_tensors == ("c1", "c2")
+    assert acts["rb"].unify_tensors == ("c1", "c2") and acts["ra"].unify_tensors == ("c1", "c2")
