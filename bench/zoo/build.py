@@ -67,6 +67,8 @@ def build(name: str, size: int, out: pathlib.Path) -> pathlib.Path:
         return path
     torch.manual_seed(0)
     model = BUILDERS[name](size)
+    if isinstance(model, VisionTransformer):  # its head is zero-initialised: constant logits
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
     _reestimate_bn(model, size)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
