@@ -15,7 +15,8 @@ normal images, seed 0, batch 1 each) and their defaults (no ``model_type``). Rep
 NNCF's quantized models are cached (they do not change when rayq does); ``--redo nncf``
 re-quantizes them. ``--tag before`` quantizes with whatever rayq is on ``PYTHONPATH``
 (e.g. an older commit, ``git archive``-d) under another name, and ``--also before``
-measures those cached models in the same interleaved rounds. ``--diff`` prints the quantized edges (producer op -> consumer op) on
+measures those cached models in the same interleaved rounds. ``--diff`` prints the
+quantized edges (producer op -> consumer op) on
 which the tools differ. Usage::
 
     python bench/zoo/compare.py --models densenet121 --size 128 --diff
@@ -116,7 +117,8 @@ def counts(path: pathlib.Path, backend: str) -> dict:
             f"{op.input_value(0).get_node().get_friendly_name()}:{op.input_value(0).get_index()}"
             for op in m.get_ops() if op.get_type_name() == "FakeQuantize"
             and op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert"))
-    return {"aq": sum(per.values()), "tensors": len(per), "edges": edges, "max_per_tensor": max(per.values(), default=0)}
+    return {"aq": sum(per.values()), "tensors": len(per), "edges": edges,
+            "max_per_tensor": max(per.values(), default=0)}
 
 
 def _diff(a: list, b: list) -> dict[str, collections.Counter]:
