@@ -5,6 +5,15 @@ its activation inputs get per-tensor quantizers and its constant weight a
 per-channel one. Reverting an op to FP32 (a *fallback group*) removes exactly the
 quantizer edges that serve it, so fallback sets compose freely.
 
+Attention: the MatMuls of two activations (Q x K^T, and the probabilities x V) are
+quantized with symmetric inputs; with ``model_type="transformer"`` the probabilities
+x V MatMul stays FP32 (better accuracy, the transformer preset's trade-off).
+
+Squeeze-excitation blocks (:mod:`rayq.core.patterns`): the gating Mul is quantized
+(both inputs), the Convs of the branch that computes the gate stay FP32. A layer
+scale (a Mul by a constant, behind data-movement ops after a Linear: ConvNeXt) gets
+its input quantized, so the data movement runs on INT8 data.
+
 Activation quantizers are moved upward through data-movement ops (Reshape,
 Transpose, Flatten, MaxPool...) with a single consumer, so those ops run on INT8
 data instead of adding a Q/DQ pair each.
@@ -16,14 +25,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rayq.core import graph as g
+from rayq.core import patterns
 from rayq.core.graph import GraphView, NodeInfo
 
 ACTIVATION = "activation"
 WEIGHT = "weight"
 
-_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.CONCAT, g.AVG_POOL})
+_CNN_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL, g.ADD, g.MUL, g.CONCAT, g.AVG_POOL})
 _TRANSFORMER_OPS = frozenset({g.CONV, g.CONV_TRANSPOSE, g.MATMUL})
 _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
+#: Data-movement ops the readers leave as ``other`` (ONNX and OpenVINO op types):
+#: slicing channels (ShuffleNet's split) moves values without changing them.
+_MOVEMENT_TYPES = frozenset({"Slice", "Split", "StridedSlice", "VariadicSplit", "ShuffleChannels"})
+_SHAPE_READERS = frozenset({"Shape", "ShapeOf", "Size"})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
 _PIXELS = ("uint8", "int8")
 
@@ -47,9 +61,13 @@ class QuantizerPoint:
         edges: Op inputs rewired to the dequantized tensor.
         serves: The quantizable op each edge serves (parallel to ``edges``).
         axis: Per-channel axis of a weight quantizer.
-        unify: For quantizers on a Concat's inputs: the Concat's output tensor. Every
-            quantizer with the same ``unify`` gets the same scale (from that tensor's
-            statistics), so the Concat runs on INT8 data without requantization.
+        unify: For quantizers on a Concat's inputs or output: the output tensor of the
+            first Concat of its *unified-scale group*. Every quantizer with the same
+            ``unify`` gets the same scale, so the Concats run on INT8 data without
+            requantization. Concats that share an input (DenseNet's dense blocks) form
+            one group: a tensor gets one quantizer, shared by all its consumers.
+        unify_tensors: The output tensors of every Concat of that group, whose joint
+            range sets the group's scale (empty when ``unify`` is None).
         symmetric: The quantizer is symmetric in every preset: it serves only
             activation x activation MatMuls (attention's Q x K^T), which runtimes fuse
             into integer attention kernels only with signed, zero-point-free inputs.
@@ -63,12 +81,14 @@ class QuantizerPoint:
     axis: int | None = None
     unify: str | None = None
     symmetric: bool = False
+    unify_tensors: tuple[str, ...] = ()
 
     @property
-    def stats_tensor(self) -> str:
-        """The tensor whose statistics set this quantizer's range (the Concat output
-        for quantizers on Concat inputs, so they share one scale)."""
-        return self.unify or self.tensor
+    def stats_tensors(self) -> tuple[str, ...]:
+        """The tensors whose joint range sets this quantizer's range: the group's Concat
+        outputs for a unified-scale quantizer (so the group shares one scale), else its
+        own tensor."""
+        return self.unify_tensors or (self.tensor,)
 
     def active_edges(self, fallback: frozenset[str]) -> tuple[Edge, ...]:
         return tuple(e for e, op in zip(self.edges, self.serves) if op not in fallback)
@@ -106,7 +126,7 @@ class Placement:
 
     def activation_tensors(self) -> tuple[str, ...]:
         """Tensors whose statistics the activation quantizers need."""
-        return tuple(dict.fromkeys(p.stats_tensor for p in self.points if p.kind == ACTIVATION))
+        return tuple(dict.fromkeys(t for p in self.points if p.kind == ACTIVATION for t in p.stats_tensors))
 
 
 def _is_float_activation(graph: GraphView, tensor: str) -> bool:
@@ -115,15 +135,21 @@ def _is_float_activation(graph: GraphView, tensor: str) -> bool:
             and info.dtype in _FLOAT)
 
 
-def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None) -> str | None:
+def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
+                 se: frozenset[str] = frozenset()) -> str | None:
     """Return None if ``node`` is quantizable, else the reason it is not."""
     ops = _TRANSFORMER_OPS if model_type == "transformer" else _CNN_OPS
     if node.meta not in ops:
         return "not a quantizable op type"
+    if node.name in se:
+        return "squeeze-excitation branch stays FP32 ([N, C, 1, 1] tensors: Q/DQ costs more than INT8 saves)"
+    if node.meta == g.MUL and patterns.gate_input(graph, node) is None \
+            and patterns.layer_scale_input(graph, node) is None:
+        return "only a gating Mul (x * sigmoid(f(x)), e.g. squeeze-excitation) or a layer scale is quantized"
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
         return "no float inputs"
-    if node.meta == g.MATMUL and any(_from_softmax(graph, t) for t in acts):
+    if model_type == "transformer" and node.meta == g.MATMUL and any(_from_softmax(graph, t) for t in acts):
         return "attention-probabilities MatMul stays FP32 (a Softmax output loses its small values in INT8)"
     if node.meta == g.ADD and len(acts) < 2:
         return "Add with a constant operand stays FP32"
@@ -148,13 +174,29 @@ def _from_softmax(graph: GraphView, tensor: str) -> bool:
     return producer is not None and producer.meta == g.SOFTMAX
 
 
+def _moves_data(node: NodeInfo | None) -> bool:
+    return node is not None and (node.meta in _PASS_THROUGH or node.op_type in _MOVEMENT_TYPES)
+
+
+def _concat_origin(graph: GraphView, tensor: str, concats: set[str]) -> str | None:
+    """The quantized Concat output that ``tensor`` is read from through data-movement ops
+    only (ShuffleNet: Concat -> shuffle -> Slice -> next Concat), else None."""
+    while tensor not in concats:
+        producer = graph.producer(tensor)
+        if not _moves_data(producer):
+            return None
+        tensor = producer.inputs[0]
+    return tensor
+
+
 def _move_up(graph: GraphView, edge: Edge, tensor: str) -> tuple[Edge, str]:
     """Walk from ``edge`` up through single-consumer data-movement ops."""
     while True:
         producer = graph.producer(tensor)
-        if producer is None or producer.meta not in _PASS_THROUGH:
+        if not _moves_data(producer):
             return edge, tensor
-        if len(graph.consumers(tensor)) != 1 or tensor in graph.outputs:
+        readers = [n for n, _ in graph.consumers(tensor) if n.op_type not in _SHAPE_READERS]
+        if len(readers) != 1 or tensor in graph.outputs:
             return edge, tensor
         source = producer.inputs[0]
         if not _is_float_activation(graph, source):
@@ -221,16 +263,18 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
         >>> placement.group(placement.ops[0])                   # doctest: +SKIP
         ('a:input', 'w:/conv1/Conv')
     """
-    acts: dict[tuple[str, str | None], tuple[list[Edge], list[str]]] = {}
+    acts: dict[str, tuple[list[Edge], list[str]]] = {}
+    concats: dict[str, list[str]] = {}  # tensor -> outputs of the quantized Concats that read it
     weights: list[QuantizerPoint] = []
     ops: list[str] = []
     skipped: list[tuple[str, str]] = []
+    se = patterns.se_branches(graph)
     for node in graph.nodes:
         if node.name in ignored:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, "ignored scope"))
             continue
-        reason = _quantizable(node, graph, model_type)
+        reason = _quantizable(node, graph, model_type, se)
         if reason is not None:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, reason))
@@ -241,17 +285,61 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
             if i in (node.weight_input, fp32_input) or not _is_float_activation(graph, tensor):
                 continue
             edge, src = _move_up(graph, Edge(node.name, i), tensor)
-            # a Concat's inputs share one scale, taken from its output: it then runs on INT8
-            unify = node.outputs[0] if node.meta == g.CONCAT else None
-            edges, serves = acts.setdefault((src, unify), ([], []))
+            edges, serves = acts.setdefault(src, ([], []))  # one quantizer per tensor
             edges.append(edge)
             serves.append(node.name)
+            if node.meta == g.CONCAT:
+                concats.setdefault(src, []).append(node.outputs[0])
+                origin = _concat_origin(graph, src, {o for outs in concats.values() for o in outs})
+                if origin is not None and origin != node.outputs[0]:  # values already on its grid
+                    concats.setdefault(origin, []).append(node.outputs[0])
         if node.weight_input is not None:
             weights.append(QuantizerPoint(
                 f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
                 (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
             ))
-    points = [QuantizerPoint(f"a:{t}" if u is None else f"a:{t}@{u}", t, ACTIVATION, tuple(e), tuple(s), unify=u,
-                             symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s))
-              for (t, u), (e, s) in acts.items()]
+    groups = _unified_groups(concats)
+    points = []
+    for t, (e, s) in acts.items():
+        members = groups.get(t, ())
+        points.append(QuantizerPoint(
+            f"a:{t}", t, ACTIVATION, tuple(e), tuple(s), unify=members[0] if members else None,
+            symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s), unify_tensors=members))
     return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))
+
+
+def _unified_groups(concats: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """Unified-scale groups: Concats whose inputs overlap (or nest: a Concat's output
+    read by another Concat) must share one scale, since each tensor gets one quantizer.
+
+    Args:
+        concats: For every quantized tensor read by a quantized Concat, the outputs
+            of those Concats, in topological order.
+
+    Returns:
+        For every tensor in a group (Concat inputs and outputs): the group's Concat
+        outputs, in topological order.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    order = list(dict.fromkeys(out for outs in concats.values() for out in outs))
+    for out in order:
+        find(out)
+    for tensor, outs in concats.items():
+        for out in outs[1:]:
+            parent[find(out)] = find(outs[0])
+        if tensor in parent:  # a Concat output read by another Concat
+            parent[find(tensor)] = find(outs[0])
+    members: dict[str, list[str]] = {}
+    for out in order:
+        members.setdefault(find(out), []).append(out)
+    groups = {out: tuple(members[find(out)]) for out in order}
+    groups.update({t: groups[outs[0]] for t, outs in concats.items()})
+    return groups

@@ -83,15 +83,17 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
 
 
 def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) -> QParams:
-    s = _stats(stats, point.stats_tensor)
+    group = [_stats(stats, t) for t in point.stats_tensors]
     symmetric = plan.symmetric_activations or point.symmetric
     if smooth_scale is not None:  # exact extremes of x / s for any alpha, from per-channel min/max
+        s = group[0]
         lo = float(np.min(s.channel_min / smooth_scale))
         hi = float(np.max(s.channel_max / smooth_scale))
-    else:
-        unsigned = symmetric and s.min >= 0
-        lo, hi = estimate_range(s, plan.activation_estimator, symmetric=symmetric, unsigned=unsigned,
-                                quantile=plan.quantile)
+    else:  # a unified-scale group: the joint range of its Concat outputs
+        unsigned = symmetric and all(s.min >= 0 for s in group)
+        ranges = [estimate_range(s, plan.activation_estimator, symmetric=symmetric, unsigned=unsigned,
+                                 quantile=plan.quantile) for s in group]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     return activation_params(lo, hi, symmetric=symmetric)
 
 

@@ -423,3 +423,30 @@ def test_shape_derived_position_embeddings_are_not_activations():
     assert all(dequantized(q, node(q, mm).input[0]) for mm in ("mm1", "mm2"))  # both MatMuls: INT8
     feeds = {"x": calib[:4]}
     assert nmse(run_ort(model, feeds), run_ov(q, feeds)) < 0.01
+
+
+def test_token_matmul_add_biases_are_int32_so_ort_fuses_qgemm(tmp_path):
+    """x[1, 8, 16] -> MatMul+Add -> Relu -> MatMul+Add (a transformer's Linear layers, rank 3):
+    ORT reshapes N-D MatMul+Add to Gemm; without an int32 bias it stays an FP32 Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32) * 0.3, n)
+             for n, s in (("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 8)), ("b2", (8,)))]
+    graph = helper.make_graph([
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["m2", "b2"], ["y"], name="fc2_bias"),
+    ], "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(size=(1, 8, 16)).astype(np.float32)} for _ in range(16)]
+    q = _check(rayq.quantize(model, rayq.Dataset(calib), subset_size=16, num_workers=1, cache=False))
+    assert sorted(n for n, v in initializers(q).items() if v.dtype == np.int32 and n.endswith("bias32_q")) == [
+        "fc1/rayq_bias32_q", "fc2/rayq_bias32_q"]
+    path = str(tmp_path / "opt.onnx")
+    assert nmse(run_ort(model, calib[0]), run_ort(q, calib[0], optimized_path=path)) < 0.02
+    ops = op_counts(onnx.load(path))
+    assert ops["QGemm"] == 2 and ops["Gemm"] == ops["MatMul"] == 0, ops

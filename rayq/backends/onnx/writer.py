@@ -177,7 +177,8 @@ class _Writer:
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.inits:
                 target, index = node, 2
             elif node.op_type == "MatMul" and len(consumers.get(node.output[0], ())) == 1 \
-                    and self.rank(node.input[0], producers) == 2:  # ORT fuses 2-D MatMul+Add to (Q)Gemm
+                    and (self.rank(node.input[0], producers) or 0) >= 2:  # ORT fuses MatMul+Add to (Q)Gemm,
+                # an N-D one too (reshaped to 2-D): with a float bias it stays an FP32 Gemm
                 target = consumers[node.output[0]][0]
                 others = [i for i, t in enumerate(target.input) if t != node.output[0]]
                 if target.op_type != "Add" or len(target.input) != 2 or len(others) != 1:

@@ -41,7 +41,7 @@ def apply_recipe(model: ov.Model, recipe: Recipe) -> ov.Model:
     view = reader.build_view(clone, idx)
     for wq in recipe.weights:
         _weight(idx, wq)
-    for aq in recipe.activations:
+    for aq in _off_grid(view, recipe.activations):
         _activation(idx, aq)
     for node, value in recipe.biases.items():
         _bias(idx, view, node, np.asarray(value))
@@ -50,6 +50,46 @@ def apply_recipe(model: ov.Model, recipe: Recipe) -> ov.Model:
     except Exception as exc:  # openvino raises RuntimeError subclasses
         raise BackendError(f"the quantized model is invalid: {runtime.describe(exc)}") from exc
     return clone
+
+
+#: Ops whose output values are some of their (first) input's values: a tensor on an
+#: integer grid stays on it.
+_MOVES_DATA = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "ShuffleChannels", "StridedSlice",
+                         "Slice", "Split", "VariadicSplit", "MaxPool"})
+
+
+def _same(a: QParams, b: QParams) -> bool:
+    return a.levels == b.levels and all(np.array_equal(x, y) for x, y in zip(a.range(), b.range()))
+
+
+def _off_grid(view: Any, activations: tuple[ActivationQuant, ...]) -> list[ActivationQuant]:
+    """The activation quantizers that change their input: a tensor computed only by
+    data movement and Concats from tensors fake-quantized with the same parameters
+    is already on that grid (ShuffleNet: Concat -> shuffle -> Slice -> Concat), and a
+    ``FakeQuantize`` there would be an identity costing a requantization. The CPU
+    plugin moves the dequantization through those ops by itself."""
+    by_edge = {(e.node, e.index): aq.params for aq in activations for e in aq.edges}
+    memo: dict[str, bool] = {}
+
+    def on_grid(tensor: str, params: QParams, depth: int = 0) -> bool:
+        if tensor not in memo:
+            node = view.producer(tensor) if depth < 64 else None
+            if node is None or node.op_type not in _MOVES_DATA | {"Concat"}:
+                memo[tensor] = False
+            else:
+                ins = [i for i, t in enumerate(node.inputs) if t and not view.is_constant(t)]
+                ins = ins if node.op_type == "Concat" else ins[:1]
+                memo[tensor] = bool(ins) and all(
+                    _same(by_edge[(node.name, i)], params) if (node.name, i) in by_edge
+                    else on_grid(node.inputs[i], params, depth + 1) for i in ins)
+        return memo[tensor]
+
+    out = []
+    for aq in activations:
+        memo.clear()
+        if aq.smooth is not None or not on_grid(aq.tensor, aq.params):
+            out.append(aq)
+    return out
 
 
 def _edge_input(idx: reader.Index, node: str, index: int, tensor: str) -> Any:
