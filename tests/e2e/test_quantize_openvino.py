@@ -59,7 +59,9 @@ def test_onnx_search_targets_openvino(tmp_path):
 
     result = rayq.search(str(MODEL), load_calibration()[:64], "examples/digits/validation.npz", accuracy,
                          target="openvino", n_trials=3, num_workers=1)
-    assert result.target == "openvino" and result.status == "met"
+    # within budget; "no_speedup" where OpenVINO INT8 is not significantly faster on this CPU
+    assert result.target == "openvino" and result.status in ("met", "no_speedup")
+    assert result.latency_settings["runtime"] == "openvino"
     assert np.isfinite(result.latency_ms)
 
 

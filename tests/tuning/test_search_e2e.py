@@ -52,7 +52,9 @@ def test_search_returns_model_within_budget(task, tmp_path):
     assert result.status in WITHIN_BUDGET
     # re-validate the returned model independently on the full validation set
     assert full_accuracy(model, val) - full_accuracy(result.model, val) <= MAX_DROP
-    assert result.plan.fallback == ("Gemm_1",), "the sensitive layer, and only it, stays FP32 (a real INT8 model)"
+    # at most the sensitive layer stays FP32 (a real INT8 model); another estimator or bias
+    # correction may bring the fully quantized model within budget too
+    assert set(result.plan.fallback) <= {"Gemm_1"} and len(result.plan.fallback) < result.n_quantizable
     assert result.ranking[0] == "Gemm_1"  # the layer fed by the outlier channel ranks first
     assert result.speedup_low <= result.speedup <= result.speedup_high
     assert (result.status == "met") == (result.speedup_low > 1 + result.speedup_margin)
