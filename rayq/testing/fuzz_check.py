@@ -1,0 +1,177 @@
+"""The fuzzer's oracle: quantize a :class:`~rayq.testing.fuzz.FuzzCase` and classify what happened.
+
+:func:`check_case` returns an :class:`Outcome` whose ``kind`` names the failure class:
+
+- ``pass``; ``rayq_error:<Class>`` (rayq refused the model with a :class:`rayq.RayqError`);
+- ``skipped:<gap>`` -- the model holds a pattern a runtime is known to mishandle once
+  quantized (:data:`RUNTIME_GAPS`), checked before quantizing;
+- ``generator:<what>`` -- the FP32 model itself is broken (a generator bug);
+- ``crash:<ExceptionType>`` -- ``rayq.quantize`` raised something that is not a RayqError;
+- ``output:checker``, ``output:<runtime>``, ``output:shape:<runtime>`` -- the quantized model
+  is invalid, does not run, or its output shapes differ from FP32's;
+- ``nmse:<runtime>`` -- the quantized output is further from FP32 than ``nmse_bound``.
+
+Both runtimes are called directly (ONNX Runtime, OpenVINO with ``f32`` inference precision),
+not through rayq's runners, so rayq's output is checked by the runtimes themselves.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from rayq.testing.fuzz import FuzzCase
+
+RUNTIMES = ("onnxruntime", "openvino")
+#: NMSE bound, per output and runtime, for 8-bit QDQ with the overflow fix on these small
+#: random models (a few quantized layers each; measured maxima are an order of magnitude lower).
+NMSE_BOUND = 0.1
+
+#: Patterns the runtimes mishandle once quantized, whatever the quantizer (checked on hand-built
+#: QDQ models in tests/fuzz/test_regressions.py): name -> (producer op types, consumer op type).
+#: OpenVINO 2026.4's CPU plugin segfaults, or returns a wrong shape, on a Gather over a
+#: non-batch axis right after an INT8 MatMul/Gemm.
+RUNTIME_GAPS = {"ov_gather_after_int8_matmul": (("MatMul", "Gemm"), "Gather")}
+
+__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "runtime_gap", "draw_options", "Outcome", "check_case", "nmse", "run_model"]
+
+
+@dataclass
+class Outcome:
+    """What one case gave: ``kind`` (see the module docstring), a detail message, measured NMSEs."""
+
+    kind: str
+    detail: str = ""
+    nmse: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "pass" or self.kind.startswith("rayq_error:")
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runtime: str) -> list[np.ndarray]:
+    """Run ``model`` once on ``runtime`` (2 threads; OpenVINO with f32 inference precision)."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 2
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return [np.asarray(o) for o in session.run(None, feeds)]
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
+    result = compiled(feeds)
+    return [np.asarray(result[o]) for o in compiled.outputs]
+
+
+def nmse(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """``|ref - cand|^2 / |ref|^2`` (0 when both are zero)."""
+    ref, cand = np.float64(reference), np.float64(candidate)
+    den = float(np.sum(ref**2))
+    num = float(np.sum((ref - cand) ** 2))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def _run_all(model: onnx.ModelProto, feeds: list[dict], runtime: str) -> list[list[np.ndarray]]:
+    return [run_model(model, f, runtime) for f in feeds]
+
+
+def _fp32(case: FuzzCase, feeds: list[dict]) -> tuple[dict | None, Outcome | None]:
+    try:
+        onnx.checker.check_model(case.model, full_check=True)
+    except Exception as exc:
+        return None, Outcome("generator:checker", str(exc).splitlines()[0])
+    refs = {}
+    for runtime in RUNTIMES:
+        try:
+            refs[runtime] = _run_all(case.model, feeds, runtime)
+        except Exception as exc:
+            return None, Outcome(f"generator:{runtime}", str(exc).splitlines()[0][:300])
+    for a, b in zip(refs["onnxruntime"][0], refs["openvino"][0]):
+        if a.shape != b.shape or nmse(a, b) > 1e-5:
+            return None, Outcome("generator:runtimes_disagree", f"{a.shape} vs {b.shape}")
+    return refs, None
+
+
+def _quantize(case: FuzzCase, calibration: list[dict], options: dict):
+    import rayq
+
+    # min-max ranges: tested on calibration items, no activation is clipped, so the NMSE bound
+    # measures rounding (the default mean-of-batch estimator clips the largest items by design)
+    params = rayq.AdvancedQuantizationParameters(overflow_fix="enable", activation_estimator="minmax")
+    try:
+        return rayq.quantize(case.model, rayq.Dataset(calibration), num_workers=1, cache=False,
+                             subset_size=len(calibration), advanced_parameters=params, **options), None
+    except rayq.RayqError as exc:
+        return None, Outcome(f"rayq_error:{type(exc).__name__}", str(exc).splitlines()[0][:300])
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+        return None, Outcome(f"crash:{type(exc).__name__}", f"{where}: {str(exc).splitlines()[0][:300]}"
+                             if str(exc) else where)
+
+
+def draw_options(chooser) -> dict:
+    """Random ``rayq.quantize`` keyword arguments: preset, model type, bias correction."""
+    return {"preset": chooser.choice((None, "performance", "mixed")),
+            "model_type": chooser.choice((None, "transformer")),
+            "fast_bias_correction": chooser.choice((True, False, None))}
+
+
+def runtime_gap(model: onnx.ModelProto) -> str | None:
+    """The name of the first :data:`RUNTIME_GAPS` pattern in ``model``, else None."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for name, (sources, consumer) in RUNTIME_GAPS.items():
+        if any(n.op_type == consumer and producers.get(n.input[0]) in sources for n in model.graph.node):
+            return name
+    return None
+
+
+def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: int = 8, n_test: int = 2,
+               nmse_bound: float = NMSE_BOUND) -> Outcome:
+    """Quantize ``case`` with ``rayq.quantize(**options)`` and check the result on both runtimes.
+
+    Example:
+        >>> from rayq.testing.fuzz import RandomChooser, random_case
+        >>> check_case(random_case(RandomChooser(3))).ok                    # doctest: +SKIP
+        True
+    """
+    gap = runtime_gap(case.model)
+    if gap:
+        return Outcome(f"skipped:{gap}")
+    calibration = case.inputs(n_calibration, seed=0)
+    feeds = calibration[:n_test]  # inside the calibrated range: the bound measures rounding, not clipping
+    refs, failed = _fp32(case, feeds)
+    if failed:
+        return failed
+    quantized, failed = _quantize(case, calibration, options or {})
+    if failed:
+        return failed
+    try:
+        onnx.checker.check_model(quantized, full_check=True)
+    except Exception as exc:
+        return Outcome("output:checker", str(exc).splitlines()[0][:300])
+    errors: dict[str, float] = {}
+    for runtime in RUNTIMES:
+        try:
+            outs = _run_all(quantized, feeds, runtime)
+        except Exception as exc:
+            return Outcome(f"output:{runtime}", str(exc).splitlines()[0][:300])
+        for ref_feed, out_feed in zip(refs[runtime], outs):
+            if [r.shape for r in ref_feed] != [o.shape for o in out_feed]:
+                return Outcome(f"output:shape:{runtime}", f"{[r.shape for r in ref_feed]} vs "
+                                                           f"{[o.shape for o in out_feed]}")
+        errors[runtime] = max(nmse(np.concatenate([f[i].ravel() for f in refs[runtime]]),
+                                   np.concatenate([f[i].ravel() for f in outs]))
+                              for i in range(len(outs[0])))
+    worst = max(errors, key=errors.get)
+    if not errors[worst] <= nmse_bound:
+        return Outcome(f"nmse:{worst}", f"NMSE {errors[worst]:.3g} > {nmse_bound}", errors)
+    return Outcome("pass", "", errors)
