@@ -58,6 +58,7 @@ def main(argv=None) -> int:
             worst.append(max(outcome.nmse.values()))
         if outcome.kind != "pass":
             examples[outcome.kind].append((seed, outcome.detail, case.describe(), options))
+            print(f"seed {seed}: {outcome.kind}: {outcome.detail}", flush=True)
         if args.show:
             print(onnx.printer.to_text(case.model.graph), options, outcome, sep="\n")
     print(f"{sum(counts.values())} cases in {time.time() - t0:.0f} s ({args.storages} storages)")

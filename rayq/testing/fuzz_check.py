@@ -35,8 +35,9 @@ NMSE_BOUND = 0.1
 #: OpenVINO 2026.4's CPU plugin segfaults, or returns a wrong shape, on a Gather over a
 #: non-batch axis right after an INT8 MatMul/Gemm.
 RUNTIME_GAPS = {"ov_gather_after_int8_matmul": (("MatMul", "Gemm"), "Gather")}
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
-__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "runtime_gap", "draw_options", "Outcome", "check_case", "nmse", "run_model"]
+__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "runtime_gap", "draw_options", "cpu_has_vnni", "activation_matmul", "Outcome", "check_case", "nmse", "run_model"]
 
 
 @dataclass
@@ -134,6 +135,31 @@ def runtime_gap(model: onnx.ModelProto) -> str | None:
     return None
 
 
+def cpu_has_vnni() -> bool:
+    """True if this x86 CPU has VNNI or AMX INT8 (``/proc/cpuinfo``); False if unknown."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(f in flags for f in _VNNI_FLAGS)
+
+
+def activation_matmul(model: onnx.ModelProto) -> bool:
+    """True if a MatMul multiplies two computed tensors (attention ``Q @ K^T``, ``P @ V``)."""
+    constant = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                            for o in n.output}
+    return any(n.op_type == "MatMul" and not constant.intersection(n.input) for n in model.graph.node)
+
+
+def _ov_nmse_unreliable(model: onnx.ModelProto) -> bool:
+    """OpenVINO runs an INT8 MatMul of two activations with u8*s8 pair sums in int16
+    (``vpmaddubsw``) on CPUs without VNNI: full-range 8-bit activations on both sides
+    saturate (NMSE up to ~1 where ONNX Runtime gives 1e-4, tests/fuzz/test_regressions.py).
+    The overflow fix only narrows weights, so there its NMSE is not rayq's to bound."""
+    return activation_matmul(model) and not cpu_has_vnni()
+
+
 def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: int = 8, n_test: int = 2,
                nmse_bound: float = NMSE_BOUND) -> Outcome:
     """Quantize ``case`` with ``rayq.quantize(**options)`` and check the result on both runtimes.
@@ -171,7 +197,10 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
         errors[runtime] = max(nmse(np.concatenate([f[i].ravel() for f in refs[runtime]]),
                                    np.concatenate([f[i].ravel() for f in outs]))
                               for i in range(len(outs[0])))
-    worst = max(errors, key=errors.get)
+    bounded = {k: v for k, v in errors.items() if not (k == "openvino" and _ov_nmse_unreliable(case.model))}
+    if not bounded:
+        return Outcome("pass", "", errors)
+    worst = max(bounded, key=bounded.get)
     if not errors[worst] <= nmse_bound:
         return Outcome(f"nmse:{worst}", f"NMSE {errors[worst]:.3g} > {nmse_bound}", errors)
     return Outcome("pass", "", errors)
