@@ -33,7 +33,7 @@ NMSE_BOUND = 0.1
 #: Patterns the runtimes mishandle once quantized, whatever the quantizer (checked on hand-built
 #: QDQ models in tests/fuzz/test_regressions.py): name -> (producer op types, consumer op type).
 #: OpenVINO 2026.4's CPU plugin segfaults, or returns a wrong shape, on a Gather over a
-#: non-batch axis right after an INT8 MatMul/Gemm.
+#: non-batch axis right after an INT8 MatMul/Gemm with uint8 (asymmetric) activations.
 RUNTIME_GAPS = {"ov_gather_after_int8_matmul": (("MatMul", "Gemm"), "Gather")}
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
