@@ -135,8 +135,10 @@ class Tensor:
 class Builder:
     """Accumulates nodes, constants and the pool of activations of one model."""
 
-    def __init__(self, chooser: Chooser, opset: int, storages: Sequence[str], batch: int) -> None:
+    def __init__(self, chooser: Chooser, opset: int, storages: Sequence[str], batch: int,
+                 dynamic: bool = False) -> None:
         self.ch = chooser
+        self.dynamic = dynamic
         self.opset = opset
         self.storages = tuple(storages)
         self.batch = batch
@@ -261,7 +263,7 @@ def random_case(chooser: Chooser, *, storages: Sequence[str] = STABLE_STORAGES, 
     """
     opset = chooser.integer(*opsets)
     dynamic = chooser.choice((False, True))
-    b = Builder(chooser, opset, storages, batch=chooser.integer(1, 2))
+    b = Builder(chooser, opset, storages, batch=chooser.integer(1, 2), dynamic=dynamic)
     kinds: dict[str, tuple] = {}
     inputs: list[onnx.ValueInfoProto] = []
     for _ in range(chooser.integer(1, 2)):

@@ -274,7 +274,7 @@ def reshape(b: Builder, x: Tensor) -> Tensor | None:
     target = b.ch.choice(targets)
     size = x.elements
     shape = (x.shape[0],) + tuple(size // -int(np.prod(target)) if t == -1 else t for t in target)
-    lead = b.ch.choice((0, 0, x.shape[0])) if not b.ch.choice((False, True)) else 0
+    lead = 0 if b.dynamic else b.ch.choice((0, x.shape[0]))  # a literal batch only where it is fixed
     return b.emit("Reshape", [x.name, b.ints((lead,) + target)], shape)
 
 

@@ -140,3 +140,24 @@ def test_activation_matmul_close_to_fp32():
     for runtime in runtimes:
         for feed in feeds[:2]:
             assert nmse(run_model(model, feed, runtime)[0], run_model(quantized, feed, runtime)[0]) < 0.01, runtime
+
+
+@pytest.mark.xfail(strict=False, reason="OpenVINO 2026.4 AvgPoolTransformation: 'Argument shapes are inconsistent' "
+                                        "when an INT8 MatMul's per-channel dequantization is moved through a pool")
+def test_openvino_compiles_pool_after_int8_matmul():
+    """Hand-written QDQ, no rayq involved: a per-output-channel INT8 MatMul on a 4-D tensor,
+    then AveragePool over the axis the channels are on (``fuzz_check.RUNTIME_GAPS``)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(rng.integers(-60, 60, (10, 11)).astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(0.005, 0.02, 11).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(11, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["m"]),
+             helper.make_node("AveragePool", ["m"], ["y"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 7, 10])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 4, 6])], inits, opset=14)
+    feed = {"x": rng.standard_normal((2, 6, 7, 10)).astype(np.float32)}
+    assert run_model(model, feed, "openvino")[0].shape == (2, 6, 4, 6)
