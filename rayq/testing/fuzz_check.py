@@ -32,12 +32,13 @@ NMSE_BOUND = 0.1
 
 #: Patterns the runtimes mishandle once quantized, whatever the quantizer (checked on hand-built
 #: QDQ models in tests/fuzz/test_regressions.py): name -> (producer op types, consumer op types).
-#: OpenVINO 2026.4's CPU plugin segfaults, or returns a wrong shape, on a Gather over a
-#: non-batch axis right after an INT8 MatMul/Gemm with uint8 (asymmetric) activations; its
-#: AvgPoolTransformation throws ("Argument shapes are inconsistent") when an INT8 MatMul's
-#: per-output-channel dequantization (the last axis) is moved through a pool over that axis.
-RUNTIME_GAPS = {"ov_gather_after_int8_matmul": (("MatMul", "Gemm"), ("Gather",)),
-                "ov_pool_after_int8_matmul": (("MatMul",), ("AveragePool", "MaxPool"))}
+#: OpenVINO 2026.4's low-precision transformations move an INT8 MatMul's per-output-channel
+#: dequantization (on the last axis) into the next op and break there: a Gather over a
+#: non-batch axis segfaults or returns a wrong shape (uint8 activations), an AveragePool/MaxPool
+#: or an Unsqueeze after the channel axis fails to compile ("Argument shapes are inconsistent",
+#: "cannot be broadcasted"). Also, after a check: OpenVINO returns a wrong shape for a Gather of a
+#: tensor whose other consumer is quantized after a per-channel Mul (``ov_gather_shape``).
+RUNTIME_GAPS = {"ov_op_after_int8_matmul": (("MatMul", "Gemm"), ("Gather", "AveragePool", "MaxPool", "Unsqueeze"))}
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 __all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "runtime_gap", "draw_options", "cpu_has_vnni", "activation_matmul", "Outcome", "check_case", "nmse", "run_model"]
@@ -163,6 +164,16 @@ def _ov_nmse_unreliable(model: onnx.ModelProto) -> bool:
     return activation_matmul(model) and not cpu_has_vnni()
 
 
+def _shape_outcome(model: onnx.ModelProto, runtime: str, ref: list, out: list) -> Outcome:
+    """A shape mismatch; a documented runtime gap when only OpenVINO's Gather outputs differ."""
+    detail = f"{[r.shape for r in ref]} vs {[o.shape for o in out]}"
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    wrong = {producers.get(vi.name) for vi, r, o in zip(model.graph.output, ref, out) if r.shape != o.shape}
+    if runtime == "openvino" and wrong == {"Gather"}:
+        return Outcome("skipped:ov_gather_shape", detail)
+    return Outcome(f"output:shape:{runtime}", detail)
+
+
 def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: int = 8, n_test: int = 2,
                nmse_bound: float = NMSE_BOUND) -> Outcome:
     """Quantize ``case`` with ``rayq.quantize(**options)`` and check the result on both runtimes.
@@ -195,8 +206,7 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
             return Outcome(f"output:{runtime}", str(exc).splitlines()[0][:300])
         for ref_feed, out_feed in zip(refs[runtime], outs):
             if [r.shape for r in ref_feed] != [o.shape for o in out_feed]:
-                return Outcome(f"output:shape:{runtime}", f"{[r.shape for r in ref_feed]} vs "
-                                                           f"{[o.shape for o in out_feed]}")
+                return _shape_outcome(case.model, runtime, ref_feed, out_feed)
         errors[runtime] = max(nmse(np.concatenate([f[i].ravel() for f in refs[runtime]]),
                                    np.concatenate([f[i].ravel() for f in outs]))
                               for i in range(len(outs[0])))
