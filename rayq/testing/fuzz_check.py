@@ -6,6 +6,7 @@
 - ``skipped:<gap>`` -- the model holds a pattern a runtime is known to mishandle once
   quantized (:data:`RUNTIME_GAPS`), checked before quantizing;
 - ``generator:<what>`` -- the FP32 model itself is broken (a generator bug);
+- ``skipped:fp32_runtimes_disagree`` -- ONNX Runtime and OpenVINO disagree on the FP32 model;
 - ``crash:<ExceptionType>`` -- ``rayq.quantize`` raised something that is not a RayqError;
 - ``output:checker``, ``output:<runtime>``, ``output:shape:<runtime>`` -- the quantized model
   is invalid, does not run, or its output shapes differ from FP32's;
@@ -101,7 +102,9 @@ def _fp32(case: FuzzCase, feeds: list[dict]) -> tuple[dict | None, Outcome | Non
             return None, Outcome(f"generator:{runtime}", str(exc).splitlines()[0][:300])
     for a, b in zip(refs["onnxruntime"][0], refs["openvino"][0]):
         if a.shape != b.shape or nmse(a, b) > 1e-5:
-            return None, Outcome("generator:runtimes_disagree", f"{a.shape} vs {b.shape}")
+            # a runtime gap, not a generator bug: e.g. OpenVINO 2026.4 computes ReduceMean(last axis)
+            # + Add(per-channel constant) wrongly in FP32 for batch > 1 (tests/fuzz/test_regressions.py)
+            return None, Outcome("skipped:fp32_runtimes_disagree", f"{a.shape} vs {b.shape}, NMSE {nmse(a, b):.3g}")
     return refs, None
 
 
