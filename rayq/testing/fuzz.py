@@ -41,9 +41,9 @@ T = TypeVar("T")
 
 MAX_ELEMENTS = 2048
 MIN_OPSET, MAX_OPSET = 13, 21
-STABLE_STORAGES = ("initializer", "shared")
-#: storage modes rayq's ONNX reader/writer do not handle yet (issue 12, branch h/robust)
-KNOWN_BROKEN_STORAGES = ("constant", "fp16_cast")
+STABLE_STORAGES = ("initializer", "shared", "fp16_cast")
+#: storage modes rayq's ONNX writer does not handle yet (issue 12, branch h/robust)
+KNOWN_BROKEN_STORAGES = ("constant",)
 ALL_STORAGES = STABLE_STORAGES + KNOWN_BROKEN_STORAGES
 BATCH = "batch"
 

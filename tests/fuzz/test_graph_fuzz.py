@@ -33,7 +33,7 @@ settings.register_profile("rayq-fuzz-ci", max_examples=100, **_COMMON)
 settings.register_profile("rayq-fuzz-long", max_examples=2000, **_COMMON)
 PROFILE = settings.get_profile(f"rayq-fuzz-{os.environ.get('RAYQ_FUZZ_PROFILE', 'ci')}")
 
-#: Storage modes turned on once branch h/robust (Constant- and Cast-stored weights) is merged:
+#: Storage modes turned on once branch h/robust (Constant-stored weights and biases) is merged:
 #: move them into STABLE_STORAGES in rayq/testing/fuzz.py and drop the xfail below.
 KNOWN_BROKEN = KNOWN_BROKEN_STORAGES
 
@@ -68,8 +68,8 @@ def test_random_graph_quantizes_and_runs_close_to_fp32(data):
     _check(data, STABLE_STORAGES)
 
 
-@pytest.mark.xfail(strict=False, reason="Constant- and Cast-stored weights crash the ONNX reader/writer "
-                                        "(issue 12; fixed on branch h/robust)")
+@pytest.mark.xfail(strict=False, reason="Constant-stored biases crash the ONNX writer (KeyError in "
+                                        "writer.bias/int32_biases; issue 12, fixed on branch h/robust)")
 @given(data=st.data())
 @settings(PROFILE, max_examples=min(PROFILE.max_examples, 25), phases=[Phase.generate])
 def test_random_graph_with_known_broken_storages(data):
