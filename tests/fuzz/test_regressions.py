@@ -171,7 +171,7 @@ def test_openvino_compiles_op_after_int8_matmul(consumer):
                                         "Mul whose other consumer is quantized")
 def test_openvino_gather_shape_next_to_quantized_branch():
     """Hand-written QDQ, no rayq involved: ``Mul(c[5,1,1], x)`` feeds a scalar-index Gather
-    and, through Q/DQ, a ConvTranspose (the fuzzer's ``skipped:ov_gather_shape``)."""
+    and, through Q/DQ, a ConvTranspose (the fuzzer's ``ov_gather_of_activation`` gap)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
              numpy_helper.from_array(rng.uniform(0.5, 1.5, (5, 1, 1)).astype(np.float32), "p"),
