@@ -147,8 +147,12 @@ def draw_options(chooser) -> dict:
 
 def runtime_gap(model: onnx.ModelProto) -> str | None:
     """The name of the first :data:`RUNTIME_GAPS` pattern in ``model``, else None (a producer
-    of None: any computed tensor, not an initializer, Constant or graph input)."""
-    producers = {o: n.op_type for n in model.graph.node for o in n.output if n.op_type != "Constant"}
+    of None: any tensor computed from the inputs, not a graph input or a constant)."""
+    constant = {t.name for t in model.graph.initializer}
+    for n in model.graph.node:  # Constant nodes, what is computed from constants only (Cast), shapes
+        if n.op_type == "Shape" or all(t in constant for t in n.input if t):
+            constant.update(n.output)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output if o not in constant}
     for name, (sources, consumers) in RUNTIME_GAPS.items():
         for n in model.graph.node:
             source = producers.get(n.input[0]) if n.input else None
