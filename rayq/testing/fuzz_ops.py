@@ -173,8 +173,8 @@ def gemm(b: Builder, x: Tensor) -> Tensor | None:
 
 
 def unary(b: Builder, x: Tensor) -> Tensor | None:
-    ops = ["Relu", "Relu", "Sigmoid", "Tanh", "Erf"] + (["HardSwish"] if b.opset >= 14 else []) \
-        + (["Gelu"] if b.opset >= 20 else [])
+    ops = ["Relu", "Relu", "Sigmoid", "Tanh", "Erf"] + (["HardSwish"] * 2 if b.opset >= 14 else []) \
+        + (["Gelu"] * 4 if b.opset >= 20 else [])  # the opset-gated ones are rarer: drawn more often
     op = b.ch.choice(ops)
     attrs = {"approximate": b.ch.choice(("none", "tanh"))} if op == "Gelu" else {}
     return b.emit(op, [x.name], x.shape, **attrs)
