@@ -199,3 +199,28 @@ def test_openvino_fp32_reduce_mean_then_add():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits, opset=13)
     feed = {"x": rng.standard_normal((2, 5, 4)).astype(np.float32)}
     assert nmse(run_model(model, feed, "onnxruntime")[0], run_model(model, feed, "openvino")[0]) < 1e-6
+
+
+@pytest.mark.xfail(strict=False, reason="KNOWN, fixed on branch h/robust: a bias in a Constant node crashes the ONNX "
+                                        "writer (KeyError in writer.bias) under bias correction")
+@pytest.mark.parametrize("op", ["Conv", "MatMul"])
+def test_constant_node_weights_and_bias_quantize(op):
+    """Weights and bias held by ``Constant`` nodes (Paddle2ONNX exports): the fuzzer's
+    ``constant`` storage mode, kept out of the CI profile until h/robust is merged."""
+    rng = np.random.default_rng(0)
+
+    def constant(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32), name))
+
+    if op == "Conv":
+        nodes = [constant("w", rng.standard_normal((4, 3, 3, 3)) * 0.3), constant("b", rng.standard_normal(4) * 0.1),
+                 helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])]
+        shapes = ([1, 3, 6, 6], [1, 4, 6, 6])
+    else:
+        nodes = [constant("w", rng.standard_normal((6, 5)) * 0.4), constant("b", rng.standard_normal(5) * 0.1),
+                 helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+        shapes = ([1, 6], [1, 5])
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[0])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[1])], [], opset=17)
+    feeds = [{"x": rng.standard_normal(shapes[0]).astype(np.float32)} for _ in range(8)]
+    _quantize_and_compare(model, feeds, fast_bias_correction=True)
