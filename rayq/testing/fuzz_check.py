@@ -39,11 +39,14 @@ RMS_FLOOR = 0.1
 #: to compile ("Argument shapes are inconsistent", "cannot be broadcasted"). A Gather over a
 #: non-batch axis of an activation, next to quantized ops, segfaults (after an INT8 MatMul, or
 #: when a sibling branch of its input is quantized) or returns a wrong shape.
-RUNTIME_GAPS = {"ov_op_after_int8_matmul": (("MatMul", "Gemm"), ("AveragePool", "MaxPool", "Unsqueeze")),
-                "ov_gather_of_activation": (None, ("Gather",))}
+RUNTIME_GAPS = {
+    "ov_op_after_int8_matmul": (("MatMul", "Gemm"), ("AveragePool", "MaxPool", "Unsqueeze")),
+    "ov_gather_of_activation": (None, ("Gather",)),
+}
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
-__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "runtime_gap", "draw_options", "cpu_has_vnni", "activation_matmul", "Outcome", "check_case", "nmse", "run_model"]
+__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "Outcome", "activation_matmul", "check_case", "cpu_has_vnni", "draw_options",
+           "nmse", "run_model", "runtime_gap"]
 
 
 @dataclass
@@ -116,7 +119,8 @@ def _fp32(case: FuzzCase, feeds: list[dict]) -> tuple[dict | None, Outcome | Non
         if a.shape != b.shape or nmse(a, b) > 1e-5:
             # a runtime gap, not a generator bug: e.g. OpenVINO 2026.4 computes ReduceMean(last axis)
             # + Add(per-channel constant) wrongly in FP32 for batch > 1 (tests/fuzz/test_regressions.py)
-            return None, Outcome("skipped:fp32_runtimes_disagree", f"{a.shape} vs {b.shape}, NMSE {nmse(a, b):.3g}")
+            return None, Outcome("skipped:fp32_runtimes_disagree",
+                                 f"{a.shape} vs {b.shape}, NMSE {nmse(a, b):.3g}")
     return refs, None
 
 

@@ -26,6 +26,12 @@ def _model(nodes, inputs, outputs, inits, opset: int) -> onnx.ModelProto:
     return model
 
 
+def _activation_qparams() -> list[onnx.TensorProto]:
+    """Scale ``s`` = 0.02 and uint8 zero point ``z`` = 128 of a hand-written activation Q/DQ."""
+    return [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(128, np.uint8), "z")]
+
+
 def _quantize_and_compare(model, feeds: list[dict], *, bound: float = 0.05, **options) -> onnx.ModelProto:
     params = rayq.AdvancedQuantizationParameters(overflow_fix="enable", activation_estimator="minmax")
     quantized = rayq.quantize(model, rayq.Dataset(feeds), num_workers=1, cache=False, subset_size=len(feeds),
@@ -92,11 +98,14 @@ import sys, numpy as np, onnx
 from onnx import TensorProto, helper, numpy_helper
 from rayq.testing.fuzz_check import run_model
 rng = np.random.default_rng(0)
-inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+         numpy_helper.from_array(np.array(128, np.uint8), "z"),
          numpy_helper.from_array(rng.integers(-60, 60, (6, 14)).astype(np.int8), "wq"),
-         numpy_helper.from_array(np.full(14, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(14, np.int8), "wz"),
+         numpy_helper.from_array(np.full(14, 0.01, np.float32), "ws"),
+         numpy_helper.from_array(np.zeros(14, np.int8), "wz"),
          numpy_helper.from_array(np.array(1, np.int64), "index")]
-nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
          helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
          helper.make_node("MatMul", ["xd", "wd"], ["m"]), helper.make_node("Gather", ["m", "index"], ["y"], axis=1)]
 graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 6])],
@@ -149,7 +158,7 @@ def test_openvino_compiles_op_after_int8_matmul(consumer):
     """Hand-written QDQ, no rayq involved: a per-output-channel INT8 MatMul on a 4-D tensor,
     then an AveragePool over the channel axis, or an Unsqueeze after it (``fuzz_check.RUNTIME_GAPS``)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+    inits = [*_activation_qparams(),
              numpy_helper.from_array(rng.integers(-60, 60, (10, 11)).astype(np.int8), "wq"),
              numpy_helper.from_array(rng.uniform(0.005, 0.02, 11).astype(np.float32), "ws"),
              numpy_helper.from_array(np.zeros(11, np.int8), "wz")]
@@ -173,7 +182,7 @@ def test_openvino_gather_shape_next_to_quantized_branch():
     """Hand-written QDQ, no rayq involved: ``Mul(c[5,1,1], x)`` feeds a scalar-index Gather
     and, through Q/DQ, a ConvTranspose (the fuzzer's ``ov_gather_of_activation`` gap)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+    inits = [*_activation_qparams(),
              numpy_helper.from_array(rng.uniform(0.5, 1.5, (5, 1, 1)).astype(np.float32), "p"),
              numpy_helper.from_array(np.array(-2, np.int64), "index"),
              numpy_helper.from_array(rng.standard_normal((5, 8, 3, 3)).astype(np.float32), "w")]
@@ -193,7 +202,8 @@ def test_openvino_gather_shape_next_to_quantized_branch():
 def test_openvino_fp32_reduce_mean_then_add():
     """No quantization at all: the FP32 disagreement the fuzzer counts as ``skipped:fp32_runtimes_disagree``."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("ReduceMean", ["x"], ["r"], axes=[2], keepdims=0), helper.make_node("Add", ["r", "b"], ["y"])]
+    nodes = [helper.make_node("ReduceMean", ["x"], ["r"], axes=[2], keepdims=0),
+             helper.make_node("Add", ["r", "b"], ["y"])]
     inits = [numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits, opset=13)
