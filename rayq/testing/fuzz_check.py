@@ -35,14 +35,15 @@ RMS_FLOOR = 0.1
 #: hand-written QDQ model in tests/fuzz/test_regressions.py). Where one occurs, the quantized
 #: model is checked on ONNX Runtime only (``Outcome.skipped`` names the gap). Its low-precision
 #: transformations move an INT8 MatMul's per-output-channel dequantization (last axis) into
-#: the next op and break there: AveragePool/MaxPool or an Unsqueeze after the channel axis fail
-#: to compile ("Argument shapes are inconsistent", "cannot be broadcasted"). A Gather over a
-#: non-batch axis of an activation, next to quantized ops, segfaults (after an INT8 MatMul, or
-#: when a sibling branch of its input is quantized) or returns a wrong shape.
+#: the next ops and break there: AveragePool/MaxPool, Resize or an Unsqueeze after the channel
+#: axis fail to compile ("Argument shapes are inconsistent", "cannot be broadcasted"). A Gather
+#: over a non-batch axis of an activation, next to quantized ops, segfaults (after an INT8
+#: MatMul, or when a sibling branch of its input is quantized) or returns a wrong shape.
 RUNTIME_GAPS = {
-    "ov_op_after_int8_matmul": (("MatMul", "Gemm"), ("AveragePool", "MaxPool", "Unsqueeze")),
+    "ov_op_after_int8_matmul": (("MatMul", "Gemm"), ("AveragePool", "MaxPool", "Unsqueeze", "Resize")),
     "ov_gather_of_activation": (None, ("Gather",)),
 }
+_MOVES = frozenset({"Split", "Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 __all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "Outcome", "activation_matmul", "check_case", "cpu_has_vnni", "draw_options",
@@ -150,17 +151,23 @@ def draw_options(chooser) -> dict:
 
 
 def runtime_gap(model: onnx.ModelProto) -> str | None:
-    """The name of the first :data:`RUNTIME_GAPS` pattern in ``model``, else None (a producer
-    of None: any tensor computed from the inputs, not a graph input or a constant)."""
+    """The name of the first :data:`RUNTIME_GAPS` pattern in ``model``, else None. A consumer's
+    producer is looked up through data-movement ops (:data:`_MOVES`, as OpenVINO moves the
+    dequantization); a producer of None matches any tensor computed from the inputs (not a
+    graph input, a constant, or a shape)."""
     constant = {t.name for t in model.graph.initializer}
     for n in model.graph.node:  # Constant nodes, what is computed from constants only (Cast), shapes
         if n.op_type == "Shape" or all(t in constant for t in n.input if t):
             constant.update(n.output)
-    producers = {o: n.op_type for n in model.graph.node for o in n.output if o not in constant}
+    nodes = {o: n for n in model.graph.node for o in n.output if o not in constant}
     for name, (sources, consumers) in RUNTIME_GAPS.items():
         for n in model.graph.node:
-            source = producers.get(n.input[0]) if n.input else None
-            if n.op_type in consumers and source is not None and (sources is None or source in sources):
+            if n.op_type not in consumers or not n.input or n.input[0] not in nodes:
+                continue
+            source = nodes[n.input[0]]
+            while sources is not None and source.op_type in _MOVES and source.input[0] in nodes:
+                source = nodes[source.input[0]]
+            if sources is None or source.op_type in sources:
                 return name
     return None
 
