@@ -45,7 +45,7 @@ def _worker(seeds, storages, show: bool) -> int:
             print(onnx.printer.to_text(case.model.graph), options, outcome, sep="\n", file=sys.stderr)
         kind = outcome.kind if outcome.skipped is None else f"{outcome.kind} (ORT only: {outcome.skipped})"
         print(json.dumps({"seed": seed, "kind": kind, "detail": outcome.detail, "nmse": outcome.nmse,
-                          "case": case.describe(), "options": options}), flush=True)
+                          "case": case.describe(), "options": options, "quantizers": outcome.quantizers}), flush=True)
     return 0
 
 
@@ -92,14 +92,17 @@ def main(argv=None) -> int:
         return _worker([args.seed] if args.seed is not None else range(args.start, args.start + args.n),
                        storages, args.show)
     counts, examples, worst, t0 = collections.Counter(), collections.defaultdict(list), [], time.time()
+    quantized = 0
     for row in _rows(args.start, args.start + args.n, args.storages):
         counts[row["kind"]] += 1
+        quantized += row.get("quantizers", 0) > 0
         if row.get("nmse"):
             worst.append(max(row["nmse"].values()))
         if not row["kind"].startswith("pass"):
             examples[row["kind"]].append((row["seed"], row.get("detail", ""), row.get("case", ""), row.get("options")))
             print(f"seed {row['seed']}: {row['kind']}: {row.get('detail', '')}", flush=True)
-    print(f"{sum(counts.values())} cases in {time.time() - t0:.0f} s ({args.storages} storages)")
+    print(f"{sum(counts.values())} cases in {time.time() - t0:.0f} s ({args.storages} storages), "
+          f"{quantized} with at least one activation quantizer")
     for kind, n in counts.most_common():
         print(f"{n:6d}  {kind}")
         for seed, detail, describe, options in examples[kind][:3]:

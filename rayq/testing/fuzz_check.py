@@ -59,6 +59,7 @@ class Outcome:
     detail: str = ""
     nmse: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None  #: the RUNTIME_GAPS entry that kept the quantized model off OpenVINO
+    quantizers: int = 0  #: QuantizeLinear nodes in the quantized model
 
     @property
     def ok(self) -> bool:
@@ -220,6 +221,7 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
         return Outcome("output:checker", str(exc).splitlines()[0][:300])
     errors: dict[str, float] = {}
     gap = runtime_gap(case.model)
+    count = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
     for runtime in RUNTIMES if gap is None else ("onnxruntime",):
         try:
             outs = _run_all(quantized, feeds, runtime)
@@ -235,5 +237,5 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
     bounded = {k: v for k, v in errors.items() if not (k == "openvino" and _ov_nmse_unreliable(case.model))}
     worst = max(bounded, key=bounded.get)
     if not errors[worst] <= nmse_bound:
-        return Outcome(f"nmse:{worst}", f"NMSE {errors[worst]:.3g} > {nmse_bound}", errors, gap)
-    return Outcome("pass", "", errors, gap)
+        return Outcome(f"nmse:{worst}", f"NMSE {errors[worst]:.3g} > {nmse_bound}", errors, gap, count)
+    return Outcome("pass", "", errors, gap, count)
