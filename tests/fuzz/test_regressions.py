@@ -234,3 +234,30 @@ def test_constant_node_weights_and_bias_quantize(op):
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[1])], [], opset=17)
     feeds = [{"x": rng.standard_normal(shapes[0]).astype(np.float32)} for _ in range(8)]
     _quantize_and_compare(model, feeds, fast_bias_correction=True)
+
+
+def test_dynamic_flatten_before_matmul_quantizes():
+    """``Reshape(x, Concat(Shape(x)[0:1], [-1]))`` (the exporters' dynamic flatten): ONNX shape
+    inference gives its output no rank, and rayq refused the model ("cannot collect statistics
+    for tensor ...: its rank is unknown"). Fixed in the ONNX reader: the rank comes from the
+    target's length, and inference runs on from there."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "first"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "table"),
+             numpy_helper.from_array((rng.standard_normal((12, 5)) * 0.3).astype(np.float32), "w")]
+    rest = numpy_helper.from_array(np.array([-1], np.int64), "rest")  # a Constant node, as exporters write it
+    nodes = [helper.make_node("Constant", [], ["rest"], value=rest),
+             helper.make_node("Gather", ["table", "ids"], ["x"]),
+             helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "first"], ["b"], axis=0),
+             helper.make_node("Concat", ["b", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["m"]),
+             helper.make_node("Split", ["m", "sizes"], ["y", "z"], axis=1),
+             helper.make_node("Mul", ["flat", "flat"], ["sq"])]  # a second consumer keeps the quantizer on 'flat'
+    inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "sizes"))
+    model = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
+                    helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3]),
+                    helper.make_tensor_value_info("sq", TensorProto.FLOAT, ["batch", 12])], inits, opset=13)
+    feeds = [{"ids": rng.integers(0, 16, (2, 3)).astype(np.int64)} for _ in range(8)]
+    quantized = _quantize_and_compare(model, feeds)
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
