@@ -218,12 +218,40 @@ def _light(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference (with data propagation) on the weight-free copy of ``proto``:
-    use its value infos only, not its initializers."""
+    use its value infos only, not its initializers. A ``Reshape`` whose target is computed
+    (``Concat(Shape(x)[0:1], [-1])``) gets the rank its target's length gives, and inference
+    runs again from there: ONNX leaves such outputs, and all after them, without a rank."""
     try:
-        return shape_inference.infer_shapes(_light(proto), data_prop=True)
+        light = _light(proto)
+        inferred = shape_inference.infer_shapes(light, data_prop=True)
+        for _ in range(4):
+            ranked = _reshape_ranks(inferred)
+            if not ranked:
+                break
+            light.graph.value_info.extend(ranked)
+            inferred = shape_inference.infer_shapes(light, data_prop=True)
+        return inferred
     except Exception as exc:  # inference is best-effort
         log.debug("shape inference failed: %s", exc)
     return proto
+
+
+def _reshape_ranks(inferred: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Value infos of unknown dims for Reshape outputs without a rank whose target has a static length."""
+    known = {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    out = []
+    for node in inferred.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or known.get(node.output[0]) is not None \
+                and known[node.output[0]].type.tensor_type.HasField("shape"):
+            continue
+        target = known.get(node.input[1])
+        has_shape = target is not None and target.type.tensor_type.HasField("shape")
+        dims = target.type.tensor_type.shape.dim if has_shape else ()
+        data = known.get(node.input[0])
+        if len(dims) == 1 and dims[0].HasField("dim_value") and data is not None:
+            shape = [f"{node.output[0]}_d{i}" for i in range(dims[0].dim_value)]
+            out.append(onnx.helper.make_tensor_value_info(node.output[0], data.type.tensor_type.elem_type, shape))
+    return out
 
 
 def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:

@@ -4,6 +4,12 @@ Activations: ``x -> QuantizeLinear -> DequantizeLinear -> consumers``; weights:
 int8 initializer -> ``DequantizeLinear(axis)``; Conv/Gemm biases become int32
 initializers with ``DequantizeLinear(scale = s_x * s_w)`` when both inputs are
 quantized, which is what lets ONNX Runtime fuse the group into ``QLinearConv``.
+
+From opset 21 on, signed 8-bit activation quantizers are written as uint8 with the zero
+point moved by 128 (the same values): ONNX Runtime (1.32) cannot load an opset-21 model
+whose int8 DequantizeLinear feeds a data-movement op (Transpose, Reshape, MaxPool,
+Squeeze...): the Q/DQ it copies across that op gets ``output_dtype=INT8`` with a uint8 zero
+point after its own s8->u8 conversion, and session creation fails.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from rayq.errors import BackendError
 _PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
 #: Data-movement ops after which the quantized tensor is re-quantized (see ``requantize``).
 _REQUANTIZE_AFTER = {"Flatten"}
+#: First opset whose QuantizeLinear has ``output_dtype`` (see the module docstring).
+_UINT8_ACTIVATIONS_FROM_OPSET = 21
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ class _Writer:
         self.dq_params: dict[str, QParams] = {}  # DQ output tensor -> params
         self.names: set[str] = normalize.all_names(self.graph)
         self.constant_nodes = {n.output[0]: n for n in self.graph.node if normalize.constant_value(n) is not None}
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     def unique(self, name: str) -> str:
         base, i = name, 1
@@ -71,7 +80,7 @@ class _Writer:
             src = self.add("Mul", [a.tensor, factor], f"{a.tensor}/rayq_smoothed")
         p = a.params
         scale = self.init(f"{src}/rayq_scale", np.asarray(p.scale, np.float32).reshape(()))
-        zp = self.init(f"{src}/rayq_zp", np.asarray(p.zero_point, p.dtype).reshape(()))
+        zp = self.init(f"{src}/rayq_zp", _activation_zero_point(p, self.opset))
         q = self.add("QuantizeLinear", [src, scale, zp], f"{src}/rayq_q")
         dq = self.add("DequantizeLinear", [q, scale, zp], f"{src}/rayq_dq")
         self.dq_params[dq] = p
@@ -213,6 +222,15 @@ class _Writer:
         del self.graph.node[:]
         self.graph.node.extend(ordered)
         return self.proto
+
+
+def _activation_zero_point(p: QParams, opset: int) -> np.ndarray:
+    """The stored zero point of an activation quantizer: int8 becomes uint8 + 128 from
+    opset 21 on (the module docstring says why); ``DequantizeLinear`` gives the same values."""
+    zp = np.asarray(p.zero_point).reshape(())
+    if np.dtype(p.dtype) == np.int8 and opset >= _UINT8_ACTIVATIONS_FROM_OPSET:
+        return np.asarray(zp.astype(np.int16) + 128, np.uint8)
+    return np.asarray(zp, p.dtype)
 
 
 def _same(a: QParams, b: QParams) -> bool:
