@@ -195,12 +195,15 @@ def _check_inputs(cfg: Any, workdir: str) -> None:
     top = cfg.validation_fn.partition(":")[0].split(".")[0]
     if os.path.isdir(os.path.join(workdir, top)) or os.path.isfile(os.path.join(workdir, f"{top}.py")):
         return
-    if importlib.util.find_spec(top) is None:
+    spec = importlib.util.find_spec(top)
+    if spec is None:
         from rayq.distributed.cluster import MISSING_MODULE_HINT
 
         raise ConfigError(f"validation_fn={cfg.validation_fn!r}: module {top!r} is neither in working_dir "
                           f"{workdir} nor installed here. {MISSING_MODULE_HINT}")
-    log.info("validation_fn module %r is not in working_dir: it must be installed on the cluster's nodes", top)
+    where = spec.origin or next(iter(spec.submodule_search_locations or []), "?")
+    log.warning("validation_fn module %r is not in working_dir %s (found here at %s): the job can import it only "
+                "if it is installed on the cluster's nodes", top, workdir, where)
 
 
 class SearchJob:
