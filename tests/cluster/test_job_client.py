@@ -21,6 +21,7 @@ from tests.cluster.test_two_node_job import _free_port, _pgids, _start, _stop
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+RAY_CLIENT = [""]  # the head's Ray Client address, set by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,14 @@ def head_node():
     temp_dir = f"/tmp/rayq-jobs-{os.getpid()}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash, agent = (_free_port() for _ in range(3))
+    gcs, dash, agent, client = (_free_port() for _ in range(4))
     before = _pgids(temp_dir)
     try:
         _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dir}", "--disable-usage-stats"], env)
+                f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+                f"--temp-dir={temp_dir}", "--disable-usage-stats"], env)
+        RAY_CLIENT[0] = f"ray://127.0.0.1:{client}"
         yield _wait_for_job_server(f"http://127.0.0.1:{dash}")
     finally:
         _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
@@ -115,3 +118,30 @@ def test_a_failing_job_reports_its_logs(head_node, tmp_path, monkeypatch):
     with pytest.raises(rayq.SearchError, match="ended FAILED without a readable result") as info:
         job.result(timeout=120)
     assert "rayq: error:" in str(info.value)  # the CLI's one-line error, from the job's logs
+
+
+RAY_CLIENT_SCRIPT = """
+import ray, rayq
+rayq.init({address!r}{extra})
+@ray.remote
+def where():
+    import my_metrics  # only in the client's current directory
+    return my_metrics.__name__
+try:
+    print("imported", ray.get(where.remote()))
+except Exception as exc:
+    print("failed:", "no module my_metrics" if "No module named 'my_metrics'" in str(exc) else exc)
+"""
+
+
+@pytest.mark.parametrize("extra, expected", [("", "imported my_metrics"),
+                                             (", runtime_env={}", "failed: no module my_metrics")])
+def test_ray_client_uploads_the_current_directory_by_default(head_node, tmp_path, extra, expected):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_metrics.py").write_text("def accuracy(model, items):\n    return 1.0\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
+    code = RAY_CLIENT_SCRIPT.format(address=RAY_CLIENT[0], extra=extra)
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert expected in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
