@@ -274,7 +274,8 @@ class SearchJob:
 
     def watch(self, *, poll: float = 1.0) -> str:
         """Show the job's progress until it ends (one bar per phase in a notebook or
-        terminal, log lines elsewhere); returns the final status."""
+        terminal, log lines elsewhere); returns the final status, and logs the job's
+        last lines when it did not succeed."""
         from rayq.progress import Progress
 
         bars: dict[str, Progress] = {}
@@ -284,7 +285,10 @@ class SearchJob:
         finally:
             for bar in bars.values():
                 bar.close()
-        return self.status()
+        status = self.status()
+        if status != "SUCCEEDED":  # exit code 3 (within budget, not faster) is FAILED too
+            log.warning("job %s ended %s; last log lines:\n%s", self.job_id, status, self.logs(tail=10))
+        return status
 
     def wait(self, timeout: float | None = None, *, poll: float = 1.0) -> str:
         """Block until the job ends; returns its final status.

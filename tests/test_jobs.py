@@ -135,3 +135,15 @@ def test_wait_times_out_with_a_rayq_error():
     with pytest.raises(jobs.JobTimeoutError, match="still RUNNING after 0.05s") as info:
         jobs.SearchJob("j", api).wait(timeout=0.05, poll=0.01)
     assert isinstance(info.value, rayq.ClusterError) and isinstance(info.value, TimeoutError)
+
+
+def test_a_sweep_result_is_its_summary_table(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"name": ["a", "b"], "status": ["met", "error"]}).to_parquet(tmp_path / "summary.parquet")
+    table = jobs._load("sweep", str(tmp_path))
+    assert list(table.name) == ["a", "b"] and list(table.status) == ["met", "error"]
+    with pytest.raises(rayq.OutputError, match="no sweep summary"):
+        jobs._load("sweep", str(tmp_path / "missing"))
+    with pytest.raises(rayq.OutputError):
+        jobs._load("search", str(tmp_path))  # no result.json
