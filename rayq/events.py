@@ -12,10 +12,13 @@ to draw progress bars in another process, e.g. a notebook. Plain JSON, never pic
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 #: Marks an event line in a job's logs.
@@ -25,7 +28,18 @@ ENV_VAR = "RAYQ_PROGRESS_EVENTS"
 #: Steps of one phase are written at most this often (starts and ends always).
 MIN_INTERVAL_S = 1.0
 
-_last: dict[str, float] = {}
+_last: dict[tuple[str, str], float] = {}
+_model: contextvars.ContextVar[str] = contextvars.ContextVar("rayq_events_model", default="")
+
+
+@contextlib.contextmanager
+def model(name: str) -> Iterator[None]:
+    """Label the events written inside with ``model=name`` (a sweep's concurrent searches)."""
+    token = _model.set(name)
+    try:
+        yield
+    finally:
+        _model.reset(token)
 
 
 def enabled() -> bool:
@@ -36,12 +50,14 @@ def emit(phase: str, state: str, **fields: Any) -> None:
     """Write one event line for ``phase`` (``state``: start, update, end or result)."""
     if not enabled():
         return
-    now = time.monotonic()
+    now, key = time.monotonic(), (_model.get(), phase)
     final = state != "update" or (fields.get("total") and fields.get("n") == fields.get("total"))
-    if not final and now - _last.get(phase, 0.0) < MIN_INTERVAL_S:
+    if not final and now - _last.get(key, 0.0) < MIN_INTERVAL_S:
         return
-    _last[phase] = now
+    _last[key] = now
     event = {"phase": phase, "state": state, "time": round(time.time(), 3), **fields}
+    if key[0]:
+        event["model"] = key[0]
     sys.stdout.write(PREFIX + json.dumps(event, default=str) + "\n")
     sys.stdout.flush()
 

@@ -266,7 +266,8 @@ class SearchJob:
 
     def events(self, *, poll: float = 1.0) -> Iterator[dict]:
         """The job's structured progress events (:mod:`rayq.events`) until it ends: dicts
-        with ``phase``, ``state`` (start/update/end/result), ``n``, ``total``, ``postfix``."""
+        with ``phase``, ``state`` (start/update/end/result), ``n``, ``total``, ``postfix``
+        and, in a sweep, ``model``."""
         for line in self._follow(poll):
             event = events.parse(line)
             if event is not None:
@@ -334,23 +335,25 @@ class SearchJob:
 
 
 def _show(bars: dict, event: dict, progress_cls: type) -> None:
-    """Apply one progress event to the per-phase bars."""
-    phase, state = str(event["phase"]), event["state"]
+    """Apply one progress event to the bars, one per (model, phase)."""
+    phase, state, model = str(event["phase"]), event["state"], event.get("model", "")
+    desc = f"{model}: {phase}" if model else phase
     if state == "result":
-        log.info("%s: %s", phase, ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("phase", "state")))
+        log.info("%s: %s", desc, ", ".join(f"{k}={v}" for k, v in event.items()
+                                           if k not in ("phase", "state", "model", "time")))
         return
-    bar = bars.get(phase)
+    bar = bars.get(desc)
     if bar is None or state == "start":
         if bar is not None:
             bar.close()
-        bar = bars[phase] = progress_cls(phase, total=event.get("total"), unit=event.get("unit") or "step")
+        bar = bars[desc] = progress_cls(desc, total=event.get("total"), unit=event.get("unit") or "step")
     n = int(event.get("n") or 0)
     if n > bar.n:
         bar.update(n - bar.n)
     if event.get("postfix") and event["postfix"] != bar.postfix:
         bar.set_postfix(event["postfix"])
     if state == "end":
-        bars.pop(phase).close()
+        bars.pop(desc).close()
 
 
 def _load(command: str, output: str) -> Any:

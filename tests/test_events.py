@@ -33,11 +33,12 @@ def test_progress_writes_start_throttled_updates_and_one_end(monkeypatch, capsys
     assert [(e["state"], e["n"]) for e in seen] == [("start", 0), ("update", 3), ("end", 3)]
     assert all(e["phase"] == "search" and e["total"] == 3 and e["unit"] == "trial" for e in seen)
     assert seen[-1]["postfix"] == "trial 2: ok" and seen[-1]["elapsed"] >= 0
-    events._last["search"] -= events.MIN_INTERVAL_S  # a second later, a step is written again
-    with Progress("search", total=3, unit="trial") as bar:
-        events._last["search"] -= events.MIN_INTERVAL_S
+    with events.model("digits"), Progress("search", total=3, unit="trial") as bar:
+        events._last[("digits", "search")] -= events.MIN_INTERVAL_S  # a second later: written again
         bar.update(1)
-    assert [(e["state"], e["n"]) for e in _lines(capsys)] == [("start", 0), ("update", 1), ("end", 1)]
+    labelled = _lines(capsys)
+    assert [(e["state"], e["n"]) for e in labelled] == [("start", 0), ("update", 1), ("end", 1)]
+    assert {e["model"] for e in labelled} == {"digits"}  # a sweep's searches are told apart
 
 
 def test_parse_takes_only_whole_event_lines():

@@ -121,13 +121,14 @@ def test_watch_draws_one_bar_per_phase_from_events(monkeypatch):
     chunks = [_event(phase="calibration", state="start", n=0, total=4, unit="batch"),
               "rayq: a plain log line\n" + _event(phase="calibration", state="end", n=4, total=4),
               _event(phase="search", state="start", n=0, total=2, unit="trial")
-              + _event(phase="search", state="update", n=2, total=2, postfix="trial 1: ok")]
+              + _event(phase="search", state="update", n=2, total=2, postfix="trial 1: ok")
+              + _event(phase="search", model="m2", state="start", n=0, total=3, unit="trial")]
     bars: dict = {}
     for ev in jobs.SearchJob("j", _Api(chunks)).events(poll=0):
         jobs._show(bars, ev, Bar)
     assert [(b.desc, b.total, b.unit, b.n, b.closed) for b in made] == [
-        ("calibration", 4, "batch", 4, True), ("search", 2, "trial", 2, False)]
-    assert made[1].postfix == "trial 1: ok" and list(bars) == ["search"]
+        ("calibration", 4, "batch", 4, True), ("search", 2, "trial", 2, False), ("m2: search", 3, "trial", 0, False)]
+    assert made[1].postfix == "trial 1: ok" and list(bars) == ["search", "m2: search"]
 
 
 def test_wait_times_out_with_a_rayq_error():
