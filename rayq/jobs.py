@@ -45,6 +45,10 @@ COMMANDS = ("search", "sweep")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _INPUTS = ("model", "calibration", "validation")
+#: The file whose presence marks a finished run, per command.
+RESULT_FILES = {"search": "result.json", "sweep": "summary.parquet"}
+#: Tolerated clock difference between the cluster and the output's storage.
+CLOCK_SLACK_S = 30.0
 
 
 class JobTimeoutError(ClusterError, TimeoutError):
@@ -317,14 +321,24 @@ class SearchJob:
         status = self.wait(timeout)
         if not self.output:
             raise SearchError(f"job {self.job_id} ({status}): its output is unknown; attach(..., output=URI)")
+        if status != "SUCCEEDED":  # exit code 3 still has a result: this job's, not an older run's
+            self._check_fresh(status)
         try:
             return _load(self.command, self.output)
-        except OutputError as exc:
+        except (OutputError, OSError) as exc:  # OSError: a file of the run missing
             where = "" if "://" in self.output else (
                 " A local output path names a folder on the cluster's nodes: use a shared filesystem or an "
                 "object-store URI to read results from here.")
             raise SearchError(f"job {self.job_id} ended {status} without a readable result at {self.output}: "
                               f"{exc}.{where} Last log lines:\n{self.logs(tail=15)}") from exc
+
+    def _check_fresh(self, status: str) -> None:
+        started = (self.info().get("start_time") or 0) / 1000
+        written = _written_at(self.output, RESULT_FILES[self.command])
+        if started and written is not None and written < started - CLOCK_SLACK_S:
+            raise SearchError(f"job {self.job_id} ended {status}; the result at {self.output} was written "
+                              f"{started - written:.0f}s before the job started, by an earlier run. Last log "
+                              f"lines:\n{self.logs(tail=15)}")
 
     def stop(self) -> bool:
         """Ask Ray to stop the job; False when it had already ended."""
@@ -354,6 +368,18 @@ def _show(bars: dict, event: dict, progress_cls: type) -> None:
         bar.set_postfix(event["postfix"])
     if state == "end":
         bars.pop(desc).close()
+
+
+def _written_at(output: str, name: str) -> float | None:
+    """When ``output``/``name`` was last written (epoch seconds), None if unknown."""
+    from rayq.storage import resolve
+
+    try:
+        location = resolve(output).child(name)
+        info = location.fs.get_file_info(location.path)
+    except Exception:  # unreachable: _load reports it
+        return None
+    return info.mtime.timestamp() if info.mtime is not None else None
 
 
 def _load(command: str, output: str) -> Any:

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,24 @@ def test_a_sweep_result_is_its_summary_table(tmp_path):
         jobs._load("sweep", str(tmp_path / "missing"))
     with pytest.raises(rayq.OutputError):
         jobs._load("search", str(tmp_path))  # no result.json
+
+
+def test_a_failed_job_does_not_return_an_older_runs_result(tmp_path):
+    import json
+
+    (tmp_path / "result.json").write_text(json.dumps({"status": "met"}))
+    os.utime(tmp_path / "result.json", (1_000_000, 1_000_000))  # 1970: long before the job
+
+    class Failed(_Api):
+        def status(self, job_id):
+            return "FAILED"
+
+        def info(self, job_id):
+            return {"start_time": int(time.time() * 1000), "metadata": {}}
+
+    job = jobs.SearchJob("j", Failed(["rayq: error: validation data unreadable\n"]), output=str(tmp_path))
+    with pytest.raises(rayq.SearchError, match="(?s)before the job started, by an earlier run.*validation data"):
+        job.result()
+    os.utime(tmp_path / "result.json")  # written now, by this job, but incomplete (no trials.parquet)
+    with pytest.raises(rayq.SearchError, match="ended FAILED without a readable result"):
+        job.result()
