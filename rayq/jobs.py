@@ -104,8 +104,10 @@ def submit(config: Any = None, /, *, address: str | None = None, working_dir: st
     job_id = submission_id or f"rayq-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     if not _ID.match(job_id):
         raise ConfigError(f"submission_id={job_id!r} may hold only letters, digits, '_', '-' and '.'")
-    runtime_env = {"working_dir": workdir, "excludes": [*DEFAULT_EXCLUDES, *(excludes or [])],
+    runtime_env = {"working_dir": workdir,
                    "env_vars": {**(env_vars or {}), CONFIG_ENV: rayq_config.dump(cfg), events.ENV_VAR: "1"}}
+    if "://" not in workdir:  # a zip in an object store is taken as it is
+        runtime_env["excludes"] = [*DEFAULT_EXCLUDES, *(excludes or [])]
     api = JobApi(address)
     api.submit(entrypoint=entrypoint(command, job_id), runtime_env=runtime_env, submission_id=job_id,
                metadata={"rayq.command": command, "rayq.output": cfg.output})
@@ -280,7 +282,7 @@ class SearchJob:
     def watch(self, *, poll: float = 1.0) -> str:
         """Show the job's progress until it ends (one bar per phase in a notebook or
         terminal, log lines elsewhere); returns the final status, and logs the job's
-        last lines when it did not succeed."""
+        last lines when it did not succeed. Interrupting it leaves the job running."""
         from rayq.progress import Progress
 
         bars: dict[str, Progress] = {}

@@ -40,7 +40,8 @@ def test_job_config_from_a_dict_a_yaml_path_and_a_config(tmp_path, monkeypatch):
     ({**DIGITS, "validation_fn": len}, {}, "o", "'package.module:function' string"),
     (DIGITS, {"no_such_field": 1}, "o", "no_such_field"),
     (42, {}, "o", "not int"),
-    ({"command": "quantize", "model": "m.onnx", "calibration": "c.npz", "output": "o"}, {}, None, "'search' or 'sweep'"),
+    ({"command": "quantize", "model": "m.onnx", "calibration": "c.npz", "output": "o"}, {}, None,
+     "'search' or 'sweep'"),
 ])
 def test_job_config_rejects_what_a_job_cannot_run(config, fields, output, message):
     with pytest.raises(rayq.ConfigError, match=message):

@@ -101,7 +101,8 @@ def test_a_client_without_token_mode_gets_a_clear_error(head_node, tmp_path):
     # Ray reads RAY_AUTH_MODE once per process: ask from a fresh one without it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no ~/.ray/auth_token either
-    code = f"import rayq\ntry:\n    rayq.attach('x', address={head_node!r})\nexcept rayq.ClusterError as e:\n    print(e)"
+    code = (f"import rayq\ntry:\n    rayq.attach('x', address={head_node!r})\n"
+            "except rayq.ClusterError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "refused this client" in out.stdout and "export RAY_AUTH_MODE=token" in out.stdout, out
     assert len(out.stdout.strip().splitlines()) == 1, out.stdout  # one line, not Ray's paragraph
