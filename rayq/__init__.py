@@ -3,7 +3,8 @@
 The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Dataset``,
 ``IgnoredScope``, the advanced-parameter classes and the option enums such as
 ``QuantizationPreset`` and ``DropType``), so ``import rayq as nncf`` runs NNCF's
-examples, and adds a distributed, latency-measuring ``search``.
+examples, and adds a distributed, latency-measuring ``search``, which ``submit`` runs
+as a Ray job that a notebook can follow, ``attach`` to again and read the result of.
 
 Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
 ray, onnxruntime, openvino and optuna.
@@ -21,6 +22,9 @@ _EXPORTS = {
     "quantize_with_accuracy_control": "rayq.search_api",
     "search": "rayq.search_api",
     "SearchResult": "rayq.tuning.result",
+    "submit": "rayq.jobs",
+    "attach": "rayq.jobs",
+    "SearchJob": "rayq.jobs",
     "Dataset": "rayq.pipeline.data",
     "IgnoredScope": "rayq.core.scope",
     "Subgraph": "rayq.core.scope",

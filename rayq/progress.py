@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from rayq import events
+
 log = logging.getLogger("rayq")
 
 
@@ -42,6 +44,7 @@ class Progress:
         self._bar = None
         self._next_log = 0.0
         self._start = time.perf_counter()
+        self._event("start")
         if _interactive():
             from tqdm.auto import tqdm
 
@@ -49,6 +52,7 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        self._event("update")
         if self._bar is not None:
             self._bar.update(n)
             return
@@ -71,9 +75,19 @@ class Progress:
         return time.perf_counter() - self._start
 
     def close(self) -> None:
+        self._event("end")
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def _event(self, state: str) -> None:
+        """A structured event for job clients (:mod:`rayq.events`; off unless enabled)."""
+        if state == "end":  # close() may run twice
+            if getattr(self, "_ended", False):
+                return
+            self._ended = True
+        events.emit(self.desc, state, n=self.n, total=self.total, unit=self.unit, postfix=self.postfix,
+                    elapsed=round(self.elapsed, 3))
 
     def __enter__(self) -> Progress:
         return self

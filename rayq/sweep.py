@@ -26,6 +26,7 @@ from dataclasses import fields, replace
 
 import pandas as pd
 
+from rayq import events
 from rayq.config import SearchConfig, SweepConfig, _build
 from rayq.errors import ConfigError, RayqError
 from rayq.progress import Progress
@@ -127,6 +128,10 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
     rows: dict[str, dict] = {}
 
     def one(name: str, cfg: SearchConfig) -> dict:
+        with events.model(name):  # a job client draws each model's bars apart
+            return _one(name, cfg)
+
+    def _one(name: str, cfg: SearchConfig) -> dict:
         out = f"{config.output.rstrip('/')}/{name}"
         done = _read_result(out)
         if done is not None:

@@ -16,13 +16,17 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: The documented public names (rayq/__init__.py docstring, design.md): NNCF's
 #: quantize / quantize_with_accuracy_control / Dataset / IgnoredScope /
-#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the plan value, the cluster helpers
+#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the job
+#: client (submit / attach / SearchJob), the plan value, the cluster helpers
 #: and the error hierarchy of rayq/errors.py.
 PUBLIC = {
     "quantize",
     "quantize_with_accuracy_control",
     "search",
     "SearchResult",
+    "submit",
+    "attach",
+    "SearchJob",
     "Dataset",
     "IgnoredScope",
     "Subgraph",
@@ -73,7 +77,8 @@ def test_error_hierarchy():
 
 
 def test_public_callables_have_docstrings_with_examples():
-    for name in ("quantize", "Dataset", "IgnoredScope", "AdvancedQuantizationParameters", "QuantPlan", "init"):
+    for name in ("quantize", "Dataset", "IgnoredScope", "AdvancedQuantizationParameters", "QuantPlan", "init",
+                 "submit", "attach"):
         doc = getattr(rayq, name).__doc__ or ""
         assert "Example" in doc, name
 

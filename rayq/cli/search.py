@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from rayq import events
 from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function
 from rayq.config import SearchConfig
 from rayq.errors import ConfigError
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):
         result = search_from_config(cfg)
+    events.emit("search", "result", status=result.status, metric=result.metric, drop=result.drop,
+                speedup=result.speedup_text, output=cfg.output)
     fb = ", ".join(result.plan.fallback) or "none"
     latency = f"{result.latency_ms:.3f} ms, " if result.latency_ms else ""
     print(f"rayq search: {result.status} in {time.perf_counter() - start:.1f}s, {len(result.trials)} trials")

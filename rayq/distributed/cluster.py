@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -12,6 +13,15 @@ from collections.abc import Iterator
 from rayq.errors import ClusterError, ConfigError, RayqError
 
 log = logging.getLogger(__name__)
+
+#: What to do when a Ray worker cannot import the user's code (``validation_fn``).
+MISSING_MODULE_HINT = (
+    "The module holding validation_fn must be importable on every Ray node: with rayq.submit(...) put it "
+    "under working_dir (that folder is uploaded; references like 'examples.digits.metric:accuracy' are "
+    "relative to it); with rayq.init('ray://...') run from the project folder (rayq uploads the current "
+    "directory) or pass runtime_env={'working_dir': '<project folder>'}; or install it on the nodes.")
+#: Never uploaded with a working_dir (Ray also honours .gitignore and .rayignore files in it).
+DEFAULT_EXCLUDES = (".git", ".venv", "__pycache__", ".pytest_cache", ".rayq_cache")
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -> dict:
@@ -22,6 +32,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
     on), so nothing on the network can reach it; pass ``_node_ip_address=...`` to
     start it on another interface. An existing connection is reused. Returns the
     cluster's resources.
+
+    With a Ray Client address (``ray://host:10001``) and no ``runtime_env``, the
+    current directory is uploaded as the job's ``working_dir`` (minus
+    :data:`DEFAULT_EXCLUDES`, ``.gitignore`` and ``.rayignore`` entries; Ray's limit is
+    512 MiB zipped), so workers can import ``validation_fn`` modules of the project.
 
     Example:
         >>> import rayq
@@ -40,6 +55,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
         _check_reachable(address)
     opts = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
     opts.update(kwargs)
+    if address and address.startswith("ray://") and "runtime_env" not in kwargs:
+        # Ray Client workers do not see this machine's files: ship the project folder
+        opts["runtime_env"] = {"working_dir": os.getcwd(), "excludes": list(DEFAULT_EXCLUDES)}
+        log.info("uploading the working directory %s to the cluster (runtime_env working_dir; pass "
+                 "runtime_env=... to rayq.init to choose)", os.getcwd())
     try:
         if address:
             ray.init(address=address, **opts)
@@ -50,7 +70,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
                 ray.init(address="local", num_cpus=num_cpus, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
-        raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}") from exc
+        hint = " (the working_dir upload is limited to 512 MiB zipped: pass runtime_env={'working_dir': ..., " \
+            "'excludes': [...]})" if "runtime_env" in opts and "size" in str(exc).lower() else ""
+        raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}{hint}") from exc
     return ray.cluster_resources()
 
 
@@ -125,6 +147,10 @@ def task_error(exc: BaseException, what: str) -> BaseException:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, RayqError):
         return cause
+    missing = re.search(r"No module named '([\w.]+)'", str(exc))
+    if missing:  # e.g. a RaySystemError: the worker could not unpickle the validation function
+        return ClusterError(f"{what} failed: a Ray worker cannot import module {missing.group(1)!r}. "
+                            f"{MISSING_MODULE_HINT}")
     return ClusterError(f"{what} failed: {exc}")
 
 

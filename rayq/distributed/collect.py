@@ -26,7 +26,6 @@ from rayq.backends import get_backend
 from rayq.core.stats import StatisticSet
 from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
 from rayq.distributed.resident import call_with_ended, end, release, resident, touch
-from rayq.errors import ClusterError
 from rayq.pipeline import calibrate
 from rayq.pipeline.calibrate import Batch, StatSpec
 
@@ -176,8 +175,8 @@ class ShardedCalibration:
             except ray.exceptions.RayTaskError as exc:
                 raise task_error(exc, "a calibration worker") from exc
             except ray.exceptions.RayError as exc:  # worker or node died more than MAX_RETRIES times
-                raise ClusterError(f"calibration of batches {[b for b, _ in self.parts[i]]} failed after "
-                                   f"{MAX_RETRIES} retries: {exc}") from exc
+                raise task_error(exc, f"calibration of batches {[b for b, _ in self.parts[i]]}, tried "
+                                      f"{MAX_RETRIES + 1} times,") from exc
             merged = merged.merge(StatisticSet.from_arrays(arrays))
             nodes.add(node)
             if on_batch is not None:

@@ -278,7 +278,7 @@ class RayEvaluatorPool:
         except ray.exceptions.RayTaskError as exc:
             raise task_error(exc, f"an evaluator worker ({what})") from exc
         except ray.exceptions.RayError as exc:  # worker or node died more than MAX_RETRIES times
-            raise ClusterError(f"evaluation ({what}) failed after {MAX_RETRIES} retries: {exc}") from exc
+            raise task_error(exc, f"evaluation ({what}), tried {MAX_RETRIES + 1} times,") from exc
         if node not in self.node_ids:
             self.node_ids.append(node)
         return out
