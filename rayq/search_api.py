@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayq import compat
+from rayq.backends.convert import default_target
 from rayq.compat import check_mode, compat_advanced
 from rayq.core.accuracy import check_drop_type
 from rayq.core.cost import compute_shares
@@ -109,6 +110,7 @@ def search(
     cache: bool = True,
     ranking_subset_size: int = 300,
     output_files: Mapping[str, str] | None = None,
+    convert_to: str | None = None,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -124,7 +126,8 @@ def search(
     ``output`` by default) and a rerun with the same study resumes.
 
     Args:
-        model: ONNX / OpenVINO model or path.
+        model: ONNX / OpenVINO model or path, or a PyTorch / TensorFlow / TFLite /
+            PaddlePaddle model converted first (see :func:`rayq.quantize`).
         calibration_dataset: Calibration data (see :func:`rayq.quantize`).
         validation_dataset: Validation data; its raw items are passed to ``validation_fn``.
         validation_fn: ``fn(model, items) -> metric`` or ``(metric, per_item_values)``,
@@ -149,6 +152,8 @@ def search(
             rank fallback groups.
         output_files: Extra text files (name -> content) saved with the results in
             ``output`` before ``result.json``; the CLI adds ``config.yaml``.
+        convert_to: What a framework model is converted to: ``"openvino"`` or ``"onnx"``
+            (PyTorch only). None: ``"onnx"`` when ``target="onnxruntime"``, else ``"openvino"``.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -171,7 +176,8 @@ def search(
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
-    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
+    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
+                           convert_to=default_target(model, convert_to, target))
     target = target or session.backend.runtimes[0]
     if target not in session.backend.runtimes:
         raise ConfigError(f"target={target!r} cannot run {session.backend.name} models; "
@@ -288,6 +294,7 @@ def quantize_with_accuracy_control(
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
+    convert_to: str | None = None,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -306,6 +313,8 @@ def quantize_with_accuracy_control(
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
     subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
     the output directory (``intermediate_model_dir`` when ``output`` is None).
+    A PyTorch, TensorFlow, TFLite or PaddlePaddle ``model`` is converted first
+    (``convert_to`` as in :func:`search`).
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -325,7 +334,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
-        explore=False, finalists=1)
+        explore=False, finalists=1, convert_to=convert_to)
     _warn_restored(result, result.n_quantizable)
     return result.model
 
