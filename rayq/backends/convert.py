@@ -268,8 +268,9 @@ def _torch_onnx(torch: Any, model: Any, example: Any) -> Any:
     """``torch.onnx.export`` (TorchScript exporter) with a dynamic axis 0 on every input."""
     import onnx
 
-    if type(model).__module__.startswith("torch.export"):
-        model = model.module()
+    if _exported(model):  # the TorchScript exporter cannot trace its graph module
+        raise ConfigError("ONNX output is not available for a torch.export.ExportedProgram: pass the "
+                          "nn.Module it was exported from, or convert_to='openvino'")
     args, kwargs = ((), example) if isinstance(example, dict) else (_tuple(example), None)
     names = list(example) if kwargs else _input_names(model, len(args))
     values = list(example.values()) if kwargs else list(args)
@@ -284,6 +285,11 @@ def _torch_onnx(torch: Any, model: Any, example: Any) -> Any:
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _exported(model: Any) -> bool:
+    """A ``torch.export.ExportedProgram``."""
+    return type(model).__module__.startswith("torch.export")
+
+
 def _tuple(example: Any) -> tuple:
     return example if isinstance(example, tuple) else (example,)
 
@@ -291,6 +297,8 @@ def _tuple(example: Any) -> tuple:
 def _input_names(model: Any, n: int, *, fallback: bool = True) -> list[str]:
     """The first ``n`` (0: all) ``forward`` parameter names; ``input_0``... when the
     signature is not Python's and ``fallback``."""
+    if _exported(model):
+        model = model.module()
     schema = getattr(getattr(model, "forward", None), "schema", None)
     if schema is not None:  # TorchScript: the method's schema, "self" first
         params = [a.name for a in schema.arguments[1:]]
