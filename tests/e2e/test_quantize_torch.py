@@ -127,18 +127,20 @@ def test_cli_quantizes_a_torchscript_file_to_onnx(net, calib, torchscript, tmp_p
     assert (out.parent / "config.yaml").is_file()
 
 
-def test_accuracy_control_takes_a_module_and_validates_the_converted_model(net, calib):
-    seen = []
+@pytest.mark.parametrize("target, kind", [("openvino", ov.Model), ("onnxruntime", onnx.ModelProto)])
+def test_accuracy_control_takes_a_module_and_validates_the_converted_model(net, calib, target, kind):
+    seen = set()
 
     def accuracy(model, items):
-        seen.append(type(model).__name__)
-        x = np.stack([item for item in items])
-        out = model(x)[model.output(0)]
-        return float((out.argmax(1) == _reference(net, x).argmax(1)).mean())
+        seen.add(type(model).__name__)
+        x = np.stack(items)
+        out = model(x)[0]  # an OVDict or a list: output 0 either way
+        return float((np.asarray(out).argmax(1) == _reference(net, x).argmax(1)).mean())
 
-    q = rayq.quantize_with_accuracy_control(net, calib, list(calib[:16]), accuracy, max_drop=0.5, **FAST)
-    assert isinstance(q, ov.Model)
-    assert seen and set(seen) == {"CompiledModel"}
+    q = rayq.quantize_with_accuracy_control(net, calib, list(calib[:16]), accuracy, max_drop=0.5, target=target,
+                                            **FAST)
+    assert isinstance(q, kind)  # target onnxruntime: converted to ONNX without convert_to
+    assert seen == {"CompiledModel"}  # openvino's, or rayq's wrapper of the ModelProto
 
 
 def test_exported_program_quantizes_to_openvino_and_refuses_onnx(net, calib):
