@@ -27,6 +27,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,7 @@ def framework_of(model: Any) -> str | None:
         path = Path(model)
         if path.suffix.lower() in _SUFFIXES:
             return _SUFFIXES[path.suffix.lower()]
-        return "tensorflow" if (path / "saved_model.pb").is_file() else None
+        return "tensorflow" if os.path.isdir(model) and (path / "saved_model.pb").is_file() else None
     for cls in type(model).__mro__:  # a user's nn.Module subclass lives in the user's module
         framework = _MODULES.get(cls.__module__.split(".")[0])
         if framework is not None:
@@ -168,7 +169,7 @@ def _openvino(model: Any, framework: str, **kwargs: Any) -> Any:
     import openvino as ov
 
     try:
-        return ov.convert_model(model, **kwargs)
+        return _stable_names(ov.convert_model(model, **kwargs))
     except ImportError as exc:
         package, command = INSTALL.get(framework, (framework, "pip install openvino"))
         raise ConfigError(f"converting a {NAMES[framework]} model needs {package}: {command} ({exc})") from exc
@@ -178,6 +179,28 @@ def _openvino(model: Any, framework: str, **kwargs: Any) -> Any:
             hint = f" (TensorFlow is not installed; some models need it: {INSTALL['tensorflow'][1]})"
         raise BackendError(f"OpenVINO cannot convert the {NAMES[framework]} model{hint}: "
                            f"{type(exc).__name__}: {_first_lines(exc)}") from exc
+
+
+#: A name OpenVINO made from its process-wide counter (``Multiply_2542``, ``Model3``), also
+#: when a fused op inherits it; framework names are scoped (``__module.conv/aten::...``).
+_COUNTER_NAME = re.compile(r"[A-Z][A-Za-z0-9]*?_?\d+")
+
+
+def _stable_names(model: Any) -> Any:
+    """Rename what the converter named by OpenVINO's process-wide counter after the op's
+    type and place in the graph, so converting the same model twice gives the same
+    fingerprint: the statistics cache and a resumed search's study name depend on it."""
+    if _COUNTER_NAME.fullmatch(model.get_friendly_name()):
+        model.set_friendly_name("Model")
+    taken = {op.get_friendly_name() for op in model.get_ops()}
+    for index, op in enumerate(model.get_ordered_ops()):
+        if _COUNTER_NAME.fullmatch(op.get_friendly_name()):
+            name = f"{op.get_type_name()}_{index}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            op.set_friendly_name(name)
+    return model
 
 
 def _first_lines(exc: Exception, n: int = 6) -> str:

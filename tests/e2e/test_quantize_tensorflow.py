@@ -58,3 +58,10 @@ def test_saved_model_folder_quantizes(keras_model, calib, tmp_path):
 def test_keras_model_cannot_become_onnx(keras_model, calib):
     with pytest.raises(rayq.ConfigError, match="converts to OpenVINO only"):
         rayq.quantize(keras_model, calib, convert_to="onnx", **FAST)
+
+
+def test_converting_twice_gives_the_same_model(keras_model):
+    from rayq.backends import convert, get_backend
+
+    first, second = convert.convert(keras_model), convert.convert(keras_model)
+    assert get_backend("openvino").fingerprint(first) == get_backend("openvino").fingerprint(second)

@@ -150,3 +150,14 @@ def test_exported_program_quantizes_to_openvino_and_refuses_onnx(net, calib):
     _close_to_fp32(_run_ov(q, calib[:1]), _reference(net, calib[:1]))
     with pytest.raises(rayq.ConfigError, match="ExportedProgram"):
         rayq.quantize(program, calib, convert_to="onnx", **FAST)
+
+
+@pytest.mark.parametrize("to", ["openvino", "onnx"])
+def test_converting_twice_gives_the_same_model(net, calib, to):
+    """OpenVINO names unnamed ops by a process-wide counter; rayq renames them by place, so
+    the statistics cache and a resumed search's study name find the same model again."""
+    from rayq.backends import convert, get_backend
+
+    first, second = (convert.convert(net, calib[:1], to=to) for _ in range(2))
+    backend = get_backend(to)
+    assert backend.fingerprint(first) == backend.fingerprint(second)
