@@ -9,7 +9,8 @@ converter (``openvino.convert_model``) first, or, for PyTorch on request, throug
   ``.torchscript``: written by ``torch.jit.save``; a ``torch.save`` pickle is refused,
   rayq never unpickles files). Converted in eval mode with an example input.
 - TensorFlow: a Keras model or ``tf.Module`` object, a SavedModel folder (one holding
-  ``saved_model.pb``) or a frozen graph ``.pb``.
+  ``saved_model.pb``), a frozen graph ``.pb``, or a Keras 3 ``.keras`` file (loaded with
+  ``safe_mode=True``: no Lambda-layer bytecode; legacy ``.h5`` files are not read).
 - TensorFlow Lite: a ``.tflite`` file. PaddlePaddle: a ``.pdmodel`` file or a
   ``paddle.nn.Layer`` (with an example input).
 
@@ -45,7 +46,8 @@ TARGETS = ("openvino", "onnx")
 ONNX_OPSET = 17
 
 TORCH_SUFFIXES = (".pt", ".pth", ".torchscript")
-_SUFFIXES = {**dict.fromkeys(TORCH_SUFFIXES, "torch"), ".pb": "tensorflow", ".tflite": "tflite",
+_SUFFIXES = {**dict.fromkeys(TORCH_SUFFIXES, "torch"), ".pb": "tensorflow", ".keras": "tensorflow",
+             ".tflite": "tflite",
              ".pdmodel": "paddle"}
 _MODULES = {"torch": "torch", "keras": "tensorflow", "tf_keras": "tensorflow", "tensorflow": "tensorflow",
             "paddle": "paddle"}
@@ -103,6 +105,8 @@ def convert(model: Any, example_input: Any = None, *, to: str = "openvino") -> A
     _require(framework, model)
     if framework == "torch":
         return _from_torch(model, example_input, to)
+    if str(model).lower().endswith(".keras"):
+        model = _load_keras(str(model))
     if framework == "paddle" and example_input is not None and not isinstance(model, (str, os.PathLike)):
         return _openvino(model, framework, example_input=_as_list(example_input))
     return _openvino(model, framework)
@@ -150,10 +154,24 @@ def example_from(calibration_dataset: Any, first_item: Any) -> Any:
 
 def _require(framework: str, model: Any) -> None:
     """A framework object implies its package; of the files, TorchScript ones need torch
-    (OpenVINO reads TensorFlow, TFLite and Paddle files itself)."""
-    if framework == "torch" and isinstance(model, (str, os.PathLike)) and not _has("torch"):
-        raise ConfigError(f"{str(model)!r} is a PyTorch model: converting it needs torch "
-                          f"({INSTALL['torch'][1]})")
+    and ``.keras`` ones tensorflow (OpenVINO reads the other TensorFlow, TFLite and
+    Paddle files itself)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return
+    needs = "torch" if framework == "torch" else "tensorflow" if str(model).lower().endswith(".keras") else None
+    if needs and not _has(INSTALL[needs][0]):
+        raise ConfigError(f"{str(model)!r} is a {NAMES[framework]} model: converting it needs {needs} "
+                          f"({INSTALL[needs][1]})")
+
+
+def _load_keras(path: str) -> Any:
+    """A Keras 3 ``.keras`` archive, with ``safe_mode`` (no deserialised bytecode)."""
+    import tensorflow as tf
+
+    try:
+        return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # ValueError / OSError from Keras
+        raise BackendError(f"Keras cannot load {path!r}: {type(exc).__name__}: {_first_lines(exc, 2)}") from exc
 
 
 def _has(package: str) -> bool:

@@ -30,7 +30,7 @@ log = logging.getLogger("rayq.cli")
 HELP = "quantize a model to INT8 (post-training, NNCF-compatible)"
 DESCRIPTION = """\
 Post-training INT8 quantization of an ONNX (.onnx) or OpenVINO (.xml) model. A
-TorchScript (.pt), TensorFlow SavedModel folder (or .pb), TFLite (.tflite) or
+TorchScript (.pt), TensorFlow SavedModel folder (or .keras, .pb), TFLite (.tflite) or
 PaddlePaddle (.pdmodel) model is converted first, with the first calibration item as
 example input: to OpenVINO, or to ONNX (PyTorch only) for --output-format onnx or an
 OUT ending in .onnx.
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS  # "not given" must stay distinguishable from any value
     p.add_argument("model", nargs="?", default=u, metavar="MODEL",
                    help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
-                   "folder or .pb, .tflite, .pdmodel")
+                   "folder, .keras or .pb, .tflite, .pdmodel")
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
     io.add_argument("--data", "--calibration", dest="data", default=u, metavar="DATA",

@@ -25,7 +25,7 @@ def _instance(module: str):
 
 @pytest.mark.parametrize("model, framework", [
     ("m.pt", "torch"), ("m.PTH", "torch"), ("m.torchscript", "torch"), ("m.pb", "tensorflow"),
-    ("m.tflite", "tflite"), ("m.pdmodel", "paddle"), ("m.onnx", None), ("m.xml", None), ("m.h5", None),
+    ("m.keras", "tensorflow"), ("m.tflite", "tflite"), ("m.pdmodel", "paddle"), ("m.onnx", None), ("m.xml", None), ("m.h5", None),
     (_instance("torch.nn.modules.container"), "torch"), (_instance("keras.src.models.sequential"), "tensorflow"),
     (_instance("tf_keras.models"), "tensorflow"), (_instance("paddle.nn"), "paddle"), (_instance("onnx"), None),
     (42, None)])
@@ -114,3 +114,11 @@ def test_example_input_gets_back_the_batch_axis_of_rows_only():
     assert convert.example_from("calib.npz", {"x": row})["x"].shape == (1, 3, 8, 8)
     batch = row[None]
     assert convert.example_from(rayq.Dataset([row], lambda r: r[None]), batch) is batch
+
+
+def test_keras_file_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
+    path = tmp_path / "m.keras"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(convert, "_has", lambda package: package != "tensorflow")
+    with pytest.raises(rayq.ConfigError, match=r'pip install "rayq\[tf\]"'):
+        convert.convert(str(path))

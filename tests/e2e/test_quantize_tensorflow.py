@@ -65,3 +65,9 @@ def test_converting_twice_gives_the_same_model(keras_model):
 
     first, second = convert.convert(keras_model), convert.convert(keras_model)
     assert get_backend("openvino").fingerprint(first) == get_backend("openvino").fingerprint(second)
+
+
+def test_keras_file_quantizes(keras_model, calib, tmp_path):
+    path = tmp_path / "model.keras"
+    keras_model.save(str(path))
+    _check(rayq.quantize(str(path), calib, **FAST), keras_model, calib)
