@@ -201,14 +201,14 @@ def _openvino(model: Any, framework: str, **kwargs: Any) -> Any:
 
 #: A name OpenVINO made from its process-wide counter (``Multiply_2542``, ``Model3``), also
 #: when a fused op inherits it; framework names are scoped (``__module.conv/aten::...``).
-_COUNTER_NAME = re.compile(r"[A-Z][A-Za-z0-9]*?_?\d+")
+_COUNTER_NAME = re.compile(r"[A-Z][A-Za-z0-9]*_\d+")
 
 
 def _stable_names(model: Any) -> Any:
     """Rename what the converter named by OpenVINO's process-wide counter after the op's
     type and place in the graph, so converting the same model twice gives the same
     fingerprint: the statistics cache and a resumed search's study name depend on it."""
-    if _COUNTER_NAME.fullmatch(model.get_friendly_name()):
+    if re.fullmatch(r"Model\d+", model.get_friendly_name()):
         model.set_friendly_name("Model")
     taken = {op.get_friendly_name() for op in model.get_ops()}
     for index, op in enumerate(model.get_ordered_ops()):
