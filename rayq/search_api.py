@@ -94,6 +94,7 @@ def search(
     seed: int = 0,
     preset: str | None = None,
     model_type: str | None = None,
+    convert_to: str | None = None,
     target_device: str = "ANY",
     subset_size: int = 300,
     fast_bias_correction: bool | None = True,
@@ -110,7 +111,6 @@ def search(
     cache: bool = True,
     ranking_subset_size: int = 300,
     output_files: Mapping[str, str] | None = None,
-    convert_to: str | None = None,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -128,6 +128,8 @@ def search(
     Args:
         model: ONNX / OpenVINO model or path, or a PyTorch / TensorFlow / TFLite /
             PaddlePaddle model converted first (see :func:`rayq.quantize`).
+        convert_to: What a framework model is converted to: ``"openvino"`` or ``"onnx"``
+            (PyTorch only). None: ``"onnx"`` when ``target="onnxruntime"``, else ``"openvino"``.
         calibration_dataset: Calibration data (see :func:`rayq.quantize`).
         validation_dataset: Validation data; its raw items are passed to ``validation_fn``.
         validation_fn: ``fn(model, items) -> metric`` or ``(metric, per_item_values)``,
@@ -152,8 +154,6 @@ def search(
             rank fallback groups.
         output_files: Extra text files (name -> content) saved with the results in
             ``output`` before ``result.json``; the CLI adds ``config.yaml``.
-        convert_to: What a framework model is converted to: ``"openvino"`` or ``"onnx"``
-            (PyTorch only). None: ``"onnx"`` when ``target="onnxruntime"``, else ``"openvino"``.
 
     Returns:
         A :class:`~rayq.tuning.result.SearchResult`: ``status`` is ``"met"``,
@@ -287,6 +287,7 @@ def quantize_with_accuracy_control(
     subset_size: int = 300,
     fast_bias_correction: bool | None = True,
     model_type: str | None = None,
+    convert_to: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_quantization_parameters: AdvancedQuantizationParameters | None = None,
     advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
@@ -294,7 +295,6 @@ def quantize_with_accuracy_control(
     num_workers: int | None = None,
     target: str | None = None,
     output: str | None = None,
-    convert_to: str | None = None,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -308,13 +308,14 @@ def quantize_with_accuracy_control(
     with the smallest drop is returned), when most layers went back to FP32, or when
     the model is not significantly faster than FP32 on ``target``.
 
+    A PyTorch, TensorFlow, TFLite or PaddlePaddle ``model`` is converted first
+    (``convert_to`` as in :func:`search`).
+
     ``mode``, ``disable_bias_correction`` and the advanced parameters are as in
     :func:`rayq.quantize`. ``advanced_accuracy_restorer_parameters``
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
     subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
     the output directory (``intermediate_model_dir`` when ``output`` is None).
-    A PyTorch, TensorFlow, TFLite or PaddlePaddle ``model`` is converted first
-    (``convert_to`` as in :func:`search`).
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
