@@ -329,13 +329,13 @@ def quantize_with_accuracy_control(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
         target=target, n_trials=0, num_workers=num_workers or restorer.num_ranking_workers,
         output=output or restorer.intermediate_model_dir, preset=base.preset,
-        model_type=model_type, target_device=target_device, subset_size=subset_size,
+        model_type=model_type, convert_to=convert_to, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,
         ranking_subset_size=restorer.ranking_subset_size or 300,
         advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
-        explore=False, finalists=1, convert_to=convert_to)
+        explore=False, finalists=1)
     _warn_restored(result, result.n_quantizable)
     return result.model
 
