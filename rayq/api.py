@@ -36,13 +36,18 @@ def quantize(
     disable_bias_correction: bool | None = None,
     num_workers: int | None = None,
     cache: bool = True,
+    convert_to: str | None = None,
 ) -> Any:
     """Post-training INT8 quantization, with ``nncf.quantize`` semantics.
 
     Args:
         model: ``onnx.ModelProto`` or ``.onnx`` path (returns an ``onnx.ModelProto``
             with QuantizeLinear/DequantizeLinear), or ``openvino.Model`` / ``.xml``
-            path (returns an ``openvino.Model`` with FakeQuantize).
+            path (returns an ``openvino.Model`` with FakeQuantize). A PyTorch module
+            or TorchScript file, a TensorFlow/Keras model or SavedModel folder, a
+            ``.tflite`` or PaddlePaddle model is converted first, with the first
+            calibration item (after ``transform_fn``) as example input; see
+            :mod:`rayq.backends.convert`.
         calibration_dataset: :class:`rayq.Dataset`, numpy array, ``.npz``/``.npy``/
             Parquet path, or ``ray.data.Dataset``.
         mode: None or ``rayq.QuantizationMode.INT8`` (INT8); other modes (NNCF's FP8)
@@ -67,9 +72,12 @@ def quantize(
         num_workers: Calibration workers (Ray tasks). None: every CPU of the connected Ray cluster
             (a local one is started when none runs); 1: calibrate in this process.
         cache: Reuse/store calibration statistics in the Parquet cache.
+        convert_to: What a framework model is converted to: ``"openvino"`` (None) or
+            ``"onnx"`` (PyTorch only: ``torch.onnx.export``, opset 17). ONNX and
+            OpenVINO models are used as they are.
 
     Returns:
-        The quantized model, in the input's format.
+        The quantized model, in the input's format (a converted model: in ``convert_to``'s).
 
     Example:
         >>> import numpy as np, rayq
@@ -83,7 +91,8 @@ def quantize(
     plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
-    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
+    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
+                           convert_to=convert_to)
     placement = placement_for(session.graph, plan)
     stats = session.statistics(plan, histograms=needs_histogram(plan.activation_estimator),
                                num_workers=num_workers, use_cache=cache)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayq import compat
+from rayq.backends.convert import default_target
 from rayq.compat import check_mode, compat_advanced
 from rayq.core.accuracy import check_drop_type
 from rayq.core.cost import compute_shares
@@ -94,6 +95,7 @@ def search(
     seed: int = 0,
     preset: str | None = None,
     model_type: str | None = None,
+    convert_to: str | None = None,
     target_device: str = "ANY",
     subset_size: int = 300,
     fast_bias_correction: bool | None = True,
@@ -126,7 +128,10 @@ def search(
     ``output`` by default) and a rerun with the same study resumes.
 
     Args:
-        model: ONNX / OpenVINO model or path.
+        model: ONNX / OpenVINO model or path, or a PyTorch / TensorFlow / TFLite /
+            PaddlePaddle model converted first (see :func:`rayq.quantize`).
+        convert_to: What a framework model is converted to: ``"openvino"`` or ``"onnx"``
+            (PyTorch only). None: ``"onnx"`` when ``target="onnxruntime"``, else ``"openvino"``.
         calibration_dataset: Calibration data (see :func:`rayq.quantize`).
         validation_dataset: Validation data; its raw items are passed to ``validation_fn``.
         validation_fn: ``fn(model, items) -> metric`` or ``(metric, per_item_values)``,
@@ -191,7 +196,8 @@ def search(
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
     start_workers_early(num_workers, None, subset_size=subset_size)
-    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
+    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
+                           convert_to=default_target(model, convert_to, target))
     target = target or session.backend.runtimes[0]
     if target not in session.backend.runtimes:
         raise ConfigError(f"target={target!r} cannot run {session.backend.name} models; "
@@ -301,6 +307,7 @@ def quantize_with_accuracy_control(
     subset_size: int = 300,
     fast_bias_correction: bool | None = True,
     model_type: str | None = None,
+    convert_to: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_quantization_parameters: AdvancedQuantizationParameters | None = None,
     advanced_accuracy_restorer_parameters: AdvancedAccuracyRestorerParameters | None = None,
@@ -322,6 +329,9 @@ def quantize_with_accuracy_control(
     with the smallest drop is returned), when most layers went back to FP32, or when
     the model is not significantly faster than FP32 on ``target``.
 
+    A PyTorch, TensorFlow, TFLite or PaddlePaddle ``model`` is converted first
+    (``convert_to`` as in :func:`search`).
+
     ``mode``, ``disable_bias_correction`` and the advanced parameters are as in
     :func:`rayq.quantize`. ``advanced_accuracy_restorer_parameters``
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
@@ -341,7 +351,7 @@ def quantize_with_accuracy_control(
         model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
         target=target, n_trials=None, num_workers=num_workers or restorer.num_ranking_workers,
         output=output or restorer.intermediate_model_dir, preset=base.preset,
-        model_type=model_type, target_device=target_device, subset_size=subset_size,
+        model_type=model_type, convert_to=convert_to, target_device=target_device, subset_size=subset_size,
         fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope,
         ranking_subset_size=restorer.ranking_subset_size or 300,
         advanced_parameters=adv, presets=(base.preset,),

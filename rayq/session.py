@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayq.backends import detect
+from rayq.backends import convert, detect
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.errors import ConfigError
@@ -43,21 +43,29 @@ class ModelSession:
     """A loaded model with its calibration batches.
 
     Args:
-        model: ``onnx.ModelProto``, ``openvino.Model`` or a path.
+        model: ``onnx.ModelProto``, ``openvino.Model`` or a path; or a PyTorch, TensorFlow,
+            TFLite or PaddlePaddle model, converted first (see :mod:`rayq.backends.convert`).
         calibration_dataset: Anything :func:`rayq.pipeline.data.as_dataset` accepts.
         subset_size: Number of items used (the first ones).
         batch_size: Calibration batch size (None: automatic).
+        convert_to: ``"openvino"`` (None) or ``"onnx"``: what a framework model becomes.
     """
 
     def __init__(self, model: Any, calibration_dataset: Any, *, subset_size: int = 300,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, convert_to: str | None = None) -> None:
         if subset_size is not None and (not isinstance(subset_size, int) or subset_size < 1):
             raise ConfigError(f"subset_size={subset_size!r} must be a positive integer")
+        convert.check_target(convert_to)
+        items = None
+        if convert.framework_of(model) is not None:  # converted with the first item as example input
+            items = data.take(data.as_dataset(calibration_dataset), subset_size)
+            model = convert.prepare(model, convert.example_from(calibration_dataset, items[0]), convert_to)
         self.backend = detect(model)
         self.model = self.backend.load(model)
         self.graph = self.backend.graph(self.model)
         self.specs = self.backend.inputs(self.model)
-        items = data.take(data.as_dataset(calibration_dataset), subset_size)
+        if items is None:
+            items = data.take(data.as_dataset(calibration_dataset), subset_size)
         feeds = [data.to_feeds(item, self.specs) for item in items]
         self.num_items = len(feeds)
         self.batch_size = data.batch_size_for(feeds, self.specs, batch_size)

@@ -170,3 +170,13 @@ def test_core_imports_only_numpy_and_itself():
 
 def test_importing_rayq_does_not_start_or_import_ray():
     assert "ray" not in _modules_after_import("rayq")
+
+
+def test_only_the_converter_imports_deep_learning_frameworks_and_only_inside_functions():
+    """torch / tensorflow / paddle are optional extras: only rayq/backends/convert.py
+    imports them, inside the functions that convert such a model."""
+    frameworks = {"torch", "tensorflow", "keras", "paddle"}
+    importers = {f: [(m, top) for m, top in imps if _root(m) in frameworks] for f, imps in _sources().items()}
+    importers = {f: imps for f, imps in importers.items() if imps}
+    assert set(importers) == {"rayq/backends/convert.py"}, sorted(importers)
+    assert not [m for m, top in importers["rayq/backends/convert.py"] if top]

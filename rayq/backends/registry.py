@@ -52,7 +52,8 @@ def detect(model: Any) -> Backend:
             return backend
     raise BackendError(
         f"cannot tell the format of {_describe(model)}: expected an onnx.ModelProto, an "
-        "openvino.Model, or a path ending in .onnx or .xml"
+        "openvino.Model, or a path ending in .onnx or .xml (rayq.quantize and rayq.search also "
+        "convert PyTorch, TensorFlow, TFLite and PaddlePaddle models: see rayq.backends.convert)"
     )
 
 

@@ -15,19 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import rayq
-from rayq.backends import detect, get_backend
+from rayq.backends import convert, detect, get_backend
+from rayq.backends.base import Backend
 from rayq.cli import report
 from rayq.cli.common import UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function
 from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError
+from rayq.pipeline import data
 from rayq.storage import Location, Publication, check_output, resolve
 
 log = logging.getLogger("rayq.cli")
 
 HELP = "quantize a model to INT8 (post-training, NNCF-compatible)"
 DESCRIPTION = """\
-Post-training INT8 quantization of an ONNX (.onnx) or OpenVINO (.xml) model.
+Post-training INT8 quantization of an ONNX (.onnx) or OpenVINO (.xml) model. A
+TorchScript (.pt), TensorFlow SavedModel folder (or .keras, .pb), TFLite (.tflite) or
+PaddlePaddle (.pdmodel) model is converted first, with the first calibration item as
+example input: to OpenVINO, or to ONNX (PyTorch only) for --output-format onnx or an
+OUT ending in .onnx.
 
 Give MODEL, --data and --output, or --config FILE (a YAML QuantizeConfig, see
 configs/README.md); flags given with --config override the file's fields. The
@@ -39,6 +45,7 @@ examples:
   rayq quantize model.onnx --data calib.npz --output out/model_int8.onnx --num-workers 1
   rayq quantize model.onnx --data calib.npz --output out/ --output-format openvino \\
       --ignored-type Softmax --estimator histogram_mse
+  rayq quantize model.pt --data calib.npz --output out/model_int8.onnx
 """
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -57,7 +64,9 @@ BIAS_CORRECTION = {"fast": True, "exact": False, "none": None}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS  # "not given" must stay distinguishable from any value
-    p.add_argument("model", nargs="?", default=u, metavar="MODEL", help="model path (.onnx or .xml)")
+    p.add_argument("model", nargs="?", default=u, metavar="MODEL",
+                   help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
+                   "folder, .keras or .pb, .tflite, .pdmodel")
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
     io.add_argument("--data", "--calibration", dest="data", default=u, metavar="DATA",
@@ -65,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--output", "-o", default=u, metavar="OUT",
                     help="output model path (.onnx/.xml), or a folder for <model>_int8.<ext>")
     io.add_argument("--output-format", choices=OUTPUT_FORMATS, default=u,
-                    help="format of the saved model (default: from OUT's suffix, else the input's)")
+                    help="format of the saved model (default: from OUT's suffix, else the input's; "
+                    "a converted model: openvino)")
     io.add_argument("--no-cache", action="store_true", help="do not read or write the statistics cache")
     q = p.add_argument_group("quantization")
     q.add_argument("--preset", choices=PRESETS, default=u,
@@ -151,10 +161,26 @@ def output_path(cfg: QuantizeConfig, backend_name: str) -> tuple[Location, str]:
 
 
 def input_files(path: str) -> list[str]:
+    if Path(path).is_dir():  # a TensorFlow SavedModel
+        return [str(p) for p in sorted(Path(path).rglob("*")) if p.is_file()]
     files = [path]
     if path.lower().endswith(".xml"):
         files.append(str(Path(path).with_suffix(".bin")))
     return files
+
+
+def load_model(cfg: QuantizeConfig) -> tuple[Backend, Any]:
+    """The backend and the loaded model. A PyTorch, TensorFlow, TFLite or PaddlePaddle
+    model is converted first (see :mod:`rayq.backends.convert`), with the first
+    calibration item as example input, to ``output_format``, else the format of
+    ``output``'s suffix, else OpenVINO."""
+    model: Any = cfg.model
+    if convert.framework_of(model) is not None:
+        first = data.take(data.as_dataset(cfg.calibration), 1)[0]
+        suffix = {v: k for k, v in SUFFIXES.items()}.get(Path(resolve(cfg.output).name).suffix.lower())
+        model = convert.prepare(model, convert.example_from(cfg.calibration, first), cfg.output_format or suffix)
+    backend = detect(model)
+    return backend, backend.load(model)
 
 
 def save(qmodel: Any, backend_name: str, fmt: str, out: Publication, name: str) -> list[str]:
@@ -178,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
     fn = resolve_function(cfg.validation_fn, "validation_fn") if cfg.validation_fn else None
     items = report.load_items(cfg.validation) if cfg.validation else None
     try:
-        backend = detect(cfg.model)
-        model = backend.load(cfg.model)
+        backend, model = load_model(cfg)
     except BackendError as exc:
         raise InputError(str(exc)) from exc
     target, fmt = output_path(cfg, backend.name)

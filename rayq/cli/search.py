@@ -42,7 +42,9 @@ FIELDS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS
-    p.add_argument("model", nargs="?", default=u, metavar="MODEL", help="model path (.onnx or .xml)")
+    p.add_argument("model", nargs="?", default=u, metavar="MODEL",
+                   help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
+                   "folder, .keras or .pb, .tflite, .pdmodel")
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
     io.add_argument("--data", "--calibration", dest="data", default=u, metavar="DATA", help="calibration data")

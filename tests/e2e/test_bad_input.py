@@ -60,7 +60,7 @@ def test_missing_model_file(tmp_path, calib):
     _raises(rayq.BackendError, "does not exist", str(tmp_path / "nope.onnx"), calib)
 
 
-@pytest.mark.parametrize("model", ["model.pt", 42, None], ids=["suffix", "int", "none"])
+@pytest.mark.parametrize("model", ["model.h5", 42, None], ids=["suffix", "int", "none"])
 def test_not_a_model(calib, model):
     _raises(rayq.BackendError, "cannot tell the format", model, calib)
 
