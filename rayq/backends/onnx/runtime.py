@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from rayq.backends.base import InputSpec, Runner
-from rayq.backends.onnx import reader
+from rayq.backends.onnx import normalize, reader
 from rayq.backends.feeds import check_feeds
 from rayq.errors import BackendError, DataError
 
@@ -30,8 +30,12 @@ def ort_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "CPU"):
-    """Create an ONNX Runtime session (sequential execution, full graph optimization)."""
+def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "CPU",
+                weights: tuple[list[str], list] | None = None):
+    """Create an ONNX Runtime session (sequential execution, full graph optimization).
+
+    ``weights``: ``(names, OrtValues)`` split off ``proto`` earlier by :func:`split_weights`.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -43,18 +47,28 @@ def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
         opts.inter_op_num_threads = 1
     try:
         light, names, values = split_weights(proto)
+        if weights is not None:
+            names, values = [*names, *weights[0]], [*values, *weights[1]]
+        if sum(v.tensor_size_in_bytes() for v in values) >= LARGE_WEIGHTS_BYTES:
+            opts.add_session_config_entry("session.disable_prepacking", "1")  # use the weights in place
+        if names:
+            opts.add_external_initializers(names, values)
         if reader.fits_in_memory_proto(light):
-            if names:
-                opts.add_external_initializers(names, values)
             session = ort.InferenceSession(light.SerializeToString(), opts, providers=ort_providers(device))
-            session._rayq_weights = values  # the options refer to these buffers: keep them as long as the session
-            return session
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            onnx.save(proto, path, save_as_external_data=True)
-            return ort.InferenceSession(path, opts, providers=ort_providers(device))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                onnx.save(light, path, save_as_external_data=True)
+                session = ort.InferenceSession(path, opts, providers=ort_providers(device))
+        session._rayq_weights = values  # the options refer to these buffers: keep them as long as the session
+        return session
     except Exception as exc:
         raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+
+
+#: Weights (bytes in external initializers) from which a session uses them in place instead
+#: of pre-packing a second copy (``session.disable_prepacking``): models of several GB.
+LARGE_WEIGHTS_BYTES = 1 << 30
 
 
 #: Initializers at least this large reach ONNX Runtime as external initializers.
@@ -82,8 +96,8 @@ def split_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], l
     if not big:
         return proto, [], []
     light = onnx.ModelProto()
-    _copy_fields(proto, light, skip="graph")
-    _copy_fields(graph, light.graph, skip="initializer")
+    normalize.copy_fields(proto, light, skip="graph")
+    normalize.copy_fields(graph, light.graph, skip="initializer")
     names, values = [], []
     for t in graph.initializer:
         if t.name not in big:
@@ -100,19 +114,6 @@ def split_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], l
         names.append(t.name)
         values.append(ort.OrtValue.ortvalue_from_numpy(array))
     return light, names, values
-
-
-def _copy_fields(src, dst, *, skip: str) -> None:
-    """Copy every set field of message ``src`` into ``dst`` except ``skip``."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
 
 
 def run_session(session, specs: list[InputSpec], feeds: dict[str, np.ndarray], names: list[str] | None) -> list:
