@@ -125,16 +125,15 @@ def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *,
     """Instrument ``proto``, create one ONNX Runtime session, return the batch runner.
 
     The large weights are split off first (:func:`runtime.split_weights`), so the
-    instrumented copy holds none of them and ONNX Runtime gets each as one array; for
-    models of ``runtime.LARGE_WEIGHTS_BYTES`` or more, the session uses those arrays in
-    place (no pre-packed second copy): a model of several GB is held about twice during
-    calibration, not four times.
+    instrumented copy holds none of them; :func:`runtime.ort_session` hands them to
+    ONNX Runtime (a model of several GB is held about twice during calibration, not
+    four times).
     """
     from rayq.backends.onnx import runtime
 
-    light, weight_names, weight_values = runtime.split_weights(proto)
+    light, weight_names, weights = runtime.split_weights(proto, values=False)
     instrumented, names, maybe = instrument(light, requests)
-    session = runtime.ort_session(instrumented, num_threads=num_threads, weights=(weight_names, weight_values))
+    session = runtime.ort_session(instrumented, num_threads=num_threads, weights=(weight_names, weights))
     specs = reader.input_specs(proto)
     keys = [(r.tensor, red) for r in requests for red in r.reductions]
     batched_inputs = [s.name for s in specs if s.shape]  # the first dim of the first one is the batch
