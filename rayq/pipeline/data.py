@@ -84,14 +84,14 @@ def as_dataset(data: Any) -> Dataset:
 
 
 def load_path(path: Path) -> Sequence[Any]:
-    """Items from a ``.npy`` (memory-mapped), ``.npz`` (one item per row of every array)
-    or Parquet path."""
+    """Items from a ``.npy`` (rows read from the file on access), ``.npz`` (one item per
+    row of every array) or Parquet path."""
     if not path.exists():
         raise DataError(f"dataset path {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return NpyRows(path)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return _split_columns({k: z[k] for k in z.files}, str(path))
@@ -136,6 +136,58 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
 
 def _is_list(pa, dtype) -> bool:
     return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
+
+
+class NpyRows(Sequence):
+    """Rows of a ``.npy`` file, each read from disk when accessed (``pread``, no mapping):
+    a calibration set on disk is never held in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        fmt = np.lib.format
+        with open(self.path, "rb") as f:
+            version = fmt.read_magic(f)
+            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            shape, fortran, dtype = header(f) if header else ((), False, np.dtype(np.float32))
+            self._offset = f.tell()
+        if dtype.hasobject:
+            raise DataError(f"{self.path!r} holds Python objects: only numeric arrays are read (no pickle)")
+        if header is None or fortran or not shape:
+            arr = np.load(self.path, allow_pickle=False)  # rare layouts: read whole
+            self._whole = np.ascontiguousarray(arr) if arr.ndim else arr.reshape(1)
+            shape = self._whole.shape
+        else:
+            self._whole = None
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._whole is not None:
+            return self._whole[i]
+        i = range(len(self))[i]  # IndexError out of range
+        row = np.empty(self.shape[1:], self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + i * self._row)
+            if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+                raise DataError(f"{self.path!r} is truncated")
+        return row
+
+    def __iter__(self):
+        if self._whole is not None:
+            yield from self._whole
+            return
+        with open(self.path, "rb") as f:  # one open file, sequential reads
+            f.seek(self._offset)
+            for _ in range(len(self)):
+                row = np.empty(self.shape[1:], self.dtype)
+                if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+                    raise DataError(f"{self.path!r} is truncated")
+                yield row
 
 
 class ColumnRows(Sequence):

@@ -6,7 +6,8 @@ dataset: it counts them, fingerprints them (sha256 in item order, the same value
 them. Each later iteration rebuilds the batches (batch k = items [k*bs, (k+1)*bs)):
 
 - from the source itself when re-reading it is free and deterministic (an array, a
-  ``.npy``/``.npz``/Parquet file's columns, or a list, with no ``transform_fn``);
+  ``.npy`` file -- its rows read from disk --, ``.npz``/Parquet columns, or a list,
+  with no ``transform_fn``);
 - otherwise (generators, ``ray.data``, a ``transform_fn`` that may be costly) from a
   spool the scan wrote: the model feeds as raw bytes in an anonymous temporary file
   (``tempfile.TemporaryFile``, removed when closed or at exit), with a small index in
@@ -119,7 +120,7 @@ class _Spool:
 def _replayable(dataset: Any) -> bool:
     """True when reading the dataset again is free and gives the same items."""
     return (isinstance(dataset, data.Dataset) and dataset._transform is None
-            and isinstance(dataset._source, (np.ndarray, data.ColumnRows, list, tuple)))
+            and isinstance(dataset._source, (np.ndarray, data.NpyRows, data.ColumnRows, list, tuple)))
 
 
 class BatchStream(Sequence):

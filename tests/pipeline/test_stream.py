@@ -131,3 +131,22 @@ def test_statistics_from_the_stream_are_bit_identical_to_the_list_path():
     for t in a:
         for f in a[t]:
             assert np.asarray(a[t][f]).tobytes() == np.asarray(b[t][f]).tobytes(), (t, f)
+
+
+def test_npy_rows_are_read_from_disk(tmp_path):
+    """A ``.npy`` calibration file is read row by row (no mapping, no whole-file load):
+    same batches as the array, and peak allocations of a few rows."""
+    arr = np.random.default_rng(3).standard_normal((600, 1, 4096)).astype(np.float32)  # 9.4 MiB
+    np.save(tmp_path / "calib.npy", arr)
+    specs = [InputSpec("x", (None, 4096), "float32")]
+    tracemalloc.start()
+    try:
+        stream = BatchStream(data.as_dataset(tmp_path / "calib.npy"), specs, subset_size=None, batch_size=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"scan peak {peak / 2**20:.1f} MiB"
+    _assert_same(stream, *_list_path(arr, specs, None))
+    rows = data.load_path(tmp_path / "calib.npy")
+    np.testing.assert_array_equal(rows[-1], arr[-1])
+    np.testing.assert_array_equal(rows[3:5][1], arr[4])
