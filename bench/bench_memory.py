@@ -11,8 +11,8 @@ share the machine's load.
     python bench/bench_memory.py --base /tmp/mem-base                # CNN cases, both trees
     python bench/bench_memory.py --steps large --base /tmp/mem-base  # the > 2 GB model (needs ~14 GB free)
 
-Cases: the digits CNN (``examples/digits/digits_cnn.onnx``, items ``[1, 8, 8]``) at
-3 000 and 30 000 items, as a numpy array and as a generator, with ``num_workers=1``
+Cases: a small CNN on [3, 32, 32] items (12 KiB each; 30 000 items = 352 MiB) at 3 000
+and 30 000 items, read from a ``.npy`` file and from a generator, with ``num_workers=1``
 (in-process) and ``num_workers=2`` (local Ray, driver peak reported); and a synthetic
 model of nine chained 8192x8192 MatMuls (2.25 GiB of FP32 weights in external data,
 written under ``/tmp`` and deleted afterwards), quantized in-process.
@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CNN = ROOT / "examples" / "digits" / "digits_cnn.onnx"
 LARGE_DIM, LARGE_LAYERS = 8192, 9
 
 
@@ -72,21 +71,43 @@ def _same_session(proc) -> bool:
         return False
 
 
-def _cnn_data(source: str, items: int):
+def make_cnn(path: Path) -> None:
+    """A small CNN on [3, 32, 32] images (12 KiB per item): Conv(3->8, 3x3, stride 2) ->
+    Relu -> GlobalAveragePool -> Flatten -> Gemm(8->10)."""
     import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    if source == "array":
-        return rng.standard_normal((items, 1, 8, 8), dtype=np.float32)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "cw"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "cb"),
+             numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32) * 0.3, "gw"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "gb")]
+    nodes = [helper.make_node("Conv", ["input", "cw", "cb"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "gw", "gb"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "cnn32", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                             ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _cnn_data(source: str, items: int, folder: Path):
+    import numpy as np
+
+    if source == "npy":  # the calibration set on disk, as ``rayq quantize --data calib.npy`` gets it
+        return str(folder / f"calib_{items}.npy")
 
     def gen():
         g = np.random.default_rng(0)
         for _ in range(items):
-            yield g.standard_normal((1, 8, 8), dtype=np.float32)
+            yield g.standard_normal((1, 3, 32, 32), dtype=np.float32)
     return gen()
 
 
-def job_cnn(source: str, items: int, workers: int) -> dict:
+def job_cnn(source: str, items: int, workers: int, folder: str) -> dict:
     import rayq
 
     if workers > 1:
@@ -94,17 +115,31 @@ def job_cnn(source: str, items: int, workers: int) -> dict:
     poll = _WorkerPoll()
     if workers > 1:
         poll.start()
-    data = _cnn_data(source, items)
+    data = _cnn_data(source, items, Path(folder))
     before = _peak_mb()
     start = time.perf_counter()
-    rayq.quantize(str(CNN), data, subset_size=items, num_workers=workers, cache=False)
+    rayq.quantize(str(Path(folder) / "cnn32.onnx"), data, subset_size=items, num_workers=workers, cache=False)
     seconds = time.perf_counter() - start
     poll.stop.set()
     out = {"peak_mb": _peak_mb(), "peak_before_mb": before, "seconds": seconds, "items_per_s": items / seconds,
            "worker_peak_mb": max(poll.peak.values(), default=0.0)}
     if workers > 1:
-        rayq.shutdown() if hasattr(rayq, "shutdown") else None
+        rayq.shutdown()
     return out
+
+
+def _write_cnn_inputs(folder: Path, sizes: list[int]) -> None:
+    import numpy as np
+
+    make_cnn(folder / "cnn32.onnx")
+    for n in sizes:  # same items as the generator source, written in slices
+        g = np.random.default_rng(0)
+        out = np.lib.format.open_memmap(folder / f"calib_{n}.npy", mode="w+", dtype=np.float32,
+                                        shape=(n, 1, 3, 32, 32))
+        for i in range(n):
+            out[i] = g.standard_normal((1, 3, 32, 32), dtype=np.float32)
+        out.flush()
+        del out
 
 
 def make_large(folder: Path) -> Path:
@@ -172,15 +207,20 @@ def _run_job(tree: Path, args: list[str], timeout: float = 900) -> dict:
 
 
 def run_cnn(trees: dict[str, Path], sizes: list[int], sources: list[str], workers: list[int]) -> list[dict]:
+    folder = Path(tempfile.mkdtemp(prefix="rayq-bench-cnn-", dir="/tmp"))
     rows = []
-    for w in workers:
-        for source in sources:
-            for n in sizes:
-                for label, tree in trees.items():
-                    r = _run_job(tree, ["cnn", source, str(n), str(w)])
-                    r.update(tree=label, source=source, items=n, workers=w)
-                    print(json.dumps(r), flush=True)
-                    rows.append(r)
+    try:
+        _write_cnn_inputs(folder, sizes)
+        for w in workers:
+            for source in sources:
+                for n in sizes:
+                    for label, tree in trees.items():
+                        r = _run_job(tree, ["cnn", source, str(n), str(w), str(folder)])
+                        r.update(tree=label, source=source, items=n, workers=w)
+                        print(json.dumps(r), flush=True)
+                        rows.append(r)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return rows
 
 
@@ -219,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_job":
         kind, rest = argv[1], argv[2:]
-        result = job_cnn(rest[0], int(rest[1]), int(rest[2])) if kind == "cnn" else job_large(rest[0])
+        result = job_cnn(rest[0], int(rest[1]), int(rest[2]), rest[3]) if kind == "cnn" else job_large(rest[0])
         print("RESULT " + json.dumps(result), flush=True)
         return
     if argv and argv[0] == "_make_large":
@@ -229,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", default="cnn", help="cnn,large")
     p.add_argument("--base", help="a checkout of the baseline (e.g. a worktree of main) measured alongside")
     p.add_argument("--sizes", default="3000,30000")
-    p.add_argument("--sources", default="array,generator")
+    p.add_argument("--sources", default="npy,generator")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--trees", default="base,head", help="which of base,head to measure")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory.json"))
