@@ -1,7 +1,8 @@
 """Peak memory of ``rayq.quantize`` vs the calibration-set size, and on a model over 2 GB.
 
-Every measurement runs in a fresh subprocess (``python bench/bench_memory.py _job ...``)
-that reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
+Every measurement runs in a fresh subprocess (``python bench/bench_memory.py _job ...``,
+started from this small orchestrator: a child starts with its parent's peak RSS as its
+own ru_maxrss, so models and data are generated in other subprocesses) that reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
 that process: in-process calibration, or the driver with Ray workers) plus, with Ray
 workers, the peak RSS of every Ray worker process polled with psutil. Each tree (the
 working tree, and a ``--base`` checkout such as ``git worktree add --detach
@@ -210,7 +211,13 @@ def run_cnn(trees: dict[str, Path], sizes: list[int], sources: list[str], worker
     folder = Path(tempfile.mkdtemp(prefix="rayq-bench-cnn-", dir="/tmp"))
     rows = []
     try:
-        _write_cnn_inputs(folder, sizes)
+        # in a subprocess: a child inherits its parent's peak RSS as its own starting ru_maxrss,
+        # so this process must stay small
+        gen = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_cnn", str(folder),
+                              ",".join(map(str, sizes))], capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if gen.returncode:
+            raise SystemExit(gen.stderr)
         for w in workers:
             for source in sources:
                 for n in sizes:
@@ -261,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
         kind, rest = argv[1], argv[2:]
         result = job_cnn(rest[0], int(rest[1]), int(rest[2]), rest[3]) if kind == "cnn" else job_large(rest[0])
         print("RESULT " + json.dumps(result), flush=True)
+        return
+    if argv and argv[0] == "_make_cnn":
+        _write_cnn_inputs(Path(argv[1]), [int(n) for n in argv[2].split(",")])
         return
     if argv and argv[0] == "_make_large":
         make_large(Path(argv[1]))
