@@ -106,12 +106,19 @@ class _Spool:
             feeds = {}
             for name, (dtype, shape) in zip(self._names, self._layouts[layout_id]):
                 arr = np.empty(shape, np.dtype(dtype))
-                if arr.nbytes:
-                    if os.preadv(fd, [memoryview(arr.reshape(-1)).cast("B")], offset) != arr.nbytes:
-                        raise DataError("the calibration spool file was truncated")
+                if arr.nbytes and self._read(fd, arr, offset) != arr.nbytes:
+                    raise DataError("the calibration spool file was truncated")
                 offset += arr.nbytes
                 feeds[name] = arr
             yield feeds
+
+    def _read(self, fd: int, arr: np.ndarray, offset: int) -> int:
+        view = memoryview(arr.reshape(-1)).cast("B")
+        if hasattr(os, "preadv"):
+            return os.preadv(fd, [view], offset)
+        with self._lock:  # no positional reads on this platform
+            self._file.seek(offset)
+            return self._file.readinto(view)
 
     def close(self) -> None:
         self._file.close()
