@@ -2,7 +2,9 @@
 ``quantize``, ``quantize_with_accuracy_control`` and ``search``.
 
 It loads the model through its backend, turns the dataset into fixed batches
-(batch k = items [k*bs, (k+1)*bs), independent of the worker count), and returns
+(batch k = items [k*bs, (k+1)*bs), independent of the worker count) that are read
+lazily (:class:`rayq.pipeline.stream.BatchStream`: memory does not grow with the
+calibration-set size), and returns
 calibration statistics from the Parquet cache or by calibrating -- in this process
 (``num_workers=1``) or sharded over Ray worker tasks.
 """
@@ -22,6 +24,7 @@ from rayq.core.stats import StatisticSet
 from rayq.errors import ConfigError
 from rayq.pipeline import cache, calibrate, data
 from rayq.pipeline.build import placement_for
+from rayq.pipeline.stream import BatchStream
 from rayq.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ class CalibrationInfo:
 
 
 class ModelSession:
-    """A loaded model with its calibration batches.
+    """A loaded model with its calibration batches (a lazy, re-iterable sequence of
+    ``(batch id, feeds)``).
 
     Args:
         model: ``onnx.ModelProto``, ``openvino.Model`` or a path; or a PyTorch, TensorFlow,
@@ -64,13 +68,12 @@ class ModelSession:
         self.model = self.backend.load(model)
         self.graph = self.backend.graph(self.model)
         self.specs = self.backend.inputs(self.model)
-        if items is None:
-            items = data.take(data.as_dataset(calibration_dataset), subset_size)
-        feeds = [data.to_feeds(item, self.specs) for item in items]
-        self.num_items = len(feeds)
-        self.batch_size = data.batch_size_for(feeds, self.specs, batch_size)
-        self.batches = list(enumerate(data.batches(feeds, self.specs, self.batch_size)))
-        self.data_fingerprint = data.fingerprint(feeds)
+        # a framework model's items were read already (its first one is the example input)
+        source = data.as_dataset(calibration_dataset) if items is None else data.Dataset(items)
+        self.batches = BatchStream(source, self.specs, subset_size=subset_size, batch_size=batch_size)
+        self.num_items = self.batches.num_items
+        self.batch_size = self.batches.batch_size
+        self.data_fingerprint = self.batches.fingerprint
         self.model_fingerprint = self.backend.fingerprint(self.model)
         self.info: CalibrationInfo | None = None
 

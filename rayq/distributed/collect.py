@@ -16,10 +16,11 @@ shards span the cluster.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from rayq.backends import get_backend
@@ -106,20 +107,30 @@ def start_workers(num_workers: int, resources: dict | None = None) -> list:
     return [task.options(**res).remote() for _ in range(num_workers)]
 
 
-def _chunks(batches: Sequence[Batch], workers: int = 1) -> list[list[Batch]]:
-    """Chunks of consecutive batches (by stable batch id): ``CHUNK`` batches, fewer when
-    that would leave fewer than two chunks per worker."""
-    size = max(1, min(CHUNK, len(batches) // (2 * max(1, workers))))
-    return [list(batches[i:i + size]) for i in range(0, len(batches), size)]
+def _chunk_size(num_batches: int, workers: int) -> int:
+    """``CHUNK`` batches, fewer when that would leave fewer than two chunks per worker."""
+    return max(1, min(CHUNK, num_batches // (2 * max(1, workers))))
+
+
+def _chunks(batches: Sequence[Batch], workers: int = 1, size: int | None = None) -> Iterator[list[Batch]]:
+    """Chunks of consecutive batches (by stable batch id), read from ``batches`` only as
+    they are taken (``size`` batches, default :func:`_chunk_size`)."""
+    size = size or _chunk_size(len(batches), workers)
+    it = iter(batches)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 class ShardedCalibration:
-    """The Ray side of one calibration call: the model in the object store, the chunks,
-    and at most W chunk tasks in flight.
+    """The Ray side of one calibration call: the model in the object store, and at most
+    W chunk tasks in flight. Each pass reads the batches again, chunk by chunk as tasks
+    are submitted, and a chunk's object is freed when its task is done: the driver holds
+    at most W chunks, whatever the calibration-set size.
 
     Args:
         backend_name, model_bytes, spec: what to calibrate.
-        batches: the calibration batches (``(batch id, feeds)``).
+        batches: the calibration batches (``(batch id, feeds)``): a re-iterable sequence
+            such as :class:`rayq.pipeline.stream.BatchStream`.
         num_workers: W, the most chunks computed at once (never more than chunks).
         resources: Ray resources per task, e.g. ``{"num_cpus": 1}``.
         task: the remote function that runs a chunk (tests inject failures here).
@@ -129,25 +140,24 @@ class ShardedCalibration:
                  num_workers: int, resources: dict, task: Callable | None = None) -> None:
         import ray
 
-        self.parts = _chunks(batches, num_workers)
-        self.workers = min(num_workers, len(self.parts))
+        self.batches = batches
+        self.chunk_size = _chunk_size(len(batches), num_workers)
+        self.workers = min(num_workers, -(-len(batches) // self.chunk_size))
         self.resources = dict(resources)
         self.nodes = worker_nodes(self.resources, "a calibration worker", PLACEMENT_TIMEOUT_S)[:self.workers]
         self.task = task or ray.remote(calibrate_chunk)
         self.call = {"token": uuid.uuid4().hex, "backend": backend_name, "payload": [ray.put((model_bytes, spec))],
                      "threads": max(1, int(self.resources.get("num_cpus", 1)))}
-        self.refs: list = []  # chunk object refs, put during the first pass
 
-    def _submit(self, i: int, edges_box: list | None):
+    def _submit(self, i: int, chunk: list[Batch], edges_box: list | None):
+        """Submit chunk ``i`` of a pass; its object lives while the task needs it (retries included)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        if i == len(self.refs):
-            self.refs.append(ray.put(self.parts[i]))  # ship while earlier chunks already run
         opts = dict(self.resources, max_retries=MAX_RETRIES)
         if i < len(self.nodes):  # one chunk per node that can take one, so the shards span the cluster
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.nodes[i], soft=True)
-        return self.task.options(**opts).remote(call_with_ended(self.call), self.refs[i], edges_box)
+        return self.task.options(**opts).remote(call_with_ended(self.call), ray.put(chunk), edges_box)
 
     def run_pass(self, edges: dict | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, set[str]]:
@@ -161,26 +171,28 @@ class ShardedCalibration:
         import ray
 
         edges_box = None if edges is None else [ray.put(edges)]
-        todo = list(range(len(self.parts)))
-        pending: dict = {}
+        chunks = enumerate(_chunks(self.batches, size=self.chunk_size))
+        pending: dict = {}  # task ref -> the chunk's batch ids
         merged, nodes = StatisticSet(), set()
-        while todo or pending:
-            while todo and len(pending) < self.workers:
-                i = todo.pop(0)
-                pending[self._submit(i, edges_box)] = i
+        while True:
+            while len(pending) < self.workers and (nxt := next(chunks, None)) is not None:
+                i, chunk = nxt
+                pending[self._submit(i, chunk, edges_box)] = [b for b, _ in chunk]
+                del chunk, nxt  # the object store holds it now
+            if not pending:
+                break
             ref = next_done(pending, "calibration chunk", PLACEMENT_TIMEOUT_S)
-            i = pending.pop(ref)
+            ids = pending.pop(ref)
             try:
                 arrays, node = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 raise task_error(exc, "a calibration worker") from exc
             except ray.exceptions.RayError as exc:  # worker or node died more than MAX_RETRIES times
-                raise task_error(exc, f"calibration of batches {[b for b, _ in self.parts[i]]}, tried "
-                                      f"{MAX_RETRIES + 1} times,") from exc
+                raise task_error(exc, f"calibration of batches {ids}, tried {MAX_RETRIES + 1} times,") from exc
             merged = merged.merge(StatisticSet.from_arrays(arrays))
             nodes.add(node)
             if on_batch is not None:
-                on_batch(len(self.parts[i]))
+                on_batch(len(ids))
         return merged, nodes
 
 
@@ -190,7 +202,8 @@ def collect_distributed(backend_name: str, model_bytes: bytes, batches: Sequence
     """Calibrate on ``num_workers`` Ray workers; returns merged statistics and the ids of
     the nodes that computed them.
 
-    Batches go to the object store once, in chunks of up to ``CHUNK``; a free worker
+    Batches go to the object store in chunks of up to ``CHUNK``, read lazily as tasks
+    are submitted (at most ``num_workers`` chunks in flight); a free worker
     takes the next chunk, so a slow node (or one whose process is still starting) takes
     fewer. Partial statistics merge exactly in any order, so the result does not depend
     on who ran what.

@@ -79,7 +79,8 @@ class CandidateEvaluator:
         self.fn = validation_fn
         self.runtime, self.device = runtime, device
         self.latency_feeds = latency_feeds
-        self.batches = list(calibration_batches)
+        # a re-iterable sequence (the session's lazy BatchStream in-process) is kept as is
+        self.batches = calibration_batches if isinstance(calibration_batches, Sequence) else list(calibration_batches)
         self.threads, self.latency_threads, self.latency_repeats = threads, latency_threads, latency_repeats
         self.latency_device = latency_device
         self._placements: dict[tuple, Any] = {}

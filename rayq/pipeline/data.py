@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def as_dataset(data: Any) -> Dataset:
     if hasattr(data, "get_inference_data") and hasattr(data, "get_data"):  # nncf.Dataset duck-type
         return data
     if isinstance(data, np.ndarray):
-        return Dataset(list(data))
+        return Dataset(data)  # iterating an array yields views of its items: nothing is copied
     if isinstance(data, (str, os.PathLike)):
         return Dataset(load_path(Path(data)))
     if _is_ray_dataset(data):
@@ -83,14 +83,15 @@ def as_dataset(data: Any) -> Dataset:
                     "a .npz/.npy/.parquet path or a ray.data.Dataset")
 
 
-def load_path(path: Path) -> list[Any]:
-    """Items from a ``.npy``, ``.npz`` (one item per row of every array) or Parquet path."""
+def load_path(path: Path) -> Sequence[Any]:
+    """Items from a ``.npy`` (rows read from the file on access), ``.npz`` (one item per
+    row of every array) or Parquet path."""
     if not path.exists():
         raise DataError(f"dataset path {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return list(np.load(path, allow_pickle=False))
+            return NpyRows(path)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return _split_columns({k: z[k] for k in z.files}, str(path))
@@ -137,14 +138,80 @@ def _is_list(pa, dtype) -> bool:
     return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
 
 
-def _split_columns(columns: dict[str, np.ndarray], where: str) -> list[Any]:
-    if not columns:
-        raise DataError(f"dataset {where} holds no arrays")
-    lengths = {k: len(v) for k, v in columns.items()}
-    if len(set(lengths.values())) != 1:
-        raise DataError(f"dataset {where}: columns have different lengths {lengths}")
-    n = next(iter(lengths.values()))
-    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+class NpyRows(Sequence):
+    """Rows of a ``.npy`` file, each read from disk when accessed (``pread``, no mapping):
+    a calibration set on disk is never held in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        fmt = np.lib.format
+        with open(self.path, "rb") as f:
+            version = fmt.read_magic(f)
+            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            shape, fortran, dtype = header(f) if header else ((), False, np.dtype(np.float32))
+            self._offset = f.tell()
+        if dtype.hasobject:
+            raise DataError(f"{self.path!r} holds Python objects: only numeric arrays are read (no pickle)")
+        if header is None or fortran or not shape:
+            arr = np.load(self.path, allow_pickle=False)  # rare layouts: read whole
+            self._whole = np.ascontiguousarray(arr) if arr.ndim else arr.reshape(1)
+            shape = self._whole.shape
+        else:
+            self._whole = None
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._whole is not None:
+            return self._whole[i]
+        i = range(len(self))[i]  # IndexError out of range
+        row = np.empty(self.shape[1:], self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + i * self._row)
+            if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+                raise DataError(f"{self.path!r} is truncated")
+        return row
+
+    def __iter__(self):
+        if self._whole is not None:
+            yield from self._whole
+            return
+        with open(self.path, "rb") as f:  # one open file, sequential reads
+            f.seek(self._offset)
+            for _ in range(len(self)):
+                row = np.empty(self.shape[1:], self.dtype)
+                if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+                    raise DataError(f"{self.path!r} is truncated")
+                yield row
+
+
+class ColumnRows(Sequence):
+    """Rows ``{column: value}`` of equally long columns, made on access (no per-row copies)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], where: str) -> None:
+        if not columns:
+            raise DataError(f"dataset {where} holds no arrays")
+        lengths = {k: len(v) for k, v in columns.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"dataset {where}: columns have different lengths {lengths}")
+        self._columns, self._len = columns, next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._len))]
+        return {k: v[i] for k, v in self._columns.items()}
+
+
+def _split_columns(columns: dict[str, np.ndarray], where: str) -> ColumnRows:
+    return ColumnRows(columns, where)
 
 
 def _is_ray_dataset(data: Any) -> bool:
@@ -166,24 +233,34 @@ def _ray_rows(ds: Any, *, unwrap: bool) -> Iterator[Any]:
             yield row
 
 
-def take(dataset: Dataset, subset_size: int | None) -> list[Any]:
-    """The first ``subset_size`` transformed items (all when None), deterministically."""
-    items: list[Any] = []
+def iter_items(dataset: Dataset, subset_size: int | None) -> Iterator[Any]:
+    """The first ``subset_size`` transformed items (all when None), in order, one at a time.
+
+    Raises:
+        DataError: reading an item failed, or the dataset is empty.
+    """
+    count = 0
     iterator = iter(dataset.get_inference_data())
-    while subset_size is None or len(items) < subset_size:
+    while subset_size is None or count < subset_size:
         try:
-            items.append(next(iterator))
+            item = next(iterator)
         except StopIteration:
             break
         except RayqError:
             raise
         except Exception as exc:  # the user's transform_fn or data source failed
-            raise DataError(f"reading dataset item {len(items)} failed: {type(exc).__name__}: {exc}") from exc
-    if not items:
+            raise DataError(f"reading dataset item {count} failed: {type(exc).__name__}: {exc}") from exc
+        count += 1
+        yield item
+    if not count:
         raise DataError("the dataset is empty")
-    if subset_size is not None and len(items) < subset_size:
-        log.warning("subset_size=%d but the dataset has %d items: using all of them", subset_size, len(items))
-    return items
+    if subset_size is not None and count < subset_size:
+        log.warning("subset_size=%d but the dataset has %d items: using all of them", subset_size, count)
+
+
+def take(dataset: Dataset, subset_size: int | None) -> list[Any]:
+    """The first ``subset_size`` transformed items (all when None), as a list."""
+    return list(iter_items(dataset, subset_size))
 
 
 def to_feeds(item: Any, specs: list[InputSpec]) -> dict[str, np.ndarray]:

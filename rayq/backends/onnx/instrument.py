@@ -122,11 +122,18 @@ def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor:
 
 
 def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *, num_threads: int = 0) -> StatRunner:
-    """Instrument ``proto``, create one ONNX Runtime session, return the batch runner."""
+    """Instrument ``proto``, create one ONNX Runtime session, return the batch runner.
+
+    The large weights are split off first (:func:`runtime.split_weights`), so the
+    instrumented copy holds none of them; :func:`runtime.ort_session` hands them to
+    ONNX Runtime (a model of several GB is held about twice during calibration, not
+    four times).
+    """
     from rayq.backends.onnx import runtime
 
-    instrumented, names, maybe = instrument(proto, requests)
-    session = runtime.ort_session(instrumented, num_threads=num_threads)
+    light, weight_names, weights = runtime.split_weights(proto, values=False)
+    instrumented, names, maybe = instrument(light, requests)
+    session = runtime.ort_session(instrumented, num_threads=num_threads, weights=(weight_names, weights))
     specs = reader.input_specs(proto)
     keys = [(r.tensor, red) for r in requests for red in r.reductions]
     batched_inputs = [s.name for s in specs if s.shape]  # the first dim of the first one is the batch

@@ -292,3 +292,17 @@ def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
                                                      for o in node.output if o], inputs),
         opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     return evaluator(model).run(None, {})
+
+
+def copy_fields(src, dst, *, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` except ``skip`` (e.g. a
+    model without its graph, or a graph without its initializers: no weight copies)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)

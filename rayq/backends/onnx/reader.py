@@ -125,12 +125,12 @@ def fingerprint(proto: onnx.ModelProto) -> str:
     """sha256 of the graph structure and every initializer's bytes."""
     h = hashlib.sha256()
     graph = onnx.GraphProto()
-    graph.CopyFrom(proto.graph)
-    del graph.initializer[:]
+    normalize.copy_fields(proto.graph, graph, skip="initializer")  # no weight copies
     h.update(graph.SerializeToString(deterministic=True))
-    for init in proto.graph.initializer:
+    for init in proto.graph.initializer:  # one weight at a time
         h.update(init.name.encode())
-        h.update(numpy_helper.to_array(init).tobytes())
+        value = np.ascontiguousarray(numpy_helper.to_array(init))
+        h.update(value.tobytes() if value.dtype.kind == "O" else value.data)
     return h.hexdigest()
 
 
@@ -277,17 +277,38 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
             tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name,
                                       data_independent=out in independent)
     nodes, fp32 = _nodes(graph, tensors)
-    cache: dict[str, np.ndarray] = {}
-
-    def constant_fn(name: str) -> np.ndarray:
-        if name not in cache:
-            cache[name] = numpy_helper.to_array(constants[name])
-        return cache[name]
+    constant_fn = _ConstantCache(constants)
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
     view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=fp32)
     return view, raw_shapes
+
+
+#: Most bytes of converted constants a graph view keeps (least recently used dropped first):
+#: every weight of a ResNet-50 (100 MB) stays converted across a search's builds, while a
+#: model of several GB is not held a second time as numpy arrays.
+CONSTANT_CACHE_BYTES = 256 << 20
+
+
+class _ConstantCache:
+    """``name -> numpy array`` of the graph's constants, converted on first use and kept
+    up to ``CONSTANT_CACHE_BYTES`` (least recently used first out)."""
+
+    def __init__(self, constants: dict[str, onnx.TensorProto]) -> None:
+        self._constants = constants
+        self._cache: dict[str, np.ndarray] = {}
+        self._bytes = 0
+
+    def __call__(self, name: str) -> np.ndarray:
+        value = self._cache.pop(name, None)
+        if value is None:
+            value = numpy_helper.to_array(self._constants[name])
+            self._bytes += value.nbytes
+        self._cache[name] = value  # most recently used last
+        while self._bytes > CONSTANT_CACHE_BYTES and len(self._cache) > 1:
+            self._bytes -= self._cache.pop(next(iter(self._cache))).nbytes
+        return value
 
 
 def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list[NodeInfo], list[tuple[str, str]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 
@@ -11,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from rayq.backends.base import InputSpec, Runner
-from rayq.backends.onnx import reader
+from rayq.backends.onnx import normalize, reader
 from rayq.backends.feeds import check_feeds
 from rayq.errors import BackendError, DataError
 
@@ -30,8 +31,17 @@ def ort_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "CPU"):
-    """Create an ONNX Runtime session (sequential execution, full graph optimization)."""
+def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "CPU",
+                weights: tuple[list[str], list[onnx.TensorProto]] | None = None):
+    """Create an ONNX Runtime session (sequential execution, full graph optimization).
+
+    ``weights``: ``(names, tensors)`` split off ``proto`` earlier by
+    ``split_weights(..., values=False)``. The large weights reach ONNX Runtime as
+    external initializers (below ``LARGE_WEIGHTS_BYTES`` in all), or else through a
+    temporary weights file that ONNX Runtime maps and uses in place (no pre-packed
+    copy): ONNX Runtime copies external initializers, which for a model of several GB
+    would hold its weights three times at once (the model, our arrays, its copy).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,19 +52,66 @@ def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
     try:
-        light, names, values = split_weights(proto)
+        light, names, tensors = split_weights(proto, values=False)
+        if weights is not None:
+            names, tensors = [*names, *weights[0]], [*tensors, *weights[1]]
+        if sum(reader.tensor_bytes(t) for t in tensors) >= LARGE_WEIGHTS_BYTES:
+            opts.add_session_config_entry("session.disable_prepacking", "1")  # use the mapped weights in place
+            return _session_from_files(light, names, tensors, opts, device)
+        values = [_ort_value(t) for t in tensors]
+        if names:
+            opts.add_external_initializers(names, values)
         if reader.fits_in_memory_proto(light):
-            if names:
-                opts.add_external_initializers(names, values)
             session = ort.InferenceSession(light.SerializeToString(), opts, providers=ort_providers(device))
-            session._rayq_weights = values  # the options refer to these buffers: keep them as long as the session
-            return session
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            onnx.save(proto, path, save_as_external_data=True)
-            return ort.InferenceSession(path, opts, providers=ort_providers(device))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                onnx.save(light, path, save_as_external_data=True)
+                session = ort.InferenceSession(path, opts, providers=ort_providers(device))
+        session._rayq_weights = values  # the options refer to these buffers: keep them as long as the session
+        return session
     except Exception as exc:
         raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+
+
+#: Weights (bytes of the split-off initializers) from which a session reads them from a
+#: temporary file, mapped and used in place, instead of from arrays it would copy.
+LARGE_WEIGHTS_BYTES = 1 << 30
+_ALIGN = 1 << 16  # weight offsets in that file: page-aligned, so ONNX Runtime can map them
+
+
+def _session_from_files(light: onnx.ModelProto, names: list[str], tensors: list[onnx.TensorProto], opts,
+                        device: str):
+    """A session of ``light`` whose weights ``tensors`` are written, one at a time, to a
+    temporary file next to it; the folder is removed once the session holds them."""
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(light)  # small: the weights are stubs
+    stubs = {t.name: t for t in model.graph.initializer}
+    with tempfile.TemporaryDirectory(prefix="rayq-ort-", ignore_cleanup_errors=True) as tmp:
+        with open(os.path.join(tmp, "weights.bin"), "wb") as f:
+            for name, tensor in zip(names, tensors):
+                offset = -(-f.tell() // _ALIGN) * _ALIGN
+                f.seek(offset)
+                length = f.write(tensor.raw_data)
+                stub = stubs[name]
+                del stub.external_data[:]
+                for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(length))):
+                    stub.external_data.add(key=key, value=value)
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(model, path)
+        return ort.InferenceSession(path, opts, providers=ort_providers(device))
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    return math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _ort_value(tensor: onnx.TensorProto):
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(tensor)))
 
 
 #: Initializers at least this large reach ONNX Runtime as external initializers.
@@ -63,9 +120,10 @@ _ORT_TYPES = {getattr(onnx.TensorProto, t) for t in ("FLOAT", "FLOAT16", "DOUBLE
                                                      "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL")}
 
 
-def split_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list]:
+def split_weights(proto: onnx.ModelProto, *, values: bool = True) -> tuple[onnx.ModelProto, list[str], list]:
     """``proto`` without the payload of its large in-memory initializers (they become
-    external-data references), plus those tensors as ONNX Runtime values.
+    external-data references), plus those tensors as ONNX Runtime values (with
+    ``values=False``: the initializers of ``proto`` themselves, not copied).
 
     ONNX Runtime puts the values back before optimising the graph
     (``SessionOptions.add_external_initializers``), so the session is the same as from the
@@ -73,8 +131,6 @@ def split_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], l
     215 ms per session on a 58 MB model. Small tensors (shapes, scales) stay inline for
     shape inference; ``proto`` is not modified.
     """
-    import onnxruntime as ort
-
     graph = proto.graph
     big = {t.name for t in graph.initializer
            if t.HasField("raw_data") and reader.tensor_bytes(t) >= EXTERNAL_MIN_BYTES
@@ -82,37 +138,23 @@ def split_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], l
     if not big:
         return proto, [], []
     light = onnx.ModelProto()
-    _copy_fields(proto, light, skip="graph")
-    _copy_fields(graph, light.graph, skip="initializer")
-    names, values = [], []
+    normalize.copy_fields(proto, light, skip="graph")
+    normalize.copy_fields(graph, light.graph, skip="initializer")
+    names, out = [], []
     for t in graph.initializer:
         if t.name not in big:
             light.graph.initializer.append(t)
             continue
-        array = np.ascontiguousarray(numpy_helper.to_array(t))
         stub = light.graph.initializer.add()
         stub.name, stub.data_type = t.name, t.data_type
         stub.dims.extend(t.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", "rayq-in-memory"), ("offset", "0"), ("length", str(array.nbytes))):
+        for key, value in (("location", "rayq-in-memory"), ("offset", "0"), ("length", str(_nbytes(t)))):
             entry = stub.external_data.add()
             entry.key, entry.value = key, value
         names.append(t.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(array))
-    return light, names, values
-
-
-def _copy_fields(src, dst, *, skip: str) -> None:
-    """Copy every set field of message ``src`` into ``dst`` except ``skip``."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
+        out.append(_ort_value(t) if values else t)
+    return light, names, out
 
 
 def run_session(session, specs: list[InputSpec], feeds: dict[str, np.ndarray], names: list[str] | None) -> list:

@@ -35,15 +35,23 @@ log = logging.getLogger(__name__)
 
 
 class _Writer:
-    def __init__(self, proto: onnx.ModelProto) -> None:
+    """A QDQ copy of ``proto`` being written. The initializers named in ``defer`` (the
+    FP32 weights the recipe replaces with int8 ones) are not copied up front: only those
+    still read by some node when the model is finished, so a model's FP32 and int8
+    weights are not held twice over."""
+
+    def __init__(self, proto: onnx.ModelProto, defer: frozenset[str] = frozenset()) -> None:
         self.source = proto
         self._ranks: dict[str, int] | None = None
         self.proto = onnx.ModelProto()
-        self.proto.CopyFrom(proto)
+        normalize.copy_fields(proto, self.proto, skip="graph")
         self.graph = self.proto.graph
+        normalize.copy_fields(proto.graph, self.graph, skip="initializer")
+        self.deferred = {t.name: t for t in proto.graph.initializer if t.name in defer}
+        self.graph.initializer.extend(t for t in proto.graph.initializer if t.name not in self.deferred)
         self.nodes = {n.name: n for n in self.graph.node}
         self.new_nodes: list[onnx.NodeProto] = []
-        self.inits = {i.name: i for i in self.graph.initializer}
+        self.inits = {**{i.name: i for i in self.graph.initializer}, **self.deferred}
         self.dq_params: dict[str, QParams] = {}  # DQ output tensor -> params
         self.names: set[str] = normalize.all_names(self.graph)
         self.constant_nodes = {n.output[0]: n for n in self.graph.node if normalize.constant_value(n) is not None}
@@ -216,6 +224,7 @@ class _Writer:
     def finish(self) -> onnx.ModelProto:
         used = {t for n in [*self.graph.node, *self.new_nodes] for t in normalize.references(n)}
         inits = self.graph.initializer
+        inits.extend(t for name, t in self.deferred.items() if name in used)  # an FP32 weight still read
         for i in reversed([i for i, t in enumerate(inits) if t.name not in used]):
             del inits[i]  # in place: re-adding the kept ones would copy every weight again
         ordered = _toposort([*self.graph.node, *self.new_nodes], self.graph)
@@ -266,7 +275,7 @@ def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.
 
 def apply_recipe(proto: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
     """Return a QDQ copy of ``proto`` with ``recipe`` applied."""
-    w = _Writer(proto)
+    w = _Writer(proto, defer=frozenset(wq.tensor for wq in recipe.weights))
     for node, value in recipe.biases.items():
         w.bias(node, value)
     for a in recipe.activations:
