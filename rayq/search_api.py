@@ -19,6 +19,7 @@ from rayq.core.accuracy import check_drop_type
 from rayq.core.cost import compute_shares
 from rayq.core.speed import CONFIDENCE
 from rayq.core.advanced import AdvancedAccuracyRestorerParameters
+from rayq.core.enums import plain
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
@@ -43,6 +44,19 @@ TARGETS = ("onnxruntime", "openvino")
 def _study_name(session: ModelSession, base: QuantPlan, settings_text: str) -> str:
     h = hashlib.sha256(f"{session.model_fingerprint}|{session.data_fingerprint}|{base.key()}|{settings_text}".encode())
     return f"rayq-{h.hexdigest()[:12]}"
+
+
+def search_presets(preset: str | None, presets) -> tuple[str, ...]:
+    """The presets a search tries: ``presets`` when given, else ``preset`` alone when
+    given, else all of :data:`PRESETS`.
+
+    Example:
+        >>> search_presets("mixed", None), search_presets("mixed", ["mixed", "performance"])
+        (('mixed',), ('mixed', 'performance'))
+    """
+    if presets is not None:
+        return tuple(plain(p) for p in presets)
+    return (plain(preset),) if preset is not None else tuple(PRESETS)
 
 
 def _space(base: QuantPlan, ops, *, presets, estimators, bias_corrections, alphas) -> SearchSpace:
@@ -98,7 +112,7 @@ def search(
     fast_bias_correction: bool | None = True,
     ignored_scope: IgnoredScope | None = None,
     advanced_parameters: AdvancedQuantizationParameters | None = None,
-    presets: tuple[str, ...] = PRESETS,
+    presets: tuple[str, ...] | None = None,
     estimators: tuple[str, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse"),
     bias_corrections: tuple[str, ...] = ("fast", "none"),
     smooth_quant_alphas: tuple[float | None, ...] | None = None,
@@ -143,6 +157,10 @@ def search(
             of a complete run). Checked and locked before any work: :class:`~rayq.OutputError`
             if it is unusable or another run holds it.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        preset / presets: ``preset`` is the base plan's preset; ``presets`` the presets
+            the study may try. ``presets=None`` (the default) means only ``preset`` when
+            it is given, else every preset (``performance`` and ``mixed``): an explicit
+            ``preset="mixed"`` returns a mixed-preset model unless ``presets`` widens it.
         finalists: Feasible plans (cheapest first) timed against each other and FP32
             at the end; ``quantize_with_accuracy_control`` times only the cheapest.
         ranking_subset_size: Validation items (those FP32 and INT8 disagree on) used to
@@ -170,6 +188,7 @@ def search(
     ignored_scope = compat.ignored_scope(ignored_scope)
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    presets = search_presets(preset, presets)
     start_workers_early(num_workers, None, subset_size=subset_size)
     session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size)
     target = target or session.backend.runtimes[0]
