@@ -31,6 +31,7 @@ from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
+from rayq.tuning.sensitivity import sensitivity_frame
 from rayq.tuning.space import SearchSpace
 from rayq.session import ModelSession, _resolve_workers, start_workers_early
 from rayq.storage import OutputLock, local_dir_for
@@ -260,7 +261,8 @@ def search(
         message=choice.message(target),
         latency_settings=choice.settings or runtime_settings(target, latency_threads),
         decision={"finalists": [r.number for r in choice.finalists], "rounds": choice.rounds,
-                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE})
+                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE},
+        sensitivity=sensitivity_frame(control.ranking, control.scores, control.basis, best.plan.fallback))
     if output:
         result.save(output, files=dict(output_files or {}))
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "

@@ -26,10 +26,12 @@ from rayq.errors import SearchError
 from rayq.tuning import selection
 from rayq.tuning.driver import SearchDriver, open_storage
 from rayq.tuning.evaluator import EvalResult, TrialRecord
+from rayq.tuning.sensitivity import decode_ranking, encode_ranking
 from rayq.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
+#: Study attribute holding the fallback ranking with its scores, as JSON (rayq.tuning.sensitivity).
 RANKING_ATTR = "rayq.ranking"
 #: Study user attributes naming the answer (optuna-dashboard shows them).
 CHOSEN_ATTR = "rayq.chosen_trial"
@@ -144,6 +146,8 @@ class AccuracyControl:
         self.fp32 = None
         self.choice: selection.Choice | None = None  # the answer, after run()
         self.ranking: list[str] = []
+        self.scores: dict[str, float] = {}  # the ranking's per-group scores (rayq.tuning.sensitivity)
+        self.basis: str | None = None
 
     def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
         return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=n_trials,
@@ -164,11 +168,14 @@ class AccuracyControl:
         except KeyError:
             return None
         value = study.user_attrs.get(RANKING_ATTR)
-        return list(value) if value is not None else None
+        if value is None:
+            return None
+        ranking, self.scores, self.basis = decode_ranking(value)
+        return ranking
 
     def _store_ranking(self, ranking: list[str]) -> None:
         study = optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
-        study.set_user_attr(RANKING_ATTR, ranking)
+        study.set_user_attr(RANKING_ATTR, encode_ranking(ranking, self.scores, self.basis))
 
     def rank(self) -> list[str]:
         stored = self._stored_ranking()
@@ -180,8 +187,9 @@ class AccuracyControl:
         use_metric = subset is not None
         log.info("ranking %d fallback groups on %s", len(self.ops),
                  f"{len(subset)} disagreeing items" if use_metric else "output error")
-        scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
-        ranking = rank_groups(scores, self.ops)
+        self.scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
+        self.basis = "metric" if use_metric else "output_error"
+        ranking = rank_groups(self.scores, self.ops)
         self._store_ranking(ranking)
         return ranking
 

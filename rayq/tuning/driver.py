@@ -293,8 +293,8 @@ class SearchDriver:
             cache[key] = attrs
             records.append(self._tell(study, trial, attrs, reused))
         for record in records:
-            logger.info("trial %d (%s): %s, latency %s ms, drop %s", record.number, record.source,
-                        record.status, _g(record.latency_ms), _g(record.drop))
+            logger.info("trial %d (%s): %s, latency %s, drop %s", record.number, record.source,
+                        record.status, _g(record.latency_ms, " ms"), _g(record.drop))
             if self.on_trial is not None:
                 self.on_trial(record)
 
@@ -407,6 +407,6 @@ class SearchDriver:
 __all__ = ["SAMPLERS", "TrialRecord", "DriverOutcome", "SearchDriver", "open_storage", "pareto_front"]
 
 
-def _g(value: float | None) -> str:
+def _g(value: float | None, unit: str = "") -> str:
     """A number for a log line: 4 significant digits, ``n/a`` for None."""
-    return "n/a" if value is None else f"{value:.4g}"
+    return "n/a" if value is None else f"{value:.4g}{unit}"
