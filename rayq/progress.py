@@ -95,6 +95,7 @@ class Progress:
         self._next_log = 0.0
         self._start = time.perf_counter()
         self._enabled = logs.progress_enabled()
+        self._step = 0.25 if _open_bars else 0.1  # a phase under another bar (a sweep's search): fewer lines
         if self._enabled and _interactive():
             self._open_bar()
 
@@ -126,7 +127,7 @@ class Progress:
             if frac >= self._next_log or self.n == self.total:
                 log.info("%s: %d/%d %s%s", self.desc, self.n, self.total, self.unit,
                          f" ({self.postfix})" if self.postfix else "")
-                self._next_log = frac + 0.1
+                self._next_log = frac + self._step
 
     def set_postfix(self, text: str) -> None:
         self.postfix = text

@@ -159,8 +159,8 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
         for fut in as_completed(futures):
             row = fut.result()
             rows[row["name"]] = row
-            bar.update(1)
             bar.set_postfix(f"{row['name']}: {row['status']}")
+            bar.update(1)
     table = pd.DataFrame([rows[n] for n, _ in jobs], columns=SUMMARY_COLUMNS)
     _write_summary(table, config.output)
     return table
