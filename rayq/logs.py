@@ -9,7 +9,8 @@ rayq installs one handler on the ``rayq`` logger. It writes ``rayq: message`` to
 standard error through ``tqdm.write``, so a log line never breaks a progress bar,
 and rounds floats given as ``%s`` arguments to 4 significant digits. It stays
 silent while the application configures logging itself (the root logger has
-handlers): rayq's records then propagate there as usual, at rayq's level.
+handlers): rayq's records then propagate there as usual, at rayq's level. In Ray
+worker processes it writes only warnings and errors (the driver reports progress).
 
 Inside a sweep every line names its model (``rayq: [digits_mixed] trial 3 ...``):
 see :func:`log_context`.
@@ -95,10 +96,28 @@ class Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not self.forced and _root_configured():
             return
+        if record.levelno < logging.WARNING and _in_ray_worker():  # the driver reports progress
+            return
         try:
             write(self.format(record))
         except Exception:  # logging must never raise into the caller
             self.handleError(record)
+
+
+_worker = [False]
+
+
+def _in_ray_worker() -> bool:
+    """This process is a Ray worker (its output is forwarded to the driver's console)."""
+    if _worker[0]:
+        return True
+    ray = sys.modules.get("ray")
+    try:
+        _worker[0] = bool(ray is not None and ray.is_initialized()
+                          and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+    except Exception:  # an unexpected Ray: treat as the driver
+        return False
+    return _worker[0]
 
 
 def _root_configured() -> bool:
