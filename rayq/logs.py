@@ -124,11 +124,20 @@ def _root_configured() -> bool:
     return any(not isinstance(h, Handler) for h in logging.getLogger().handlers)
 
 
+#: rayq progress bars now on screen (set by :mod:`rayq.progress`).
+open_bars = [0]
+
+
 def write(text: str, stream=None) -> None:
-    """Print one line to ``stream`` (default stderr) without breaking a progress bar."""
+    """Print one line to ``stream`` (default stderr) without breaking rayq's progress bar.
+
+    ``tqdm.write`` (clear the bar, print, redraw) only while a rayq bar is open: other
+    libraries' idle tqdm objects must not turn every line into carriage-return
+    sequences (a Jupyter stream drops what a ``\\r`` precedes).
+    """
     stream = stream or sys.stderr
     tqdm_module = sys.modules.get("tqdm")
-    if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
+    if open_bars[0] and tqdm_module is not None:
         tqdm_module.tqdm.write(text, file=stream)
     else:
         stream.write(text + "\n")
@@ -201,6 +210,35 @@ def current_model() -> str | None:
     return _model.get()
 
 
+def in_kernel() -> bool:
+    """Running in a Jupyter kernel."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:  # an unusual IPython: treat as a terminal
+        return False
+
+
+def _quiet_tqdm_auto() -> None:
+    """In a kernel without ipywidgets, import ``tqdm.autonotebook`` once with its
+    "IProgress not found" warning silenced: Ray and Optuna import ``tqdm.auto``, and
+    rayq prints plain progress lines there instead (:mod:`rayq.progress`)."""
+    if not in_kernel() or "tqdm.autonotebook" in sys.modules:
+        return
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        return
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.autonotebook  # noqa: F401, PLC0415
+
+
 def _install() -> None:
     log = logger()
     if HANDLER not in log.handlers:
@@ -212,6 +250,10 @@ def _install() -> None:
         except Exception:  # a bad variable must not break ``import rayq``
             log.setLevel(logging.INFO)
             write(f"rayq: warning: ignoring {ENV_VAR}={env!r} (not a logging level)")
+    try:
+        _quiet_tqdm_auto()
+    except Exception:  # tqdm's notebook support is optional
+        pass
 
 
 _install()

@@ -37,15 +37,7 @@ def _interactive() -> bool:
 
 
 def _in_kernel() -> bool:
-    """Running in a Jupyter kernel."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-        return shell is not None and "IPKernelApp" in shell.config
-    except Exception:  # an unusual IPython: treat as a terminal
-        return False
+    return logs.in_kernel()
 
 
 def _has_widgets() -> bool:
@@ -108,6 +100,7 @@ class Progress:
             if bar_class is None:
                 return
             _open_bars += 1
+            logs.open_bars[0] += 1
         model = logs.current_model()
         desc = f"rayq [{model}] {self.desc}" if model else f"rayq {self.desc}"
         self._bar = bar_class(total=self.total, desc=desc, unit=self.unit, leave=False, dynamic_ncols=True,
@@ -148,6 +141,7 @@ class Progress:
             self._redirect.close()
             with _lock:
                 _open_bars -= 1
+                logs.open_bars[0] -= 1
             total = f"/{self.total}" if self.total else ""
             log.info("%s: %d%s %s in %.1f s%s", self.desc, self.n, total, self.unit, self.elapsed,
                      f" ({self.postfix})" if self.postfix else "")
