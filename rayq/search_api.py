@@ -225,8 +225,8 @@ def search(
             def on_trial(rec: TrialRecord) -> None:
                 feasible[0] += bool(rec.feasible)
                 speed = "" if rec.speedup is None else f", {rec.speedup:.2f}x FP32"
-                bar.set_postfix(f"trial {rec.number}: {rec.status}{speed}, {len(rec.plan.fallback)} FP32 layers; "
-                                f"{feasible[0]} within budget so far")
+                bar.set_postfix(f"trial {rec.number} {rec.status}{speed}, {len(rec.plan.fallback)} layers FP32; "
+                                f"{feasible[0]} in budget")
                 bar.update(1)
 
             control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial,
