@@ -107,4 +107,5 @@ def plan_of(row: Any) -> QuantPlan:
     return QuantPlan.from_dict(_plain(row["plan"]))
 
 
-__all__ = ["COLUMNS", "PLAN", "SCOPE", "plan_of", "read_parquet", "schema_for", "text_as_objects", "to_arrow", "write_parquet"]
+__all__ = ["COLUMNS", "PLAN", "SCOPE", "plan_of", "read_parquet", "schema_for", "text_as_objects", "to_arrow",
+           "write_parquet"]

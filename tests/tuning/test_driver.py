@@ -324,11 +324,12 @@ def test_trials_frame_round_trips_through_parquet(tmp_path):
                   DriverOutcome(None, "budget not met", []).trials_frame()):
         tables.write_parquet(frame, tmp_path / "t.parquet")
         back = tables.read_parquet((tmp_path / "t.parquet").read_bytes())
-        pd.testing.assert_frame_equal(back, frame, check_dtype=False)  # all-null text: str dtype on read
+        pd.testing.assert_frame_equal(back, frame, check_dtype=len(frame) > 0)
         schema = pq.read_schema(tmp_path / "t.parquet")
-        assert schema.field("fallback").type.equals(pa.list_(pa.string()), check_metadata=False) or \
-            (pa.types.is_list(schema.field("fallback").type) and schema.field("fallback").type.value_type == pa.string())
-        assert pa.types.is_struct(schema.field("ignored_scope").type) and pa.types.is_struct(schema.field("plan").type)
+        fallback = schema.field("fallback").type
+        assert pa.types.is_list(fallback) and fallback.value_type == pa.string()
+        assert pa.types.is_struct(schema.field("ignored_scope").type)
+        assert pa.types.is_struct(schema.field("plan").type)
         for name in ("error", "model_type", "status", "preset"):  # never Arrow's null type
             assert schema.field(name).type == pa.string(), name
         assert "plan_json" not in schema.names

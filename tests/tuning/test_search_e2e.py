@@ -81,7 +81,8 @@ def test_search_returns_model_within_budget(task, tmp_path):
                               storage=optuna.storages.JournalStorage(
                                   optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
     stored = json.loads(study.user_attrs["rayq.ranking"])
-    assert stored["basis"] == "metric" and stored["groups"][0] == {"name": "Gemm_1", "score": pytest.approx(top["score"])}
+    assert stored["basis"] == "metric"
+    assert stored["groups"][0] == {"name": "Gemm_1", "score": pytest.approx(top["score"])}
     loaded = rayq.SearchResult.load(str(tmp_path / "run"))
     pd.testing.assert_frame_equal(loaded.sensitivity, result.sensitivity, check_dtype=False)
     assert loaded.trials["fallback"].tolist() == result.trials["fallback"].tolist()
