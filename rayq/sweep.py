@@ -113,8 +113,8 @@ def _read_result(out: str) -> dict | None:
 def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFrame:
     """Run every search of ``config``; returns (and writes) the summary table.
 
-    Writes ``summary.parquet`` and ``summary.md`` under ``config.output`` and one
-    folder per model.
+    Writes ``summary.parquet``, ``summary.md`` and ``config.yaml`` under
+    ``config.output`` and one folder per model (with its own ``config.yaml``).
 
     Example:
         >>> table = run_sweep(rayq.config.load("configs/sweep.yaml"))   # doctest: +SKIP
@@ -162,15 +162,20 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
             bar.set_postfix(f"{row['name']}: {row['status']}")
             bar.update(1)
     table = pd.DataFrame([rows[n] for n, _ in jobs], columns=SUMMARY_COLUMNS)
-    _write_summary(table, config.output)
+    _write_summary(table, config)
     return table
 
 
-def _write_summary(table: pd.DataFrame, output: str) -> None:
-    with Publication.open(resolve(output)) as out:
+def _write_summary(table: pd.DataFrame, config: SweepConfig) -> None:
+    """``summary.parquet``, ``summary.md`` and the sweep's own ``config.yaml`` (each model's
+    folder holds its effective search ``config.yaml``)."""
+    from rayq.config import dump
+
+    with Publication.open(resolve(config.output)) as out:
         table.to_parquet(out.staging / "summary.parquet", index=False)
         (out.staging / "summary.md").write_text(_markdown(table), encoding="utf-8")
-        out.publish(["summary.parquet", "summary.md"])
+        (out.staging / "config.yaml").write_text(dump(config), encoding="utf-8")
+        out.publish(["summary.parquet", "summary.md", "config.yaml"])
 
 
 def _markdown(table: pd.DataFrame) -> str:

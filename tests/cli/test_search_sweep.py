@@ -88,6 +88,7 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
     assert "rayq: [good] trial 0 (seed)" in err and "rayq: error: [broken] sweep: failed:" in err
     written = (out / "good" / "config.yaml").read_text()  # each model's own effective config
     assert "command: search" in written and f"output: {out}/good" in written
+    assert "command: sweep" in (out / "config.yaml").read_text()  # and the sweep's own
     table = pd.read_parquet(out / "summary.parquet").set_index("name")
     assert table.loc["good", "status"] in ("met", "no_speedup")
     assert table.loc["broken", "status"] == "error" and "does not exist" in table.loc["broken", "error"]
