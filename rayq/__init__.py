@@ -7,13 +7,17 @@ examples, and adds a distributed, latency-measuring ``search``, which ``submit``
 as a Ray job that a notebook can follow, ``attach`` to again and read the result of.
 
 Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
-ray, onnxruntime, openvino and optuna.
+ray, onnxruntime, openvino and optuna. Importing rayq installs its log handler
+(:mod:`rayq.logs`); ``rayq.set_log_level`` or ``RAYQ_LOG_LEVEL`` sets the level
+of its log lines and progress bars together.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from rayq import logs as _logs  # noqa: F401 (installs rayq's log handler, reads RAYQ_LOG_LEVEL)
 
 __version__ = "0.1.0"
 
@@ -39,6 +43,7 @@ _EXPORTS = {
     "DropType": "rayq.core.enums",
     "OverflowFix": "rayq.core.enums",
     "QuantPlan": "rayq.core.plan",
+    "set_log_level": "rayq.logs",
     "init": "rayq.distributed.cluster",
     "shutdown": "rayq.distributed.cluster",
     "RayqError": "rayq.errors",

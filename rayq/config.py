@@ -110,7 +110,7 @@ class SearchConfig:
     fast_bias_correction: bool | None = True
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
     advanced: AdvancedQuantizationParameters = field(default_factory=AdvancedQuantizationParameters)
-    presets: tuple[str, ...] = PRESETS
+    presets: tuple[str, ...] | None = None
     estimators: tuple[str, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse")
     bias_corrections: tuple[str, ...] = ("fast", "none")
     smooth_quant_alphas: tuple[float | None, ...] | None = None
@@ -132,8 +132,10 @@ class SearchConfig:
             raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
         if self.validation_timeout is not None and not self.validation_timeout > 0:
             raise ConfigError(f"validation_timeout={self.validation_timeout} must be > 0 seconds (or null: automatic)")
-        for name in ("presets", "estimators", "bias_corrections"):
+        for name in ("estimators", "bias_corrections"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.presets is not None:  # None: only ``preset`` when given, else all (rayq.search)
+            object.__setattr__(self, "presets", tuple(self.presets))
         if self.smooth_quant_alphas is not None:
             object.__setattr__(self, "smooth_quant_alphas", tuple(self.smooth_quant_alphas))
 

@@ -149,7 +149,7 @@ class SearchModel(_Plan):
     storage: Str | None = None
     study_name: Str | None = None
     seed: Int = 0
-    presets: tuple[Preset, ...] = PRESETS
+    presets: tuple[Preset, ...] | None = None  # None: only `preset` when given, else all
     estimators: tuple[Estimator, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse")
     bias_corrections: tuple[Literal[BIAS_CORRECTIONS], ...] = ("fast", "none")
     smooth_quant_alphas: tuple[Float | None, ...] | None = None

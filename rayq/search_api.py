@@ -20,6 +20,7 @@ from rayq.core.accuracy import check_drop_type
 from rayq.core.cost import compute_shares
 from rayq.core.speed import CONFIDENCE
 from rayq.core.advanced import AdvancedAccuracyRestorerParameters
+from rayq.core.enums import plain
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError, DataError
@@ -32,6 +33,7 @@ from rayq.progress import Progress
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
+from rayq.tuning.sensitivity import sensitivity_frame
 from rayq.tuning.space import SearchSpace
 from rayq.session import ModelSession, _resolve_workers, start_workers_early
 from rayq.storage import OutputLock, local_dir_for
@@ -45,6 +47,19 @@ TARGETS = ("onnxruntime", "openvino")
 def _study_name(session: ModelSession, base: QuantPlan, settings_text: str) -> str:
     h = hashlib.sha256(f"{session.model_fingerprint}|{session.data_fingerprint}|{base.key()}|{settings_text}".encode())
     return f"rayq-{h.hexdigest()[:12]}"
+
+
+def search_presets(preset: str | None, presets) -> tuple[str, ...]:
+    """The presets a search tries: ``presets`` when given, else ``preset`` alone when
+    given, else all of :data:`PRESETS`.
+
+    Example:
+        >>> search_presets("mixed", None), search_presets("mixed", ["mixed", "performance"])
+        (('mixed',), ('mixed', 'performance'))
+    """
+    if presets is not None:
+        return tuple(plain(p) for p in presets)
+    return (plain(preset),) if preset is not None else tuple(PRESETS)
 
 
 def _space(base: QuantPlan, ops, *, presets, estimators, bias_corrections, alphas) -> SearchSpace:
@@ -101,7 +116,7 @@ def search(
     fast_bias_correction: bool | None = True,
     ignored_scope: IgnoredScope | None = None,
     advanced_parameters: AdvancedQuantizationParameters | None = None,
-    presets: tuple[str, ...] = PRESETS,
+    presets: tuple[str, ...] | None = None,
     estimators: tuple[str, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse"),
     bias_corrections: tuple[str, ...] = ("fast", "none"),
     smooth_quant_alphas: tuple[float | None, ...] | None = None,
@@ -153,6 +168,10 @@ def search(
             of a complete run). Checked and locked before any work: :class:`~rayq.OutputError`
             if it is unusable or another run holds it.
         seed: Sampler seed; with the same seed any worker count gives the same plan.
+        preset / presets: ``preset`` is the base plan's preset; ``presets`` the presets
+            the study may try. ``presets=None`` (the default) means only ``preset`` when
+            it is given, else every preset (``performance`` and ``mixed``): an explicit
+            ``preset="mixed"`` returns a mixed-preset model unless ``presets`` widens it.
         finalists: Feasible plans (cheapest first) timed against each other and FP32
             at the end; ``quantize_with_accuracy_control`` times only the cheapest.
         ranking_subset_size: Validation items (those FP32 and INT8 disagree on) used to
@@ -195,6 +214,7 @@ def search(
     call_limit = ValidationTimeout(validation_timeout)
     base = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    presets = search_presets(preset, presets)
     start_workers_early(num_workers, None, subset_size=subset_size)
     session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
                            convert_to=default_target(model, convert_to, target))
@@ -230,10 +250,10 @@ def search(
 
             def on_trial(rec: TrialRecord) -> None:
                 feasible[0] += bool(rec.feasible)
-                bar.update(1)
                 speed = "" if rec.speedup is None else f", {rec.speedup:.2f}x FP32"
-                bar.set_postfix(f"trial {rec.number}: {rec.status}{speed}, {len(rec.plan.fallback)} FP32 layers; "
-                                f"{feasible[0]} within budget so far")
+                bar.set_postfix(f"trial {rec.number} {rec.status}{speed}, {len(rec.plan.fallback)} layers FP32; "
+                                f"{feasible[0]} in budget")
+                bar.update(1)
 
             control = AccuracyControl(pool, base, placement.ops, space, settings, on_trial=on_trial,
                                       shares=compute_shares(session.graph, placement.ops))
@@ -267,7 +287,8 @@ def search(
         message=choice.message(target),
         latency_settings=choice.settings or runtime_settings(target, latency_threads),
         decision={"finalists": [r.number for r in choice.finalists], "rounds": choice.rounds,
-                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE})
+                  "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE},
+        sensitivity=sensitivity_frame(control.ranking, control.scores, control.basis, best.plan.fallback))
     if output:
         result.save(output, files=dict(output_files or {}))
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "

@@ -10,7 +10,10 @@ component: an explicit ``name`` is rejected (:class:`~rayq.errors.ConfigError`) 
 it matches :data:`NAME_PATTERN` (no ``/``, no ``..``, no leading dot); names derived
 from file names have every other character replaced by ``_``. The sweep holds the lock
 of its output folder (:class:`~rayq.storage.OutputLock`), each search the lock of its
-own folder.
+own folder. Every log line of a model's search names it (``rayq: [name] ...``).
+
+An entry's ``preset`` restricts the study to that preset unless the entry also gives
+``presets`` (a ``presets`` list in ``defaults`` does not widen it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 from rayq import events
 from rayq.config import SearchConfig, SweepConfig, _build
 from rayq.errors import ConfigError, RayqError
+from rayq.logs import log_context
 from rayq.progress import Progress
 from rayq.storage import OutputLock, Publication, read_marker, resolve
 
@@ -61,6 +65,8 @@ def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
         for path in paths:
             base = name if name and len(paths) == 1 else _safe_name(os.path.splitext(os.path.basename(path))[0])
             data = {**config.defaults, **entry, "model": path}
+            if "preset" in entry and "presets" not in entry:  # the entry's preset, not the defaults' list
+                data.pop("presets", None)
             out.append((base, _build(SearchConfig, data)))
     names = [n for n, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -108,8 +114,8 @@ def _read_result(out: str) -> dict | None:
 def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFrame:
     """Run every search of ``config``; returns (and writes) the summary table.
 
-    Writes ``summary.parquet`` and ``summary.md`` under ``config.output`` and one
-    folder per model.
+    Writes ``summary.parquet``, ``summary.md`` and ``config.yaml`` under
+    ``config.output`` and one folder per model (with its own ``config.yaml``).
 
     Example:
         >>> table = run_sweep(rayq.config.load("configs/sweep.yaml"))   # doctest: +SKIP
@@ -128,23 +134,23 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
     rows: dict[str, dict] = {}
 
     def one(name: str, cfg: SearchConfig) -> dict:
-        with events.model(name):  # a job client draws each model's bars apart
-            return _one(name, cfg)
+        with events.model(name), log_context(name):  # a job client draws each model's bars apart;
+            return _one(name, cfg)                   # every log line of this search names the model
 
     def _one(name: str, cfg: SearchConfig) -> dict:
         out = f"{config.output.rstrip('/')}/{name}"
         done = _read_result(out)
         if done is not None:
-            log.info("sweep: %s already finished; skipping", name)
+            log.info("sweep: already finished; skipping")
             return _row(name, out, done)
         start = time.perf_counter()
         try:
             result = search_from_config(replace(cfg, output=out), num_workers=cfg.num_workers or per_search)
         except RayqError as exc:
-            log.error("sweep: %s failed: %s", name, exc)
+            log.error("sweep: failed: %s", exc)
             return _row(name, out, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
         except Exception as exc:  # one model's bug must not stop the others; recorded with its type
-            log.exception("sweep: %s failed unexpectedly", name)
+            log.exception("sweep: failed unexpectedly")
             return _row(name, out, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
         return _row(name, out, result.to_dict())
 
@@ -154,18 +160,23 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
         for fut in as_completed(futures):
             row = fut.result()
             rows[row["name"]] = row
-            bar.update(1)
             bar.set_postfix(f"{row['name']}: {row['status']}")
+            bar.update(1)
     table = pd.DataFrame([rows[n] for n, _ in jobs], columns=SUMMARY_COLUMNS)
-    _write_summary(table, config.output)
+    _write_summary(table, config)
     return table
 
 
-def _write_summary(table: pd.DataFrame, output: str) -> None:
-    with Publication.open(resolve(output)) as out:
+def _write_summary(table: pd.DataFrame, config: SweepConfig) -> None:
+    """``summary.parquet``, ``summary.md`` and the sweep's own ``config.yaml`` (each model's
+    folder holds its effective search ``config.yaml``)."""
+    from rayq.config import dump
+
+    with Publication.open(resolve(config.output)) as out:
         table.to_parquet(out.staging / "summary.parquet", index=False)
         (out.staging / "summary.md").write_text(_markdown(table), encoding="utf-8")
-        out.publish(["summary.parquet", "summary.md"])
+        (out.staging / "config.yaml").write_text(dump(config), encoding="utf-8")
+        out.publish(["summary.parquet", "summary.md", "config.yaml"])
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -17,7 +17,7 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 #: The documented public names (rayq/__init__.py docstring, design.md): NNCF's
 #: quantize / quantize_with_accuracy_control / Dataset / IgnoredScope /
 #: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the job
-#: client (submit / attach / SearchJob), the plan value, the cluster helpers
+#: client (submit / attach / SearchJob), the plan value, set_log_level (NNCF's name), the cluster helpers
 #: and the error hierarchy of rayq/errors.py.
 PUBLIC = {
     "quantize",
@@ -41,6 +41,7 @@ PUBLIC = {
     "DropType",
     "OverflowFix",
     "QuantPlan",
+    "set_log_level",
     "init",
     "shutdown",
     "RayqError",

@@ -90,6 +90,32 @@ def resolve_function(ref: str, name: str) -> Callable:
     return rayq_config.resolve_reference(ref, name)
 
 
+#: Where Ray unpacks a job's ``--working-dir`` (the job's current directory).
+RAY_WORKING_DIR_COPY = "runtime_resources/working_dir_files"
+
+
+def warn_relative_job_output(output: str | None, cwd: str | None = None) -> bool:
+    """Warn when a relative ``output`` of a Ray job lands in Ray's working-dir copy.
+
+    ``ray job submit --working-dir .`` runs the job inside a temporary copy of the
+    project; a relative output is written there, not where the user submitted from
+    (cluster/README.md, section 0). Returns whether it warned.
+
+    Example:
+        >>> warn_relative_job_output("runs/x", "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_1")
+        True
+    """
+    if not output or "://" in output or os.path.isabs(output):
+        return False
+    cwd = cwd or os.getcwd()
+    if RAY_WORKING_DIR_COPY not in cwd.replace(os.sep, "/"):
+        return False
+    log.warning("output %r is relative, so this Ray job writes it inside Ray's temporary copy of the working "
+                "dir (%s), not where it was submitted from; give an absolute path (e.g. \"$PWD/%s\" on the "
+                "submitting machine) or a URI such as s3://...", output, os.path.join(cwd, output), output)
+    return True
+
+
 def file_size(paths: list[str] | tuple[str, ...]) -> int:
     """Total size in bytes of the files that exist among ``paths``."""
     return sum(os.path.getsize(p) for p in paths if os.path.isfile(p))

@@ -105,40 +105,33 @@ def exit_code(exc: BaseException) -> int:
     return USAGE_EXIT if isinstance(exc, INPUT_ERRORS) else ERROR_EXIT
 
 
-class _Formatter(logging.Formatter):
-    def __init__(self, verbose: bool) -> None:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
-        super().__init__(fmt, datefmt="%H:%M:%S")
-        self.verbose = verbose
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if self.verbose:
-            return text
-        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-        return text if not level and text.startswith("rayq") else f"rayq: {level}{text}"
-
-
 def _setup_logging(verbose: bool, quiet: bool) -> Callable[[], None]:
-    """INFO (progress, summaries) by default, DEBUG with -v, WARNING with -q; undone by the returned call."""
+    """INFO (progress, summaries) by default, DEBUG with -v, WARNING with -q; undone by the returned call.
+
+    Lines go through rayq's own handler (:mod:`rayq.logs`: through ``tqdm.write``, so
+    they never break a progress bar), which the CLI forces on with its format.
+    """
+    from rayq import logs
+
     logger = logging.getLogger("rayq")
-    saved = (logger.level, logger.propagate, os.environ.get("RAYQ_PROGRESS"))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(verbose))
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    saved = (logger.level, logger.propagate, logs.HANDLER.formatter, logs.HANDLER.forced)
+    logs.HANDLER.setFormatter(logs.Formatter(verbose))
+    logs.HANDLER.forced = True
+    if logs.HANDLER not in logger.handlers:
+        logger.addHandler(logs.HANDLER)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    elif quiet:
+        logger.setLevel(logging.WARNING)
+    elif not os.environ.get(logs.ENV_VAR):
+        logger.setLevel(logging.INFO)
     logger.propagate = False
-    if quiet:
-        os.environ["RAYQ_PROGRESS"] = "off"
 
     def restore() -> None:
-        logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-        if saved[2] is None:
-            os.environ.pop("RAYQ_PROGRESS", None)
-        else:
-            os.environ["RAYQ_PROGRESS"] = saved[2]
+        logs.HANDLER.setFormatter(saved[2])
+        logs.HANDLER.forced = saved[3]
 
     return restore
 

@@ -18,7 +18,8 @@ import rayq
 from rayq.backends import convert, detect, get_backend
 from rayq.backends.base import Backend
 from rayq.cli import report
-from rayq.cli.common import UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function
+from rayq.cli.common import (UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function,
+                              warn_relative_job_output)
 from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError
@@ -140,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> QuantizeConfig:
 def output_path(cfg: QuantizeConfig, backend_name: str) -> tuple[Location, str]:
     """The model file to write (a local path or a ``pyarrow.fs`` URI) and its format,
     checked before any work (see ``output`` in configs/README.md)."""
+    warn_relative_job_output(cfg.output)
     out = resolve(cfg.output)
     by_suffix = {v: k for k, v in SUFFIXES.items()}
     fmt = cfg.output_format

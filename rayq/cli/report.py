@@ -132,8 +132,13 @@ def run(args) -> int:
     print(format_result(result, location.uri))
     pareto = location.child("pareto.parquet")
     if pareto.kind() == "file":
-        front = pd.read_parquet(io.BytesIO(pareto.read_bytes()))
-        shown = [c for c in ("number", "latency_ms", "metric", "drop", "feasible", "fallback") if c in front]
+        from rayq.tuning.tables import read_parquet
+
+        front = read_parquet(pareto.read_bytes())
+        if "fallback" in front:  # list<string>: the names, comma-separated
+            front["fallback"] = [", ".join(v) if isinstance(v, list) else v for v in front["fallback"]]
+        shown = [c for c in ("number", "speedup", "latency_ms", "metric", "drop", "feasible", "fallback")
+                 if c in front]
         print("Pareto front (latency vs metric):")
         print(front[shown].to_string(index=False), flush=True)
     return 0

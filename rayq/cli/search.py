@@ -6,7 +6,7 @@ import argparse
 import time
 
 from rayq import events
-from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function
+from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function, warn_relative_job_output
 from rayq.config import SearchConfig
 from rayq.errors import ConfigError
 from rayq.storage import check_free, check_output, resolve
@@ -86,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.output:  # before the search is imported and Ray starts; rayq.search then locks it
+        warn_relative_job_output(cfg.output)
         check_output(resolve(cfg.output), folder=True)
         check_free(cfg.output)
     resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable

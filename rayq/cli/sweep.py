@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rayq.cli.common import UNSET, build_config, ray_scope
+from rayq.cli.common import UNSET, build_config, ray_scope, warn_relative_job_output
 from rayq.config import SweepConfig
 from rayq.errors import ConfigError
 from rayq.storage import check_free, check_output, resolve
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
                                                             ("output", "max_concurrent", "address")})
     if not cfg.output:
         raise ConfigError("a sweep needs an output")
+    warn_relative_job_output(cfg.output)
     check_output(resolve(cfg.output), folder=True)  # bad outputs and model names fail before Ray starts
     check_free(cfg.output)
     expand(cfg)

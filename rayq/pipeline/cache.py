@@ -29,7 +29,15 @@ DIGEST_KEY = b"rayq.digest"
 
 
 def default_dir() -> str:
-    return os.environ.get("RAYQ_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rayq", "stats")
+    """``RAYQ_CACHE_DIR`` when set, else ``stats`` in the platform's user cache folder
+    (``platformdirs``: ``~/.cache/rayq`` on Linux, ``~/Library/Caches/rayq`` on macOS,
+    ``%LOCALAPPDATA%\\rayq\\Cache`` on Windows; ``XDG_CACHE_HOME`` is honoured)."""
+    override = os.environ.get("RAYQ_CACHE_DIR")
+    if override:
+        return override
+    import platformdirs  # noqa: PLC0415
+
+    return os.path.join(platformdirs.user_cache_dir("rayq", appauthor=False), "stats")
 
 
 def cache_key(model_fp: str, data_fp: str, spec_material: str, batch_size: int) -> str:

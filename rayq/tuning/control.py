@@ -36,10 +36,12 @@ from rayq.errors import SearchError
 from rayq.tuning import selection
 from rayq.tuning.driver import SearchDriver, open_storage
 from rayq.tuning.evaluator import EvalResult, TrialRecord
+from rayq.tuning.sensitivity import decode_ranking, encode_ranking
 from rayq.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
+#: Study attribute holding the fallback ranking with its scores, as JSON (rayq.tuning.sensitivity).
 RANKING_ATTR = "rayq.ranking"
 #: Study user attributes naming the answer (optuna-dashboard shows them).
 CHOSEN_ATTR = "rayq.chosen_trial"
@@ -158,6 +160,8 @@ class AccuracyControl:
         self.fp32 = None
         self.choice: selection.Choice | None = None  # the answer, after run()
         self.ranking: list[str] = []
+        self.scores: dict[str, float] = {}  # the ranking's per-group scores (rayq.tuning.sensitivity)
+        self.basis: str | None = None
 
     def _cap(self, n_trials: int) -> int:
         return n_trials if self.s.n_trials is None else min(n_trials, self.s.n_trials)
@@ -178,18 +182,20 @@ class AccuracyControl:
         self.fp32 = m
         return m
 
-    def _study(self) -> optuna.Study:
-        return optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
-
     def _stored_ranking(self) -> list[str] | None:
-        value = self._study().user_attrs.get(RANKING_ATTR)
-        if isinstance(value, dict):
-            return list(value["order"])
-        return list(value) if value is not None else None  # older studies hold the bare order
+        try:
+            study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
+        except KeyError:
+            return None
+        value = study.user_attrs.get(RANKING_ATTR)
+        if value is None:
+            return None
+        ranking, self.scores, self.basis = decode_ranking(value)
+        return ranking
 
-    def _store_ranking(self, ranking: list[str], scores: dict[str, float], basis: str) -> None:
-        finite = {op: (float(v) if math.isfinite(v) else None) for op, v in scores.items()}
-        self._study().set_user_attr(RANKING_ATTR, {"order": list(ranking), "scores": finite, "basis": basis})
+    def _store_ranking(self, ranking: list[str]) -> None:
+        study = optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
+        study.set_user_attr(RANKING_ATTR, encode_ranking(ranking, self.scores, self.basis))
 
     def rank(self) -> list[str]:
         """The fallback groups, most harmful first: read from the study, else scored
@@ -201,11 +207,12 @@ class AccuracyControl:
         int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
         subset = ranking_subset(self.fp32.per_item, int8_per_item, self.s.ranking_subset)
         use_metric = subset is not None
-        basis = f"metric gained on {len(subset)} disagreeing items" if use_metric else "output error removed"
-        log.info("ranking %d fallback groups by %s", len(self.ops), basis)
-        scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
-        ranking = rank_groups(scores, self.ops)
-        self._store_ranking(ranking, scores, basis)
+        log.info("ranking %d fallback groups on %s", len(self.ops),
+                 f"{len(subset)} disagreeing items" if use_metric else "output error")
+        self.scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
+        self.basis = "metric" if use_metric else "output_error"
+        ranking = rank_groups(self.scores, self.ops)
+        self._store_ranking(ranking)
         return ranking
 
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:

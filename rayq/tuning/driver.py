@@ -304,8 +304,8 @@ class SearchDriver:
             cache[key] = attrs
             records.append(self._tell(study, trial, attrs, reused))
         for record in records:
-            logger.info("trial %d (%s): %s latency=%s drop=%s", record.number, record.source,
-                        record.status, record.latency_ms, record.drop)
+            logger.info("trial %d (%s): %s, latency %s, drop %s", record.number, record.source,
+                        record.status, _g(record.latency_ms, " ms"), _g(record.drop))
             if self.on_trial is not None:
                 self.on_trial(record)
 
@@ -411,8 +411,13 @@ class SearchDriver:
             logger.info("cheapest feasible: trial %d, cost %.4f, drop %.5f", best.number, best.cost, best.drop)
         else:
             logger.warning("no INT8 trial of %d met max_drop=%g; the smallest drop is %s",
-                           len(records), self.max_drop, None if best is None else best.drop)
+                           len(records), self.max_drop, "n/a" if best is None else _g(best.drop))
         return DriverOutcome(best, status, records, self.study_name, self.max_drop, len(self.space.ranking))
 
 
 __all__ = ["SAMPLERS", "TrialRecord", "DriverOutcome", "SearchDriver", "open_storage", "pareto_front"]
+
+
+def _g(value: float | None, unit: str = "") -> str:
+    """A number for a log line: 4 significant digits, ``n/a`` for None."""
+    return "n/a" if value is None else f"{value:.4g}{unit}"

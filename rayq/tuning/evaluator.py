@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from rayq.core.plan import QuantPlan
+from rayq.tuning.tables import text_as_objects
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +165,10 @@ def _record_row(r: TrialRecord, chosen: int | None = None, n_quantizable: int = 
         "int8": not n_quantizable or len(set(r.plan.fallback)) < n_quantizable,
     }
     plan = r.plan.to_dict()
-    plan["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
-    plan["ignored_scope"] = json.dumps(plan["ignored_scope"], sort_keys=True)
-    plan["fallback"] = json.dumps(plan["fallback"])
     row.update(plan)
+    row["smooth_quant_alpha"] = _float(plan["smooth_quant_alpha"])
     row["n_fallback"] = len(r.plan.fallback)
-    row["plan_json"] = r.plan.to_json()
+    row["plan"] = plan
     return row
 
 
@@ -203,20 +201,21 @@ class DriverOutcome:
     def trials_frame(self) -> pd.DataFrame:
         """One row per trial with the plan's fields flattened.
 
-        ``fallback`` and ``ignored_scope`` are JSON strings, ``plan_json`` is the
-        whole plan (``QuantPlan.from_json``), None numbers are NaN. The frame
-        round-trips through ``to_parquet``/``pd.read_parquet``.
+        ``fallback`` is a list of names, ``ignored_scope`` a dict and ``plan`` the
+        whole plan as a dict (:func:`rayq.tuning.tables.plan_of` rebuilds it); None
+        numbers are NaN. Saved with typed Arrow columns (``list<string>``, structs;
+        :func:`rayq.tuning.tables.write_parquet`).
 
         Example:
             >>> rec = TrialRecord(3, QuantPlan(fallback=("b", "a")), 0.9, 0.0, 1.0, None, "ok", None, True, "seed")
             >>> DriverOutcome(rec, "met", [rec]).trials_frame().loc[0, "fallback"]
-            '["a", "b"]'
+            ['a', 'b']
         """
         chosen = None if self.best is None else self.best.number
         rows = [_record_row(r, chosen, self.n_quantizable) for r in self.records]
         if not rows:
             return pd.DataFrame(columns=list(_record_row(_EMPTY_RECORD)))
-        return pd.DataFrame(rows)
+        return text_as_objects(pd.DataFrame(rows))
 
     def pareto(self) -> pd.DataFrame:
         """The ok trials not dominated on (speed-up over FP32: higher, metric: higher).

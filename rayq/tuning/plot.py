@@ -55,7 +55,9 @@ def plot_pareto(
     chosen: int | None = None,
 ) -> Figure:
     """Scatter speed-up over FP32 vs. metric, with the Pareto front (on the same
-    quantity), the accuracy budget and the chosen trial (a star).
+    quantity), FP32 (a dotted line at its metric and a diamond at speed-up 1), the
+    accuracy budget and the chosen trial (a star). The legend lists only what is
+    drawn; a metric within [0, 1] never gets an axis past 1.
 
     Speed-ups carry their 95 % intervals as horizontal error bars when the frame has
     ``speedup_low``/``speedup_high``. A frame without speed-ups is drawn against
@@ -91,14 +93,13 @@ def plot_pareto(
         err = [(ok[x] - ok[bound]).abs().replace(math.inf, math.nan).fillna(0.0)
                for bound in ("speedup_low", "speedup_high")]
         ax.errorbar(ok[x], ok["metric"], xerr=err, fmt="none", ecolor="tab:blue", alpha=0.35, lw=2, zorder=1)
-    ax.scatter(ok.loc[~feasible, x], ok.loc[~feasible, "metric"], c="lightgrey",
-               edgecolors="grey", label="over budget", zorder=2)
-    ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue",
-               label="within budget", zorder=3)
-    if len(pareto):
-        front = pareto.sort_values(x, ascending=not speed)
-        ax.step(front[x], front["metric"], where="post", c="tab:orange", marker="o", mfc="none", ms=10,
-                label="Pareto front", zorder=4)
+    if (~feasible).any():  # the legend names only what is drawn
+        ax.scatter(ok.loc[~feasible, x], ok.loc[~feasible, "metric"], c="lightgrey",
+                   edgecolors="grey", label="over budget", zorder=2)
+    if feasible.any():
+        ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue",
+                   label="within budget", zorder=3)
+    _draw_front(ax, pareto, x, speed)
     picked = ok[ok["number"] == chosen] if chosen is not None and "number" in ok else ok.iloc[:0]
     if len(picked):
         ax.scatter(picked[x], picked["metric"], marker="*", s=220, c="tab:red", edgecolors="black",
@@ -106,12 +107,18 @@ def plot_pareto(
     if speed:
         ax.axvline(1.0, c="black", ls=":", lw=1)
     fp32 = fp32_metric if fp32_metric is not None else _fp32_from_frame(ok, drop_type)
+    levels = list(ok["metric"].dropna())
     if fp32 is not None:
-        ax.axhline(fp32, c="black", ls=":", lw=1, label="FP32")
-        ax.axhline(_budget_metric(fp32, max_drop, drop_type), c="tab:red", ls="--", lw=1,
-                   label=f"budget (max_drop={max_drop:g}, {drop_type})")
+        budget = _budget_metric(fp32, max_drop, drop_type)
+        ax.axhline(fp32, c="black", ls=":", lw=1, label=f"FP32 ({fp32:.4g})")
+        if speed:  # FP32 itself: speed-up 1 at its metric
+            ax.scatter([1.0], [fp32], marker="D", s=50, c="white", edgecolors="black", label="FP32 model",
+                       zorder=4)
+        ax.axhline(budget, c="tab:red", ls="--", lw=1, label=f"budget (max_drop={max_drop:g}, {drop_type})")
+        levels += [fp32, budget]
     else:
         logger.info("no FP32 metric known; the budget line is not drawn")
+    _metric_limits(ax, levels)
     ax.set_xlabel("speed-up over FP32 (x, 95% interval)" if speed else "latency (ms, median)")
     ax.set_ylabel("metric (higher is better)")
     ax.set_title("speed-up vs. accuracy" if speed else "latency vs. accuracy")
@@ -119,8 +126,36 @@ def plot_pareto(
     ax.legend(loc="lower right", fontsize="small")
     if path is not None:
         fig.savefig(os.fspath(path), format="png", dpi=120)
-        logger.info("saved Pareto plot to %s", os.fspath(path))
+        logger.debug("wrote the Pareto plot %s", os.fspath(path))
     return fig
+
+
+def _draw_front(ax, pareto: pd.DataFrame, x: str, speed: bool) -> None:
+    """The front as a step line; a front of one trial as a ring around that point."""
+    front = pareto[pareto[x].notna() & pareto["metric"].notna()] if len(pareto) else pareto
+    if not len(front):
+        return
+    front = front.sort_values(x, ascending=not speed)
+    label = "Pareto front" if len(front) > 1 else "Pareto front (1 trial)"
+    ax.step(front[x], front["metric"], where="post", c="tab:orange", marker="o", mfc="none", ms=14, mew=2,
+            label=label, zorder=6)
+
+
+def _metric_limits(ax, levels: list[float]) -> None:
+    """Metric axis around the data with a 5 % margin, never past 1 for a metric within [0, 1]."""
+    levels = [v for v in levels if math.isfinite(v)]
+    if not levels:
+        return
+    lo, hi = min(levels), max(levels)
+    pad = 0.05 * (hi - lo) or 0.01 * max(abs(hi), 1e-3)
+    top, bottom = hi + pad, lo - pad
+    if 0.0 <= lo and hi <= 1.0:
+        top, bottom = min(top, 1.0), max(bottom, 0.0)
+    if top <= bottom:
+        bottom, top = bottom - pad, top + pad
+    ax.set_ylim(bottom, top)
+    for artist in ax.collections + ax.lines:  # points on the limit (accuracy 1.0) stay whole
+        artist.set_clip_on(False)
 
 
 __all__ = ["plot_pareto"]

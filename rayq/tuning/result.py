@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import posixpath
 import tempfile
@@ -13,6 +13,10 @@ from typing import Any
 import pandas as pd
 
 from rayq.core.plan import QuantPlan
+from rayq.tuning import tables
+from rayq.tuning.sensitivity import plot_sensitivity, sensitivity_frame
+
+log = logging.getLogger(__name__)
 
 #: Written last when a search run is saved: its presence marks the run complete.
 RESULT_FILE = "result.json"
@@ -58,6 +62,9 @@ class SearchResult:
             is their ratio, comparable across trials timed at different moments);
             ``remeasured`` rows hold the final runoff's timings.
         pareto: Non-dominated trials on (latency, metric).
+        sensitivity: Per-layer sensitivity: the fallback ranking with its scores
+            (:mod:`rayq.tuning.sensitivity`; empty when no ranking was needed), saved as
+            ``sensitivity.parquet`` and ``sensitivity.png``.
         wall_seconds / cpu_seconds: Search wall time and CPU time (driver + workers).
         model_path: Where the model was saved (when ``output`` was given).
     """
@@ -91,6 +98,7 @@ class SearchResult:
     message: str = ""
     latency_settings: dict = field(default_factory=dict)
     decision: dict = field(default_factory=dict)
+    sensitivity: pd.DataFrame = field(default_factory=lambda: sensitivity_frame([], {}, None))
 
     def __post_init__(self) -> None:
         if self.speedup is None and self.latency_ms and self.fp32_latency_ms:
@@ -131,13 +139,14 @@ class SearchResult:
                            drop_type=self.drop_type, path=path, chosen=self.chosen_trial)
 
     def save(self, uri: str, files: dict[str, str] | None = None) -> dict[str, str]:
-        """Publish model, ``trials.parquet``, ``pareto.parquet``, ``pareto.png``, the text
-        ``files`` (name -> content, e.g. ``config.yaml``) and ``result.json`` under ``uri``
-        (a local path, ``file://`` or any ``pyarrow.fs`` URI).
+        """Publish model, ``trials.parquet``, ``pareto.parquet``, ``pareto.png``,
+        ``sensitivity.parquet`` and ``sensitivity.png`` (when a ranking was made), the
+        text ``files`` (name -> content, e.g. ``config.yaml``) and ``result.json`` under
+        ``uri`` (a local path, ``file://`` or any ``pyarrow.fs`` URI).
 
         Files are staged and renamed into place with ``result.json`` last, the marker of a
         complete run (see :class:`rayq.storage.Publication`); a failure leaves no marker.
-        Returns name -> written URI.
+        Returns name -> written URI (the final locations, never the staging folder).
         """
         from rayq.backends import detect
         from rayq.storage import Publication
@@ -145,17 +154,24 @@ class SearchResult:
         backend = detect(self.model)
         with Publication.open(uri, marker=RESULT_FILE) as out:
             staged = [os.path.basename(p) for p in backend.save(self.model, str(out.staging / f"model{backend.suffix}"))]
-            self.trials.to_parquet(out.staging / "trials.parquet", index=False)
-            self.pareto.to_parquet(out.staging / "pareto.parquet", index=False)
+            tables.write_parquet(self.trials, out.staging / "trials.parquet")
+            tables.write_parquet(self.pareto, out.staging / "pareto.parquet")
             self.plot(str(out.staging / "pareto.png"))
+            names = [*staged, "trials.parquet", "pareto.parquet", "pareto.png"]
+            if len(self.sensitivity):
+                self.sensitivity.to_parquet(out.staging / "sensitivity.parquet", index=False)
+                plot_sensitivity(self.sensitivity, out.staging / "sensitivity.png")
+                names += ["sensitivity.parquet", "sensitivity.png"]
             for name, text in (files or {}).items():
                 (out.staging / name).write_text(text, encoding="utf-8")
             model = out.location.child(staged[0])
             self.model_path = model.local if out.location.local else model.uri
             (out.staging / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str),
                                                    encoding="utf-8")
-            names = [*staged, "trials.parquet", "pareto.parquet", "pareto.png", *(files or {}), RESULT_FILE]
-            return out.publish(names)
+            written = out.publish([*names, *(files or {}), RESULT_FILE])
+        log.info("saved %s to %s", ", ".join(n for n in written if n != RESULT_FILE),
+                 out.location.local or out.location.uri)
+        return written
 
     @classmethod
     def load(cls, uri: str) -> SearchResult:
@@ -173,8 +189,11 @@ class SearchResult:
 
         location = resolve(uri)
         data = json.loads(read_marker(location, RESULT_FILE).decode())
-        frames = {name: pd.read_parquet(io.BytesIO(location.child(f"{name}.parquet").read_bytes()))
+        frames = {name: tables.read_parquet(location.child(f"{name}.parquet").read_bytes())
                   for name in ("trials", "pareto")}
+        sensitivity = location.child("sensitivity.parquet")
+        if sensitivity.kind() == "file":
+            frames["sensitivity"] = tables.read_parquet(sensitivity.read_bytes())
         return cls(
             model=_load_model(location, data["model_path"]), plan=QuantPlan.from_dict(data["plan"]),
             status=data["status"], fp32_metric=data["fp32_metric"], metric=data["metric"], drop=data["drop"],
@@ -184,6 +203,7 @@ class SearchResult:
             wall_seconds=data["wall_seconds"], cpu_seconds=data["cpu_seconds"], ranking=list(data["ranking"]),
             model_path=data["model_path"], study_name=data.get("study_name", ""),
             worker_nodes=data.get("worker_nodes", {}),
+            **({"sensitivity": frames["sensitivity"]} if "sensitivity" in frames else {}),
             **{k: data[k] for k in _OPTIONAL_FIELDS if k in data})
 
     def __repr__(self) -> str:

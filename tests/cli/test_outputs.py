@@ -183,3 +183,15 @@ def test_quantize_to_an_object_store_uploads_and_writes_nothing_locally(tmp_path
         onnx.checker.check_model(onnx.load_from_string(f.read()))
     assert os.listdir(tmp_path) == []
     assert "-> mock://bucket/run/digits_cnn_int8.onnx" in capsys.readouterr().out
+
+
+def test_relative_output_of_a_ray_job_is_warned_about(tmp_path, caplog):
+    from rayq.cli.common import warn_relative_job_output
+
+    job_dir = str(tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc")
+    with caplog.at_level("WARNING", logger="rayq.cli"):
+        assert warn_relative_job_output("runs/x", job_dir)
+    assert "Ray's temporary copy" in caplog.text and f"{job_dir}/runs/x" in caplog.text
+    for output, cwd in (("/abs/runs/x", job_dir), ("s3://bucket/x", job_dir), ("runs/x", str(tmp_path)),
+                        (None, job_dir)):
+        assert not warn_relative_job_output(output, cwd), (output, cwd)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 import textwrap
 
 import pandas as pd
@@ -34,8 +36,12 @@ def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
     result = json.loads((out / "result.json").read_text())
     # INT8 on the digits CNN may or may not be significantly faster than FP32 on this CPU
     assert (code, result["status"]) in ((0, "met"), (3, "no_speedup"))
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"rayq search: {result['status']}" in printed and "x FP32 (95% CI " in printed
+    # log lines name final locations (never the deleted staging folder) and carry short numbers
+    assert ".rayq-staging" not in captured.err and f"pareto.png" in captured.err and f"to {out}" in captured.err
+    assert not re.search(r"\d\.\d{7,}", captured.err), captured.err
     assert result["drop"] <= 0.01 and result["speedup_low"] <= result["speedup"] <= result["speedup_high"]
     assert len(result["fallback"]) < result["n_quantizable"]  # never an all-FP32 "INT8" answer
     if code == 3:
@@ -78,6 +84,11 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
             name: broken
         """)
     assert main(["sweep", "--config", cfg]) == 1  # one model failed, the other finished
+    err = capsys.readouterr().err
+    assert "rayq: [good] trial 0 (seed)" in err and "rayq: error: [broken] sweep: failed:" in err
+    written = (out / "good" / "config.yaml").read_text()  # each model's own effective config
+    assert "command: search" in written and f"output: {out}/good" in written
+    assert "command: sweep" in (out / "config.yaml").read_text()  # and the sweep's own
     table = pd.read_parquet(out / "summary.parquet").set_index("name")
     assert table.loc["good", "status"] in ("met", "no_speedup")
     assert table.loc["broken", "status"] == "error" and "does not exist" in table.loc["broken", "error"]
@@ -112,3 +123,17 @@ def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_r
         assert f"rayq search: {status}" in printed and f"x FP32 (95% CI {low:.2f}-{low + 0.1:.2f})" in printed
         assert "(trial 4)" in printed and "FP32 layers: a (1 of 10)" in printed
         assert (f"because {status}" in printed) == (status != "met")
+
+
+def test_an_explicit_preset_restricts_the_searched_presets():
+    """The shipped sweep's ``preset: mixed`` entry searches the mixed preset only."""
+    from rayq import config as rayq_config
+    from rayq.search_api import search_presets
+    from rayq.sweep import expand
+
+    cfg = rayq_config.load("configs/sweep.yaml", command="sweep")
+    searched = {name: search_presets(c.preset, c.presets) for name, c in expand(cfg)}
+    assert searched == {"digits_performance": ("performance", "mixed"), "digits_mixed": ("mixed",)}
+    wide = replace(cfg, defaults={**cfg.defaults, "presets": ["performance", "mixed"]})
+    searched = {name: search_presets(c.preset, c.presets) for name, c in expand(wide)}
+    assert searched["digits_mixed"] == ("mixed",)  # the defaults' list does not widen an entry's preset

@@ -22,5 +22,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                       for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "SearchResult(status='met'" in outputs or "SearchResult(status='no_speedup'" in outputs
+    # progress without ipywidgets: plain lines, never tqdm's "IProgress not found" widget failure
+    assert "IProgress not found" not in outputs and "TqdmWarning" not in outputs
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                for o in c.get("outputs", [])), "result.plot() renders in the notebook"

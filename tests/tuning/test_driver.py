@@ -7,11 +7,14 @@ import time
 
 import optuna
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
+from rayq.tuning import tables
 from rayq.tuning import (
     DriverOutcome,
     EvalResult,
@@ -343,12 +346,23 @@ def test_trials_frame_round_trips_through_parquet(tmp_path):
     outcome = driver(FakeEvaluator(fail=lambda p: "boom" if p.preset == "mixed" else None), n_trials=6).run()
     for frame in (DriverOutcome(None, "met", records).trials_frame(), outcome.trials_frame(),
                   DriverOutcome(None, "budget not met", []).trials_frame()):
-        frame.to_parquet(tmp_path / "t.parquet")
-        back = pd.read_parquet(tmp_path / "t.parquet")
+        tables.write_parquet(frame, tmp_path / "t.parquet")
+        back = tables.read_parquet((tmp_path / "t.parquet").read_bytes())
         pd.testing.assert_frame_equal(back, frame, check_dtype=len(frame) > 0)
+        schema = pq.read_schema(tmp_path / "t.parquet")
+        fallback = schema.field("fallback").type
+        assert pa.types.is_list(fallback) and fallback.value_type == pa.string()
+        assert pa.types.is_struct(schema.field("ignored_scope").type)
+        assert pa.types.is_struct(schema.field("plan").type)
+        for name in ("error", "model_type", "status", "preset"):  # never Arrow's null type
+            assert schema.field(name).type == pa.string(), name
+        assert "plan_json" not in schema.names
     frame = DriverOutcome(None, "met", records).trials_frame()
-    assert frame.loc[2, "fallback"] == '["g0", "g1"]' and frame.loc[2, "smooth_quant_alpha"] == 0.5
-    assert QuantPlan.from_json(frame.loc[2, "plan_json"]) == plan
+    assert frame.loc[2, "fallback"] == ["g0", "g1"] and frame.loc[2, "smooth_quant_alpha"] == 0.5
+    assert tables.plan_of(frame.loc[2]) == plan
+    tables.write_parquet(outcome.trials_frame(), tmp_path / "o.parquet")
+    back = tables.read_parquet((tmp_path / "o.parquet").read_bytes())
+    assert [tables.plan_of(row) for _, row in back.iterrows()] == [r.plan for r in outcome.records]
     assert {"preset", "activation_estimator", "bias_correction", "latency_spread_ms", "feasible"} <= set(frame)
 
 

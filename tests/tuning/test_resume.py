@@ -19,6 +19,7 @@ from rayq.pipeline.candidate import CandidateMetric
 from rayq.pipeline.latency import Latency
 from rayq.tuning import SearchSpace
 from rayq.tuning.control import RANKING_ATTR, AccuracyControl, SearchSettings
+from rayq.tuning.sensitivity import decode_ranking
 from .test_driver import BASE, FP32, RANKING, FakeEvaluator, driver, fake_drop, fake_latency
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -90,9 +91,10 @@ def test_ranking_is_persisted_with_its_scores():
     journal = MemoryJournal()
     _, _, control = search(optuna.storages.JournalStorage(journal))
     stored = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(journal)).user_attrs
-    assert stored[RANKING_ATTR]["order"] == list(RANKING) == control.ranking
-    assert stored[RANKING_ATTR]["scores"]["g0"] == pytest.approx(0.02)
-    assert stored[RANKING_ATTR]["basis"] == "output error removed"
+    order, scores, basis = decode_ranking(stored[RANKING_ATTR])
+    assert order == list(RANKING) == control.ranking
+    assert scores["g0"] == pytest.approx(0.02)
+    assert basis == "output_error"
 
 
 def test_killed_at_any_moment_the_search_resumes_to_the_same_answer(monkeypatch):

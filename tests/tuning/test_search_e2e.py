@@ -72,6 +72,22 @@ def test_search_returns_model_within_budget(task, tmp_path):
     assert chosen["plan_key"].item() == saved["plan_key"] == result.plan.key()
     assert chosen["speedup_low"].item() == pytest.approx(saved["speedup_low"])
     assert saved["latency_settings"]["runtime"] == "onnxruntime" and saved["latency_settings"]["cpu"]
+    # the per-layer sensitivity report: the ranking with its scores, as a table, a plot and in the study
+    sens = pd.read_parquet(tmp_path / "run" / "sensitivity.parquet")
+    assert sens["layer"].tolist() == result.ranking == result.sensitivity["layer"].tolist()
+    top = sens.iloc[0]
+    assert (top["rank"], top["layer"], top["basis"], bool(top["fallback"])) == (1, "Gemm_1", "metric", True)
+    assert top["score"] > 0 and top["score"] == sens["score"].max()
+    assert (tmp_path / "run" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    study = optuna.load_study(study_name=result.study_name,
+                              storage=optuna.storages.JournalStorage(
+                                  optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
+    stored = json.loads(study.user_attrs["rayq.ranking"])
+    assert stored["basis"] == "metric"
+    assert stored["groups"][0] == {"name": "Gemm_1", "score": pytest.approx(top["score"])}
+    loaded = rayq.SearchResult.load(str(tmp_path / "run"))
+    pd.testing.assert_frame_equal(loaded.sensitivity, result.sensitivity, check_dtype=False)
+    assert loaded.trials["fallback"].tolist() == result.trials["fallback"].tolist()
 
 
 def test_one_and_two_workers_give_the_same_plan(task, ray_cluster):
