@@ -29,6 +29,7 @@ import optuna
 
 from rayq.core.accuracy import compute_drop, within_budget
 from rayq.core.cost import fp32_fraction
+from rayq.core.early import EarlyStop, chunkable
 from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
 from rayq.core.plan import QuantPlan
 from rayq.core.speed import ratio_interval
@@ -72,36 +73,45 @@ class SearchSettings:
     explore: bool = True
     runoff_seconds: float | None = None  # None: selection.RUNOFF_SECONDS
     finalists: int = selection.FINALISTS
+    early_stop: bool = True  # stop hopeless candidates' validation early (rayq.core.early)
 
 
 class PoolEvaluator:
     """Adapts a pool to the driver's :class:`~rayq.tuning.evaluator.Evaluator`:
     metrics in parallel, then the successful ones' latencies timed together with FP32
     (``compare_latency``: interleaved turns on one worker), so every trial carries an
-    FP32 latency from its own moment and its speedup does not depend on when it ran."""
+    FP32 latency from its own moment and its speedup does not depend on when it ran.
 
-    def __init__(self, pool: Pool, fp32_metric: float, drop_type: str) -> None:
-        self.pool, self.fp32, self.drop_type = pool, fp32_metric, drop_type
+    With ``stop`` (:class:`~rayq.core.early.EarlyStop`), candidates are validated in
+    chunks and a hopeless one stops early; it is not timed (it cannot be chosen)."""
+
+    def __init__(self, pool: Pool, fp32_metric: float, drop_type: str, stop: EarlyStop | None = None) -> None:
+        self.pool, self.fp32, self.drop_type, self.stop = pool, fp32_metric, drop_type, stop
         self.evaluated = 0
 
     def evaluate(self, plans: Sequence[QuantPlan]) -> list[EvalResult]:
-        metrics = self.pool.map_metric(list(plans))
-        ok = [i for i, m in enumerate(metrics) if m.error is None]
+        if self.stop is None:
+            metrics = self.pool.map_metric(list(plans))
+        else:
+            metrics = self.pool.map_metric(list(plans), None, stop=self.stop)
+        ok = [i for i, m in enumerate(metrics) if m.error is None and not getattr(m, "early_stopped", False)]
         fp32, latencies = None, {}
         if ok:
             fp32, *measured = self.pool.compare_latency([None, *(plans[i] for i in ok)])
             latencies = dict(zip(ok, measured))
         self.evaluated += len(plans)
-        out = []
-        for i, (plan, m) in enumerate(zip(plans, metrics)):
-            if m.error is not None:
-                out.append(EvalResult.failure(plan, m.error, m.seconds))
-                continue
-            lat = latencies[i]
-            out.append(EvalResult(plan.key(), m.value, compute_drop(self.fp32, m.value, self.drop_type),
-                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds, fp32.median_ms,
-                                  _speedup(fp32, lat)))
-        return out
+        return [self._result(plan, m, latencies.get(i), fp32) for i, (plan, m) in enumerate(zip(plans, metrics))]
+
+    def _result(self, plan: QuantPlan, m, lat, fp32) -> EvalResult:
+        if m.error is not None:
+            return EvalResult.failure(plan, m.error, m.seconds)
+        drop = compute_drop(self.fp32, m.value, self.drop_type)
+        if getattr(m, "early_stopped", False):  # infeasible, not timed
+            saved = self.stop.n_items - int(m.items_seen) if self.stop is not None else 0
+            return EvalResult(plan.key(), m.value, drop, None, None, "ok", None, m.seconds,
+                              early_stopped=True, items_saved=saved)
+        return EvalResult(plan.key(), m.value, drop, lat.median_ms, lat.iqr_ms, "ok", None, m.seconds,
+                          fp32.median_ms, _speedup(fp32, lat))
 
 
 def _speedup(fp32, lat) -> tuple[float, float, float] | None:
@@ -208,6 +218,20 @@ class AccuracyControl:
         self._store_ranking(ranking, scores, basis)
         return ranking
 
+    def early_stop(self) -> EarlyStop | None:
+        """The stopping rule for candidates, when asked for (``early_stop``) and exact: the
+        FP32 validation returned per-item values whose mean is the metric."""
+        if not self.s.early_stop:
+            return None
+        per_item = self.fp32.per_item
+        n = 0 if per_item is None else len(per_item)
+        if not chunkable(self.fp32.value, per_item, n):
+            log.info("early stopping off: the validation function %s", "returns no per-item values"
+                     if per_item is None else "returns a metric that is not the mean of its per-item values")
+            return None
+        return EarlyStop(np.asarray(per_item, np.float64), float(self.fp32.value), self.s.max_drop,
+                         self.s.drop_type, seed=self.s.seed)
+
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         if self.fp32 is None:
             self.fp32_metric()
@@ -219,6 +243,7 @@ class AccuracyControl:
         best, status = outcome.best, outcome.status
         if status == "met" and not best.plan.fallback and not self.s.explore:
             return self._end(space, evaluator, outcome.records)
+        evaluator.stop = self.early_stop()  # the preset seeds above are validated whole
         if (status != "met" or best.plan.fallback) and self._room(outcome.records):
             self.ranking = self.rank()
             space = replace(self.space0, ranking=tuple(self.ranking))
