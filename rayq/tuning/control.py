@@ -264,6 +264,8 @@ class AccuracyControl:
                                   shares=self.shares,
                                   max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
                                   size=self.s.finalists)
+        if choice.record is not None and choice.record.early_stopped:
+            choice = self._completed(choice)
         self.choice = choice
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
@@ -273,6 +275,22 @@ class AccuracyControl:
                 "speedup": None if choice.speedup is None else choice.speedup.to_dict(),
                 "finalists": [r.number for r in choice.finalists], "rounds": choice.rounds, "clear": choice.clear})
         return choice.record, choice.status, list(choice.records)
+
+    def _completed(self, choice: selection.Choice) -> selection.Choice:
+        """The answer when nothing met the budget and the most accurate trial (judged on
+        its partial metric) stopped early: validated whole and timed, so the model is
+        returned with its real metric and latency (the study keeps the partial record)."""
+        r = choice.record
+        full = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan])[0]
+        if full.status != "ok":
+            return choice
+        est, low, high = full.speedup or (None, None, None)
+        done = replace(r, metric=full.metric, drop=full.drop, latency_ms=full.latency_ms,
+                       latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms,
+                       speedup_est=est, speedup_low=low, speedup_high=high, early_stopped=False,
+                       validation_items_saved=0, eval_seconds=r.eval_seconds + full.eval_seconds)
+        log.info("trial %d (the most accurate, stopped early) validated whole: drop %.5f", r.number, done.drop)
+        return replace(choice, record=done, records=tuple(done if x.number == r.number else x for x in choice.records))
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
         """Evaluate ``plans`` not yet in the study (and nothing else)."""

@@ -95,10 +95,8 @@ def _feasible(records: Sequence[TrialRecord], ops: Sequence[str]) -> list[TrialR
 
 def most_accurate(records: Sequence[TrialRecord], ops: Sequence[str], base: QuantPlan) -> TrialRecord | None:
     """The ok INT8 trial with the smallest drop (ties: :func:`tie_key`, then trial
-    number); any ok trial when none is INT8. Trials validated whole come first: an
-    early-stopped trial's drop is that of part of the items."""
+    number); any ok trial when none is INT8."""
     ok = [r for r in records if r.status == "ok" and r.drop is not None]
-    ok = [r for r in ok if not getattr(r, "early_stopped", False)] or ok
     pool = [r for r in ok if is_int8(r.plan, ops)] or ok
     return min(pool, key=lambda r: (r.drop, tie_key(r.plan, base), r.number), default=None)
 
