@@ -316,6 +316,7 @@ def quantize_with_accuracy_control(
     target: str | None = None,
     output: str | None = None,
     validation_timeout: float | None = None,
+    early_stop: bool = True,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -334,7 +335,8 @@ def quantize_with_accuracy_control(
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
     subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
     the output directory (``intermediate_model_dir`` when ``output`` is None).
-    ``validation_timeout`` bounds each validation call as in :func:`search`.
+    ``validation_timeout`` bounds each validation call as in :func:`search`, and
+    ``early_stop`` (a rayq extension) stops hopeless candidates' validation early, as there.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -354,7 +356,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
-        explore=False, finalists=1, validation_timeout=validation_timeout)
+        explore=False, finalists=1, validation_timeout=validation_timeout, early_stop=early_stop)
     _warn_restored(result, result.n_quantizable)
     return result.model
 

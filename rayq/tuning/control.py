@@ -50,7 +50,8 @@ CHOICE_ATTR = "rayq.choice"
 class Pool(Protocol):
     size: int
 
-    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list: ...
+    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None,
+                   stop: EarlyStop | None = None) -> list: ...
     def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]: ...
     def map_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
@@ -260,12 +261,9 @@ class AccuracyControl:
     def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         """The answer among ``records`` (:func:`rayq.tuning.selection.choose`), recorded
         in the study as ``rayq.chosen_trial`` and ``rayq.choice``."""
-        choice = selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
-                                  shares=self.shares,
-                                  max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
-                                  size=self.s.finalists)
-        if choice.record is not None and choice.record.early_stopped:
-            choice = self._completed(choice)
+        choice = self._choose(records)
+        if choice.status == "budget not met" and any(r.early_stopped and r.validation_items_saved for r in records):
+            choice = self._choose(self._completed(records))
         self.choice = choice
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
@@ -276,21 +274,34 @@ class AccuracyControl:
                 "finalists": [r.number for r in choice.finalists], "rounds": choice.rounds, "clear": choice.clear})
         return choice.record, choice.status, list(choice.records)
 
-    def _completed(self, choice: selection.Choice) -> selection.Choice:
-        """The answer when nothing met the budget and the most accurate trial (judged on
-        its partial metric) stopped early: validated whole and timed, so the model is
-        returned with its real metric and latency (the study keeps the partial record)."""
-        r = choice.record
-        full = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan])[0]
-        if full.status != "ok":
-            return choice
-        est, low, high = full.speedup or (None, None, None)
-        done = replace(r, metric=full.metric, drop=full.drop, latency_ms=full.latency_ms,
-                       latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms,
-                       speedup_est=est, speedup_low=low, speedup_high=high, early_stopped=False,
-                       validation_items_saved=0, eval_seconds=r.eval_seconds + full.eval_seconds)
-        log.info("trial %d (the most accurate, stopped early) validated whole: drop %.5f", r.number, done.drop)
-        return replace(choice, record=done, records=tuple(done if x.number == r.number else x for x in choice.records))
+    def _choose(self, records: Sequence[TrialRecord]) -> selection.Choice:
+        return selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
+                                shares=self.shares, max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
+                                size=self.s.finalists)
+
+    def _completed(self, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+        """``records`` with the early-stopped trials validated whole and timed (one batch).
+
+        Used when no trial met the budget: the answer is then the most accurate trial,
+        which partial metrics cannot rank, so the stopped trials are completed and the
+        answer is the one a search without early stopping gives. The study keeps their
+        partial records; the returned records (and the trials table) hold the full ones,
+        still marked ``early_stopped`` but with ``validation_items_saved=0``.
+        """
+        stopped = [r for r in records if r.early_stopped and r.validation_items_saved]
+        results = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan for r in stopped])
+        done = {}
+        for r, full in zip(stopped, results):
+            if full.status != "ok":
+                continue
+            est, low, high = full.speedup or (None, None, None)
+            done[r.number] = replace(
+                r, metric=full.metric, drop=full.drop, latency_ms=full.latency_ms,
+                latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms, speedup_est=est,
+                speedup_low=low, speedup_high=high, validation_items_saved=0,
+                feasible=within_budget(full.drop, self.s.max_drop), eval_seconds=r.eval_seconds + full.eval_seconds)
+        log.info("no trial met the budget: validated the %d early-stopped trial(s) whole", len(done))
+        return [done.get(r.number, r) for r in records]
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
         """Evaluate ``plans`` not yet in the study (and nothing else)."""

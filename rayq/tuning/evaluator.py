@@ -121,7 +121,10 @@ class TrialRecord:
     ``cost``: the deterministic cost the sampler minimised (share of compute in FP32).
     ``early_stopped``: its validation stopped once the drop was sure to exceed the budget
     (partial ``metric``/``drop``, no latency; never feasible); ``validation_items_saved``:
-    the validation items that saved.
+    the validation items that saved. When no trial met the budget, the stopped trials
+    are validated whole at the end (the answer is then the most accurate): their records
+    hold the full metric and latency, ``early_stopped`` stays True and
+    ``validation_items_saved`` is 0.
 
     Example:
         >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
