@@ -97,3 +97,16 @@ def test_chunked_validation_equals_whole_validation_when_not_stopped(task):
     cut = ev.metric(base, stop=tight)
     assert cut.early_stopped and cut.items_seen == N_VAL // 4 and cut.per_item is None
     assert run_validation(pair_accuracy, ev.compiled(ev.build(base), 0), val).value == pytest.approx(whole.value)
+
+
+def test_a_rerun_reads_the_early_stops_back_from_the_study(task, short_runoff, tmp_path):
+    journal = str(tmp_path / "study.journal")
+    first = _search(task, True, 1, storage=journal)
+    again = _search(task, True, 1, storage=journal)  # the study is complete: nothing is validated again
+    assert again.plan.key() == first.plan.key()
+    cols = ["number", "plan_key", "early_stopped", "validation_items_saved", "drop", "feasible"]
+    assert again.trials[cols].equals(first.trials[cols])
+    study = optuna.load_study(study_name=again.study_name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(journal)))
+    assert len(study.trials) == 12
+    assert sum(bool(t.user_attrs.get("validation_items_saved")) for t in study.trials) >= 2
