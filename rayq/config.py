@@ -116,6 +116,7 @@ class SearchConfig:
     smooth_quant_alphas: tuple[float | None, ...] | None = None
     explore: bool = True
     generation_size: int = 4
+    early_stop: bool = True
     address: str | None = None
 
     def __post_init__(self) -> None:

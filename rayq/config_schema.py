@@ -155,6 +155,9 @@ class SearchModel(_Plan):
     smooth_quant_alphas: tuple[Float | None, ...] | None = None
     explore: Bool = True
     generation_size: PositiveInt = 4
+    early_stop: Bool = Field(
+        True, description="stop a candidate's validation once its drop is sure to exceed max_drop "
+        "(needs per-item values whose mean is the metric)")
 
 
 #: Sweep ``defaults`` and entries take any search field, each optional.

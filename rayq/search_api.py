@@ -128,6 +128,7 @@ def search(
     ranking_subset_size: int = 300,
     output_files: Mapping[str, str] | None = None,
     validation_timeout: float | None = None,
+    early_stop: bool = True,
 ) -> SearchResult:
     """Find an INT8 model within ``max_drop`` that is *significantly* faster than FP32.
 
@@ -184,6 +185,12 @@ def search(
             killed and replaced (in-process, ``num_workers=1``: its thread is abandoned,
             since a thread cannot be killed), and the search goes on. An FP32 validation
             that times out stops the search with a :class:`~rayq.errors.SearchError`.
+        early_stop: Validate candidates in chunks (25 %, 50 %, 100 % of the items in a
+            seeded order) and stop one as soon as a 99.9 % lower confidence bound on its
+            drop exceeds ``max_drop`` (:mod:`rayq.core.early`); it is recorded infeasible
+            with ``early_stopped=True`` and the items it saved. Only when ``validation_fn``
+            returns ``(metric, per_item_values)`` with the metric their mean (checked on
+            FP32); otherwise candidates are validated whole.
 
     Resume: re-running with the same ``storage`` and ``study_name`` (the default
     ones for the same model, data, settings and ``output``) continues the study:
@@ -233,7 +240,7 @@ def search(
                                worker_resources=None)
     settings = SearchSettings(max_drop=max_drop, drop_type=drop_type, n_trials=n_trials, timeout=timeout,
                               seed=seed, generation_size=generation_size, explore=explore, finalists=finalists,
-                              ranking_subset=ranking_subset_size)
+                              ranking_subset=ranking_subset_size, early_stop=bool(early_stop))
     out_dir = local_dir_for(output) if output else None
     if storage is None and out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -337,6 +344,7 @@ def quantize_with_accuracy_control(
     target: str | None = None,
     output: str | None = None,
     validation_timeout: float | None = None,
+    early_stop: bool = True,
 ) -> Any:
     """``nncf.quantize_with_accuracy_control`` with rayq's parallel search.
 
@@ -358,7 +366,8 @@ def quantize_with_accuracy_control(
     (:class:`rayq.AdvancedAccuracyRestorerParameters`, or NNCF's) sets the ranking
     subset size, the workers (``num_ranking_workers`` when ``num_workers`` is None) and
     the output directory (``intermediate_model_dir`` when ``output`` is None).
-    ``validation_timeout`` bounds each validation call as in :func:`search`.
+    ``validation_timeout`` bounds each validation call as in :func:`search`, and
+    ``early_stop`` (a rayq extension) stops hopeless candidates' validation early, as there.
 
     Example:
         >>> q = rayq.quantize_with_accuracy_control(model, calib, val, accuracy, max_drop=0.01)  # doctest: +SKIP
@@ -378,7 +387,7 @@ def quantize_with_accuracy_control(
         advanced_parameters=adv, presets=(base.preset,),
         estimators=(base.activation_estimator,), bias_corrections=(base.bias_correction,),
         smooth_quant_alphas=(base.smooth_quant_alpha,) if base.model_type == "transformer" else None,
-        explore=False, finalists=1, validation_timeout=validation_timeout)
+        explore=False, finalists=1, validation_timeout=validation_timeout, early_stop=early_stop)
     _warn_restored(result, result.n_quantizable)
     return result.model
 
@@ -416,4 +425,5 @@ def search_from_config(config, *, output: str | None = None, num_workers: int | 
         estimators=config.estimators, bias_corrections=config.bias_corrections,
         smooth_quant_alphas=config.smooth_quant_alphas, explore=config.explore,
         generation_size=config.generation_size, validation_timeout=config.validation_timeout,
+        early_stop=config.early_stop,
         output_files={"config.yaml": dump(config)})

@@ -37,6 +37,7 @@ FIELDS = {
     "n_trials": "n_trials", "timeout": "timeout", "num_workers": "num_workers", "storage": "storage",
     "study_name": "study_name", "seed": "seed", "preset": "preset", "model_type": "model_type",
     "subset_size": "subset_size", "address": "address", "validation_timeout": "validation_timeout",
+    "early_stop": "early_stop",
 }
 
 
@@ -70,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--model-type", choices=["transformer"], default=u)
     s.add_argument("--subset-size", type=int, default=u)
     s.add_argument("--address", default=u, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=u,
+                   help="validate every candidate on all items (default: stop hopeless ones early when "
+                        "validation_fn returns per-item values)")
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:

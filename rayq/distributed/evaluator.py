@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayq.backends import get_backend
+from rayq.core.early import EarlyStop
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.distributed.cluster import default_resources, next_done, task_error, worker_nodes
@@ -80,7 +81,8 @@ def _describe(ev: CandidateEvaluator) -> dict:
 
 
 _VERBS: dict[str, Callable] = {
-    "metric": lambda ev, plan, indices: ev.fp32_metric(indices) if plan is None else ev.metric(_plan(plan), indices),
+    "metric": lambda ev, plan, indices, stop=None: (ev.fp32_metric(indices) if plan is None
+                                                    else ev.metric(_plan(plan), indices, stop)),
     "latency": lambda ev, plan: ev.latency(_plan(plan)),
     "output_error": lambda ev, plan: ev.output_error(_plan(plan)),
     "compare_latency": lambda ev, plans: ev.compare_latency([_plan(p) for p in plans]),
@@ -340,8 +342,11 @@ class RayEvaluatorPool:
         return CandidateMetric(key, None, None, seconds,
                                timeout_message(self._fn_name, limit, "on a Ray worker, which was replaced"))
 
-    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list[CandidateMetric]:
-        out = self._map("metric", [(None if p is None else p.to_json(), indices) for p in plans],
+    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None,
+                   stop: EarlyStop | None = None) -> list[CandidateMetric]:
+        """Metric of each plan (None: FP32) on all items or ``indices``; with ``stop``,
+        candidates are validated in chunks and stopped early (:mod:`rayq.core.early`)."""
+        out = self._map("metric", [(None if p is None else p.to_json(), indices, stop) for p in plans],
                         limit=self.timeout.limit())
         observe_fp32(self.timeout, plans, indices, out)
         return out
@@ -406,12 +411,12 @@ class LocalEvaluatorPool:
     def close(self) -> None:
         pass
 
-    def map_metric(self, plans, indices=None) -> list[CandidateMetric]:
+    def map_metric(self, plans, indices=None, stop: EarlyStop | None = None) -> list[CandidateMetric]:
         out = []
         with GATE.evaluating():
             for p in plans:
                 self.ev.validation_timeout = self.timeout.limit()
-                out.append(self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices))
+                out.append(self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices, stop))
         observe_fp32(self.timeout, plans, indices, out)
         return out
 

@@ -11,12 +11,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from rayq.backends import get_backend
+from rayq.core.early import EarlyStop
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
@@ -37,13 +38,21 @@ INTERLEAVED_ROUNDS = 5
 
 @dataclass(frozen=True)
 class CandidateMetric:
-    """Metric of one plan: value, optional per-item values, and build/validate time."""
+    """Metric of one plan: value, optional per-item values, and build/validate time.
+
+    ``early_stopped``: the validation stopped after ``items_seen`` items because the drop
+    was already sure to exceed the budget (:mod:`rayq.core.early`); ``value`` is then the
+    metric on those items and ``per_item`` is None. ``items_seen`` is None when the
+    validation ran whole (not in chunks).
+    """
 
     plan_key: str
     value: float | None
     per_item: np.ndarray | None
     seconds: float
     error: str | None = None
+    early_stopped: bool = False
+    items_seen: int | None = None
 
 
 class CandidateEvaluator:
@@ -117,8 +126,12 @@ class CandidateEvaluator:
     def fp32_metric(self, indices: Sequence[int] | None = None) -> CandidateMetric:
         return self._metric("fp32", self.model, indices)
 
-    def metric(self, plan: QuantPlan, indices: Sequence[int] | None = None) -> CandidateMetric:
-        """Validate ``plan`` on all items (or ``indices``); failures become an error string."""
+    def metric(self, plan: QuantPlan, indices: Sequence[int] | None = None,
+               stop: EarlyStop | None = None) -> CandidateMetric:
+        """Validate ``plan`` on all items (or ``indices``); failures become an error string.
+
+        With ``stop`` (and all items), validate in its chunks and stop once the drop's
+        lower bound exceeds the budget (:mod:`rayq.core.early`)."""
         start = time.perf_counter()
         try:
             model = self.build(plan)
@@ -126,19 +139,43 @@ class CandidateEvaluator:
             log.warning("building plan %s failed: %s", plan.key(), exc)
             return CandidateMetric(plan.key(), None, None, time.perf_counter() - start,
                                    f"build failed: {type(exc).__name__}: {exc}")
-        result = self._metric(plan.key(), model, indices)
-        return CandidateMetric(result.plan_key, result.value, result.per_item,
-                               time.perf_counter() - start, result.error)
+        result = self._metric(plan.key(), model, indices, stop)
+        return replace(result, seconds=time.perf_counter() - start)
 
-    def _metric(self, key: str, model: Any, indices: Sequence[int] | None) -> CandidateMetric:
+    def _metric(self, key: str, model: Any, indices: Sequence[int] | None,
+                stop: EarlyStop | None = None) -> CandidateMetric:
         start = time.perf_counter()
         items = self.items if indices is None else [self.items[i] for i in indices]
         try:
             compiled = self.compiled(model, self.threads)
+            if stop is not None and indices is None and stop.n_items == len(self.items):
+                chunked = self._chunked(key, compiled, stop, start)
+                if chunked is not None:
+                    return chunked
             m = run_validation(self.fn, compiled, items, timeout=self.validation_timeout)
         except ValidationFailed as exc:
             return CandidateMetric(key, None, None, time.perf_counter() - start, str(exc))
         return CandidateMetric(key, m.value, m.per_item, time.perf_counter() - start)
+
+    def _chunked(self, key: str, compiled: Any, stop: EarlyStop, start: float) -> CandidateMetric | None:
+        """Validation in ``stop``'s chunks (the validation function called once per chunk),
+        stopped early when the drop's bound exceeds the budget. The full result's metric
+        is the mean of the per-item values (what :func:`rayq.core.early.chunkable` checked
+        the metric to be). None: a chunk gave no per-item values (validate whole instead)."""
+        values = np.full(len(self.items), np.nan)
+        seen = np.zeros(0, dtype=np.int64)
+        for chunk in stop.chunks():
+            m = run_validation(self.fn, compiled, [self.items[i] for i in chunk], timeout=self.validation_timeout)
+            if m.per_item is None or len(m.per_item) != len(chunk):
+                log.warning("validation of %s: a chunk returned no per-item values; validating whole", key)
+                return None
+            values[chunk] = m.per_item
+            seen = np.concatenate([seen, chunk])
+            if stop.should_stop(seen, values[seen]):
+                return CandidateMetric(key, float(np.mean(values[seen])), None, time.perf_counter() - start,
+                                       early_stopped=True, items_seen=len(seen))
+        return CandidateMetric(key, float(np.mean(values)), values, time.perf_counter() - start,
+                               items_seen=len(values))
 
     def output_error(self, plan: QuantPlan | None, max_batches: int = 4) -> float:
         """NMSE of the plan's outputs vs FP32 on the first calibration batches."""

@@ -29,6 +29,7 @@ import optuna
 
 from rayq.core.accuracy import compute_drop, within_budget
 from rayq.core.cost import fp32_fraction
+from rayq.core.early import EarlyStop, chunkable
 from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
 from rayq.core.plan import QuantPlan
 from rayq.core.speed import ratio_interval
@@ -51,7 +52,8 @@ CHOICE_ATTR = "rayq.choice"
 class Pool(Protocol):
     size: int
 
-    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None) -> list: ...
+    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None,
+                   stop: EarlyStop | None = None) -> list: ...
     def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]: ...
     def map_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
@@ -74,36 +76,45 @@ class SearchSettings:
     explore: bool = True
     runoff_seconds: float | None = None  # None: selection.RUNOFF_SECONDS
     finalists: int = selection.FINALISTS
+    early_stop: bool = True  # stop hopeless candidates' validation early (rayq.core.early)
 
 
 class PoolEvaluator:
     """Adapts a pool to the driver's :class:`~rayq.tuning.evaluator.Evaluator`:
     metrics in parallel, then the successful ones' latencies timed together with FP32
     (``compare_latency``: interleaved turns on one worker), so every trial carries an
-    FP32 latency from its own moment and its speedup does not depend on when it ran."""
+    FP32 latency from its own moment and its speedup does not depend on when it ran.
 
-    def __init__(self, pool: Pool, fp32_metric: float, drop_type: str) -> None:
-        self.pool, self.fp32, self.drop_type = pool, fp32_metric, drop_type
+    With ``stop`` (:class:`~rayq.core.early.EarlyStop`), candidates are validated in
+    chunks and a hopeless one stops early; it is not timed (it cannot be chosen)."""
+
+    def __init__(self, pool: Pool, fp32_metric: float, drop_type: str, stop: EarlyStop | None = None) -> None:
+        self.pool, self.fp32, self.drop_type, self.stop = pool, fp32_metric, drop_type, stop
         self.evaluated = 0
 
     def evaluate(self, plans: Sequence[QuantPlan]) -> list[EvalResult]:
-        metrics = self.pool.map_metric(list(plans))
-        ok = [i for i, m in enumerate(metrics) if m.error is None]
+        if self.stop is None:
+            metrics = self.pool.map_metric(list(plans))
+        else:
+            metrics = self.pool.map_metric(list(plans), None, stop=self.stop)
+        ok = [i for i, m in enumerate(metrics) if m.error is None and not getattr(m, "early_stopped", False)]
         fp32, latencies = None, {}
         if ok:
             fp32, *measured = self.pool.compare_latency([None, *(plans[i] for i in ok)])
             latencies = dict(zip(ok, measured))
         self.evaluated += len(plans)
-        out = []
-        for i, (plan, m) in enumerate(zip(plans, metrics)):
-            if m.error is not None:
-                out.append(EvalResult.failure(plan, m.error, m.seconds))
-                continue
-            lat = latencies[i]
-            out.append(EvalResult(plan.key(), m.value, compute_drop(self.fp32, m.value, self.drop_type),
-                                  lat.median_ms, lat.iqr_ms, "ok", None, m.seconds, fp32.median_ms,
-                                  _speedup(fp32, lat)))
-        return out
+        return [self._result(plan, m, latencies.get(i), fp32) for i, (plan, m) in enumerate(zip(plans, metrics))]
+
+    def _result(self, plan: QuantPlan, m, lat, fp32) -> EvalResult:
+        if m.error is not None:
+            return EvalResult.failure(plan, m.error, m.seconds)
+        drop = compute_drop(self.fp32, m.value, self.drop_type)
+        if getattr(m, "early_stopped", False):  # infeasible, not timed
+            saved = self.stop.n_items - int(m.items_seen) if self.stop is not None else 0
+            return EvalResult(plan.key(), m.value, drop, None, None, "ok", None, m.seconds,
+                              early_stopped=True, items_saved=saved)
+        return EvalResult(plan.key(), m.value, drop, lat.median_ms, lat.iqr_ms, "ok", None, m.seconds,
+                          fp32.median_ms, _speedup(fp32, lat))
 
 
 def _speedup(fp32, lat) -> tuple[float, float, float] | None:
@@ -215,6 +226,20 @@ class AccuracyControl:
         self._store_ranking(ranking)
         return ranking
 
+    def early_stop(self) -> EarlyStop | None:
+        """The stopping rule for candidates, when asked for (``early_stop``) and exact: the
+        FP32 validation returned per-item values whose mean is the metric."""
+        if not self.s.early_stop:
+            return None
+        per_item = self.fp32.per_item
+        n = 0 if per_item is None else len(per_item)
+        if not chunkable(self.fp32.value, per_item, n):
+            log.info("early stopping off: the validation function %s", "returns no per-item values"
+                     if per_item is None else "returns a metric that is not the mean of its per-item values")
+            return None
+        return EarlyStop(np.asarray(per_item, np.float64), float(self.fp32.value), self.s.max_drop,
+                         self.s.drop_type, seed=self.s.seed)
+
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         if self.fp32 is None:
             self.fp32_metric()
@@ -226,6 +251,7 @@ class AccuracyControl:
         best, status = outcome.best, outcome.status
         if status == "met" and not best.plan.fallback and not self.s.explore:
             return self._end(space, evaluator, outcome.records)
+        evaluator.stop = self.early_stop()  # the preset seeds above are validated whole
         if (status != "met" or best.plan.fallback) and self._room(outcome.records):
             self.ranking = self.rank()
             space = replace(self.space0, ranking=tuple(self.ranking))
@@ -242,10 +268,9 @@ class AccuracyControl:
     def _final(self, records: Sequence[TrialRecord]) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         """The answer among ``records`` (:func:`rayq.tuning.selection.choose`), recorded
         in the study as ``rayq.chosen_trial`` and ``rayq.choice``."""
-        choice = selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
-                                  shares=self.shares,
-                                  max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
-                                  size=self.s.finalists)
+        choice = self._choose(records)
+        if choice.status == "budget not met" and any(r.early_stopped and r.validation_items_saved for r in records):
+            choice = self._choose(self._completed(records))
         self.choice = choice
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
@@ -255,6 +280,35 @@ class AccuracyControl:
                 "speedup": None if choice.speedup is None else choice.speedup.to_dict(),
                 "finalists": [r.number for r in choice.finalists], "rounds": choice.rounds, "clear": choice.clear})
         return choice.record, choice.status, list(choice.records)
+
+    def _choose(self, records: Sequence[TrialRecord]) -> selection.Choice:
+        return selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
+                                shares=self.shares, max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
+                                size=self.s.finalists)
+
+    def _completed(self, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+        """``records`` with the early-stopped trials validated whole and timed (one batch).
+
+        Used when no trial met the budget: the answer is then the most accurate trial,
+        which partial metrics cannot rank, so the stopped trials are completed and the
+        answer is the one a search without early stopping gives. The study keeps their
+        partial records; the returned records (and the trials table) hold the full ones,
+        still marked ``early_stopped`` but with ``validation_items_saved=0``.
+        """
+        stopped = [r for r in records if r.early_stopped and r.validation_items_saved]
+        results = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan for r in stopped])
+        done = {}
+        for r, full in zip(stopped, results):
+            if full.status != "ok":
+                continue
+            est, low, high = full.speedup or (None, None, None)
+            done[r.number] = replace(
+                r, metric=full.metric, drop=full.drop, latency_ms=full.latency_ms,
+                latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms, speedup_est=est,
+                speedup_low=low, speedup_high=high, validation_items_saved=0,
+                feasible=within_budget(full.drop, self.s.max_drop), eval_seconds=r.eval_seconds + full.eval_seconds)
+        log.info("no trial met the budget: validated the %d early-stopped trial(s) whole", len(done))
+        return [done.get(r.number, r) for r in records]
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):
         """Evaluate ``plans`` not yet in the study (and nothing else)."""

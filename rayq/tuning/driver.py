@@ -76,7 +76,8 @@ from rayq.tuning.space import SearchSpace
 logger = logging.getLogger(__name__)
 
 _RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint",
-                "fp32_latency_ms", "speedup", "speedup_low", "speedup_high")
+                "fp32_latency_ms", "speedup", "speedup_low", "speedup_high", "early_stopped",
+                "validation_items_saved")
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 #: Statuses of the trials that count: evaluated (or reused) plans. Older rayq versions
@@ -337,8 +338,9 @@ class SearchDriver:
 
         status, error = r.status, r.error
         if status == "ok":
-            bad = [n for n, v in (("metric", r.metric), ("drop", r.drop), ("latency_ms", r.latency_ms))
-                   if finite(v) is None]
+            needed = (("metric", r.metric), ("drop", r.drop)) + (() if r.early_stopped else
+                                                                 (("latency_ms", r.latency_ms),))
+            bad = [n for n, v in needed if finite(v) is None]
             if bad:
                 status, error = "failed", f"the evaluation returned no finite {', '.join(bad)}"
         elif status != "failed":
@@ -348,10 +350,12 @@ class SearchDriver:
                  "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
                  "fp32_latency_ms": finite(r.fp32_latency_ms)}
         est, low, high = r.speedup if r.speedup is not None else (None, None, None)
-        attrs.update(speedup=finite(est), speedup_low=finite(low), speedup_high=finite(high))
+        attrs.update(speedup=finite(est), speedup_low=finite(low), speedup_high=finite(high),
+                     early_stopped=bool(r.early_stopped), validation_items_saved=int(r.items_saved))
         if status == "ok":
             drop = attrs["drop"]
-            attrs["constraint"] = 0.0 if within_budget(drop, self.max_drop) else drop - self.max_drop
+            feasible = within_budget(drop, self.max_drop) and not r.early_stopped
+            attrs["constraint"] = 0.0 if feasible else max(drop - self.max_drop, 1e-12)
         return attrs
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, attrs: dict, reused: bool) -> TrialRecord:
@@ -393,13 +397,15 @@ class SearchDriver:
         a = t.user_attrs
         if plan is None or t.state not in _DONE or a.get("status") not in _COUNTED:
             return None
-        feasible = a["status"] == "ok" and within_budget(a.get("drop"), self.max_drop)
+        stopped = bool(a.get("early_stopped"))
+        feasible = a["status"] == "ok" and within_budget(a.get("drop"), self.max_drop) and not stopped
         return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
                            a.get("latency_spread_ms"), a["status"], a.get("error"), feasible,
                            a.get("source", "sampler"), bool(a.get("reused", False)),
                            float(a.get("eval_seconds") or 0.0), fp32_latency_ms=a.get("fp32_latency_ms"),
                            cost=a.get("cost"), speedup_est=a.get("speedup"), speedup_low=a.get("speedup_low"),
-                           speedup_high=a.get("speedup_high"))
+                           speedup_high=a.get("speedup_high"), early_stopped=stopped,
+                           validation_items_saved=int(a.get("validation_items_saved") or 0))
 
     def _outcome(self, study: optuna.Study) -> DriverOutcome:
         """The outcome over the first ``n_trials`` counted trials: what this driver's run produced,

@@ -59,6 +59,10 @@ class EvalResult:
             ``latency_ms`` (interleaved with it), when the evaluator measures one.
         speedup: ``(estimate, low, high)``: the speed-up over FP32 from those
             interleaved rounds and its 95 % interval (:mod:`rayq.core.speed`).
+        early_stopped: The validation stopped early (:mod:`rayq.core.early`): ``metric``
+            and ``drop`` are those of the items seen, the drop was sure to exceed the
+            budget, and no latency was measured (``status`` stays ``"ok"``: infeasible).
+        items_saved: Validation items not run thanks to the early stop.
 
     Example:
         >>> EvalResult("0123456789abcdef", None, None, None, None, "failed", "NaN metric").status
@@ -75,6 +79,8 @@ class EvalResult:
     eval_seconds: float = 0.0
     fp32_latency_ms: float | None = None
     speedup: tuple[float, float, float] | None = None
+    early_stopped: bool = False
+    items_saved: int = 0
 
     @classmethod
     def failure(cls, plan: QuantPlan, error: str, eval_seconds: float = 0.0) -> EvalResult:
@@ -113,6 +119,12 @@ class TrialRecord:
     :attr:`speedup` compares the trial with FP32 at the same moment;
     ``speedup_low``/``speedup_high`` bound it (95 %, from the interleaved rounds).
     ``cost``: the deterministic cost the sampler minimised (share of compute in FP32).
+    ``early_stopped``: its validation stopped once the drop was sure to exceed the budget
+    (partial ``metric``/``drop``, no latency; never feasible); ``validation_items_saved``:
+    the validation items that saved. When no trial met the budget, the stopped trials
+    are validated whole at the end (the answer is then the most accurate): their records
+    hold the full metric and latency, ``early_stopped`` stays True and
+    ``validation_items_saved`` is 0.
 
     Example:
         >>> TrialRecord(0, QuantPlan(), 0.9, 0.0, 1.0, 0.1, "ok", None, True, "seed").feasible
@@ -137,6 +149,8 @@ class TrialRecord:
     speedup_est: float | None = None
     speedup_low: float | None = None
     speedup_high: float | None = None
+    early_stopped: bool = False
+    validation_items_saved: int = 0
 
     @property
     def speedup(self) -> float | None:
@@ -162,6 +176,7 @@ def _record_row(r: TrialRecord, chosen: int | None = None, n_quantizable: int = 
         "speedup_low": _float(r.speedup_low), "speedup_high": _float(r.speedup_high), "cost": _float(r.cost),
         "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
         "chosen": chosen is not None and r.number == chosen, "plan_key": r.plan.key(),
+        "early_stopped": bool(r.early_stopped), "validation_items_saved": int(r.validation_items_saved),
         "int8": not n_quantizable or len(set(r.plan.fallback)) < n_quantizable,
     }
     plan = r.plan.to_dict()
