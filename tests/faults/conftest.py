@@ -85,10 +85,11 @@ class Killer:
 def run_rayq(args: list[str], env: dict, *, kill: str | None = None, timeout: float = 300.0):
     """Run ``rayq ARGS``; with ``kill``, SIGKILL one worker running that task mid-run.
     Returns (completed process, killed pids, the process titles of its children).
-    A local Ray that times out starting on a loaded machine gets one more try."""
-    done = _run_once(args, env, kill, timeout)
-    if done[0].returncode != 0 and "timed out during startup" in done[0].stderr:
+    A local Ray that times out starting on a loaded machine gets up to two more tries."""
+    for _ in range(3):
         done = _run_once(args, env, kill, timeout)
+        if done[0].returncode == 0 or "timed out during startup" not in done[0].stderr:
+            break
     return done
 
 
