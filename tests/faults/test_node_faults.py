@@ -1,7 +1,7 @@
 """The worker node of a real 2-node Ray cluster (two ``ray start`` on this machine,
 loopback, token auth) is SIGKILLed, all its processes at once, while a ``rayq search``
 driver connected to the head calibrates on it, or while it validates candidates: the
-search still finishes, with every trial complete, on the surviving head node."""
+search still finishes, with result.json written, on the surviving head node."""
 
 from __future__ import annotations
 
