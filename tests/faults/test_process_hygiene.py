@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from .conftest import ROOT, cmdline, only_rayq_lines, ray_children, rayq_env
 
