@@ -59,11 +59,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
 
 @contextlib.contextmanager
 def _quiet_like_rayq() -> Iterator[None]:
-    """While Ray starts, its warnings (the token-auth banner) are shown only when rayq's
-    own INFO lines are (``rayq -q`` silences both)."""
+    """While Ray starts, its warnings (the token-auth banner) are hidden when rayq's own
+    logger was explicitly set above INFO (``rayq -q`` silences both)."""
     ray_logger = logging.getLogger("ray")
     saved = ray_logger.level
-    if not logging.getLogger("rayq").isEnabledFor(logging.INFO):
+    if logging.getLogger("rayq").level > logging.INFO:
         ray_logger.setLevel(logging.ERROR)
     try:
         yield
