@@ -46,14 +46,30 @@ def cluster_with_worker_group(tmp_path):
         _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
 
 
-def _busy_in_group(pgid: int, title: str) -> bool:
+def _node_processes(pgid: int) -> list[psutil.Process]:
+    """The worker node's processes: its ``ray start`` process group and everything below
+    its raylet (workers need not stay in the group)."""
+    procs = []
     for proc in psutil.process_iter():
         try:
-            if os.getpgid(proc.pid) == pgid and cmdline(proc).startswith(title):
-                return True
+            if os.getpgid(proc.pid) == pgid:
+                procs.append(proc)
+                if "raylet" in cmdline(proc).split(" ")[0]:
+                    procs.extend(proc.children(recursive=True))
         except (psutil.Error, ProcessLookupError):
             continue
-    return False
+    return procs
+
+
+def _kill_node(pgid: int) -> None:
+    """SIGKILL the whole node at once, as a machine failure would."""
+    procs = _node_processes(pgid)
+    os.killpg(pgid, signal.SIGKILL)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 @pytest.mark.parametrize("moment", ["ray::calibrate_chunk", "ray::evaluate"], ids=["mid-calibration", "mid-search"])
@@ -67,12 +83,12 @@ def test_search_finishes_when_the_worker_node_dies(cluster_with_worker_group, tm
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 300
-        while not _busy_in_group(worker_group, moment):
+        while not any(cmdline(p).startswith(moment) for p in _node_processes(worker_group)):
             assert proc.poll() is None, f"the search ended before {moment} ran on the worker node: " + \
                 proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, f"{moment} never ran on the worker node"
             time.sleep(0.02)
-        os.killpg(worker_group, signal.SIGKILL)  # the whole node: raylet, agents, workers
+        _kill_node(worker_group)  # the whole node: raylet, agents, workers
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
