@@ -65,7 +65,8 @@ def search_presets(preset: str | None, presets) -> tuple[str, ...]:
 def _space(base: QuantPlan, ops, *, presets, estimators, bias_corrections, alphas) -> SearchSpace:
     if base.model_type == "transformer":
         alphas = tuple(alphas) if alphas is not None else DEFAULT_ALPHAS
-    else:
+    else:  # SmoothQuant is for transformers; wrong alphas are still an error, not silently dropped
+        SearchSpace(presets=(), estimators=(), bias_corrections=(), smooth_quant_alphas=tuple(alphas or ()))
         alphas = ()
     return SearchSpace(presets=tuple(presets), estimators=tuple(estimators),
                        bias_corrections=tuple(bias_corrections), smooth_quant_alphas=alphas, ranking=tuple(ops))

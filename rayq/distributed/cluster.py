@@ -61,19 +61,63 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
         log.info("uploading the working directory %s to the cluster (runtime_env working_dir; pass "
                  "runtime_env=... to rayq.init to choose)", os.getcwd())
     try:
-        if address:
-            ray.init(address=address, **opts)
-        else:
-            # "local": always a fresh private cluster, never an unrelated one found on this machine
-            opts.setdefault("include_dashboard", False)
-            with _loopback_only(opts):
-                ray.init(address="local", num_cpus=num_cpus, **opts)
+        with _quiet_like_rayq():
+            if address:
+                ray.init(address=address, **opts)
+            else:
+                # "local": always a fresh private cluster, never an unrelated one found on this machine
+                opts.setdefault("include_dashboard", False)
+                with _loopback_only(opts):
+                    ray.init(address="local", num_cpus=num_cpus, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
         hint = " (the working_dir upload is limited to 512 MiB zipped: pass runtime_env={'working_dir': ..., " \
             "'excludes': [...]})" if "runtime_env" in opts and "size" in str(exc).lower() else ""
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}{hint}") from exc
+    if opts.get("log_to_driver"):
+        _worker_logs_to_stderr()
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _quiet_like_rayq() -> Iterator[None]:
+    """While Ray starts, its warnings (the token-auth banner) are hidden when rayq's own
+    logger was explicitly set above INFO (``rayq -q`` silences both)."""
+    ray_logger = logging.getLogger("ray")
+    saved = ray_logger.level
+    if logging.getLogger("rayq").level > logging.INFO:
+        ray_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ray_logger.setLevel(saved)
+
+
+def _worker_logs_to_stderr() -> None:
+    """Print what Ray forwards to the driver (worker output, and raylet lines such as
+    "a worker died" and "the task will be retried") on stderr: the driver's stdout is
+    the caller's, and ``rayq`` keeps it machine-readable. Ray prints these through one
+    private function of ``ray._private.worker``; a Ray without it keeps its default."""
+    import functools
+
+    try:
+        from ray._private import worker as ray_worker
+
+        original = ray_worker.print_to_stdstream
+        if not getattr(original, "_rayq_stderr", False):
+
+            def to_stderr(data: dict, ignore_prefix: bool) -> None:
+                original({**data, "is_err": True}, ignore_prefix)
+
+            to_stderr._rayq_stderr = True  # type: ignore[attr-defined]
+            ray_worker.print_to_stdstream = to_stderr  # the raylet's error lines look it up here
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher  # worker output: a bound handler
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", functools.partial(ray_worker.print_to_stdstream,
+                                                                   ignore_prefix=ignore_prefix))
+    except (ImportError, AttributeError) as exc:  # a Ray without these internals
+        log.debug("Ray worker logs stay on stdout: %s", exc)
 
 
 LOOPBACK = "127.0.0.1"

@@ -40,6 +40,10 @@ class Dataset:
     """
 
     def __init__(self, data_source: Iterable[Any], transform_fn: Callable[[Any], Any] | None = None) -> None:
+        if not hasattr(data_source, "__iter__") and not hasattr(data_source, "__getitem__"):  # what iter() takes
+            raise DataError(f"rayq.Dataset needs an iterable data source, got {type(data_source).__name__}")
+        if transform_fn is not None and not callable(transform_fn):
+            raise DataError(f"rayq.Dataset transform_fn must be callable, got {type(transform_fn).__name__}")
         self._source = data_source
         self._transform = transform_fn
 

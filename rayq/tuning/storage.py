@@ -13,6 +13,7 @@ import threading
 import time
 
 import optuna
+import sqlalchemy.exc
 
 from rayq.errors import ConfigError, SearchError
 
@@ -68,6 +69,9 @@ def _open_rdb(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             scheme = url.split("://", 1)[0]
+            if isinstance(exc, (ModuleNotFoundError, sqlalchemy.exc.ArgumentError)):  # unknown dialect or driver
+                raise ConfigError(f"storage: cannot open the {scheme}:// RDB storage (unknown database or its "
+                                  f"driver is not installed): {exc}") from exc
             raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
     raise SearchError(f"cannot open the RDB storage {url!r}")
 

@@ -63,6 +63,8 @@ def load_model(model: Any) -> onnx.ModelProto:
         proto.CopyFrom(model)
     else:
         path = Path(os.fspath(model))
+        if path.is_dir():
+            raise BackendError(f"model path {str(path)!r} is a folder, not an ONNX model file")
         if not path.is_file():
             raise BackendError(f"model file {str(path)!r} does not exist")
         try:

@@ -46,6 +46,8 @@ def load_model(model: Any) -> ov.Model:
         raise BackendError(f"expected an openvino.Model or a path ending in .xml, got {model!r}")
     xml = Path(os.fspath(model))
     weights = xml.with_suffix(".bin")
+    if xml.is_dir():
+        raise BackendError(f"model path {str(xml)!r} is a folder, not an OpenVINO IR .xml file")
     if not xml.is_file():
         raise BackendError(f"OpenVINO IR file {str(xml)!r} does not exist")
     if not weights.is_file():
