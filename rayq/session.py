@@ -87,8 +87,7 @@ class ModelSession:
         ``exact_bias`` the FP32 output means of the exact bias correction (default:
         when ``plan`` uses it).
         """
-        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
-            raise ConfigError(f"num_workers={num_workers!r} must be None (every CPU of the cluster) or >= 1")
+        check_workers(num_workers)
         spec = calibrate.stat_spec(self.graph, placement_for(self.graph, plan), histograms=histograms,
                                    smooth_quant=plan.model_type == "transformer",
                                    exact_bias=plan.bias_correction == "exact" if exact_bias is None else exact_bias)
@@ -146,6 +145,17 @@ def _resolve_workers(num_workers: int | None, num_batches: int, *, calibration: 
     return max(1, min(workers, num_batches))
 
 
+def check_workers(num_workers: Any) -> None:
+    """``num_workers`` is None (every CPU of the cluster) or an integer >= 1.
+
+    Raises:
+        ConfigError: anything else (a string, a bool, zero).
+    """
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 1):
+        raise ConfigError(f"num_workers={num_workers!r} must be None (every CPU of the cluster) or >= 1")
+
+
 def start_workers_early(num_workers: int | None, resources: dict | None, *, subset_size: int | None) -> list:
     """When calibration will join a running Ray cluster (connected, or ``RAY_ADDRESS``, as
     under ``ray job submit``), start this job's worker processes now so they come up
@@ -153,6 +163,7 @@ def start_workers_early(num_workers: int | None, resources: dict | None, *, subs
     was started). In-process calibration (``num_workers=1``) and a local Ray that rayq
     starts itself (Ray pre-starts workers for its first driver) start nothing.
     """
+    check_workers(num_workers)
     if num_workers == 1 or _would_start_local_ray():
         return []
     from rayq.distributed import cluster, collect

@@ -53,6 +53,7 @@ COLUMNS = {
     "number": pa.int64(), "status": pa.string(), "source": pa.string(), "feasible": pa.bool_(),
     "reused": pa.bool_(), "error": pa.string(), "remeasured": pa.bool_(), "chosen": pa.bool_(),
     "plan_key": pa.string(), "int8": pa.bool_(), "n_fallback": pa.int64(), "plan": PLAN,
+    "early_stopped": pa.bool_(), "validation_items_saved": pa.int64(),
     **PLAN_FIELDS,
 }
 
