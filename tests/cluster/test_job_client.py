@@ -17,7 +17,7 @@ import pytest
 
 import rayq
 from rayq import events
-from tests.cluster.test_two_node_job import _free_port, _pgids, _start, _stop
+from tests.cluster.test_two_node_job import _free_port, local_head, token_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -27,21 +27,12 @@ RAY_CLIENT = [""]  # the head's Ray Client address, set by the fixture
 @pytest.fixture(scope="module")
 def head_node():
     """One node (2 CPUs), dashboard and job server on 127.0.0.1, RAY_AUTH_MODE=token."""
-    temp_dir = f"/tmp/rayq-jobs-{os.getpid()}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, dash, agent, client = (_free_port() for _ in range(4))
-    before = _pgids(temp_dir)
-    try:
-        _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-                f"--temp-dir={temp_dir}", "--disable-usage-stats"], env)
+    dash, agent, client = (_free_port() for _ in range(3))
+    with local_head("jobs", token_env(), ["--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                                          f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+                                          f"--ray-client-server-port={client}"]):
         RAY_CLIENT[0] = f"ray://127.0.0.1:{client}"
         yield _wait_for_job_server(f"http://127.0.0.1:{dash}")
-    finally:
-        _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_job_server(address: str) -> str:

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,24 +49,40 @@ def _pgids(marker: str) -> set[int]:
     return {int(line.split()[0]) for line in out.splitlines()[1:] if marker in line}
 
 
+@contextmanager
+def local_head(tag: str, env: dict, args: list[str]) -> Iterator[tuple[int, str]]:
+    """A ``ray start --head`` on loopback with ``args`` (token auth comes from ``env``);
+    yields (GCS port, temp dir). Nodes the caller joins to it are stopped with it: only
+    this cluster's process groups, never ``ray stop``."""
+    temp_dir = f"/tmp/rayq-{tag}-{os.getpid()}"
+    gcs = _free_port()
+    before = _pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")
+    try:
+        _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+                "--disable-usage-stats", *args], env)
+        yield gcs, temp_dir
+    finally:
+        _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def token_env(**extra: str) -> dict:
+    """This process's environment with token auth on and no inherited ``RAY_ADDRESS``."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 @pytest.fixture()
 def two_node_cluster(tmp_path):
-    temp_dir = f"/tmp/rayq-2node-{os.getpid()}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, dash, agent, agent2 = (_free_port() for _ in range(4))
-    before = _pgids(temp_dir)
-    try:
-        _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dir}", "--disable-usage-stats"], env)
+    env = token_env()
+    dash, agent, agent2 = (_free_port() for _ in range(3))
+    with local_head("2node", env, ["--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                                   f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}"]) as (gcs, _):
         _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                 f"--dashboard-agent-listen-port={agent2}", '--resources={"second_node": 1}',
                 "--disable-usage-stats"], env)
         yield f"http://127.0.0.1:{dash}", env
-    finally:
-        _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop(groups) -> None:

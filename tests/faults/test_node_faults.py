@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from cluster.test_two_node_job import _free_port, _pgids, _start, _stop
+from cluster.test_two_node_job import _pgids, _start, local_head, token_env
 
 from .conftest import ROOT, cmdline
 
@@ -26,24 +26,15 @@ DIGITS = ROOT / "examples" / "digits"
 @pytest.fixture()
 def cluster_with_worker_group(tmp_path):
     """(GCS address, env, process group of the worker node)."""
-    temp_dir = f"/tmp/rayq-faults-{os.getpid()}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_DISABLE_USAGE_STATS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "RAYQ_CACHE_DIR": str(tmp_path / "cache"), "RAYQ_PROGRESS": "off"}
-    env.pop("RAY_ADDRESS", None)
-    gcs = _free_port()
-    before = _pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")
-    try:
-        _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=false",
-                f"--temp-dir={temp_dir}", "--disable-usage-stats"], env)
+    env = token_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                    RAYQ_CACHE_DIR=str(tmp_path / "cache"), RAYQ_PROGRESS="off")
+    with local_head("faults", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, temp_dir):
         head = _pgids(f"127.0.0.1:{gcs}") | _pgids(temp_dir)
         _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                 "--disable-usage-stats"], env)
         worker = (_pgids(f"127.0.0.1:{gcs}") | _pgids(temp_dir)) - head
         assert len(worker) == 1, worker
         yield f"127.0.0.1:{gcs}", env, worker.pop()
-    finally:
-        _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
 
 
 def _node_processes(pgid: int) -> list[psutil.Process]:
