@@ -55,7 +55,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
