@@ -20,6 +20,11 @@ MISSING_MODULE_HINT = (
     "under working_dir (that folder is uploaded; references like 'examples.digits.metric:accuracy' are "
     "relative to it); with rayq.init('ray://...') run from the project folder (rayq uploads the current "
     "directory) or pass runtime_env={'working_dir': '<project folder>'}; or install it on the nodes.")
+#: Ray Client's head sometimes loses the per-client server it just started (a gRPC
+#: "epoll_wait: Bad file descriptor" in its child, about 1 connection in 10 on Ray 2.60);
+#: the connection is then simply tried again, at most this many times in all.
+CLIENT_CONNECT_ATTEMPTS = 4
+_CLIENT_TRANSIENT = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
 #: Never uploaded with a working_dir (Ray also honours .gitignore and .rayignore files in it).
 DEFAULT_EXCLUDES = (".git", ".venv", "__pycache__", ".pytest_cache", ".rayq_cache")
 
@@ -62,7 +67,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
                  "runtime_env=... to rayq.init to choose)", os.getcwd())
     try:
         with _quiet_like_rayq():
-            if address:
+            if address and address.startswith("ray://"):
+                _client_connect(ray, address, opts)
+            elif address:
                 ray.init(address=address, **opts)
             else:
                 # "local": always a fresh private cluster, never an unrelated one found on this machine
@@ -77,6 +84,24 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
     if opts.get("log_to_driver"):
         _worker_logs_to_stderr()
     return ray.cluster_resources()
+
+
+def _client_connect(ray, address: str, opts: dict) -> None:
+    """``ray.init`` with a Ray Client address, tried again (with a short pause) when the
+    head failed to start this client's server: a transient fault of the head, not of
+    the address or the job, so the next attempt usually succeeds."""
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **opts)
+            return
+        except Exception as exc:
+            if attempt == CLIENT_CONNECT_ATTEMPTS or not any(m in str(exc) for m in _CLIENT_TRANSIENT):
+                raise
+            log.info("the Ray Client server at %s failed to start (attempt %d of %d); connecting again",
+                     address, attempt, CLIENT_CONNECT_ATTEMPTS)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(1.0 * attempt)
 
 
 @contextlib.contextmanager
