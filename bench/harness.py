@@ -350,6 +350,11 @@ class Pairs:
     def ratio_median(self) -> float:
         return statistics.median(self.ratios)
 
+    def summary(self, value: Callable[[Any], float]) -> dict:
+        """Each side's median of ``value(result)`` and the median of the per-pair ratios b/a."""
+        va, vb = ([float(value(r)) for r in self.results[s]] for s in (self.a, self.b))
+        return {self.a: statistics.median(va), self.b: statistics.median(vb), "ratio_median": paired_ratio(vb, va)}
+
     def to_dict(self) -> dict:
         return {"sides": [self.a, self.b], "order": self.order, "values": self.values,
                 "median": {s: self.median(s) for s in (self.a, self.b)}, "ratios": self.ratios,
