@@ -283,7 +283,7 @@ def describe(env: Mapping[str, Any]) -> str:
     return (f"{cpu.get('model', '?')} ({cpu.get('isa_summary', '?')}), {len(env.get('cpus_used', []))} of "
             f"{cpu.get('logical_cpus', '?')} CPUs; {tools}; commit {env.get('git', {}).get('commit')}"
             f"{' (dirty)' if env.get('git', {}).get('dirty') else ''}; {env.get('date', '?')}; load "
-            f"{_fmt_load(env.get('load_avg_before'))} -> {_fmt_load(env.get('load_avg_after'))}")
+            f"{_fmt_load(env.get('load_avg_before'))} -> {_fmt_load(env.get('load_avg_after') or os.getloadavg())}")
 
 
 def _fmt_load(load: Sequence[float] | None) -> str:
