@@ -201,11 +201,14 @@ def job_large(path: str) -> dict:
 
 # -- orchestration ------------------------------------------------------------------------
 
+CPUS: list[int] | None = None  # --cpus: every job is pinned to them
+
+
 def _run_job(tree: Path, args: list[str], timeout: float = 900) -> dict:
     cache = tempfile.mkdtemp(prefix="rayq-bench-cache-")
     log = harness.WORK / "memory" / f"{'_'.join(args[:4]).replace('/', '_')}_{tree.name}.log"
     res = harness.run_job([sys.executable, str(Path(__file__).resolve()), "_job", *args], log=log, timeout=timeout,
-                          env=harness.job_env(tree, RAYQ_CACHE_DIR=cache), cwd=tree)
+                          cpus=CPUS, env=harness.job_env(tree, RAYQ_CACHE_DIR=cache), cwd=tree)
     shutil.rmtree(cache, ignore_errors=True)
     return res["result"] if "error" not in res else {"error": "\n".join(res["log_tail"])[-2000:]}
 
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.steps, a.sizes, a.sources, a.workers, a.trees = "cnn", "300", "npy", "1", "head"
     env = harness.environment(cpus=a.cpus)
+    global CPUS
+    CPUS = harness.parse_cpus(a.cpus)
     trees = {"base": Path(a.base) if Path(a.base).is_dir() else harness.checkout(a.base)} if a.base else {}
     trees["head"] = ROOT
     trees = {k: v.resolve() for k, v in trees.items() if k in a.trees.split(",")}

@@ -5,7 +5,7 @@ pays per search once Ray is up, against an anchor commit, in one run.
     python bench/bench_repeat.py --quick                   # 1 pair, 1 search, no sweep
 
 Each pair runs the anchor (``git archive`` of ``--anchor``) and this checkout in fresh
-driver processes on a local Ray with ``--cpus`` CPUs, in alternating order (anchor
+driver processes on a local Ray with ``--ray-cpus`` CPUs, in alternating order (anchor
 first in even pairs, current first in odd ones: ``harness.alternate``): ``--searches``
 back-to-back searches of ``configs/search_digits.yaml`` (``num_workers`` = all CPUs, as
 in a notebook), then ``configs/sweep.yaml`` through ``run_sweep`` (2 searches at once,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import itertools
 import os
 import shutil
@@ -31,33 +30,22 @@ import time
 import harness
 
 
-def _first(*names: str):
-    """``module:attr`` from the first module that has it (the API moved between commits)."""
-    for name in names:
-        module, attr = name.split(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"none of {names}")
-
-
 def _child(args: argparse.Namespace) -> int:
     import rayq
 
-    load = _first("rayq.config:load", "rayq.api.config:load")
-    search_from_config = _first("rayq.search_api:search_from_config", "rayq.api.search:search_from_config")
+    load = harness.first_attr("rayq.config:load", "rayq.api.config:load")
+    search_from_config = harness.first_attr("rayq.search_api:search_from_config", "rayq.api.search:search_from_config")
     work = tempfile.mkdtemp(prefix="rayq-bench-repeat-")
-    rayq.init(num_cpus=args.cpus, include_dashboard=False)
+    rayq.init(num_cpus=args.ray_cpus, include_dashboard=False)
     searches, sweep_s, table = [], None, None
     cfg = load(os.path.join(args.repo, "configs", "search_digits.yaml"))
     for i in range(args.searches):
         os.environ["RAYQ_CACHE_DIR"] = os.path.join(work, f"cache{i}")
         t = time.perf_counter()
-        search_from_config(cfg, output=os.path.join(work, f"search{i}"), num_workers=args.cpus)
+        search_from_config(cfg, output=os.path.join(work, f"search{i}"), num_workers=args.ray_cpus)
         searches.append(time.perf_counter() - t)
     if not args.no_sweep:
-        run_sweep = _first("rayq.sweep:run_sweep", "rayq.api.sweep:run_sweep")
+        run_sweep = harness.first_attr("rayq.sweep:run_sweep", "rayq.api.sweep:run_sweep")
         sweep = dataclasses.replace(load(os.path.join(args.repo, "configs", "sweep.yaml")),
                                     output=os.path.join(work, "sweep"))
         os.environ["RAYQ_CACHE_DIR"] = os.path.join(work, "cache-sweep")
@@ -72,10 +60,10 @@ def _child(args: argparse.Namespace) -> int:
 
 
 def _run(tree, args: argparse.Namespace, name: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--repo", str(tree), "--cpus", str(args.cpus),
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--repo", str(tree), "--ray-cpus", str(args.ray_cpus),
            "--searches", str(args.searches)] + (["--no-sweep"] if args.no_sweep else [])
     res = harness.run_job(cmd, log=harness.WORK / "repeat" / f"{name}.log", timeout=args.job_timeout,
-                          env=harness.job_env(tree), cwd=tree)
+                          cpus=harness.parse_cpus(args.cpus), env=harness.job_env(tree), cwd=tree)
     if "error" in res:
         raise SystemExit(f"benchmark child failed in {tree}:\n" + "\n".join(res["log_tail"]))
     if not res["result"]["rayq"].startswith(str(tree)):
@@ -108,16 +96,16 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", "--rounds", dest="pairs", type=int, default=3, help="alternating anchor/current pairs")
     ap.add_argument("--searches", type=int, default=3)
     ap.add_argument("--no-sweep", action="store_true", help="searches only")
+    ap.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: the pinned CPUs)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repo", default=str(harness.REPO), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        args.cpus = int(args.cpus)
         return _child(args)
     if args.quick:
         args.pairs, args.searches, args.no_sweep = 1, 1, True
-    args.cpus = int(args.cpus or len(os.sched_getaffinity(0)))
-    env = harness.environment()
+    args.ray_cpus = args.ray_cpus or len(harness.parse_cpus(args.cpus))
+    env = harness.environment(cpus=args.cpus)
     anchor = harness.checkout(args.anchor)
     runs = itertools.count()
     pairs = harness.alternate(
@@ -128,7 +116,7 @@ def main(argv=None) -> int:
                                            f"{[round(s, 2) for s in r['searches_s']]} s, sweep {r['sweep_s']}",
                                            flush=True))
     summary = {key: pairs.summary(fn) for key, (_, fn) in METRICS.items()}
-    meta = {"anchor": anchor.name, "current": env["git"]["commit"], "cpus": args.cpus, "searches": args.searches,
+    meta = {"anchor": anchor.name, "current": env["git"]["commit"], "cpus": args.ray_cpus, "searches": args.searches,
             "pairs": args.pairs}
     harness.write_results("repeat", {"meta": meta, "summary": summary, "pairs": pairs.to_dict(),
                                      "runs": pairs.results}, env=env, config=vars(args),

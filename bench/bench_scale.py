@@ -39,6 +39,7 @@ import numpy as np
 import harness
 
 sys.path.insert(0, str(harness.REPO))
+LOOPBACK = "127.0.0.1"
 
 
 def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
@@ -65,10 +66,30 @@ def _cold_call(address: str, w: int, args, early: bool) -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "--child-cold", str(w), "--address", address,
            "--model", args.model, "--samples", str(args.samples)] + (["--child-early"] if early else [])
     tag = "early" if early else "cold"
-    res = harness.run_job(cmd, log=harness.WORK / "scale" / f"{tag}_w{w}.log", timeout=900)
+    # rayq's local Ray listens on 127.0.0.1 only; a second driver must not map loopback to
+    # the machine's address (Ray reads this variable at import time)
+    env = harness.job_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    res = harness.run_job(cmd, log=harness.WORK / "scale" / f"{tag}_w{w}.log", timeout=900, env=env)
     if "error" in res:
         raise RuntimeError("cold-call driver failed: " + "\n".join(res["log_tail"]))
     return res["result"]["seconds"]
+
+
+def _evaluator_pool():
+    """rayq's Ray evaluator pool class, taking ``model_bytes=`` (it was renamed ``model=``
+    when the pool moved to ``distributed.eval_pool``)."""
+    import functools
+    import inspect
+
+    cls = harness.first_attr("rayq.distributed.eval_pool:RayEvaluatorPool",
+                             "rayq.distributed.evaluator:RayEvaluatorPool")
+    if "model_bytes" in inspect.signature(cls).parameters:
+        return cls
+
+    @functools.wraps(cls)
+    def make(*, model_bytes, **kwargs):
+        return cls(model=model_bytes, **kwargs)
+    return make
 
 
 def _problem(model_name: str, samples: int):
@@ -89,7 +110,7 @@ def _calibration_setup(model, calib, samples):
     from rayq.core.plan import QuantPlan
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import stat_spec
-    from rayq.session import ModelSession
+    ModelSession = harness.first_attr("rayq.session:ModelSession", "rayq.api.session:ModelSession")
 
     session = ModelSession(model, calib, subset_size=samples)
     spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
@@ -100,15 +121,16 @@ def _calibration_setup(model, calib, samples):
 def _child_cold(args) -> int:
     import rayq
     from rayq.distributed import collect as dc
-    from rayq.session import start_workers_early
+    start_workers_early = harness.first_attr("rayq.session:start_workers_early",
+                                             "rayq.api.session:start_workers_early")
 
     if args.child_early:
-        rayq.init(address=args.address)
+        rayq.init(address=args.address, _node_ip_address=LOOPBACK)
         start_workers_early(args.child_cold, {"num_cpus": 1}, subset_size=args.samples)
     model, _, _, calib = _problem(args.model, args.samples)
     session, spec = _calibration_setup(model, calib, args.samples)
     model_bytes = session.backend.to_bytes(session.model)
-    rayq.init(address=args.address)  # (already connected when early)
+    rayq.init(address=args.address, _node_ip_address=LOOPBACK)  # (already connected when early)
     t0 = time.perf_counter()
     dc.collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=args.child_cold,
                            resources={"num_cpus": 1})
@@ -148,7 +170,7 @@ def main(argv=None) -> int:
     import ray
 
     from rayq.core.plan import QuantPlan
-    from rayq.distributed.evaluator import RayEvaluatorPool
+    RayEvaluatorPool = _evaluator_pool()
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import collect_local
     from rayq.testing.metrics import pair_accuracy

@@ -171,6 +171,9 @@ def run_job(cmd: Sequence[str], *, log: Path | str, timeout: float | None = None
             timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or an error here: the job has its own session, end it too
+            _kill_group(proc.pid, fired)
+            raise
         finally:
             if timer:
                 timer.cancel()
@@ -208,6 +211,25 @@ def checkout(ref: str, root: Path | str = WORK / "trees") -> Path:
         archive = subprocess.run(["git", "archive", sha], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
+
+
+def first_attr(*names: str) -> Any:
+    """``module:attr`` from the first of ``names`` that imports: a benchmark that runs
+    rayq at another commit (an anchor tree) finds names that moved between commits.
+
+    Example:
+        >>> first_attr("no.such.module:x", "os.path:join") is os.path.join
+        True
+    """
+    import importlib
+
+    for name in names:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {names} can be imported")
 
 
 # ------------------------------------------------------------------------------ environment
