@@ -268,7 +268,8 @@ def markdown(report: dict, env: dict, threads: int) -> str:
         f"{harness.describe(env)}; rayq from {env['rayq_source']}; {samples} calibration items, "
         f"latency batch 1 / {threads} threads, median of {runs} interleaved runs.",
         "",
-        "| model | backend | quantize time, rayq default (num_workers=None) | quantize time, rayq 1 proc | INT8 latency ORT "
+        "| model | backend | quantize time, rayq default (num_workers=None) | quantize time, rayq 1 proc "
+        "| INT8 latency ORT "
         "| INT8 latency OV | NMSE ORT | NMSE OV | CPU s, rayq 1 proc (info) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -286,7 +287,8 @@ def markdown(report: dict, env: dict, threads: int) -> str:
         cells.append("-" if cpu is None else f"{cpu:.2f}")
         lines.append(f"| {model} | {backend} | " + " | ".join(cells) + " |")
     lines += ["", "Latency cells: ratio of medians (the verdict) and, in brackets, the median of per-round "
-              "ratios rayq/NNCF (per-round medians, both timed in the same round). Last column: CPU seconds (user+sys) of the "
+              "ratios rayq/NNCF (per-round medians, both timed in the same round). Last column: CPU seconds "
+              "(user+sys) of the "
               "whole quantize process, rayq in-process / NNCF: less sensitive to other load than wall time; "
               "not a target (for rayq with Ray the actors' CPU is not visible to the driver)."]
     lines += ["", "Absolute figures (quantize: seconds of the timed call, median over repeats; "

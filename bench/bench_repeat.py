@@ -73,18 +73,24 @@ def _run(tree, args: argparse.Namespace, name: str) -> dict:
 
 METRICS = {"first_search_s": ("first search of the job (s)", lambda r: r["searches_s"][0]),
            "later_search_s": ("each later search (s)",
-                              lambda r: statistics.median(r["searches_s"][1:] or [float("nan")])),
-           "sweep_s": ("sweep of 2 models (s)", lambda r: r["sweep_s"] if r["sweep_s"] is not None else float("nan"))}
+                              lambda r: statistics.median(r["searches_s"][1:]) if r["searches_s"][1:] else None),
+           "sweep_s": ("sweep of 2 models (s)", lambda r: r["sweep_s"])}
+
+
+def summarize(pairs: harness.Pairs) -> dict:
+    """Per metric that every run has: each side's median and the median of per-pair ratios."""
+    runs = pairs.results["anchor"] + pairs.results["current"]
+    return {key: pairs.summary(fn) for key, (_, fn) in METRICS.items() if all(fn(r) is not None for r in runs)}
 
 
 def markdown(summary: dict, meta: dict, env: dict) -> str:
+    sweep = "" if meta["no_sweep"] else " + 1 sweep"
     lines = [f"{harness.describe(env)}.", "",
-             f"{meta['cpus']} CPUs (local Ray), {meta['searches']} searches + 1 sweep per run, {meta['pairs']} "
+             f"{meta['cpus']} CPUs (local Ray), {meta['searches']} searches{sweep} per run, {meta['pairs']} "
              f"alternating pairs, medians; anchor {meta['anchor']}, current {meta['current']}.", "",
              "| | anchor | current | current / anchor (median of per-pair ratios) |", "|---|---|---|---|"]
-    for key, (label, _) in METRICS.items():
-        s = summary[key]
-        lines.append(f"| {label} | {s['anchor']:.2f} | {s['current']:.2f} | {s['ratio_median']:.2f}x |")
+    for key, s in summary.items():
+        lines.append(f"| {METRICS[key][0]} | {s['anchor']:.2f} | {s['current']:.2f} | {s['ratio_median']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,9 +121,9 @@ def main(argv=None) -> int:
         on_result=lambda side, i, r: print(f"pair {i + 1} {side}: searches "
                                            f"{[round(s, 2) for s in r['searches_s']]} s, sweep {r['sweep_s']}",
                                            flush=True))
-    summary = {key: pairs.summary(fn) for key, (_, fn) in METRICS.items()}
+    summary = summarize(pairs)
     meta = {"anchor": anchor.name, "current": env["git"]["commit"], "cpus": args.ray_cpus, "searches": args.searches,
-            "pairs": args.pairs}
+            "pairs": args.pairs, "no_sweep": args.no_sweep}
     harness.write_results("repeat", {"meta": meta, "summary": summary, "pairs": pairs.to_dict(),
                                      "runs": pairs.results}, env=env, config=vars(args),
                           markdown=markdown(summary, meta, env), out=harness.output_path(args, "repeat"))

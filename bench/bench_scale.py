@@ -34,9 +34,8 @@ import os
 import sys
 import time
 
-import numpy as np
-
 import harness
+import numpy as np
 
 sys.path.insert(0, str(harness.REPO))
 LOOPBACK = "127.0.0.1"
@@ -165,10 +164,9 @@ def main(argv=None) -> int:
         env["git"]["commit"] = args.commit
 
     import onnxruntime as ort
-
-    import rayq
     import ray
 
+    import rayq
     from rayq.core.plan import QuantPlan
     RayEvaluatorPool = _evaluator_pool()
     from rayq.pipeline.build import placement_for

@@ -24,9 +24,9 @@ import subprocess
 import sys
 import time
 
+import harness
 import onnx
 
-import harness
 from rayq.testing.fuzz import ALL_STORAGES, STABLE_STORAGES, RandomChooser, random_case
 from rayq.testing.fuzz_check import check_case, draw_options
 

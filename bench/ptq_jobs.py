@@ -33,9 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import harness
+import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 MODELS = ("resnet50", "minilm")

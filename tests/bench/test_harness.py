@@ -3,7 +3,7 @@ timing it borrows from rayq, environment fields, jobs and the results writer."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -15,14 +15,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.fixture(scope="module")
 def harness():
-    spec = importlib.util.spec_from_file_location("bench_harness", BENCH / "harness.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module      # dataclasses look their module up while being built
+    sys.path.insert(0, str(BENCH))      # bench/ scripts import it as a top-level package
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield importlib.import_module("harness")
     finally:
-        sys.modules.pop(spec.name, None)
+        sys.path.remove(str(BENCH))
 
 
 def test_alternate_swaps_the_order_every_pair_and_reports_medians(harness):
