@@ -10,7 +10,8 @@ What it gives a benchmark script:
   usually the benchmark script itself with a hidden sub-command. :func:`job_env` is the
   environment for it: ``PYTHONPATH`` = the rayq tree under test (+ ``bench/``), no
   ``RAY_ADDRESS`` (every job starts its own private Ray); :func:`checkout` freezes a git
-  ref into a directory (``git archive``), so a long run is immune to edits of the tree.
+  ref into a directory (``git archive``), so a long run is immune to edits of the tree;
+  :func:`first_attr` finds a rayq name that moved between commits (anchor trees).
 * **Environment** -- :func:`environment`: CPU model, the ISA flags that decide int8
   kernels (AVX2, AVX-512, VNNI, AMX), logical and physical cores, the CPUs used, the
   load average, versions of rayq/ray/onnxruntime/openvino/optuna/nncf/onnx/numpy (read
@@ -32,7 +33,7 @@ What it gives a benchmark script:
   (the smallest sizes, a smoke test of the entry point) writes under ``bench/.cache/quick/``
   so it never overwrites a published result.
 
-This module imports only the standard library at import time (rayq is imported lazily
+The package imports only the standard library at import time (rayq is imported lazily
 by :func:`interleaved_latency`), so orchestrators stay small and jobs pick the rayq
 tree they are given.
 
@@ -43,24 +44,30 @@ Example (a benchmark with a job and an A/B pair)::
 
     def job(args):                       # runs in a fresh process
         t0 = time.perf_counter()
-        ...                              # the measured work
+        ...                              # the measured work, with or without args.on
         harness.emit({"seconds": time.perf_counter() - t0})
 
     def main(argv=None):
         ap = argparse.ArgumentParser(description="my benchmark")
         harness.add_common_args(ap)
         ap.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
+        ap.add_argument("--on", action="store_true", help="the option under test")
         args = ap.parse_args(argv)
         if args.job:
             return job(args)
         env = harness.environment(cpus=args.cpus)
         cmd = [sys.executable, __file__, "--job"]
-        pairs = harness.alternate(
-            {"off": lambda: harness.run_job(cmd, log=harness.WORK / "off.log"),
-             "on": lambda: harness.run_job(cmd + ["--on"], log=harness.WORK / "on.log")},
-            pairs=3, value=lambda r: r["result"]["seconds"])
+        pairs = harness.alternate(          # off, on, on, off, off, on
+            {"off": lambda: harness.run_job(cmd, log=harness.WORK / "mine" / "off.log", cpus=[0, 1]),
+             "on": lambda: harness.run_job(cmd + ["--on"], log=harness.WORK / "mine" / "on.log")},
+            pairs=3, value=lambda job: job["result"]["seconds"])
+        # pairs.median("on"), pairs.ratio_median (on / off, the median of the 3 pairs' ratios)
         harness.write_results("mine", pairs.to_dict(), env=env, config=vars(args),
                               out=harness.output_path(args, "mine"))
+
+    # timing models against each other (ms), as rayq's search times candidates:
+    lat = harness.interleaved_latency({"fp32": run_fp32, "int8": run_int8}, feeds, runs=100)
+    harness.paired_ratio(lat["int8"]["rounds_ms"], lat["fp32"]["rounds_ms"])
 """
 
 from .environment import (
