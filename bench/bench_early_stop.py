@@ -1,7 +1,10 @@
 """Early stopping of hopeless candidates (issue 13, item 7): the same search with
-``early_stop=True`` and ``False``, run alternately, in-process (``num_workers=1``).
+``early_stop=True`` and ``False``, run as alternating pairs (``harness.alternate``),
+in-process (``num_workers=1``).
 
-    python bench/bench_early_stop.py --repeats 3 --out bench/results/early_stop.json
+    python bench/bench_early_stop.py --repeats 3                       # mlp, digits
+    python bench/bench_early_stop.py --tasks minilm --repeats 1 --max-drop 0.005
+    python bench/bench_early_stop.py --quick                           # mlp, 4 trials, 1 pair
 
 Tasks (both offline, bundled):
 
@@ -18,7 +21,7 @@ Tasks (both offline, bundled):
 Reported per task and setting: median search wall time, validation items run (trials
 validated x items, minus the items saved), validation seconds (``eval_seconds`` summed),
 trials stopped, and whether the chosen plan and the plans tried equal the run without
-early stopping.
+early stopping. Results: ``bench/results/early_stop.json``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+
+REPO = harness.REPO
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
@@ -80,47 +84,72 @@ def one(task: str, early_stop: bool, n_trials: int, max_drop: float = 0.01) -> d
     f = r.trials
     fresh = f[~f["reused"]]
     n_items = len(val) if isinstance(val, list) else len(np.load(val)["label"])
-    return {"task": task, "early_stop": early_stop, "max_drop": max_drop, "wall_s": wall, "status": r.status, "plan_key": r.plan.key(),
+    return {"task": task, "early_stop": early_stop, "max_drop": max_drop, "wall_s": wall, "status": r.status,
+            "plan_key": r.plan.key(),
             "plans_tried": f["plan_key"].tolist(), "stopped": int(f["early_stopped"].sum()),
             "items_saved": int(fresh["validation_items_saved"].sum()),
             "items_run": int(len(fresh) * n_items - fresh["validation_items_saved"].sum()),
             "validation_s": float(fresh["eval_seconds"].sum())}
 
 
+def summarize(task: str, pairs: harness.Pairs) -> dict:
+    """Medians per setting (``on``: early stopping) and whether the answers agree."""
+    on, off = pairs.results["on"], pairs.results["off"]
+    med = statistics.median
+    return {"task": task, "wall_on_s": med(r["wall_s"] for r in on), "wall_off_s": med(r["wall_s"] for r in off),
+            "wall_ratio_on_off": pairs.ratio_median,
+            "validation_on_s": med(r["validation_s"] for r in on),
+            "validation_off_s": med(r["validation_s"] for r in off),
+            "items_on": on[0]["items_run"], "items_off": off[0]["items_run"], "stopped": on[0]["stopped"],
+            "same_plan": all(r["plan_key"] == off[0]["plan_key"] for r in on + off),
+            "same_trials": all(r["plans_tried"] == off[0]["plans_tried"] for r in on + off)}
+
+
+def markdown(summary: list[dict], env: dict) -> str:
+    lines = [f"{harness.describe(env)}.", "",
+             "| task | stopped | items validated (on / off) | validation s, median (on / off) "
+             "| wall s, median (on / off) | on/off (median of pairs) | same plan, same trials |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['task']} | {r['stopped']} | {r['items_on']} / {r['items_off']} | "
+                     f"{r['validation_on_s']:.2f} / {r['validation_off_s']:.2f} | {r['wall_on_s']:.1f} / "
+                     f"{r['wall_off_s']:.1f} | {r['wall_ratio_on_off']:.2f} | "
+                     f"{'yes' if r['same_plan'] else 'no'}, {'yes' if r['same_trials'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", default="mlp,digits")
-    p.add_argument("--repeats", type=int, default=3)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(p)
+    p.add_argument("--tasks", default="mlp,digits", help="of mlp,digits,minilm")
+    p.add_argument("--repeats", type=int, default=3, help="on/off pairs per task")
     p.add_argument("--n-trials", type=int, default=16)
     p.add_argument("--max-drop", type=float, default=0.01)
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.quick:
+        args.tasks, args.repeats, args.n_trials = "mlp", 1, 4
+    env = harness.environment(cpus=args.cpus)
     selection.RUNOFF_SECONDS = 5.0  # the same short runoff for both settings
-    runs = []
-    if "minilm" in args.tasks:  # Ray started before any timed search, so no run pays its start
+    tasks = args.tasks.split(",")
+    if "minilm" in tasks:  # Ray started before any timed search, so no run pays its start
         rayq.init(num_cpus=2, include_dashboard=False)
-    for task in args.tasks.split(","):
-        for _ in range(args.repeats):
-            for early in (True, False):
-                runs.append(one(task, early, args.n_trials, args.max_drop))
-                print(json.dumps({k: v for k, v in runs[-1].items() if k != "plans_tried"}), flush=True)
-    summary = []
-    for task in args.tasks.split(","):
-        on = [r for r in runs if r["task"] == task and r["early_stop"]]
-        off = [r for r in runs if r["task"] == task and not r["early_stop"]]
-        row = {"task": task, "wall_on_s": statistics.median(r["wall_s"] for r in on),
-               "wall_off_s": statistics.median(r["wall_s"] for r in off),
-               "validation_on_s": statistics.median(r["validation_s"] for r in on),
-               "validation_off_s": statistics.median(r["validation_s"] for r in off),
-               "items_on": on[0]["items_run"], "items_off": off[0]["items_run"], "stopped": on[0]["stopped"],
-               "same_plan": all(r["plan_key"] == off[0]["plan_key"] for r in on + off),
-               "same_trials": all(r["plans_tried"] == off[0]["plans_tried"] for r in on + off)}
-        summary.append(row)
-        print(json.dumps(row), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
-    if "minilm" in args.tasks:
-        rayq.shutdown()
+    summary, runs = [], []
+    try:
+        for task in tasks:
+            pairs = harness.alternate(
+                {"off": lambda t=task: one(t, False, args.n_trials, args.max_drop),
+                 "on": lambda t=task: one(t, True, args.n_trials, args.max_drop)},
+                args.repeats, value=lambda r: r["wall_s"],
+                on_result=lambda side, i, r: print(json.dumps({k: v for k, v in r.items() if k != "plans_tried"}),
+                                                   flush=True))
+            runs += pairs.results["off"] + pairs.results["on"]
+            summary.append(summarize(task, pairs))
+    finally:
+        if "minilm" in tasks:
+            rayq.shutdown()
+    harness.write_results("early_stop", {"summary": summary, "runs": runs}, env=env, config=vars(args),
+                          markdown=markdown(summary, env), out=harness.output_path(args, "early_stop"))
     return 0
 
 

@@ -2,15 +2,20 @@
 
 Every measurement runs in a fresh subprocess (``python bench/bench_memory.py _job ...``,
 started from this small orchestrator: a child starts with its parent's peak RSS as its
-own ru_maxrss, so models and data are generated in other subprocesses) that reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
+own ru_maxrss, so models and data are generated in other subprocesses) that reports its own
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
 that process: in-process calibration, or the driver with Ray workers) plus, with Ray
 workers, the peak RSS of every Ray worker process polled with psutil. Each tree (the
 working tree, and a ``--base`` checkout such as ``git worktree add --detach
 /tmp/mem-base main``) is measured in the same run, alternating, so "before" and "after"
 share the machine's load.
 
-    python bench/bench_memory.py --base /tmp/mem-base                # CNN cases, both trees
-    python bench/bench_memory.py --steps large --base /tmp/mem-base  # the > 2 GB model (needs ~14 GB free)
+    python bench/bench_memory.py --base main                         # CNN cases, both trees
+    python bench/bench_memory.py --steps large --base main           # the > 2 GB model (needs ~14 GB free)
+    python bench/bench_memory.py --quick                             # 300 items, in-process, this tree
+
+``--base`` is a directory holding a rayq checkout or a git ref (``harness.checkout``).
+Results: ``bench/results/memory.json`` (``harness.write_results``).
 
 Cases: a small CNN on [3, 32, 32] items (12 KiB each; 30 000 items = 352 MiB) at 3 000
 and 30 000 items, read from a ``.npy`` file and from a generator, with ``num_workers=1``
@@ -33,7 +38,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
+
+ROOT = harness.REPO
 LARGE_DIM, LARGE_LAYERS = 8192, 9
 
 
@@ -57,10 +64,10 @@ class _WorkerPoll(threading.Thread):
         while not self.stop.is_set():
             for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
-                if "default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::"):
-                    if str(os.getpid()) in cmd or _same_session(proc):
-                        rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0
-                        self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), rss)
+                is_worker = "default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::")
+                if is_worker and (str(os.getpid()) in cmd or _same_session(proc)):
+                    rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0
+                    self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), rss)
             self.stop.wait(0.05)
 
 
@@ -177,6 +184,7 @@ def make_large(folder: Path) -> Path:
 
 def job_large(path: str) -> dict:
     import numpy as np
+
     import rayq
 
     items = np.random.default_rng(1).standard_normal((16, 1, LARGE_DIM), dtype=np.float32)
@@ -195,16 +203,16 @@ def job_large(path: str) -> dict:
 
 # -- orchestration ------------------------------------------------------------------------
 
+CPUS: list[int] | None = None  # --cpus: every job is pinned to them
+
+
 def _run_job(tree: Path, args: list[str], timeout: float = 900) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), RAYQ_CACHE_DIR=tempfile.mkdtemp(prefix="rayq-bench-cache-"))
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_job", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=str(tree))
-    shutil.rmtree(env["RAYQ_CACHE_DIR"], ignore_errors=True)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": (proc.stderr or proc.stdout)[-2000:]}
+    cache = tempfile.mkdtemp(prefix="rayq-bench-cache-")
+    log = harness.WORK / "memory" / f"{'_'.join(args[:4]).replace('/', '_')}_{tree.name}.log"
+    res = harness.run_job([sys.executable, str(Path(__file__).resolve()), "_job", *args], log=log, timeout=timeout,
+                          cpus=CPUS, env=harness.job_env(tree, RAYQ_CACHE_DIR=cache), cwd=tree)
+    shutil.rmtree(cache, ignore_errors=True)
+    return res["result"] if "error" not in res else {"error": "\n".join(res["log_tail"])[-2000:]}
 
 
 def run_cnn(trees: dict[str, Path], sizes: list[int], sources: list[str], workers: list[int]) -> list[dict]:
@@ -215,7 +223,7 @@ def run_cnn(trees: dict[str, Path], sizes: list[int], sources: list[str], worker
         # so this process must stay small
         gen = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_cnn", str(folder),
                               ",".join(map(str, sizes))], capture_output=True, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                             env=harness.job_env())
         if gen.returncode:
             raise SystemExit(gen.stderr)
         for w in workers:
@@ -236,7 +244,7 @@ def run_large(trees: dict[str, Path]) -> list[dict]:
     rows = []
     try:
         gen = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_large", str(folder)],
-                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                             capture_output=True, text=True, env=harness.job_env())
         if gen.returncode:
             raise SystemExit(gen.stderr)
         for label, tree in trees.items():
@@ -251,6 +259,7 @@ def run_large(trees: dict[str, Path]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
+    """One Markdown row per measurement."""
     lines = ["| case | tree | items | peak RSS MB | items/s | worker peak MB |", "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "_job":
         kind, rest = argv[1], argv[2:]
         result = job_cnn(rest[0], int(rest[1]), int(rest[2]), rest[3]) if kind == "cnn" else job_large(rest[0])
-        print("RESULT " + json.dumps(result), flush=True)
+        harness.emit(result)
         return
     if argv and argv[0] == "_make_cnn":
         _write_cnn_inputs(Path(argv[1]), [int(n) for n in argv[2].split(",")])
@@ -275,27 +284,32 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "_make_large":
         make_large(Path(argv[1]))
         return
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(p)
     p.add_argument("--steps", default="cnn", help="cnn,large")
-    p.add_argument("--base", help="a checkout of the baseline (e.g. a worktree of main) measured alongside")
+    p.add_argument("--base", help="the baseline measured alongside: a rayq checkout's directory or a git ref")
     p.add_argument("--sizes", default="3000,30000")
     p.add_argument("--sources", default="npy,generator")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--trees", default="base,head", help="which of base,head to measure")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory.json"))
     a = p.parse_args(argv)
-    trees = {"base": Path(a.base)} if a.base else {}
+    if a.quick:
+        a.steps, a.sizes, a.sources, a.workers, a.trees = "cnn", "300", "npy", "1", "head"
+    env = harness.environment(cpus=a.cpus)
+    global CPUS
+    CPUS = harness.parse_cpus(a.cpus)
+    trees = {"base": Path(a.base) if Path(a.base).is_dir() else harness.checkout(a.base)} if a.base else {}
     trees["head"] = ROOT
-    trees = {k: v for k, v in trees.items() if k in a.trees.split(",")}
+    trees = {k: v.resolve() for k, v in trees.items() if k in a.trees.split(",")}
     rows: list[dict] = []
     if "cnn" in a.steps:
         rows += run_cnn(trees, [int(s) for s in a.sizes.split(",")], a.sources.split(","),
                         [int(w) for w in a.workers.split(",")])
     if "large" in a.steps:
         rows += run_large(trees)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(rows, indent=1))
-    print(table(rows))
+    harness.write_results("memory", rows, env=env, config=vars(a) | {"trees": {k: str(v) for k, v in trees.items()}},
+                          markdown=table(rows), out=harness.output_path(a, "memory"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py --workers 1,2                  # this 2-core machine
     python bench/bench_scale.py --workers 1,2,4,8,16 --gpu-check   # a 16-core node with a GPU
+    python bench/bench_scale.py --quick                           # W=1, 64 items: checks the entry point
 
 For each W it times, on a local Ray with ``max(W)`` CPUs:
 
@@ -21,43 +22,23 @@ speedup(W) = time(W=1) / time(W); efficiency = speedup / W. The best of ``--repe
 is kept. ``--gpu-check`` also runs 2 evaluation tasks with ``num_gpus=0.5`` and
 records where they landed, which GPU Ray gave them and which ONNX Runtime providers
 they validate with (CUDA, or CPU with a warning when only the CPU build is installed).
-Results go to ``--out`` (JSON) and next to it as Markdown.
+Results: ``bench/results/scale.json`` (``harness.write_results``; the device run is kept
+as ``scale_device.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
+import harness
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+sys.path.insert(0, str(harness.REPO))
+LOOPBACK = "127.0.0.1"
 
 
 def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
@@ -83,11 +64,31 @@ def _cold_call(address: str, w: int, args, early: bool) -> float:
     data load (``start_workers_early``), and the call is timed after loading."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child-cold", str(w), "--address", address,
            "--model", args.model, "--samples", str(args.samples)] + (["--child-early"] if early else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    for line in r.stdout.splitlines():
-        if line.startswith("COLD "):
-            return float(line.split()[1])
-    raise RuntimeError(f"cold-call driver failed: {r.stderr[-2000:]}")
+    tag = "early" if early else "cold"
+    # rayq's local Ray listens on 127.0.0.1 only; a second driver must not map loopback to
+    # the machine's address (Ray reads this variable at import time)
+    env = harness.job_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    res = harness.run_job(cmd, log=harness.WORK / "scale" / f"{tag}_w{w}.log", timeout=900, env=env)
+    if "error" in res:
+        raise RuntimeError("cold-call driver failed: " + "\n".join(res["log_tail"]))
+    return res["result"]["seconds"]
+
+
+def _evaluator_pool():
+    """rayq's Ray evaluator pool class, taking ``model_bytes=`` (it was renamed ``model=``
+    when the pool moved to ``distributed.eval_pool``)."""
+    import functools
+    import inspect
+
+    cls = harness.first_attr("rayq.distributed.eval_pool:RayEvaluatorPool",
+                             "rayq.distributed.evaluator:RayEvaluatorPool")
+    if "model_bytes" in inspect.signature(cls).parameters:
+        return cls
+
+    @functools.wraps(cls)
+    def make(*, model_bytes, **kwargs):
+        return cls(model=model_bytes, **kwargs)
+    return make
 
 
 def _problem(model_name: str, samples: int):
@@ -108,7 +109,7 @@ def _calibration_setup(model, calib, samples):
     from rayq.core.plan import QuantPlan
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import stat_spec
-    from rayq.session import ModelSession
+    ModelSession = harness.first_attr("rayq.session:ModelSession", "rayq.api.session:ModelSession")
 
     session = ModelSession(model, calib, subset_size=samples)
     spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
@@ -119,25 +120,28 @@ def _calibration_setup(model, calib, samples):
 def _child_cold(args) -> int:
     import rayq
     from rayq.distributed import collect as dc
-    from rayq.session import start_workers_early
+    start_workers_early = harness.first_attr("rayq.session:start_workers_early",
+                                             "rayq.api.session:start_workers_early")
 
     if args.child_early:
-        rayq.init(address=args.address)
+        rayq.init(address=args.address, _node_ip_address=LOOPBACK)
         start_workers_early(args.child_cold, {"num_cpus": 1}, subset_size=args.samples)
     model, _, _, calib = _problem(args.model, args.samples)
     session, spec = _calibration_setup(model, calib, args.samples)
     model_bytes = session.backend.to_bytes(session.model)
-    rayq.init(address=args.address)  # (already connected when early)
+    rayq.init(address=args.address, _node_ip_address=LOOPBACK)  # (already connected when early)
     t0 = time.perf_counter()
     dc.collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=args.child_cold,
                            resources={"num_cpus": 1})
-    print(f"COLD {time.perf_counter() - t0:.4f}", flush=True)
+    harness.emit({"seconds": time.perf_counter() - t0})
     rayq.shutdown()
     return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(ap)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--samples", type=int, default=2048, help="calibration items")
     ap.add_argument("--validation", type=int, default=512, help="validation items for the ranking")
@@ -146,22 +150,25 @@ def main(argv=None) -> int:
                     help="small: resnet_like 3x64x64 (35 groups); resnet50: resnet50_like 3x224x224")
     ap.add_argument("--phases", default="calibration,ranking")
     ap.add_argument("--gpu-check", action="store_true")
-    ap.add_argument("--commit", default=None, help="rayq commit to record (default: git rev-parse HEAD)")
-    ap.add_argument("--out", default="bench/results/scale.json")
+    ap.add_argument("--commit", default=None, help="rayq commit to record (a copy without .git: the device)")
     ap.add_argument("--child-cold", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-early", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child_cold:
         return _child_cold(args)
+    if args.quick:
+        args.workers, args.samples, args.validation, args.repeats = "1", 64, 32, 1
+    env = harness.environment(cpus=args.cpus)
+    if args.commit:
+        env["git"]["commit"] = args.commit
 
     import onnxruntime as ort
-
-    import rayq
     import ray
 
+    import rayq
     from rayq.core.plan import QuantPlan
-    from rayq.distributed.evaluator import RayEvaluatorPool
+    RayEvaluatorPool = _evaluator_pool()
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import collect_local
     from rayq.testing.metrics import pair_accuracy
@@ -223,21 +230,12 @@ def main(argv=None) -> int:
         for k in ("calibration_cold", "calibration_early", "calibration", "calibration_pass", "ranking"):
             r[f"{k}_speedup"] = base[f"{k}_s"] / r[f"{k}_s"] * base["workers"]
             r[f"{k}_efficiency"] = r[f"{k}_speedup"] / r["workers"]
-    meta = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "ray": ray.__version__, "onnxruntime": ort.__version__, "rayq_commit": args.commit or _commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "model": model_desc, "phases": sorted(phases),
-            "samples": args.samples, "batches": len(session.batches), "validation_items": args.validation,
-            "groups": len(ops) if "ranking" in phases else None, "repeats": args.repeats, "ray_start_s": ray_start_s,
-            "load_avg_end": os.getloadavg()}
+    meta = {"model": model_desc, "phases": sorted(phases), "samples": args.samples, "batches": len(session.batches),
+            "validation_items": args.validation, "groups": len(ops) if "ranking" in phases else None,
+            "repeats": args.repeats, "ray_start_s": ray_start_s}
     out = {"meta": meta, "rows": rows, "gpu_check": gpu}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    md = markdown(out)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    harness.write_results("scale", out, env=env, config=vars(args), markdown=markdown(out, env),
+                          out=harness.output_path(args, "scale"))
     return 0
 
 
@@ -269,10 +267,9 @@ def _gpu_check(pool_cls, model_bytes, stats, items, fn) -> dict:
         pool.close()
 
 
-def markdown(out: dict) -> str:
+def markdown(out: dict, env: dict) -> str:
     m = out["meta"]
-    lines = [f"Machine: {m['cpu_model']}, {m['cpus']} CPUs; Python {m['python']}, ray {m['ray']}, onnxruntime "
-             f"{m['onnxruntime']}; rayq commit {m['rayq_commit']}; {m['date']}. Model: {m['model']}; "
+    lines = [f"{harness.describe(env)}. Model: {m['model']}; "
              f"{m['samples']} calibration items ({m['batches']} batches), {m['validation_items']} validation items, "
              f"{m['groups']} fallback groups; best of {m['repeats']}.", "",
              "Each cell: seconds, then speedup over W=1 and (efficiency = speedup / W).", "",

@@ -3,8 +3,8 @@
 #   ../shared/device/pack-wheels.sh            # once, here: ray + optuna into .devwheels/
 #   device run: command "RAYQ_COMMIT=<sha> bash bench/device_scale.sh", carry [".devwheels"],
 #               timeout_s 590
-# Results land in $OUT (the device tool's output folder); copy them to bench/results/ as
-# scale_<device>_<sha>.{json,md} and record them in bench/README.md.
+# Results land in $OUT (the device tool's output folder); copy scale.json to
+# bench/results/scale_device.json (it replaces the previous device run) and update bench/README.md.
 # The device image has onnxruntime (CPU), torch and onnx, but no openvino: nothing here needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

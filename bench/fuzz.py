@@ -7,7 +7,8 @@ segfaults on some INT8 graphs), the seed counts as ``process_died:<signal>`` and
 goes on with the next seed. ``--pytest`` instead runs the hypothesis test's long profile.
 
 Usage:
-    python bench/fuzz.py --n 500                    # stable storage modes
+    python bench/fuzz.py --n 500                    # stable storage modes -> bench/results/fuzz.json
+    python bench/fuzz.py --quick                    # 5 seeds: checks the entry point
     python bench/fuzz.py --n 500 --storages all     # plus Constant / FP16+Cast weights
     python bench/fuzz.py --pytest                   # RAYQ_FUZZ_PROFILE=long pytest tests/fuzz
     python bench/fuzz.py --seed 123 --show          # one case: the model, options and outcome
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import harness
 import onnx
 
 from rayq.testing.fuzz import ALL_STORAGES, STABLE_STORAGES, RandomChooser, random_case
@@ -54,7 +56,8 @@ def _rows(start: int, stop: int, storages: str):
     while start < stop:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--start", str(start), "--n", str(stop - start),
                "--storages", storages]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env=harness.job_env())
         current = None
         for line in proc.stdout:
             if not line.startswith("{"):
@@ -72,14 +75,26 @@ def _rows(start: int, stop: int, storages: str):
             start = current + 1
 
 
+def markdown(counts: collections.Counter, examples: dict, total: int, quantized: int, seconds: float,
+             storages: str, env: dict) -> str:
+    lines = [f"{harness.describe(env)}.", "",
+             f"{total} cases in {seconds:.0f} s ({storages} storages), {quantized} with at least one activation "
+             "quantizer.", "", "| outcome | cases | first seeds |", "|---|---|---|"]
+    for kind, n in counts.most_common():
+        seeds = ", ".join(str(e[0]) for e in examples.get(kind, [])[:3])
+        lines.append(f"| {kind} | {n} | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(ap)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--storages", choices=("stable", "all"), default="stable")
     ap.add_argument("--seed", type=int, help="run this one seed and print it")
     ap.add_argument("--show", action="store_true")
-    ap.add_argument("--json", help="write the counts and examples here")
     ap.add_argument("--pytest", action="store_true", help="run the hypothesis long profile instead")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -91,6 +106,9 @@ def main(argv=None) -> int:
     if args.worker or args.seed is not None:
         return _worker([args.seed] if args.seed is not None else range(args.start, args.start + args.n),
                        storages, args.show)
+    if args.quick:
+        args.n = 5
+    env = harness.environment()
     counts, examples, worst, t0 = collections.Counter(), collections.defaultdict(list), [], time.time()
     quantized = 0
     for row in _rows(args.start, args.start + args.n, args.storages):
@@ -101,19 +119,20 @@ def main(argv=None) -> int:
         if not row["kind"].startswith("pass"):
             examples[row["kind"]].append((row["seed"], row.get("detail", ""), row.get("case", ""), row.get("options")))
             print(f"seed {row['seed']}: {row['kind']}: {row.get('detail', '')}", flush=True)
-    print(f"{sum(counts.values())} cases in {time.time() - t0:.0f} s ({args.storages} storages), "
-          f"{quantized} with at least one activation quantizer")
+    seconds = time.time() - t0
     for kind, n in counts.most_common():
         print(f"{n:6d}  {kind}")
         for seed, detail, describe, options in examples[kind][:3]:
             print(f"          seed {seed}: {detail} | {describe} | {options}")
-    if worst:
-        worst.sort()
-        print(f"worst-runtime NMSE over passing cases (OpenVINO's unbounded on activation MatMuls without VNNI): "
-              f"median {worst[len(worst) // 2]:.3g}, max {worst[-1]:.3g}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"counts": counts, "examples": examples}, fh, indent=1, default=str)
+    worst.sort()
+    nmse = {"median": worst[len(worst) // 2], "max": worst[-1]} if worst else None
+    if nmse:  # OpenVINO's is unbounded on activation MatMuls without VNNI
+        print(f"worst-runtime NMSE over passing cases: median {nmse['median']:.3g}, max {nmse['max']:.3g}")
+    harness.write_results("fuzz", {"cases": sum(counts.values()), "quantized": quantized, "seconds": seconds,
+                                   "counts": dict(counts), "examples": examples, "worst_nmse": nmse},
+                          env=env, config=vars(args), out=harness.output_path(args, "fuzz"),
+                          markdown=markdown(counts, examples, sum(counts.values()), quantized, seconds,
+                                            args.storages, env))
     return 0 if all(k.startswith(("pass", "rayq_error", "skipped")) for k in counts) else 1
 
 

@@ -1,4 +1,5 @@
-"""Subprocess jobs behind ``bench_ptq.py``; each runs in a fresh Python process.
+"""Subprocess jobs behind ``bench_ptq.py``; each runs in a fresh Python process
+(started by ``harness.run_job``) and prints its result as a ``RESULT {json}`` line.
 
     python bench/ptq_jobs.py prepare  --model resnet50 --work W --samples 300 --heldout 50
     python bench/ptq_jobs.py quantize --model M --backend onnx|openvino --tool nncf|rayq
@@ -6,14 +7,24 @@
     python bench/ptq_jobs.py measure  --model M --backend B --work W --threads 2 --runs 30
 
 ``quantize`` imports exactly one of nncf / rayq, so neither tool pays for the other's
-imports; the JSON it writes holds the import time, the timed quantize call and the
-save time separately. ``measure`` imports neither tool (see ``ptq_harness``).
+imports; its result holds the import time, the timed quantize call and the save time
+separately. ``measure`` applies one protocol to the FP32 model, NNCF's INT8 model and
+rayq's, and imports neither tool's quantization code:
+
+* ONNX Runtime: ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, sequential
+  execution, all graph optimisations (the settings rayq's own runner uses).
+* OpenVINO: ``INFERENCE_NUM_THREADS=threads``, ``PERFORMANCE_HINT=LATENCY``,
+  ``INFERENCE_PRECISION_HINT=f32`` on ``CPU`` (reads FP32 ONNX, QDQ ONNX, or IR).
+* Latency: batch 1, ``harness.interleaved_latency`` (rayq's interleaved timing: rounds of
+  rotating turns, ``warmup`` untimed + 10 timed calls per turn, ``runs`` timed calls per
+  model in all); the report adds the median of per-round ratios.
+* Output error of INT8 vs FP32 on held-out inputs (batch 1 each):
+  ``nmse = mean_i ||q_i - f_i||^2 / ||f_i||^2`` and the mean row cosine similarity.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -22,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
@@ -186,8 +198,6 @@ def _ray_info() -> dict:
 
 # --------------------------------------------------------------------------- measure
 def measure(args: argparse.Namespace) -> dict:
-    import ptq_harness as h
-
     p = paths(args.work, args.model)
     feeds = load_items(p["heldout"], args.heldout)
     variants = {"fp32": p["fp32"]}
@@ -206,15 +216,15 @@ def measure(args: argparse.Namespace) -> dict:
         runners = {}
         for v, path in variants.items():
             # FP32 on OpenVINO is always the FP32 ONNX file, read by OpenVINO.
-            runners[v] = h.RUNTIMES[rt](str(path), args.threads)
-        outs = {v: h.outputs(run, feeds) for v, run in runners.items()}
-        errors = {v: {"nmse": h.nmse(outs["fp32"], o), "cosine": h.mean_cosine(outs["fp32"], o)}
+            runners[v] = harness.RUNTIMES[rt](str(path), args.threads)
+        outs = {v: harness.outputs(run, feeds) for v, run in runners.items()}
+        errors = {v: {"nmse": harness.nmse(outs["fp32"], o), "cosine": harness.mean_cosine(outs["fp32"], o)}
                   for v, o in outs.items() if v != "fp32"}
         if "rayq_ray" in outs and "rayq_inproc" in outs:
             errors["rayq_ray_vs_inproc_max_abs"] = float(np.abs(outs["rayq_ray"] - outs["rayq_inproc"]).max())
         load_before = os.getloadavg()
-        lat = h.interleaved_latency({v: runners[v] for v in primary}, feeds[0],
-                                    runs=args.runs, warmup=args.warmup)
+        lat = harness.interleaved_latency({v: runners[v] for v in primary}, feeds[0],
+                                          runs=args.runs, warmup=args.warmup)
         result["runtimes"][rt] = {"errors": errors, "latency": lat,
                                   "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
         del runners
@@ -236,11 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--out", help="quantize: output model path")
-    ap.add_argument("--json", required=True, help="where to write this job's JSON result")
     args = ap.parse_args(argv)
-    result = {"prepare": prepare, "quantize": quantize, "measure": measure}[args.job](args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    harness.emit({"prepare": prepare, "quantize": quantize, "measure": measure}[args.job](args))
 
 
 if __name__ == "__main__":
