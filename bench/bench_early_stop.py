@@ -80,7 +80,8 @@ def one(task: str, early_stop: bool, n_trials: int, max_drop: float = 0.01) -> d
     f = r.trials
     fresh = f[~f["reused"]]
     n_items = len(val) if isinstance(val, list) else len(np.load(val)["label"])
-    return {"task": task, "early_stop": early_stop, "max_drop": max_drop, "wall_s": wall, "status": r.status, "plan_key": r.plan.key(),
+    return {"task": task, "early_stop": early_stop, "max_drop": max_drop, "wall_s": wall, "status": r.status,
+            "plan_key": r.plan.key(),
             "plans_tried": f["plan_key"].tolist(), "stopped": int(f["early_stopped"].sum()),
             "items_saved": int(fresh["validation_items_saved"].sum()),
             "items_run": int(len(fresh) * n_items - fresh["validation_items_saved"].sum()),

@@ -2,7 +2,8 @@
 
 Every measurement runs in a fresh subprocess (``python bench/bench_memory.py _job ...``,
 started from this small orchestrator: a child starts with its parent's peak RSS as its
-own ru_maxrss, so models and data are generated in other subprocesses) that reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
+own ru_maxrss, so models and data are generated in other subprocesses) that reports its own
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the exact peak of
 that process: in-process calibration, or the driver with Ray workers) plus, with Ray
 workers, the peak RSS of every Ray worker process polled with psutil. Each tree (the
 working tree, and a ``--base`` checkout such as ``git worktree add --detach
@@ -57,10 +58,10 @@ class _WorkerPoll(threading.Thread):
         while not self.stop.is_set():
             for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
-                if "default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::"):
-                    if str(os.getpid()) in cmd or _same_session(proc):
-                        rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0
-                        self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), rss)
+                is_worker = "default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::")
+                if is_worker and (str(os.getpid()) in cmd or _same_session(proc)):
+                    rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0
+                    self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), rss)
             self.stop.wait(0.05)
 
 
@@ -177,6 +178,7 @@ def make_large(folder: Path) -> Path:
 
 def job_large(path: str) -> dict:
     import numpy as np
+
     import rayq
 
     items = np.random.default_rng(1).standard_normal((16, 1, LARGE_DIM), dtype=np.float32)

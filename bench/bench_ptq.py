@@ -193,7 +193,8 @@ def environment(args: argparse.Namespace) -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "rayq"], capture_output=True, text=True, cwd=REPO)
     snapshot = args.env.get("RAYQ_BENCH_COMMIT")
     return {"rayq_source": f"git archive of {snapshot}" if snapshot else "working tree",
-            "rayq_commit": snapshot[:12] if snapshot else None, "rayq_file": versions.pop("rayq_file"),"cpu_model": fields.get("Model name", "?").strip(), "cpus_online": os.cpu_count(),
+            "rayq_commit": snapshot[:12] if snapshot else None, "rayq_file": versions.pop("rayq_file"),
+            "cpu_model": fields.get("Model name", "?").strip(), "cpus_online": os.cpu_count(),
             "cpus_used": args.cpus, "python": platform.python_version(), "versions": versions,
             "git_commit": git.stdout.strip(),
             "rayq_tree_dirty": False if snapshot else bool(dirty.stdout.strip()),

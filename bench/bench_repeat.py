@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", anchor_dir], capture_output=True)
     meta = {"anchor": _commit(REPO, args.anchor), "current": _commit(REPO), "cpus": args.cpus,
             "searches": args.searches, "rounds": args.rounds,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
     out = {"meta": meta, "anchor": _summary(runs["anchor"]), "current": _summary(runs["current"]), "runs": runs}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

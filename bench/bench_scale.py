@@ -156,10 +156,9 @@ def main(argv=None) -> int:
         return _child_cold(args)
 
     import onnxruntime as ort
-
-    import rayq
     import ray
 
+    import rayq
     from rayq.core.plan import QuantPlan
     from rayq.distributed.evaluator import RayEvaluatorPool
     from rayq.pipeline.build import placement_for
@@ -225,7 +224,7 @@ def main(argv=None) -> int:
             r[f"{k}_efficiency"] = r[f"{k}_speedup"] / r["workers"]
     meta = {"cpu_model": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "ray": ray.__version__, "onnxruntime": ort.__version__, "rayq_commit": args.commit or _commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "model": model_desc, "phases": sorted(phases),
             "samples": args.samples, "batches": len(session.batches), "validation_items": args.validation,
             "groups": len(ops) if "ranking" in phases else None, "repeats": args.repeats, "ray_start_s": ray_start_s,

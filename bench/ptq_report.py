@@ -112,7 +112,8 @@ def markdown(report: dict) -> str:
         f"{samples} calibration items, latency batch 1 / {report['config']['threads']} threads, "
         f"median of {runs} interleaved runs; {env['date']}.",
         "",
-        "| model | backend | quantize time, rayq default (num_workers=None) | quantize time, rayq 1 proc | INT8 latency ORT "
+        "| model | backend | quantize time, rayq default (num_workers=None) | quantize time, rayq 1 proc "
+        "| INT8 latency ORT "
         "| INT8 latency OV | NMSE ORT | NMSE OV | CPU s, rayq 1 proc (info) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

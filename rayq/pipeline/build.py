@@ -64,7 +64,7 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
     if not ops or any(n.meta != g.MATMUL or n.weight_input is None or e.index == n.weight_input
                       for n, e in zip(ops, edges)):
         return None
-    s = stats[point.tensor] if point.tensor in stats else None
+    s = stats[point.tensor] if point.tensor in stats else None  # noqa: SIM401 (StatisticSet has no get())
     if s is None or getattr(s, "channel_min", None) is None:
         return None
     act = np.maximum(np.abs(s.channel_min), np.abs(s.channel_max))

@@ -35,7 +35,7 @@ def default_dir() -> str:
     override = os.environ.get("RAYQ_CACHE_DIR")
     if override:
         return override
-    import platformdirs  # noqa: PLC0415
+    import platformdirs
 
     return os.path.join(platformdirs.user_cache_dir("rayq", appauthor=False), "stats")
 

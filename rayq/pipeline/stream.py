@@ -68,7 +68,7 @@ class _Spool:
 
     def __init__(self, specs: list[InputSpec]) -> None:
         self._names = [s.name for s in specs]
-        self._file = tempfile.TemporaryFile(prefix="rayq-calibration-")
+        self._file = tempfile.TemporaryFile(prefix="rayq-calibration-")  # noqa: SIM115 (kept open; closed by close())
         self._offsets = array("q")
         self._layout_ids = array("i")
         self._layouts: list[tuple] = []

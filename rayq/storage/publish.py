@@ -134,7 +134,8 @@ def read_marker(output: str | Location, marker: str = "result.json", *, what: st
     location = resolve(output)
     kind = location.kind()
     if kind != "folder":
-        raise OutputError(f"no {what} at {location.uri!r}: " + ("it is a file" if kind == "file" else "it does not exist"))
+        reason = "it is a file" if kind == "file" else "it does not exist"
+        raise OutputError(f"no {what} at {location.uri!r}: {reason}")
     if location.child(marker).kind() == "file":
         return location.child(marker).read_bytes()
     holder = holder_of(location)

@@ -29,7 +29,9 @@ OPSET = 17
 IR_VERSION = 8
 BATCH = "batch"
 
-__all__ = ["labeled_inputs", "mlp", "random_inputs", "resnet50_like", "resnet_like", "sensitive_mlp", "transformer_block"]
+__all__ = [
+    "labeled_inputs", "mlp", "random_inputs", "resnet50_like", "resnet_like", "sensitive_mlp", "transformer_block",
+]
 
 
 class _Graph:
@@ -377,9 +379,8 @@ def mlp(*, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: i
 def _vocab_for(model: onnx.ModelProto, name: str) -> int | None:
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
-            if node.input[0] in inits:
-                return int(inits[node.input[0]].dims[0])
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in inits:
+            return int(inits[node.input[0]].dims[0])
     return None
 
 

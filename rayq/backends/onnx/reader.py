@@ -243,8 +243,8 @@ def _reshape_ranks(inferred: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     known = {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     out = []
     for node in inferred.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or known.get(node.output[0]) is not None \
-                and known[node.output[0]].type.tensor_type.HasField("shape"):
+        if node.op_type != "Reshape" or len(node.input) < 2 or (known.get(node.output[0]) is not None \
+                and known[node.output[0]].type.tensor_type.HasField("shape")):
             continue
         target = known.get(node.input[1])
         has_shape = target is not None and target.type.tensor_type.HasField("shape")
@@ -355,7 +355,7 @@ def _node_info(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx
     info = dict(weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None, bias_node=None)
 
     def const(i: int) -> bool:
-        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i], None) is not None \
+        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i]) is not None \
             and tensors[node.input[i]].is_constant
 
     if meta in (g.CONV, g.CONV_TRANSPOSE) and const(1):

@@ -12,8 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from rayq.backends.base import InputSpec, Runner
-from rayq.backends.onnx import normalize, reader
 from rayq.backends.feeds import check_feeds
+from rayq.backends.onnx import normalize, reader
 from rayq.errors import BackendError, DataError
 
 log = logging.getLogger(__name__)

@@ -135,7 +135,7 @@ def index(model: ov.Model) -> Index:
         if op.get_type_name() == "Result":
             continue
         base = node_name[op.get_name()]
-        folded = _folds(op, lambda i: port_name.get(_src_key(op, i)) in constant)
+        folded = _folds(op, lambda i: port_name.get(_src_key(op, i)) in constant)  # noqa: B023 (called right here)
         for out in op.outputs():
             unique = sorted(n for n in out.get_names() if counts[n] == 1)
             if unique:

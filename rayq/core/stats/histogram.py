@@ -74,5 +74,5 @@ class Histogram:
         same_edges = (self.lo, self.hi, self.bins) == (other.lo, other.hi, other.bins)
         return same_edges and np.array_equal(self.counts, other.counts)
 
-    def copy(self) -> Histogram:  # noqa: D102
+    def copy(self) -> Histogram:
         return Histogram(self.lo, self.hi, self.bins, self.counts.copy())

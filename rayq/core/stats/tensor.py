@@ -178,7 +178,7 @@ class TensorStatistics:
         result.hist = _merge_optional(self.hist, other.hist, Histogram.merge)
         return result
 
-    def copy(self) -> TensorStatistics:  # noqa: D102
+    def copy(self) -> TensorStatistics:
         return self.merge(TensorStatistics(self.name))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
