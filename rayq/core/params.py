@@ -62,13 +62,13 @@ def activation_params(lo: float, hi: float, *, symmetric: bool) -> QParams:
     if symmetric:
         if lo >= 0.0:
             scale = max(hi / 255.0, float(_MIN_SCALE))
-            return QParams(np.float32(scale), np.uint8(0), "uint8", 0, 255)
+            return QParams(np.float32(scale), np.uint8(0), "uint8", 0, 255)  # type: ignore[arg-type]  # numpy scalars
         absmax = max(-lo, hi)
         scale = max(absmax / 127.0, float(_MIN_SCALE))
-        return QParams(np.float32(scale), np.int8(0), "int8", -128, 127)
+        return QParams(np.float32(scale), np.int8(0), "int8", -128, 127)  # type: ignore[arg-type]  # numpy scalars
     scale = max((hi - lo) / 255.0, float(_MIN_SCALE))
     zp = int(np.clip(np.round(-lo / scale), 0, 255))
-    return QParams(np.float32(scale), np.uint8(zp), "uint8", 0, 255)
+    return QParams(np.float32(scale), np.uint8(zp), "uint8", 0, 255)  # type: ignore[arg-type]  # numpy scalars
 
 
 def weight_params(w: np.ndarray, axis: int | None, *, bits: int = 8) -> QParams:

@@ -60,7 +60,7 @@ def save(stats: StatisticSet, key: str, directory: str | None = None) -> str:
 
     filesystem, root = _fs(directory or default_dir())
     filesystem.create_dir(root, recursive=True)
-    rows = {"tensor": [], "field": [], "dtype": [], "shape": [], "data": []}
+    rows: dict[str, list] = {"tensor": [], "field": [], "dtype": [], "shape": [], "data": []}
     for tensor, fields in stats.to_arrays().items():
         for field, value in fields.items():
             arr = np.ascontiguousarray(value)

@@ -134,7 +134,7 @@ class CompiledModel:
     it was compiled for.
     """
 
-    def __init__(self, model: Any, run: Callable, input_names: Sequence[str], runtime: str) -> None:
+    def __init__(self, model: Any, run: Callable, input_names: Sequence[str], runtime: str | None) -> None:
         self.model = model
         self.runtime = runtime
         self.input_names = list(input_names)

@@ -155,7 +155,7 @@ class OutputLock:
         self._held = False
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.location.local, LOCK_NAME))
+                os.unlink(os.path.join(self.location.local, LOCK_NAME))  # type: ignore[arg-type]  # _fd: local only
             os.close(self._fd)
             self._fd = None
             return

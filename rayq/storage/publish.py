@@ -86,6 +86,7 @@ class Publication:
         return {n: self.location.child(n).uri for n in names}
 
     def _unmark(self) -> None:
+        assert self.marker is not None  # called only when the marker is among the published names
         marker = self.location.child(self.marker)
         try:
             if marker.kind() == "file":

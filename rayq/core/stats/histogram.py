@@ -24,7 +24,7 @@ class Histogram:
     lo: float
     hi: float
     bins: int
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
         self.lo, self.hi, self.bins = float(self.lo), float(self.hi), int(self.bins)
