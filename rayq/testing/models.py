@@ -205,9 +205,9 @@ def resnet50_like(*, input_shape: Sequence[int] = (3, 224, 224), num_classes: in
     Returns:
         Input ``"input"`` ``[batch, C, H, W]``, output ``"logits"``.
 
-    Example:
-        >>> m = resnet50_like(input_shape=(3, 64, 64))
-        >>> sum(n.op_type == "Conv" for n in m.graph.node)
+    Example (not run as a doctest: 25 M random weights take seconds; tests/testing/test_models.py checks it):
+        >>> m = resnet50_like(input_shape=(3, 64, 64))                     # doctest: +SKIP
+        >>> sum(n.op_type == "Conv" for n in m.graph.node)                # doctest: +SKIP
         53
     """
     g = _Graph(seed)
