@@ -1,4 +1,4 @@
-"""The import layering of the whole package (design.md, ARCHITECTURE):
+"""The import layering of the whole package (/work/shared/design.md, issue 16):
 
     foundation <- core <- backends <- pipeline <- {distributed, tuning} <- api <- cli
 
