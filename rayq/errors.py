@@ -15,6 +15,14 @@ so users catch one family and always get a message that names the problem.
 - :class:`OutputError` -- an output location cannot be used (unknown URI scheme,
   not writable, a file where a folder is expected, held by another run), or a run
   found there is incomplete.
+
+Internal to a search or to the CLI (not re-exported by ``rayq``, but still ``RayqError``):
+
+- :class:`ValidationFailed` -- the user's validation function raised or returned a
+  non-finite metric; :class:`ValidationTimedOut` -- it did not return in time. A search
+  records such a candidate as failed and goes on.
+- :class:`InputError` -- bad input found by the CLI (unreadable model, unwritable output): exit code 2.
+- :class:`UsageError` -- a command line that does not parse: exit code 2.
 """
 
 from __future__ import annotations
@@ -52,6 +60,30 @@ class OutputError(RayqError):
     """An output location is unusable or busy, or the run stored there is incomplete."""
 
 
+class ValidationFailed(RayqError):
+    """The user's validation function raised or returned a non-finite metric."""
+
+
+class ValidationTimedOut(ValidationFailed):
+    """The user's validation function did not return within the validation timeout."""
+
+
+class InputError(RayqError):
+    """Bad input detected by the CLI (unreadable model, unwritable output...): exit code 2."""
+
+
+class UsageError(RayqError):
+    """A command-line parsing error (argparse): exit code 2.
+
+    Attributes:
+        prog: The program (and subcommand) whose usage was wrong, for the ``--help`` hint.
+    """
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 __all__ = [
     "RayqError",
     "ConfigError",
@@ -61,4 +93,8 @@ __all__ = [
     "SearchError",
     "ClusterError",
     "OutputError",
+    "ValidationFailed",
+    "ValidationTimedOut",
+    "InputError",
+    "UsageError",
 ]

@@ -24,8 +24,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import contextvars
+import copy
 import logging
 import os
 import sys
@@ -47,7 +47,7 @@ class _Short(float):
 
 
 def _short(value: object) -> object:
-    return _Short(value) if type(value) is float else value  # noqa: E721 (not bool/int/np types)
+    return _Short(value) if type(value) is float else value  # exactly float: not bool/int/np types
 
 
 class Formatter(logging.Formatter):
@@ -68,7 +68,7 @@ class Formatter(logging.Formatter):
         level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
         return text if not level and text.startswith("rayq") else f"rayq: {level}{text}"
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
         model = getattr(record, "rayq_model", None)
         if model:
             record.message = f"[{model}] {record.message}"
@@ -228,15 +228,15 @@ def _quiet_tqdm_auto() -> None:
     rayq prints plain progress lines there instead (:mod:`rayq.progress`)."""
     if not in_kernel() or "tqdm.autonotebook" in sys.modules:
         return
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     if importlib.util.find_spec("ipywidgets") is not None:
         return
-    import warnings  # noqa: PLC0415
+    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
-        import tqdm.autonotebook  # noqa: F401, PLC0415
+        import tqdm.autonotebook  # noqa: F401
 
 
 def _install() -> None:

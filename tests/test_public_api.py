@@ -72,7 +72,8 @@ def test_every_public_name_exists_and_nothing_else_leaks():
 
 
 def test_error_hierarchy():
-    for name in ("ConfigError", "DataError", "BackendError", "CalibrationError", "SearchError", "ClusterError", "OutputError"):
+    for name in ("ConfigError", "DataError", "BackendError", "CalibrationError", "SearchError", "ClusterError",
+                 "OutputError"):
         assert issubclass(getattr(rayq, name), rayq.RayqError)
     assert issubclass(rayq.ConfigError, ValueError) and issubclass(rayq.DataError, ValueError)
 

@@ -36,9 +36,9 @@ import onnx
 import openvino as ov
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import ptq_harness as h  # noqa: E402
+import ptq_harness as h
 
-from rayq.pipeline.latency import time_interleaved  # noqa: E402
+from rayq.pipeline.latency import time_interleaved
 
 BACKENDS = ("onnx", "openvino")
 

@@ -51,6 +51,8 @@ class Backend(Protocol):
     name: str
     #: Runtimes that can execute this backend's models.
     runtimes: tuple[str, ...]
+    #: File suffix of a saved model (``".onnx"``, ``".xml"``).
+    suffix: str
 
     def accepts(self, model: Any) -> bool:
         """True if ``model`` (object or path) is in this backend's format."""

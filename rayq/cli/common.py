@@ -17,16 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 from rayq import config as rayq_config
-from rayq.errors import ConfigError, RayqError
+from rayq.errors import ConfigError
 
 log = logging.getLogger("rayq.cli")
 
 #: Marks a flag the user did not give (``None`` can be a meaningful value).
 UNSET = object()
-
-
-class InputError(RayqError):
-    """Bad input detected by the CLI (unreadable model, unwritable output...): exit code 2."""
 
 
 def build_config(command: str, config_path: str | None, fields: Mapping[str, Any],

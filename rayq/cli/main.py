@@ -15,8 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 import rayq
-from rayq.cli.common import InputError
-from rayq.errors import ConfigError, DataError, OutputError
+from rayq.errors import ConfigError, DataError, InputError, OutputError, UsageError
 
 #: Subcommand modules ``rayq.cli.<name>`` (see :mod:`rayq.cli`); a listed module that
 #: does not exist yet is skipped, so owners add a subcommand by adding its module.
@@ -28,14 +27,6 @@ INTERRUPT_EXIT = 130
 #: Errors caused by the user's input: exit code 2. Every other error: exit code 1.
 INPUT_ERRORS = (ConfigError, DataError, InputError, OutputError, FileNotFoundError, PermissionError,
                 IsADirectoryError, NotADirectoryError)
-
-
-class UsageError(Exception):
-    """A command-line parsing error (argparse)."""
-
-    def __init__(self, message: str, prog: str) -> None:
-        super().__init__(message)
-        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,11 +18,11 @@ import rayq
 from rayq.backends import convert, detect, get_backend
 from rayq.backends.base import Backend
 from rayq.cli import report
-from rayq.cli.common import (UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function,
+from rayq.cli.common import (UNSET, build_config, file_size, mb, ray_scope, resolve_function,
                               warn_relative_job_output)
 from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
-from rayq.errors import BackendError, ConfigError
+from rayq.errors import BackendError, ConfigError, InputError
 from rayq.pipeline import data
 from rayq.storage import Location, Publication, check_output, resolve
 

@@ -100,7 +100,7 @@ def estimate_range(
         lo, hi = _require_minmax(stats, estimator)
     elif estimator == "mean_minmax":
         _require_minmax(stats, estimator)
-        lo, hi = stats.mean_min, stats.mean_max
+        lo, hi = stats.mean_min, stats.mean_max  # type: ignore[assignment]  # fed: _require_minmax checked
     elif estimator == "quantile":
         lo, hi = _quantile_range(stats, quantile)
     else:

@@ -63,7 +63,7 @@ def _geometric(n: int, count: int) -> list[int]:
         return list(range(1, n + 1))
     ks: list[int] = []
     for num in itertools.count(count):  # rounding merges small k: add points until count distinct
-        ks = sorted({int(round(p)) for p in np.geomspace(1, n, num=num)})
+        ks = sorted({int(round(p)) for p in np.geomspace(1, n, num=num)})  # noqa: RUF046 (numpy<2 rounds to float)
         if len(ks) >= count:
             break
     while len(ks) > count:

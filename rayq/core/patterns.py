@@ -43,7 +43,7 @@ def se_branch(graph: GraphView, mul: NodeInfo) -> frozenset[str]:
     weighted: set[str] = set()
     frontier, seen = [mul.inputs[gate]], set()
     for _ in range(_SE_DEPTH):
-        nxt = []
+        nxt: list[str] = []
         for tensor in frontier:
             node = graph.producer(tensor)
             if node is None or node.name in seen:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from rayq.core import graph as g
 from rayq.core import patterns
@@ -174,7 +175,7 @@ def _from_softmax(graph: GraphView, tensor: str) -> bool:
     return producer is not None and producer.meta == g.SOFTMAX
 
 
-def _moves_data(node: NodeInfo | None) -> bool:
+def _moves_data(node: NodeInfo | None) -> TypeGuard[NodeInfo]:
     return node is not None and (node.meta in _PASS_THROUGH or node.op_type in _MOVEMENT_TYPES)
 
 

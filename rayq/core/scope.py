@@ -54,9 +54,6 @@ class IgnoredScope:
             except re.error as exc:
                 raise ConfigError(f"ignored_scope pattern {p!r} is not a valid regular expression: {exc}") from exc
 
-    def is_empty(self) -> bool:
-        return not (self.names or self.patterns or self.types or self.subgraphs)
-
     def to_dict(self) -> dict:
         return {
             "names": list(self.names),

@@ -64,13 +64,13 @@ def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticS
     if not ops or any(n.meta != g.MATMUL or n.weight_input is None or e.index == n.weight_input
                       for n, e in zip(ops, edges)):
         return None
-    s = stats[point.tensor] if point.tensor in stats else None
+    s = stats[point.tensor] if point.tensor in stats else None  # noqa: SIM401 (StatisticSet has no get())
     if s is None or getattr(s, "channel_min", None) is None:
         return None
-    act = np.maximum(np.abs(s.channel_min), np.abs(s.channel_max))
+    act = np.maximum(np.abs(s.channel_min), np.abs(s.channel_max))  # type: ignore[arg-type]  # channel_min/max set together
     w = np.zeros_like(act)
     for n in ops:
-        weight = np.abs(graph.constant(n.weight))
+        weight = np.abs(graph.constant(n.weight))  # type: ignore[arg-type]  # weighted op: weight set
         axes = tuple(i for i in range(weight.ndim) if i != n.weight_in_axis)
         wmax = weight.max(axis=axes)
         if wmax.shape != act.shape:
@@ -98,10 +98,10 @@ def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) 
 
 
 def _scaled_weight(node: NodeInfo, graph: GraphView, smooth: dict[str, np.ndarray]) -> np.ndarray:
-    w = graph.constant(node.weight).astype(np.float32)
+    w = graph.constant(node.weight).astype(np.float32)  # type: ignore[arg-type]  # weighted op
     if node.name in smooth:
         shape = [1] * w.ndim
-        shape[node.weight_in_axis] = -1
+        shape[node.weight_in_axis] = -1  # type: ignore[index]  # weighted op
         w = w * smooth[node.name].reshape(shape).astype(np.float32)
     return w
 
@@ -119,7 +119,7 @@ def _bias_value(graph: GraphView, node: NodeInfo) -> np.ndarray | None:
 def _bias_shift(node: NodeInfo, dw: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     """(W - W_q) applied to the input channel mean: the mean output error to cancel."""
     if node.meta == g.CONV:
-        groups = int(node.attrs.get("group", 1))
+        groups = int(node.attrs.get("group", 1))  # type: ignore[call-overload]  # ONNX int attribute
         dsum = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2)  # [Cout, Cin/g]
         cin_g = dsum.shape[1]
         if mean.size != cin_g * groups:
@@ -130,8 +130,8 @@ def _bias_shift(node: NodeInfo, dw: np.ndarray, mean: np.ndarray) -> np.ndarray 
             rows = slice(gi * per_group, (gi + 1) * per_group)
             shift[rows] = dsum[rows] @ mean[gi * cin_g:(gi + 1) * cin_g]
         return shift
-    if node.meta == g.MATMUL and dw.ndim == 2 and dw.shape[node.weight_in_axis] == mean.size:
-        return np.tensordot(mean, dw, axes=([0], [node.weight_in_axis]))
+    if node.meta == g.MATMUL and dw.ndim == 2 and dw.shape[node.weight_in_axis] == mean.size:  # type: ignore[index]  # weighted op
+        return np.tensordot(mean, dw, axes=([0], [node.weight_in_axis]))  # type: ignore[list-item]  # weighted op
     return None
 
 
@@ -232,7 +232,7 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
             raise CalibrationError(f"exact bias correction needs the FP32 output means of {node.name!r}; "
                                    "these statistics were collected without them (exact_bias=False)")
         bias = _bias_value(graph, node)
-        if bias is None or np.size(bias) != np.size(stats[out].channel_mean):
+        if bias is None or np.size(bias) != np.size(stats[out].channel_mean):  # type: ignore[arg-type]  # checked above
             continue  # a bias broadcast over the channels (Gemm's C of shape [1]) cannot take a per-channel shift
         targets[node.name] = (out, _channel_axis(node), stats[out].channel_mean)
     biases = {n: np.asarray(_bias_value(graph, graph.node(n)), np.float64) for n in targets}
@@ -249,7 +249,7 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
             measured.update(batch_id, runner(feeds))
         for n in names:
             out, _, fp32_mean = targets[n]
-            err = fp32_mean - measured[out].channel_mean
+            err = fp32_mean - measured[out].channel_mean  # type: ignore[operator]  # measured with ch_mean
             biases[n] = biases[n] + err.reshape(biases[n].shape)
     return Recipe(recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()},
                   recipe.fp32_ops)

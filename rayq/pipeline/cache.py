@@ -35,7 +35,7 @@ def default_dir() -> str:
     override = os.environ.get("RAYQ_CACHE_DIR")
     if override:
         return override
-    import platformdirs  # noqa: PLC0415
+    import platformdirs
 
     return os.path.join(platformdirs.user_cache_dir("rayq", appauthor=False), "stats")
 
@@ -60,7 +60,7 @@ def save(stats: StatisticSet, key: str, directory: str | None = None) -> str:
 
     filesystem, root = _fs(directory or default_dir())
     filesystem.create_dir(root, recursive=True)
-    rows = {"tensor": [], "field": [], "dtype": [], "shape": [], "data": []}
+    rows: dict[str, list] = {"tensor": [], "field": [], "dtype": [], "shape": [], "data": []}
     for tensor, fields in stats.to_arrays().items():
         for field, value in fields.items():
             arr = np.ascontiguousarray(value)

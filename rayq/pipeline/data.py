@@ -61,7 +61,7 @@ class Dataset:
         return (transform(item) for item in self.get_data(indices))
 
     def get_length(self) -> int | None:
-        return len(self._source) if hasattr(self._source, "__len__") else None
+        return len(self._source) if hasattr(self._source, "__len__") else None  # type: ignore[arg-type]
 
     def get_batch_size(self) -> int | None:
         return None
@@ -177,7 +177,7 @@ class NpyRows(Sequence):
         row = np.empty(self.shape[1:], self.dtype)
         with open(self.path, "rb") as f:
             f.seek(self._offset + i * self._row)
-            if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+            if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:  # type: ignore[arg-type]  # ndarray: buffer
                 raise DataError(f"{self.path!r} is truncated")
         return row
 
@@ -189,7 +189,7 @@ class NpyRows(Sequence):
             f.seek(self._offset)
             for _ in range(len(self)):
                 row = np.empty(self.shape[1:], self.dtype)
-                if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:
+                if f.readinto(memoryview(row.reshape(-1)).cast("B")) != self._row:  # type: ignore[arg-type]
                     raise DataError(f"{self.path!r} is truncated")
                 yield row
 

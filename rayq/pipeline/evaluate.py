@@ -10,16 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rayq.errors import DataError, RayqError
-
-
-class ValidationFailed(RayqError):
-    """The user's validation function raised or returned a non-finite metric."""
-
-
-class ValidationTimedOut(ValidationFailed):
-    """The user's validation function did not return within the validation timeout."""
-
+from rayq.errors import DataError, RayqError, ValidationFailed, ValidationTimedOut
 
 #: Automatic validation timeout: ``FACTOR`` x the FP32 validation time, at least ``MIN_S``;
 #: the FP32 validation itself, whose time is not known yet, gets ``FP32_LIMIT_S``.
@@ -134,7 +125,7 @@ class CompiledModel:
     it was compiled for.
     """
 
-    def __init__(self, model: Any, run: Callable, input_names: Sequence[str], runtime: str) -> None:
+    def __init__(self, model: Any, run: Callable, input_names: Sequence[str], runtime: str | None) -> None:
         self.model = model
         self.runtime = runtime
         self.input_names = list(input_names)

@@ -68,7 +68,7 @@ class _Spool:
 
     def __init__(self, specs: list[InputSpec]) -> None:
         self._names = [s.name for s in specs]
-        self._file = tempfile.TemporaryFile(prefix="rayq-calibration-")
+        self._file = tempfile.TemporaryFile(prefix="rayq-calibration-")  # noqa: SIM115 (kept open; closed by close())
         self._offsets = array("q")
         self._layout_ids = array("i")
         self._layouts: list[tuple] = []
@@ -81,7 +81,7 @@ class _Spool:
         arrays = [np.ascontiguousarray(feeds[n]) for n in self._names]
         if any(a.dtype.kind == "O" for a in arrays):
             self._objects[len(self._offsets)] = dict(feeds)
-            layout = ()
+            layout: tuple = ()
         else:
             layout = tuple((a.dtype.str, a.shape) for a in arrays)
             with self._lock:
@@ -113,7 +113,7 @@ class _Spool:
             yield feeds
 
     def _read(self, fd: int, arr: np.ndarray, offset: int) -> int:
-        view = memoryview(arr.reshape(-1)).cast("B")
+        view = memoryview(arr.reshape(-1)).cast("B")  # type: ignore[arg-type]  # an ndarray is a buffer
         if hasattr(os, "preadv"):
             return os.preadv(fd, [view], offset)
         with self._lock:  # no positional reads on this platform

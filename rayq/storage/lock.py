@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rayq.errors import OutputError
 from rayq.storage.location import Location, _first_line, check_output, resolve
@@ -89,7 +89,7 @@ class OutputLock:
     def __init__(self, output: str | Location, *, command: str = "") -> None:
         self.location = resolve(output)
         self.holder = Holder(socket.gethostname(), os.getpid(),
-                             datetime.now(timezone.utc).isoformat(timespec="seconds"), command, uuid.uuid4().hex)
+                             datetime.now(UTC).isoformat(timespec="seconds"), command, uuid.uuid4().hex)
         self._fd: int | None = None
         self._held = False
 
@@ -155,7 +155,7 @@ class OutputLock:
         self._held = False
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.location.local, LOCK_NAME))
+                os.unlink(os.path.join(self.location.local, LOCK_NAME))  # type: ignore[arg-type]  # _fd: local only
             os.close(self._fd)
             self._fd = None
             return

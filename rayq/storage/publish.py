@@ -86,6 +86,7 @@ class Publication:
         return {n: self.location.child(n).uri for n in names}
 
     def _unmark(self) -> None:
+        assert self.marker is not None  # called only when the marker is among the published names
         marker = self.location.child(self.marker)
         try:
             if marker.kind() == "file":
@@ -134,7 +135,8 @@ def read_marker(output: str | Location, marker: str = "result.json", *, what: st
     location = resolve(output)
     kind = location.kind()
     if kind != "folder":
-        raise OutputError(f"no {what} at {location.uri!r}: " + ("it is a file" if kind == "file" else "it does not exist"))
+        reason = "it is a file" if kind == "file" else "it does not exist"
+        raise OutputError(f"no {what} at {location.uri!r}: {reason}")
     if location.child(marker).kind() == "file":
         return location.child(marker).read_bytes()
     holder = holder_of(location)

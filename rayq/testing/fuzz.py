@@ -171,7 +171,7 @@ class Builder:
 
     def ints(self, values: Sequence[int] | np.ndarray, dtype: type = np.int64) -> str:
         """An integer (or bool) constant: an initializer or a ``Constant`` node."""
-        value = np.asarray(values, dtype=dtype)
+        value: np.ndarray = np.asarray(values, dtype=dtype)
         name = self.name("c")
         if self.ch.choice((False, True)):
             self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("Constant"),
@@ -237,6 +237,7 @@ def _add_input(b: Builder, dynamic: bool, kinds: dict, inputs: list) -> None:
         b.steps.append("embedding")
         b.emit("Gather", [table, name], (b.batch, steps, width))
         return
+    shape: tuple[int, ...]
     if kind == "image":
         shape = (b.batch, b.ch.integer(1, 6), b.ch.integer(3, 10), b.ch.integer(3, 10))
     elif kind == "sequence":
@@ -282,7 +283,7 @@ def _finish(b: Builder, chooser: Chooser, opset: int, dynamic: bool, kinds: dict
     inner = [t for t in b.pool if t.name not in kinds]
     outs = [t for t in inner if t.name not in b.consumed]
     extra = [t for t in inner if t.name in b.consumed]
-    if extra and chooser.choice((False, False, True)):  # an output that also feeds other nodes
+    if len(extra) > 0 and chooser.choice((False, False, True)):  # an output that also feeds other nodes
         outs.append(chooser.choice(extra))
     batch_dim = BATCH if dynamic else b.batch
     outputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, [batch_dim, *t.shape[1:]])

@@ -212,6 +212,7 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
     refs, failed = _fp32(case, feeds)
     if failed:
         return failed
+    assert refs is not None  # _fp32 returns references or a failure
     quantized, failed = _quantize(case, calibration, options or {})
     if failed:
         return failed
@@ -235,7 +236,7 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
                                             np.concatenate([f[i].ravel() for f in outs]))
                               for i in range(len(outs[0])))
     bounded = {k: v for k, v in errors.items() if not (k == "openvino" and _ov_nmse_unreliable(case.model))}
-    worst = max(bounded, key=bounded.get)
+    worst = max(bounded, key=lambda k: bounded[k])
     if not errors[worst] <= nmse_bound:
         return Outcome(f"nmse:{worst}", f"NMSE {errors[worst]:.3g} > {nmse_bound}", errors, gap, count)
     return Outcome("pass", "", errors, gap, count)

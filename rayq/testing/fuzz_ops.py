@@ -9,7 +9,7 @@ ONNX defines them; the batch dimension (axis 0) is never mixed with another.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -163,7 +163,7 @@ def gemm(b: Builder, x: Tensor) -> Tensor | None:
     inputs = [x.name, b.weight((n, k) if trans_b else (k, n), k)]
     if b.ch.choice((True, True, False)):
         inputs.append(b.bias(b.ch.choice(((n,), (1, n)))))
-    attrs = {"transB": trans_b} if trans_b else {}
+    attrs: dict[str, Any] = {"transB": trans_b} if trans_b else {}
     alpha, beta = b.ch.choice((1.0, 1.0, 0.5)), b.ch.choice((1.0, 1.0, 0.5))
     if alpha != 1.0:
         attrs["alpha"] = alpha
@@ -264,7 +264,7 @@ def slice_(b: Builder, x: Tensor) -> Tensor | None:
 
 def reshape(b: Builder, x: Tensor) -> Tensor | None:
     rest = x.shape[1:]
-    targets = [(-1,)]
+    targets: list[tuple[int, ...]] = [(-1,)]
     if x.rank == 4:
         targets.append((rest[0], -1))
     if x.rank == 3:
@@ -383,6 +383,7 @@ def step(b: Builder) -> None:
     """Apply one drawn emitter to one drawn activation (a few tries; a no-op if none applies)."""
     for _ in range(4):
         x = b.pick()
+        assert x is not None  # the pool always holds the model's inputs
         name = b.ch.choice(_NAMES)
         if EMITTERS[name](b, x) is not None:
             b.steps.append(name)

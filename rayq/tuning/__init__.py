@@ -24,12 +24,12 @@ Example:
 
 import optuna as _optuna
 
-_optuna.logging.set_verbosity(_optuna.logging.WARNING)
-
 from rayq.tuning.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
 from rayq.tuning.evaluator import EvalResult, Evaluator
 from rayq.tuning.plot import plot_pareto
 from rayq.tuning.space import SearchSpace
+
+_optuna.logging.set_verbosity(_optuna.logging.WARNING)
 
 __all__ = [
     "SearchSpace",

@@ -136,7 +136,7 @@ def ranking_subset(fp32_items: np.ndarray | None, int8_items: np.ndarray | None,
     return sorted(int(i) for i in chosen)
 
 
-def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], int8_metric, subset: list[int] | None,
+def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], subset: list[int] | None,
                  use_metric: bool) -> dict[str, float]:
     """Harm of each fallback group: how much reverting it alone recovers."""
     plans = [base.with_fallback([op]) for op in ops]
@@ -220,7 +220,7 @@ class AccuracyControl:
         use_metric = subset is not None
         log.info("ranking %d fallback groups on %s", len(self.ops),
                  f"{len(subset)} disagreeing items" if use_metric else "output error")
-        self.scores = score_groups(self.pool, self.base, self.ops, None, subset, use_metric)
+        self.scores = score_groups(self.pool, self.base, self.ops, subset, use_metric)
         self.basis = "metric" if use_metric else "output_error"
         ranking = rank_groups(self.scores, self.ops)
         self._store_ranking(ranking)

@@ -67,10 +67,10 @@ from rayq.core.cost import fp32_fraction
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
 from rayq.tuning.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
-from rayq.tuning.selection import provisional
 from rayq.tuning.sampling import SAMPLERS, TrialSeededSampler
-from rayq.tuning.storage import open_storage
+from rayq.tuning.selection import provisional
 from rayq.tuning.space import SearchSpace
+from rayq.tuning.storage import open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,8 @@ class SearchDriver:
                                         load_if_exists=True)
         except Exception as exc:  # optuna/storage errors: translate at the boundary
             raise SearchError(f"cannot open study {self.study_name!r}: {exc}") from exc
-        expected = {"max_drop": self.max_drop, "space": self.space.choices_fingerprint(), "base_plan": self.base_plan.key()}
+        expected = {"max_drop": self.max_drop, "space": self.space.choices_fingerprint(),
+                    "base_plan": self.base_plan.key()}
         recorded = study.user_attrs
         for name, value in expected.items():
             if name not in recorded:

@@ -38,7 +38,6 @@ from rayq.tuning.tables import text_as_objects
 
 logger = logging.getLogger(__name__)
 
-EVAL_STATUSES = ("ok", "failed")
 DEFAULT_STUDY_NAME = "rayq-search"
 
 
@@ -281,4 +280,4 @@ def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[keep].reset_index(drop=True)
 
 
-__all__ = ["EVAL_STATUSES", "EvalResult", "Evaluator", "TrialRecord", "DriverOutcome", "pareto_front"]
+__all__ = ["EvalResult", "Evaluator", "TrialRecord", "DriverOutcome", "pareto_front"]

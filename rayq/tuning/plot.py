@@ -149,7 +149,7 @@ def _metric_limits(ax, levels: list[float]) -> None:
     lo, hi = min(levels), max(levels)
     pad = 0.05 * (hi - lo) or 0.01 * max(abs(hi), 1e-3)
     top, bottom = hi + pad, lo - pad
-    if 0.0 <= lo and hi <= 1.0:
+    if lo >= 0.0 and hi <= 1.0:
         top, bottom = min(top, 1.0), max(bottom, 0.0)
     if top <= bottom:
         bottom, top = bottom - pad, top + pad

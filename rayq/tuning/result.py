@@ -125,7 +125,7 @@ class SearchResult:
             "n_quantizable": self.n_quantizable,
             "message": self.message, "decision": self.decision, "latency_settings": self.latency_settings,
             "target": self.target, "fallback": list(self.plan.fallback),
-            "n_trials": int(len(self.trials)), "wall_seconds": self.wall_seconds,
+            "n_trials": len(self.trials), "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds, "ranking": self.ranking, "model_path": self.model_path,
             "study_name": self.study_name, "worker_nodes": self.worker_nodes,
         }
@@ -153,7 +153,8 @@ class SearchResult:
 
         backend = detect(self.model)
         with Publication.open(uri, marker=RESULT_FILE) as out:
-            staged = [os.path.basename(p) for p in backend.save(self.model, str(out.staging / f"model{backend.suffix}"))]
+            saved = backend.save(self.model, str(out.staging / f"model{backend.suffix}"))
+            staged = [os.path.basename(p) for p in saved]
             tables.write_parquet(self.trials, out.staging / "trials.parquet")
             tables.write_parquet(self.pareto, out.staging / "pareto.parquet")
             self.plot(str(out.staging / "pareto.png"))

@@ -284,8 +284,8 @@ def _same_graph(r: TrialRecord, timed: TrialRecord | None) -> TrialRecord:
     if timed is None:
         return r
     return replace(r, latency_ms=timed.latency_ms, fp32_latency_ms=timed.fp32_latency_ms, remeasured=True,
-                   latency_spread_ms=timed.latency_spread_ms, speedup_est=timed.speedup_est, speedup_low=timed.speedup_low,
-                   speedup_high=timed.speedup_high)
+                   latency_spread_ms=timed.latency_spread_ms, speedup_est=timed.speedup_est,
+                   speedup_low=timed.speedup_low, speedup_high=timed.speedup_high)
 
 
 def _interval_of(r: TrialRecord) -> Interval | None:

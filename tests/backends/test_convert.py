@@ -25,7 +25,8 @@ def _instance(module: str):
 
 @pytest.mark.parametrize("model, framework", [
     ("m.pt", "torch"), ("m.PTH", "torch"), ("m.torchscript", "torch"), ("m.pb", "tensorflow"),
-    ("m.keras", "tensorflow"), ("m.tflite", "tflite"), ("m.pdmodel", "paddle"), ("m.onnx", None), ("m.xml", None), ("m.h5", None),
+    ("m.keras", "tensorflow"), ("m.tflite", "tflite"), ("m.pdmodel", "paddle"), ("m.onnx", None), ("m.xml", None),
+    ("m.h5", None),
     (_instance("torch.nn.modules.container"), "torch"),
     (_instance("keras.src.models.sequential"), "tensorflow"),
     (_instance("tf_keras.models"), "tensorflow"), (_instance("paddle.nn"), "paddle"), (_instance("onnx"), None),

@@ -18,9 +18,10 @@ import copy
 import json
 import re
 import shlex
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 import yaml
@@ -226,9 +227,9 @@ def _containers(template: dict) -> list[dict]:
 def exposure_problems(doc: Any) -> list[str]:
     """Anything that would publish a Ray port outside the cluster network."""
     problems = []
-    if isinstance(doc, dict) and doc.get("kind") == "Service":
-        if (doc.get("spec") or {}).get("type") in EXPOSED_SERVICE_TYPES:
-            problems.append(f"Service {doc['metadata'].get('name')} is {doc['spec']['type']}")
+    is_service = isinstance(doc, dict) and doc.get("kind") == "Service"
+    if is_service and (doc.get("spec") or {}).get("type") in EXPOSED_SERVICE_TYPES:
+        problems.append(f"Service {doc['metadata'].get('name')} is {doc['spec']['type']}")
     if isinstance(doc, dict) and doc.get("kind") == "Ingress":
         problems.append("Ingress exposes the cluster")
     for path, value in walk(doc):

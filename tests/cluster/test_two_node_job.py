@@ -127,7 +127,7 @@ def _submit(client, **kwargs) -> str:
 
 
 def test_search_job_runs_on_both_nodes(two_node_cluster, tmp_path, monkeypatch):
-    address, env = two_node_cluster
+    address, _env = two_node_cluster
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the Jobs SDK reads the token like the CLI does
     workdir = tmp_path / "job"
     workdir.mkdir()

@@ -71,8 +71,9 @@ def test_ignored_nodes_stay_fp32():
 
 
 def test_concat_inputs_get_identical_scales_in_the_built_model():
-    import rayq
     from onnx import numpy_helper
+
+    import rayq
 
     model = resnet_like(with_concat=True)
     calib = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
@@ -163,8 +164,9 @@ def test_a_tensor_read_by_several_concats_gets_one_quantizer():
 
 
 def test_dense_block_builds_one_qdq_per_tensor_with_one_scale():
-    import rayq
     from onnx import numpy_helper
+
+    import rayq
 
     model = _dense_block()
     calib = np.random.default_rng(0).normal(size=(8, 1, 4, 8, 8)).astype(np.float32)

@@ -67,7 +67,7 @@ def test_worker_processes_are_reused_and_drop_ended_calls(ray_cluster, setup):
 
     @ray.remote
     def where(call, batches, edges_box):
-        arrays, node = dc.calibrate_chunk(call, batches, edges_box)
+        arrays, _node = dc.calibrate_chunk(call, batches, edges_box)
         return arrays, f"{os.getpid()}:{','.join(resident.tokens())}"
 
     model_bytes = session.backend.to_bytes(session.model)

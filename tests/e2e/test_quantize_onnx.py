@@ -232,8 +232,8 @@ def test_attention_scores_matmul_inputs_are_symmetric_int8_in_mixed_preset(encod
 
     scores = [n for n in encoder_int8.graph.node if n.op_type == "MatMul"
               and all(dequantized(encoder_int8, t) for t in n.input) and not any(
-                  t in initializers(encoder_int8) or prods.get(t) and prods[t].op_type == "DequantizeLinear"
-                  and prods[t].input[0] in initializers(encoder_int8) for t in n.input)]
+                  t in initializers(encoder_int8) or (prods.get(t) and prods[t].op_type == "DequantizeLinear"
+                  and prods[t].input[0] in initializers(encoder_int8)) for t in n.input)]
     assert len(scores) == 1
     qk = {quantizer_input(t) for t in scores[0].input}
     assert len(qk) == 2
@@ -380,7 +380,7 @@ def test_mlp_matmul_and_gemm_quantize(tmp_path):
         val = random_inputs(model, 1, batch=64, seed=2)[0]
         q = _check(rayq.quantize(model, calib, subset_size=32, num_workers=1, cache=False))
         path = str(tmp_path / f"{op}.onnx")
-        for run in (run_ov, lambda m, f: run_ort(m, f, optimized_path=path)):
+        for run in (run_ov, lambda m, f: run_ort(m, f, optimized_path=path)):  # noqa: B023 (called in this iteration)
             assert nmse(run_ort(model, val), run(q, val)) < 0.02  # measured 0.0036
         ops = op_counts(onnx.load(path))
         # 2-D MatMul+Add is fused to Gemm by ORT: integer QGemm needs the int32 bias
@@ -396,7 +396,8 @@ def _position_embedding_model():
     c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
     inits = [c("table", rng.normal(size=(64, 16)).astype(np.float32)), c("arange", np.arange(64, dtype=np.int64)),
              c("one", np.array(1, np.int64)), c("zero1", np.array([0], np.int64)), c("axes0", np.array([0], np.int64)),
-             c("w1", rng.normal(size=(16, 32)).astype(np.float32)), c("w2", rng.normal(size=(32, 4)).astype(np.float32))]
+             c("w1", rng.normal(size=(16, 32)).astype(np.float32)),
+             c("w2", rng.normal(size=(32, 4)).astype(np.float32))]
     nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
              helper.make_node("Gather", ["shape", "one"], ["seq"], name="seq", axis=0),
              helper.make_node("Unsqueeze", ["seq", "axes0"], ["seq1"], name="unsq"),

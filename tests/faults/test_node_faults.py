@@ -14,7 +14,6 @@ import time
 
 import psutil
 import pytest
-
 from cluster.test_two_node_job import _pgids, _start, local_head, token_env
 
 from .conftest import ROOT, cmdline

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import pytest
+from e2e.runtimes import dequantized, initializers, weight_of
 
 import rayq as nncf
 from examples.digits.data import MODEL, load_calibration
 from rayq import compat
 from rayq.compat import advanced_parameters, ignored_scope
 from rayq.core.plan import QuantPlan
-from e2e.runtimes import dequantized, initializers, weight_of
 
 ENUMS = ("QuantizationPreset", "ModelType", "TargetDevice", "DropType", "OverflowFix", "QuantizationMode")
 

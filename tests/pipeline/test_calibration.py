@@ -239,7 +239,7 @@ def _rewrite_cache(path, edit):
 
 def _scaled_by_50(rows):
     scaled = []
-    for field, dtype, data in zip(rows["field"], rows["dtype"], rows["data"]):
+    for dtype, data in zip(rows["dtype"], rows["data"]):
         arr = np.frombuffer(data, dtype=np.dtype(dtype))
         scaled.append((arr * 50).astype(arr.dtype).tobytes() if arr.dtype.kind == "f" else data)
     return {**rows, "data": scaled}

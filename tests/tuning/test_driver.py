@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from rayq.tuning import tables
 from rayq.tuning import (
     DriverOutcome,
     EvalResult,
@@ -24,6 +23,7 @@ from rayq.tuning import (
     TrialRecord,
     open_storage,
     plot_pareto,
+    tables,
 )
 from rayq.tuning.sampling import TrialSeededSampler
 

@@ -43,11 +43,11 @@ def test_accuracy_axis_stops_at_one_and_fp32_is_drawn():
     assert top == pytest.approx(1.0) and 0.85 < bottom < 0.90
     fp32_lines = [ln for ln in ax.lines if ln.get_label().startswith("FP32")]
     assert list(fp32_lines[0].get_ydata()) == [0.98, 0.98]
-    star = [c for c in ax.collections if c.get_label() == "chosen (trial 1)"][0]
+    star = next(c for c in ax.collections if c.get_label() == "chosen (trial 1)")
     assert star.get_offsets().tolist() == [[1.3, 0.975]]
-    fp32_point = [c for c in ax.collections if c.get_label() == "FP32 model"][0]
+    fp32_point = next(c for c in ax.collections if c.get_label() == "FP32 model")
     assert fp32_point.get_offsets().tolist() == [[1.0, 0.98]]
-    front = [ln for ln in ax.lines if ln.get_label() == "Pareto front"][0]
+    front = next(ln for ln in ax.lines if ln.get_label() == "Pareto front")
     assert sorted(front.get_xdata()) == [1.1, 1.3, 1.5]
 
 

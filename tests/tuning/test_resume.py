@@ -20,6 +20,7 @@ from rayq.pipeline.latency import Latency
 from rayq.tuning import SearchSpace
 from rayq.tuning.control import RANKING_ATTR, AccuracyControl, SearchSettings
 from rayq.tuning.sensitivity import decode_ranking
+
 from .test_driver import BASE, FP32, RANKING, FakeEvaluator, driver, fake_drop, fake_latency
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -75,7 +76,7 @@ class FakePool:
 def search(storage, n_trials=14, pool=None):
     settings = SearchSettings(max_drop=0.01, n_trials=n_trials, seed=5, storage=storage, study_name="s")
     control = AccuracyControl(pool or FakePool(), BASE, OPS, SearchSpace(ranking=OPS), settings)
-    best, status, records = control.run()
+    best, _status, records = control.run()
     return best, records, control
 
 

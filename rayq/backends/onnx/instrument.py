@@ -82,8 +82,8 @@ def instrument(proto: onnx.ModelProto,
             raise BackendError(f"cannot collect per-channel statistics for tensor {req.tensor!r}: "
                                "its rank is unknown")
         rank = len(dims) if dims is not None else 0  # unknown rank (a Loop output): one value per batch
-        batched = rank >= 1 and (dims[0] is None or isinstance(dims[0], str))
-        if batched and dims[0] not in batch_syms:
+        batched = dims is not None and rank >= 1 and (dims[0] is None or isinstance(dims[0], str))
+        if batched and dims is not None and dims[0] not in batch_syms:
             maybe.add(req.tensor)  # decided per run: see module docstring
         x = req.tensor if batched else b.node("Unsqueeze", [req.tensor, b.const(np.array([0], np.int64))])
         r = rank if batched else rank + 1

@@ -38,7 +38,7 @@ _META = {
 }
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                           onnx.TensorProto.BFLOAT16})
-_DTYPES = {
+_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8",
@@ -243,12 +243,12 @@ def _reshape_ranks(inferred: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     known = {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     out = []
     for node in inferred.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or known.get(node.output[0]) is not None \
-                and known[node.output[0]].type.tensor_type.HasField("shape"):
+        if node.op_type != "Reshape" or len(node.input) < 2 or (known.get(node.output[0]) is not None \
+                and known[node.output[0]].type.tensor_type.HasField("shape")):
             continue
         target = known.get(node.input[1])
-        has_shape = target is not None and target.type.tensor_type.HasField("shape")
-        dims = target.type.tensor_type.shape.dim if has_shape else ()
+        dims = target.type.tensor_type.shape.dim if target is not None and target.type.tensor_type.HasField("shape") \
+            else []
         data = known.get(node.input[0])
         if len(dims) == 1 and dims[0].HasField("dim_value") and data is not None:
             shape = [f"{node.output[0]}_d{i}" for i in range(dims[0].dim_value)]
@@ -256,12 +256,12 @@ def _reshape_ranks(inferred: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return out
 
 
-def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
+def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple | None]]:
     """Build the :class:`GraphView`; also returns raw shapes (with dim symbols)."""
     inferred = infer(proto).graph  # shapes only: nodes and constants come from ``proto``
     graph = proto.graph
     constants = normalize.constant_tensors(graph)
-    raw_shapes: dict[str, tuple] = {}
+    raw_shapes: dict[str, tuple | None] = {}
     tensors: dict[str, TensorInfo] = {}
     for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
         dims, dtype = _shape(vi)
@@ -283,7 +283,7 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple]]:
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
-    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=fp32)
+    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=tuple(fp32))
     return view, raw_shapes
 
 
@@ -352,10 +352,11 @@ def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
 def _node_info(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx.GraphProto) -> NodeInfo:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.type in (1, 2, 3, 7)}
     meta = _META.get(node.op_type, g.OTHER) if node.domain in ("", "ai.onnx") else g.OTHER
-    info = dict(weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None, bias_node=None)
+    info: dict[str, Any] = dict(weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None,
+                                bias_node=None)
 
     def const(i: int) -> bool:
-        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i], None) is not None \
+        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i]) is not None \
             and tensors[node.input[i]].is_constant
 
     if meta in (g.CONV, g.CONV_TRANSPOSE) and const(1):

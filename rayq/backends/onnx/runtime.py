@@ -6,14 +6,15 @@ import logging
 import math
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from rayq.backends.base import InputSpec, Runner
-from rayq.backends.onnx import normalize, reader
 from rayq.backends.feeds import check_feeds
+from rayq.backends.onnx import normalize, reader
 from rayq.errors import BackendError, DataError
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def ov_compiled(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
     import openvino as ov
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if num_threads > 0:
         config["INFERENCE_NUM_THREADS"] = num_threads
     try:

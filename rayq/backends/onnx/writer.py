@@ -146,7 +146,7 @@ class _Writer:
         if tensor in self.inits:
             return tuple(self.inits[tensor].dims)
         if tensor in self.constant_nodes:
-            return tuple(normalize.constant_value(self.constant_nodes[tensor]).dims)
+            return tuple(normalize.constant_value(self.constant_nodes[tensor]).dims)  # type: ignore[union-attr]
         return None
 
     def _upstream_dq(self, tensor: str, producers: dict[str, onnx.NodeProto]) -> QParams | None:
@@ -158,7 +158,8 @@ class _Writer:
                 return None
             if node.op_type == "Concat":
                 params = [self._upstream_dq(t, producers) for t in node.input]
-                if params and all(p is not None and _same(p, params[0]) for p in params):
+                first = params[0] if params else None
+                if first is not None and all(p is not None and _same(p, first) for p in params):
                     return params[0]
                 return None
             if node.op_type not in _PASS_THROUGH:

@@ -135,7 +135,7 @@ def index(model: ov.Model) -> Index:
         if op.get_type_name() == "Result":
             continue
         base = node_name[op.get_name()]
-        folded = _folds(op, lambda i: port_name.get(_src_key(op, i)) in constant)
+        folded = _folds(op, lambda i: port_name.get(_src_key(op, i)) in constant)  # noqa: B023 (called right here)
         for out in op.outputs():
             unique = sorted(n for n in out.get_names() if counts[n] == 1)
             if unique:
@@ -268,7 +268,7 @@ def _node_info(op: Any, idx: Index, tensors: dict[str, TensorInfo]) -> NodeInfo:
     if kind == "ReduceMean":
         meta = g.AVG_POOL if _spatial_mean(op, idx, inputs) else g.OTHER
     weight = _weight_axes(kind, inputs, tensors, attrs)
-    info = dict(weight_input=None, weight_axis=None, weight_in_axis=None)
+    info: dict[str, Any] = dict(weight_input=None, weight_axis=None, weight_in_axis=None)
     bias = None
     if weight is not None:
         info = dict(zip(("weight_input", "weight_axis", "weight_in_axis"), weight))
@@ -329,7 +329,7 @@ def _out_channels(kind: str, shape: tuple[int | None, ...] | None, axis: int) ->
     if shape is None:
         return None
     if kind == "GroupConvolution":
-        return None if None in shape[:2] else shape[0] * shape[1]
+        return None if None in shape[:2] else shape[0] * shape[1]  # type: ignore[operator]  # no None: checked
     return shape[axis]
 
 

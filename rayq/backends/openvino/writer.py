@@ -127,8 +127,8 @@ def _activation(idx: reader.Index, aq: ActivationQuant) -> None:
     np_type = etype.to_dtype() if etype in (ov.Type.f32, ov.Type.f16) else None
     if np_type is None:
         raise BackendError(f"cannot quantize {aq.tensor!r}: element type {etype} is not f32/f16")
-    rank = reader.shape_of(port)
-    rank = None if rank is None else len(rank)
+    shape = reader.shape_of(port)
+    rank = None if shape is None else len(shape)
     source = port
     if aq.smooth is not None:
         smooth = np.asarray(aq.smooth, dtype=np_type)

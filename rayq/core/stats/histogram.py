@@ -24,7 +24,7 @@ class Histogram:
     lo: float
     hi: float
     bins: int
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
         self.lo, self.hi, self.bins = float(self.lo), float(self.hi), int(self.bins)
@@ -74,5 +74,5 @@ class Histogram:
         same_edges = (self.lo, self.hi, self.bins) == (other.lo, other.hi, other.bins)
         return same_edges and np.array_equal(self.counts, other.counts)
 
-    def copy(self) -> Histogram:  # noqa: D102
+    def copy(self) -> Histogram:
         return Histogram(self.lo, self.hi, self.bins, self.counts.copy())

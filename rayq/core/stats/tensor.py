@@ -147,7 +147,7 @@ class TensorStatistics:
                 old = getattr(self, attr)
                 setattr(self, attr, value if old is None else reduce(old, value))
         if "raw" in arrays:
-            self.hist.update(arrays["raw"])
+            self.hist.update(arrays["raw"])  # type: ignore[union-attr]  # "raw" is requested after enable_histogram
         self.n += next(iter(arrays.values())).shape[0]
         self.kinds = frozenset(arrays)
 
@@ -178,12 +178,12 @@ class TensorStatistics:
         result.hist = _merge_optional(self.hist, other.hist, Histogram.merge)
         return result
 
-    def copy(self) -> TensorStatistics:  # noqa: D102
+    def copy(self) -> TensorStatistics:
         return self.merge(TensorStatistics(self.name))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Returns plain numeric arrays (at most 2-D) that :meth:`from_arrays` reads back."""
-        out = {
+        out: dict[str, np.ndarray] = {
             "n": np.array([self.n], dtype=np.int64),
             "kinds": np.array([k in self.kinds for k in REDUCTIONS], dtype=np.int8),
             "min_max": np.array([self.min, self.max]),
@@ -231,5 +231,5 @@ class TensorStatistics:
         )
         if (self.hist is None) != (other.hist is None):
             return False
-        hist = self.hist is None or self.hist.equals(other.hist)
+        hist = self.hist is None or (other.hist is not None and self.hist.equals(other.hist))
         return scalars and bounds and sums and channel and hist

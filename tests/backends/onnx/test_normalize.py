@@ -138,7 +138,7 @@ def test_shared_weight_quantized_per_user_and_kept_for_an_fp32_user():
     """Two Convs read one weight and one bias initializer. Each quantized Conv gets its
     own int8 copy (equal to the shared weight within half a step) and its own corrected
     bias; a Conv kept FP32 by the ignored scope still reads the untouched original."""
-    model, items, feeds = patterns.shared_weights()
+    model, items, _feeds = patterns.shared_weights()
     shared_w, shared_b = model.graph.node[2].input[1], model.graph.node[2].input[2]
     original = _inits(model)
     q = _quantize(model, items, ignored_scope=rayq.IgnoredScope(names=["Conv_c2"]))
@@ -160,7 +160,7 @@ def test_shared_weight_quantized_per_user_and_kept_for_an_fp32_user():
 def test_prequantized_weight_is_left_alone_and_reported(backend, caplog):
     """A Conv reading a DequantizeLinear of an int8 weight: the DQ is not folded into a
     float weight and quantized again; the Conv stays as it is and is reported."""
-    model, items, feeds = patterns.prequantized_weights()
+    model, items, _feeds = patterns.prequantized_weights()
     view = backend.graph(backend.load(model))
     conv = view.node("Conv_c1")
     assert conv.meta == g.OTHER and conv.weight_input is None

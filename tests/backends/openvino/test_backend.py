@@ -10,8 +10,8 @@ ov = pytest.importorskip("openvino")
 import openvino.opset13 as ops  # noqa: E402
 
 from rayq.backends import get_backend  # noqa: E402
-from rayq.backends.openvino.runtime import int8_saturates  # noqa: E402
 from rayq.backends.base import Backend, StatRequest  # noqa: E402
+from rayq.backends.openvino.runtime import int8_saturates  # noqa: E402
 from rayq.core import graph as g  # noqa: E402
 from rayq.core.params import activation_params, fake_quantize, quantize, weight_params  # noqa: E402
 from rayq.core.recipe import ActivationQuant, Recipe, WeightQuant  # noqa: E402
@@ -371,7 +371,7 @@ def test_group_convolution_quantized_runs_int8(backend, groups):
 
 
 def test_bias_replacement(backend):
-    model, weight, bias = single_conv_model()
+    model, _weight, bias = single_conv_model()
     feeds = _feeds((3, 6, 6))
     new_bias = np.arange(4, dtype=np.float32)
     quantized = backend.apply(model, Recipe(biases={"conv": new_bias}))
@@ -442,7 +442,7 @@ def test_save_reload_and_bytes_round_trip(backend, transformer, tmp_path):
 def test_load_errors(backend, conv_net, tmp_path):
     with pytest.raises(BackendError, match="does not exist"):
         backend.load(str(tmp_path / "missing.xml"))
-    xml, weights = backend.save(conv_net, str(tmp_path / "model"))
+    xml, _weights = backend.save(conv_net, str(tmp_path / "model"))
     assert xml.endswith("model.xml")
     (tmp_path / "model.bin").unlink()
     with pytest.raises(BackendError, match=r"model\.bin"):
