@@ -47,8 +47,9 @@ def test_squeeze_excitation_branch_convs_run_int8_on_openvino(tmp_path):
     branch = {name: src for name, src in fq.items() if src in (["ReduceMean"], ["Relu"])}
     assert sorted(branch.values()) == [["ReduceMean"], ["Relu"]], fq
     compiled = ov.Core().compile_model(q, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    convs = _runtime_precisions(compiled, "Convolution")
-    assert len(convs) == 4 and set(convs) <= {"u8", "i8"}, convs  # stem, two branch Convs, projection
+    # stem, two branch Convs, projection (a plugin may run a 1x1 Conv on [N, C, 1, 1] as FC)
+    convs = _runtime_precisions(compiled, "Convolution") + _runtime_precisions(compiled, "FullyConnected")
+    assert len(convs) == 4 and set(convs) <= {"u8", "i8"}, convs
     x = np.random.default_rng(1).normal(size=(1, 4, 8, 8)).astype(np.float32)
     got = [np.asarray(compiled({"x": x})[compiled.outputs[0]])]
     assert nmse(run_ort(onnx.load(str(path)), {"x": x}), got) < 0.02
