@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                 pool_start_s = time.perf_counter() - t0
                 for _ in range(args.repeats):
                     t = time.perf_counter()
-                    score_groups(pool, plan, ops, None, None, use_metric=True)
+                    score_groups(pool, plan, ops, None, use_metric=True)
                     rank.append(time.perf_counter() - t)
             finally:
                 pool.close()

@@ -113,6 +113,10 @@ class GraphView:
         fp32_ops: ``(op name, reason)`` for weighted ops the backend read but that stay
             FP32 whatever the plan (inside subgraphs, already quantized, float16...):
             reported in the build summary, absent from ``nodes`` or typed ``other``.
+        runtime: The runtime the backend's quantized models are compiled by
+            (``"onnxruntime"``, ``"openvino"``), for the few placement rules whose gain
+            depends on its INT8 kernels (:mod:`rayq.core.rules`); None: rules that pay on
+            every runtime only.
 
     Example:
         >>> g = backend.graph(model)            # doctest: +SKIP
@@ -127,8 +131,10 @@ class GraphView:
         outputs: list[str],
         constant_fn: Callable[[str], np.ndarray],
         fp32_ops: tuple[tuple[str, str], ...] = (),
+        runtime: str | None = None,
     ) -> None:
         self.fp32_ops = tuple(fp32_ops)
+        self.runtime = runtime
         self.nodes: tuple[NodeInfo, ...] = tuple(nodes)
         self.tensors = MappingProxyType(dict(tensors))
         self.inputs = tuple(inputs)

@@ -6,7 +6,8 @@
   it is an activation function, left to the runtime's fusions.
 - *Squeeze-excitation branch*: the Convs (or MatMuls) between a global pooling of ``x``
   and the gate of a gating Mul of ``x``. They run on ``[N, C, 1, 1]`` tensors: INT8
-  saves nothing there, while each Q/DQ pair costs a kernel launch, so they stay FP32.
+  saves nothing there, while on ONNX Runtime each Q/DQ pair costs a kernel launch, so
+  they stay FP32 there (the rules decide per runtime, :mod:`rayq.core.rules`).
 """
 
 from __future__ import annotations

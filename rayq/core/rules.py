@@ -10,7 +10,9 @@ quantized with symmetric inputs; with ``model_type="transformer"`` the probabili
 x V MatMul stays FP32 (better accuracy, the transformer preset's trade-off).
 
 Squeeze-excitation blocks (:mod:`rayq.core.patterns`): the gating Mul is quantized
-(both inputs), the Convs of the branch that computes the gate stay FP32. A layer
+(both inputs). The Convs of the branch that computes the gate stay FP32 on ONNX
+Runtime, where each Q/DQ pair on a ``[N, C, 1, 1]`` tensor costs more than INT8 saves;
+on OpenVINO they are quantized like any Conv (:data:`_INT8_SE_BRANCH`). A layer
 scale (a Mul by a constant, behind data-movement ops after a Linear: ConvNeXt) gets
 its input quantized, so the data movement runs on INT8 data.
 
@@ -39,6 +41,11 @@ _PASS_THROUGH = frozenset({g.SHAPE, g.MAX_POOL})
 #: slicing channels (ShuffleNet's split) moves values without changing them.
 _MOVEMENT_TYPES = frozenset({"Slice", "Split", "StridedSlice", "VariadicSplit", "ShuffleChannels"})
 _SHAPE_READERS = frozenset({"Shape", "ShapeOf", "Size"})
+#: Runtimes on which the squeeze-excitation branch Convs are quantized. OpenVINO's CPU
+#: plugin fuses the FakeQuantizes into the pooling and the Convs (``u8`` in, ``u8``
+#: out, no extra kernels), while FP32 Convs there cost an ``f32`` pooling output and
+#: FP32 1x1 kernels (MobileNetV3-S: 0.92x the latency, bench/README.md "OV placement").
+_INT8_SE_BRANCH = frozenset({"openvino"})
 _FLOAT = ("float32", "float16", "float64", "bfloat16")
 _PIXELS = ("uint8", "int8")
 
@@ -269,7 +276,7 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
     weights: list[QuantizerPoint] = []
     ops: list[str] = []
     skipped: list[tuple[str, str]] = []
-    se = patterns.se_branches(graph)
+    se = frozenset() if graph.runtime in _INT8_SE_BRANCH else patterns.se_branches(graph)
     for node in graph.nodes:
         if node.name in ignored:
             if node.meta in g.WEIGHTED:

@@ -209,6 +209,29 @@ def test_squeeze_excitation_quantizes_the_gating_mul_not_the_branch_convs():
     assert len(x1) == 1 and {e.node for e in x1[0].edges} == {"p", "m"}
 
 
+def _on_runtime(view, runtime):
+    """The same graph view, read as a backend for ``runtime`` would report it."""
+    return g.GraphView(list(view.nodes), dict(view.tensors), list(view.inputs), list(view.outputs),
+                       view.constant, runtime=runtime)
+
+
+def test_squeeze_excitation_branch_is_quantized_on_openvino_only():
+    view = _view(_se_block())
+    assert view.runtime == "onnxruntime"
+    ort, ov_ = place(view, model_type=None), place(_on_runtime(view, "openvino"), model_type=None)
+    unknown = place(_on_runtime(view, None), model_type=None)
+    assert {"s1", "s2"} <= dict(ort.skipped).keys() and {"s1", "s2"} <= dict(unknown.skipped).keys()
+    # OpenVINO: the branch Convs are quantized like any Conv (input and weight)...
+    assert {"s1", "s2"} <= set(ov_.ops) and not {"s1", "s2"} & dict(ov_.skipped).keys()
+    acts = {q.tensor: {e.node for e in q.edges} for q in ov_.points if q.kind == ACTIVATION}
+    assert acts["p"] == {"s1"} and acts["r"] == {"s2"}
+    assert {"w:s1", "w:s2"} <= {q.id for q in ov_.points if q.kind == WEIGHT}
+    # ...and everything else is placed as on ONNX Runtime
+    ort_acts = {q.tensor: {e.node for e in q.edges} for q in ort.points if q.kind == ACTIVATION}
+    assert {t: e for t, e in acts.items() if t not in ("p", "r")} == ort_acts
+    assert ov_.group("s1") == ("a:p", "w:s1")
+
+
 def test_default_mode_quantizes_the_attention_probabilities_matmul_symmetrically():
     view = _view(transformer_block())
     softmax_out = [n.outputs[0] for n in view.nodes if n.meta == g.SOFTMAX]

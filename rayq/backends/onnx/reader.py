@@ -283,7 +283,8 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple | Non
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
-    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=tuple(fp32))
+    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=tuple(fp32),
+                     runtime="onnxruntime")
     return view, raw_shapes
 
 

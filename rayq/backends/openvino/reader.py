@@ -238,7 +238,7 @@ def build_view(model: ov.Model, idx: Index | None = None) -> GraphView:
              if op.get_type_name() not in _HIDDEN and not _is_folded(op, idx)]
     inputs = [idx.name_of(p.output(0)) for p in model.get_parameters()]
     outputs = [idx.source(r, 0) for r in model.get_results()]
-    return GraphView(nodes, tensors, inputs, outputs, ConstantEvaluator(idx))
+    return GraphView(nodes, tensors, inputs, outputs, ConstantEvaluator(idx), runtime="openvino")
 
 
 def _is_folded(op: Any, idx: Index) -> bool:
