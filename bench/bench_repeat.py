@@ -33,9 +33,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _child(args: argparse.Namespace) -> int:
     import rayq
-    from rayq.config import load
-    from rayq.search_api import search_from_config
-    from rayq.sweep import run_sweep
+    from rayq.api.config import load
+    from rayq.api.search import search_from_config
+    from rayq.api.sweep import run_sweep
 
     work = tempfile.mkdtemp(prefix="rayq-bench-repeat-")
     rayq.init(num_cpus=args.cpus, include_dashboard=False)

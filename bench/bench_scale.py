@@ -108,7 +108,7 @@ def _calibration_setup(model, calib, samples):
     from rayq.core.plan import QuantPlan
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import stat_spec
-    from rayq.session import ModelSession
+    from rayq.api.session import ModelSession
 
     session = ModelSession(model, calib, subset_size=samples)
     spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
@@ -119,7 +119,7 @@ def _calibration_setup(model, calib, samples):
 def _child_cold(args) -> int:
     import rayq
     from rayq.distributed import collect as dc
-    from rayq.session import start_workers_early
+    from rayq.api.session import start_workers_early
 
     if args.child_early:
         rayq.init(address=args.address)

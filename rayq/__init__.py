@@ -22,13 +22,13 @@ from rayq import logs as _logs  # noqa: F401 (installs rayq's log handler, reads
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "quantize": "rayq.api",
-    "quantize_with_accuracy_control": "rayq.search_api",
-    "search": "rayq.search_api",
+    "quantize": "rayq.api.quantize",
+    "quantize_with_accuracy_control": "rayq.api.accuracy_control",
+    "search": "rayq.api.search",
     "SearchResult": "rayq.tuning.result",
-    "submit": "rayq.jobs",
-    "attach": "rayq.jobs",
-    "SearchJob": "rayq.jobs",
+    "submit": "rayq.api.submit",
+    "attach": "rayq.api.submit",
+    "SearchJob": "rayq.api.submit",
     "Dataset": "rayq.pipeline.data",
     "IgnoredScope": "rayq.core.scope",
     "Subgraph": "rayq.core.scope",

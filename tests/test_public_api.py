@@ -152,7 +152,7 @@ def test_no_public_name_is_shadowed_by_a_submodule():
 
 def test_rayq_distributed_is_imported_lazily():
     """Outside rayq/distributed, ``rayq.distributed`` is only imported inside functions
-    (session.py, search_api.py, the CLI), except for ``rayq.init`` / ``rayq.shutdown``
+    (rayq/api/session.py, rayq/api/search.py, the CLI), except for ``rayq.init`` / ``rayq.shutdown``
     which the package re-exports from ``rayq.distributed.cluster``."""
     allowed = {("rayq/__init__.py", "rayq.distributed.cluster")}
     offenders = sorted((f, m) for f, imps in _sources().items() if not f.startswith("rayq/distributed/")

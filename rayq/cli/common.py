@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from rayq import config as rayq_config
+from rayq.api import config as rayq_config
 from rayq.errors import ConfigError, RayqError
 
 log = logging.getLogger("rayq.cli")
@@ -35,7 +35,7 @@ def build_config(command: str, config_path: str | None, fields: Mapping[str, Any
 
     Args:
         command: ``quantize``, ``search`` or ``sweep`` (a registered config class).
-        config_path: YAML file read with :func:`rayq.config.load`, or None.
+        config_path: YAML file read with :func:`rayq.api.config.load`, or None.
         fields: Top-level field -> value given on the command line; values equal to
             :data:`UNSET` are ignored, ``None`` is an explicit "none" (e.g. no bias
             correction) and overrides the file too.
@@ -58,7 +58,7 @@ def build_config(command: str, config_path: str | None, fields: Mapping[str, Any
         overrides = {k: v for k, v in given.items() if v is not None}
         cfg = rayq_config.load(config_path, command=command, overrides=overrides)
         explicit_none = {k: None for k, v in given.items() if v is None}
-        if explicit_none:  # rayq.config.load drops None overrides
+        if explicit_none:  # rayq.api.config.load drops None overrides
             cfg = _replace(cfg, explicit_none)
     else:
         cfg = rayq_config.from_dict(given, command=command)
@@ -148,5 +148,6 @@ def ray_scope(address: str | None, needed: bool) -> Iterator[None]:
 
 
 def _ray_initialized() -> bool:
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+    from rayq.distributed.cluster import is_connected
+
+    return is_connected()

@@ -1,6 +1,6 @@
 """``rayq quantize``: basic post-training INT8 quantization of one model.
 
-Builds one :class:`rayq.config.QuantizeConfig` from ``--config`` and the flags (flags
+Builds one :class:`rayq.api.config.QuantizeConfig` from ``--config`` and the flags (flags
 win), calls :func:`rayq.quantize`, saves the model and ``config.yaml`` into the
 output folder, prints a summary line and, with ``--validation``, an FP32 vs INT8
 table of the metric and latency on each runtime.
@@ -20,7 +20,7 @@ from rayq.backends.base import Backend
 from rayq.cli import report
 from rayq.cli.common import (UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function,
                               warn_relative_job_output)
-from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
+from rayq.api.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError
 from rayq.pipeline import data

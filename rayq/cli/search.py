@@ -7,7 +7,7 @@ import time
 
 from rayq import events
 from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function, warn_relative_job_output
-from rayq.config import SearchConfig
+from rayq.api.config import SearchConfig
 from rayq.errors import ConfigError
 from rayq.storage import check_free, check_output, resolve
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(resolve(cfg.output), folder=True)
         check_free(cfg.output)
     resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
-    from rayq.search_api import search_from_config
+    from rayq.api.search import search_from_config
 
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):

@@ -48,7 +48,7 @@ def test_saved_model_folder_is_tensorflow(tmp_path):
 
 
 def test_onnx_and_openvino_models_load_without_importing_any_framework():
-    code = (f"import json, sys, numpy as np; from rayq.session import ModelSession; "
+    code = (f"import json, sys, numpy as np; from rayq.api.session import ModelSession; "
             f"s = ModelSession({str(DIGITS / 'digits_cnn.onnx')!r}, "
             f"np.load({str(DIGITS / 'calibration.npz')!r})['input'], subset_size=4); "
             "print(json.dumps([s.backend.name, sorted(sys.modules)]))")

@@ -16,7 +16,7 @@ import yaml
 import rayq
 from rayq.cli.main import build_parser, main
 from rayq.cli.quantize import config_from_args
-from rayq.config import QuantizeConfig, load
+from rayq.api.config import QuantizeConfig, load
 from rayq.core.plan import AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 

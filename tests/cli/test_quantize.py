@@ -12,7 +12,7 @@ import yaml
 
 import rayq
 from rayq.cli.main import main
-from rayq.config import QuantizeConfig, from_dict
+from rayq.api.config import QuantizeConfig, from_dict
 
 from .conftest import CALIBRATION, MODEL, VALIDATION, one_error_line
 

@@ -20,7 +20,7 @@ from rayq.distributed import evaluator as de
 from rayq.distributed import resident
 from rayq.distributed.evaluator import LocalEvaluatorPool, RayEvaluatorPool
 from rayq.pipeline.candidate import CandidateEvaluator
-from rayq.session import ModelSession
+from rayq.api.session import ModelSession
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 

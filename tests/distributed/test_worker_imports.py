@@ -13,7 +13,7 @@ import pytest
 import rayq
 from rayq.distributed.cluster import task_error
 from rayq.distributed.evaluator import RayEvaluatorPool
-from rayq.session import ModelSession
+from rayq.api.session import ModelSession
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
 

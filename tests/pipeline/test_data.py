@@ -12,7 +12,7 @@ import pytest
 
 import rayq
 from rayq.pipeline import data
-from rayq.session import ModelSession
+from rayq.api.session import ModelSession
 from rayq.testing.models import random_inputs, transformer_block
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"

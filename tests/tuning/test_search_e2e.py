@@ -169,7 +169,7 @@ def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(cap
     import pandas as pd
 
     from rayq.core.plan import QuantPlan
-    from rayq.search_api import _warn_restored
+    from rayq.api.accuracy_control import _warn_restored
     from rayq.tuning.result import SearchResult
 
     def result(fallback, status, low, high):

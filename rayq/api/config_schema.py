@@ -3,7 +3,7 @@
 One set of models describes every field of ``rayq quantize``, ``rayq search`` and
 ``rayq sweep`` configs: its type, its allowed values and its default. A YAML
 config is validated against it before the frozen config objects of
-:mod:`rayq.config` are built, so a wrong field is a :class:`~rayq.errors.ConfigError`
+:mod:`rayq.api.config` are built, so a wrong field is a :class:`~rayq.errors.ConfigError`
 naming the field, the expected type and the value given -- never an internal error.
 
 Scalars are strict: YAML has types, and ``num_workers: true`` or
@@ -121,7 +121,7 @@ class _Plan(_Model):
 
 
 class QuantizeModel(_Plan):
-    """``rayq quantize`` (:class:`rayq.config.QuantizeConfig`)."""
+    """``rayq quantize`` (:class:`rayq.api.config.QuantizeConfig`)."""
 
     command: Literal["quantize"] | None = None
     output: Str = Field(description="INT8 model file (.onnx/.xml) or folder")
@@ -132,7 +132,7 @@ class QuantizeModel(_Plan):
 
 
 class SearchModel(_Plan):
-    """``rayq search`` (:class:`rayq.config.SearchConfig`)."""
+    """``rayq search`` (:class:`rayq.api.config.SearchConfig`)."""
 
     command: Literal["search"] | None = None
     validation: Str = Field(description="validation data; its raw items are passed to validation_fn")
@@ -174,7 +174,7 @@ SweepEntryModel = create_model(
 
 
 class SweepModel(_Model):
-    """``rayq sweep`` (:class:`rayq.config.SweepConfig`)."""
+    """``rayq sweep`` (:class:`rayq.api.config.SweepConfig`)."""
 
     command: Literal["sweep"] | None = None
     models: Annotated[list[Str | SweepEntryModel], Field(min_length=1)]
@@ -278,7 +278,7 @@ def json_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rayq config",
         "description": "A rayq quantize, search or sweep config (configs/README.md). Generated from "
-                       "rayq.config_schema; regenerate with `python -m rayq.config_schema > configs/schema.json`.",
+                       "rayq.api.config_schema; regenerate with `python -m rayq.api.config_schema > configs/schema.json`.",
         "anyOf": variants,
         "$defs": dict(sorted(defs.items())),
     }

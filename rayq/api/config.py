@@ -1,7 +1,7 @@
 """Frozen run configurations, shared by the Python API, the CLI and YAML files.
 
 ``configs/README.md`` documents every field. A mapping (a YAML file, CLI flags) is
-first checked against the typed schema of :mod:`rayq.config_schema` (every wrong
+first checked against the typed schema of :mod:`rayq.api.config_schema` (every wrong
 field named with its expected type and value), then built into the frozen config
 objects below, which the rest of rayq uses; these check their values again when
 built directly from Python. A config is saved as ``config.yaml`` next to each
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rayq import config_schema
+from rayq.api import config_schema
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
@@ -216,7 +216,7 @@ def resolve_reference(ref: str, name: str = "reference"):
     return obj
 
 
-def _build(cls, data: dict) -> Any:
+def build(cls, data: dict) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -265,7 +265,7 @@ def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = 
                 candidate = os.path.join(base_dir, value)
                 if not os.path.exists(value) and os.path.exists(candidate):
                     data[key] = candidate
-    return _build(_REGISTRY[cmd], data)
+    return build(_REGISTRY[cmd], data)
 
 
 def load(path: str, *, command: str | None = None, overrides: dict | None = None) -> Any:

@@ -16,7 +16,7 @@ from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.pipeline.build import build_quantized, placement_for
-from rayq.session import ModelSession, start_workers_early
+from rayq.api.session import ModelSession, start_workers_early
 
 log = logging.getLogger("rayq")
 
