@@ -16,7 +16,8 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: The documented public names (rayq/__init__.py docstring, design.md): NNCF's
 #: quantize / quantize_with_accuracy_control / Dataset / IgnoredScope /
-#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the job
+#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search and its
+#: option objects (SearchSpace / SearchOptions / Execution), the job
 #: client (submit / attach / SearchJob), the plan value, set_log_level (NNCF's name), the cluster helpers
 #: and the error hierarchy of rayq/errors.py.
 PUBLIC = {
@@ -24,6 +25,9 @@ PUBLIC = {
     "quantize_with_accuracy_control",
     "search",
     "SearchResult",
+    "SearchSpace",
+    "SearchOptions",
+    "Execution",
     "submit",
     "attach",
     "SearchJob",

@@ -172,6 +172,16 @@ def start_workers_early(num_workers: int | None, resources: dict | None, *, subs
     return collect.start_workers(workers, resources) if workers > 1 else []
 
 
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (:class:`~rayq.api.options.Execution`'s), unless
+    Ray is up already; None: nothing now (Ray is started or joined on demand)."""
+    if address:
+        from rayq.distributed import cluster
+
+        if not cluster.is_connected():
+            cluster.init(address)
+
+
 def default_workers() -> int:
     return os.cpu_count() or 1
 

@@ -18,8 +18,8 @@ import rayq
 from rayq.backends import convert, detect, get_backend
 from rayq.backends.base import Backend
 from rayq.cli import report
-from rayq.cli.common import (UNSET, InputError, build_config, file_size, mb, ray_scope, resolve_function,
-                              warn_relative_job_output)
+from rayq.cli.common import (BIAS_CORRECTION, UNSET, InputError, add_bias_correction_flags, build_config,
+                              file_size, mb, ray_scope, resolve_function, warn_relative_job_output)
 from rayq.api.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError
@@ -60,7 +60,6 @@ FIELDS = {
 }
 ADVANCED = {"estimator": "activation_estimator", "overflow_fix": "overflow_fix"}
 SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type": "types"}
-BIAS_CORRECTION = {"fast": True, "exact": False, "none": None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,13 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--subset-size", type=int, default=u, metavar="N", help="calibration items used (default 300)")
     q.add_argument("--model-type", choices=["transformer"], default=u, help="enable transformer rules and SmoothQuant")
     q.add_argument("--target-device", choices=TARGET_DEVICES, default=u, help="NNCF target device (default ANY)")
-    bc = q.add_mutually_exclusive_group()
-    bc.add_argument("--fast-bias-correction", dest="bias_correction", action="store_const", const="fast",
-                    default=u, help="fast bias correction (the default)")
-    bc.add_argument("--exact-bias-correction", dest="bias_correction", action="store_const", const="exact",
-                    default=u, help="data-driven bias correction (slower, sometimes more accurate)")
-    bc.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const="none",
-                    default=u, help="no bias correction")
+    add_bias_correction_flags(q)
     q.add_argument("--estimator", choices=ACTIVATION_ESTIMATORS, default=u,
                    help="activation range estimator (advanced.activation_estimator)")
     q.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=u, help="advanced.overflow_fix")
