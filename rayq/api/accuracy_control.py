@@ -78,7 +78,8 @@ def quantize_with_accuracy_control(
     if fixed:
         raise ConfigError(f"quantize_with_accuracy_control does not take {fixed}: it keeps the given preset and "
                           f"estimator; rayq.search explores them")
-    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS)
+    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS,
+                                   accepts=(Execution,))
     check_mode(extra.get("mode"))
     restorer = compat.accuracy_restorer_parameters(advanced_accuracy_restorer_parameters)
     adv = compat_advanced(advanced_quantization_parameters, extra.get("disable_bias_correction"))

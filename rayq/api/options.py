@@ -171,8 +171,8 @@ def field_names(cls: type[Options]) -> tuple[str, ...]:
 
 
 def resolve(space: SearchSpace | None, options: SearchOptions | None, execution: Execution | None,
-            flat: Mapping[str, Any], *, allowed: frozenset[str] = frozenset()
-            ) -> tuple[SearchSpace, SearchOptions, Execution, dict]:
+            flat: Mapping[str, Any], *, allowed: frozenset[str] = frozenset(),
+            accepts: tuple[type[Options], ...] = OPTION_CLASSES) -> tuple[SearchSpace, SearchOptions, Execution, dict]:
     """The three option objects, with NNCF-style flat keywords applied on top.
 
     Args:
@@ -180,6 +180,8 @@ def resolve(space: SearchSpace | None, options: SearchOptions | None, execution:
         flat: Keywords such as ``n_trials=8`` or ``num_workers=1``: each goes to the
             object that owns the field (and wins over the object's value).
         allowed: Other keywords the caller takes (returned as the last item).
+        accepts: The option classes whose fields the caller takes flat (``rayq.quantize``:
+            only :class:`Execution`'s).
 
     Raises:
         ConfigError: An object of the wrong type, an unknown keyword (with the valid
@@ -195,10 +197,10 @@ def resolve(space: SearchSpace | None, options: SearchOptions | None, execution:
     for cls, given in zip(OPTION_CLASSES, (space, options, execution)):
         if given is not None and not isinstance(given, cls):
             raise ConfigError(f"{cls.__name__.lower()}: expected a rayq.{cls.__name__}, got {type(given).__name__}")
-        changes = {k: v for k, v in flat.items() if k in cls.model_fields}
+        changes = {k: v for k, v in flat.items() if k in cls.model_fields and cls in accepts and k not in allowed}
         obj = given if given is not None else None
         objs.append(obj.replace(**changes) if obj is not None and changes else obj or cls(**changes))
-    owned = {name for cls in OPTION_CLASSES for name in cls.model_fields}
+    owned = {name for cls in accepts for name in cls.model_fields}
     unknown = sorted(set(flat) - owned - allowed)
     if unknown:
         raise ConfigError(f"unknown keyword argument(s) {unknown}; valid: {sorted(owned | allowed)}")

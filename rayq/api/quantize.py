@@ -91,7 +91,8 @@ def quantize(
     """
     start = time.perf_counter()
     check_mode(mode)
-    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS)
+    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS,
+                                   accepts=(Execution,))
     num_workers, convert_to = execution.num_workers, extra.get("convert_to")
     adv = compat_advanced(advanced_parameters, extra.get("disable_bias_correction"))
     ignored_scope = compat.ignored_scope(ignored_scope)
