@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import rayq
-from rayq.backends import convert, detect, get_backend
+from rayq.backends import convert, detect
 from rayq.backends.base import Backend
+from rayq.api import compare
 from rayq.cli import report
 from rayq.cli.common import (BIAS_CORRECTION, UNSET, InputError, add_bias_correction_flags, build_config,
                               file_size, mb, ray_scope, resolve_function, warn_relative_job_output)
@@ -179,31 +180,21 @@ def load_model(cfg: QuantizeConfig) -> tuple[Backend, Any]:
 
 
 def save(qmodel: Any, backend_name: str, fmt: str, out: Publication, name: str) -> list[str]:
-    """Write the model into the staging folder; returns the staged file names."""
-    if fmt == backend_name:
-        return [Path(p).name for p in get_backend(fmt).save(qmodel, str(out.staging / name))]
-    onnx_path = out.staging / (Path(name).stem + ".tmp.onnx")
-    get_backend("onnx").save(qmodel, str(onnx_path))
-    try:
-        import openvino as ov
-
-        ov_model = ov.Core().read_model(str(onnx_path))
-    except Exception as exc:  # openvino raises RuntimeError subclasses
-        raise BackendError(f"OpenVINO cannot convert the quantized ONNX model: {exc}") from exc
-    files = get_backend("openvino").save(ov_model, str(out.staging / name))
-    return [Path(p).name for p in files]
+    """Write the model into the staging folder (converted by the backend layer when
+    ``fmt`` differs); returns the staged file names."""
+    return [Path(p).name for p in convert.save_as(qmodel, backend_name, fmt, str(out.staging / name))]
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     fn = resolve_function(cfg.validation_fn, "validation_fn") if cfg.validation_fn else None
-    items = report.load_items(cfg.validation) if cfg.validation else None
+    items = compare.load_items(cfg.validation) if cfg.validation else None
     try:
         backend, model = load_model(cfg)
     except BackendError as exc:
         raise InputError(str(exc)) from exc
     target, fmt = output_path(cfg, backend.name)
-    feeds = report.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
+    feeds = compare.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
     start = time.perf_counter()
     with Publication.open(target.parent()) as out, ray_scope(cfg.address, cfg.num_workers != 1):
         qmodel = rayq.quantize(
@@ -219,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
           f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}", flush=True)
     if fn is not None:
-        rows = report.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
+        rows = compare.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")
         print(f"validation: {cfg.validation} ({len(items)} items), {cfg.validation_fn}")
         print(report.format_table(rows, name, cfg.latency_batch), flush=True)

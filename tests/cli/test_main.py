@@ -129,7 +129,7 @@ def test_readme_documents_every_field():
 
 def test_latency_batch_times_one_batch_of_validation_items():
     from rayq.backends import get_backend
-    from rayq.cli import report
+    from rayq.api import compare as report
     from rayq.errors import DataError
     from rayq.testing.models import mlp
 
