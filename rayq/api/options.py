@@ -25,7 +25,7 @@ Example:
     >>> SearchOptions(n_trials=0)
     Traceback (most recent call last):
     ...
-    rayq.errors.ConfigError: invalid SearchOptions: n_trials=0: expected a number greater than or equal to 1
+    rayq.errors.ConfigError: invalid SearchOptions: n_trials=0 must be >= 1
     >>> Execution(num_workers=4).replace(num_workers=1).num_workers
     1
 """
@@ -243,12 +243,24 @@ def _expected(kind: str, msg: str) -> str:
     return msg[:1].lower() + msg[1:]
 
 
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+           "less_than": ("<", "lt")}
+
+
 def _say(loc: tuple, want: list[str], value: Any, python: bool) -> str:
     if not python:
         return f"{_where(loc)}: expected {' or '.join(want)}, got {value!r} ({type(value).__name__})"
-    if len(loc) > 1:  # an item of a list: "estimators: 'median' (item 0) expected ..."
-        return f"{_where(loc[:1])}: {value!r} (item {_where(loc[1:])}) expected {' or '.join(want)}"
-    return f"{_where(loc)}={value!r}: expected {' or '.join(want)}"
+    if len(loc) > 1:  # an item of a list: "estimators: 'median' (item [0]) must be ..."
+        return f"{_where(loc[:1])}: {value!r} (item {_where(loc[1:])}) must be {' or '.join(want)}"
+    return f"{_where(loc)}={value!r} must be {' or '.join(want)}"
+
+
+def _python_want(kind: str, e: dict) -> str:
+    """What a keyword argument must be, in Python terms (``>= 1``, ``an integer``)."""
+    if kind in _BOUNDS:
+        op, key = _BOUNDS[kind]
+        return f"{op} {e.get('ctx', {}).get(key)}"
+    return _expected(kind, e["msg"])
 
 
 def messages(errors: list[dict], *, python: bool = False) -> list[str]:
@@ -267,7 +279,7 @@ def messages(errors: list[dict], *, python: bool = False) -> list[str]:
         elif not loc and kind == "value_error":  # a check across fields: its own message
             out[loc] = e["msg"].removeprefix("Value error, ")
         elif loc not in deeper:  # a union member that fits better reports inside this value
-            want = _expected(kind, e["msg"])
+            want = _python_want(kind, e) if python else _expected(kind, e["msg"])
             expected.setdefault(loc, [])
             if want not in expected[loc]:
                 expected[loc].append(want)
