@@ -10,6 +10,7 @@
 - :mod:`~rayq.api.session`: one model + calibration data, loaded once (statistics, workers).
 - :mod:`~rayq.api.sweep`: many searches in one job; :mod:`~rayq.api.submit`: ``rayq.submit`` /
   ``rayq.attach`` (a search as a Ray job followed from a notebook).
+- :mod:`~rayq.api.compare`: FP32 vs INT8 metric and latency on each runtime (``rayq quantize --validation``).
 - :mod:`~rayq.api.progress`: the one progress reporter (bars in terminals, log lines in jobs).
 
 Nothing is imported here, so ``import rayq.api.config`` stays light.
