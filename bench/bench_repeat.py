@@ -32,9 +32,8 @@ import harness
 
 def _child(args: argparse.Namespace) -> int:
     import rayq
-
-    load = harness.first_attr("rayq.config:load", "rayq.api.config:load")
-    search_from_config = harness.first_attr("rayq.search_api:search_from_config", "rayq.api.search:search_from_config")
+    from rayq.api.config import load
+    from rayq.api.search import search_from_config
     work = tempfile.mkdtemp(prefix="rayq-bench-repeat-")
     rayq.init(num_cpus=args.ray_cpus, include_dashboard=False)
     searches, sweep_s, table = [], None, None
@@ -45,7 +44,7 @@ def _child(args: argparse.Namespace) -> int:
         search_from_config(cfg, output=os.path.join(work, f"search{i}"), num_workers=args.ray_cpus)
         searches.append(time.perf_counter() - t)
     if not args.no_sweep:
-        run_sweep = harness.first_attr("rayq.sweep:run_sweep", "rayq.api.sweep:run_sweep")
+        from rayq.api.sweep import run_sweep
         sweep = dataclasses.replace(load(os.path.join(args.repo, "configs", "sweep.yaml")),
                                     output=os.path.join(work, "sweep"))
         os.environ["RAYQ_CACHE_DIR"] = os.path.join(work, "cache-sweep")

@@ -106,10 +106,10 @@ def _problem(model_name: str, samples: int):
 
 
 def _calibration_setup(model, calib, samples):
+    from rayq.api.session import ModelSession
     from rayq.core.plan import QuantPlan
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import stat_spec
-    ModelSession = harness.first_attr("rayq.session:ModelSession", "rayq.api.session:ModelSession")
 
     session = ModelSession(model, calib, subset_size=samples)
     spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
@@ -119,9 +119,8 @@ def _calibration_setup(model, calib, samples):
 
 def _child_cold(args) -> int:
     import rayq
+    from rayq.api.session import start_workers_early
     from rayq.distributed import collect as dc
-    start_workers_early = harness.first_attr("rayq.session:start_workers_early",
-                                             "rayq.api.session:start_workers_early")
 
     if args.child_early:
         rayq.init(address=args.address, _node_ip_address=LOOPBACK)

@@ -3,8 +3,8 @@
 The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Dataset``,
 ``IgnoredScope``, the advanced-parameter classes and the option enums such as
 ``QuantizationPreset`` and ``DropType``), so ``import rayq as nncf`` runs NNCF's
-examples, and adds a distributed, latency-measuring ``search``, which ``submit`` runs
-as a Ray job that a notebook can follow, ``attach`` to again and read the result of.
+examples, and adds a distributed, latency-measuring ``search`` (its options: the frozen
+``SearchSpace``, ``SearchOptions`` and ``Execution``), which ``submit`` runs as a Ray job that a notebook can follow, ``attach`` to again and read the result of.
 
 Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
 ray, onnxruntime, openvino and optuna. Importing rayq installs its log handler
@@ -22,13 +22,16 @@ from rayq import logs as _logs  # noqa: F401 (installs rayq's log handler, reads
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "quantize": "rayq.api",
-    "quantize_with_accuracy_control": "rayq.search_api",
-    "search": "rayq.search_api",
+    "quantize": "rayq.api.quantize",
+    "quantize_with_accuracy_control": "rayq.api.accuracy_control",
+    "search": "rayq.api.search",
     "SearchResult": "rayq.tuning.result",
-    "submit": "rayq.jobs",
-    "attach": "rayq.jobs",
-    "SearchJob": "rayq.jobs",
+    "SearchSpace": "rayq.api.options",
+    "SearchOptions": "rayq.api.options",
+    "Execution": "rayq.api.options",
+    "submit": "rayq.api.submit",
+    "attach": "rayq.api.submit",
+    "SearchJob": "rayq.api.submit",
     "Dataset": "rayq.pipeline.data",
     "IgnoredScope": "rayq.core.scope",
     "Subgraph": "rayq.core.scope",

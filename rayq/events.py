@@ -5,8 +5,8 @@ A search or sweep submitted with :func:`rayq.submit` runs with
 
     rayq-progress: {"phase": "search", "state": "update", "n": 3, "total": 8, ...}
 
-to stdout, which Ray keeps in the job's logs. :class:`rayq.jobs.SearchJob` reads
-them back (:meth:`~rayq.jobs.SearchJob.events`, :meth:`~rayq.jobs.SearchJob.watch`)
+to stdout, which Ray keeps in the job's logs. :class:`rayq.api.submit.SearchJob` reads
+them back (:meth:`~rayq.api.submit.SearchJob.events`, :meth:`~rayq.api.submit.SearchJob.watch`)
 to draw progress bars in another process, e.g. a notebook. Plain JSON, never pickle.
 """
 

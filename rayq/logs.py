@@ -124,7 +124,7 @@ def _root_configured() -> bool:
     return any(not isinstance(h, Handler) for h in logging.getLogger().handlers)
 
 
-#: rayq progress bars now on screen (set by :mod:`rayq.progress`).
+#: rayq progress bars now on screen (set by :mod:`rayq.api.progress`).
 open_bars = [0]
 
 
@@ -225,7 +225,7 @@ def in_kernel() -> bool:
 def _quiet_tqdm_auto() -> None:
     """In a kernel without ipywidgets, import ``tqdm.autonotebook`` once with its
     "IProgress not found" warning silenced: Ray and Optuna import ``tqdm.auto``, and
-    rayq prints plain progress lines there instead (:mod:`rayq.progress`)."""
+    rayq prints plain progress lines there instead (:mod:`rayq.api.progress`)."""
     if not in_kernel() or "tqdm.autonotebook" in sys.modules:
         return
     import importlib.util

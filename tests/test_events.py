@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from rayq import events
-from rayq.progress import Progress
+from rayq.api.progress import Progress
 
 
 def _lines(capsys) -> list[dict]:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import rayq
-from rayq import config as rayq_config
-from rayq import events, jobs
-from rayq.config import SearchConfig
+from rayq import events
+from rayq.api import config as rayq_config
+from rayq.api import submit as jobs
+from rayq.api.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = dict(model="examples/digits/digits_cnn.onnx", calibration="examples/digits/calibration.npz",

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import rayq
-from rayq import logs, progress
+from rayq import logs
+from rayq.api import progress
 from rayq.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_one_bar_at_a_time(rayq_logger, monkeypatch):
 def test_sweep_lines_name_their_model(rayq_logger, capsys):
     with logs.log_context("digits_mixed"):
         logging.getLogger("rayq.tuning.selection").info("runoff: %d rounds", 3)
-    logging.getLogger("rayq.sweep").info("done")
+    logging.getLogger("rayq.api.sweep").info("done")
     assert capsys.readouterr().err.splitlines() == ["rayq: [digits_mixed] runoff: 3 rounds", "rayq: done"]
 
 

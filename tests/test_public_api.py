@@ -16,7 +16,8 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: The documented public names (rayq/__init__.py docstring, design.md): NNCF's
 #: quantize / quantize_with_accuracy_control / Dataset / IgnoredScope /
-#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search, the job
+#: AdvancedQuantizationParameters (and its nested parameter classes, the option enums), the search and its
+#: option objects (SearchSpace / SearchOptions / Execution), the job
 #: client (submit / attach / SearchJob), the plan value, set_log_level (NNCF's name), the cluster helpers
 #: and the error hierarchy of rayq/errors.py.
 PUBLIC = {
@@ -24,6 +25,9 @@ PUBLIC = {
     "quantize_with_accuracy_control",
     "search",
     "SearchResult",
+    "SearchSpace",
+    "SearchOptions",
+    "Execution",
     "submit",
     "attach",
     "SearchJob",
@@ -153,7 +157,7 @@ def test_no_public_name_is_shadowed_by_a_submodule():
 
 def test_rayq_distributed_is_imported_lazily():
     """Outside rayq/distributed, ``rayq.distributed`` is only imported inside functions
-    (session.py, search_api.py, the CLI), except for ``rayq.init`` / ``rayq.shutdown``
+    (rayq/api/session.py, rayq/api/search.py, the CLI), except for ``rayq.init`` / ``rayq.shutdown``
     which the package re-exports from ``rayq.distributed.cluster``."""
     allowed = {("rayq/__init__.py", "rayq.distributed.cluster")}
     offenders = sorted((f, m) for f, imps in _sources().items() if not f.startswith("rayq/distributed/")

@@ -112,6 +112,36 @@ def convert(model: Any, example_input: Any = None, *, to: str = "openvino") -> A
     return _openvino(model, framework)
 
 
+def save_as(model: Any, source: str, fmt: str, path: str) -> list[str]:
+    """Save a loaded ``source`` (backend name) model at ``path`` in format ``fmt``; returns
+    the files written. An ONNX model saved as OpenVINO goes through OpenVINO's ONNX
+    frontend (its QuantizeLinear/DequantizeLinear pairs become FakeQuantize).
+
+    Raises:
+        ConfigError: No conversion from ``source`` to ``fmt`` (an OpenVINO model as ONNX).
+        BackendError: OpenVINO cannot read the ONNX model.
+    """
+    from rayq.backends.registry import get_backend
+
+    if fmt == source:
+        return get_backend(fmt).save(model, path)
+    if (source, fmt) != ("onnx", "openvino"):
+        raise ConfigError(f"an {source} model cannot be saved as {fmt}")
+    onnx_path = str(Path(path).with_suffix(".tmp.onnx"))
+    written = get_backend("onnx").save(model, onnx_path)
+    try:
+        import openvino as ov
+
+        ov_model = ov.Core().read_model(onnx_path)
+    except Exception as exc:  # openvino raises RuntimeError subclasses
+        raise BackendError(f"OpenVINO cannot convert the quantized ONNX model: {exc}") from exc
+    try:
+        return get_backend("openvino").save(ov_model, path)
+    finally:
+        for name in written:
+            Path(name).unlink(missing_ok=True)
+
+
 def check_target(convert_to: str | None) -> None:
     """Raise :class:`~rayq.errors.ConfigError` unless ``convert_to`` is None or in :data:`TARGETS`."""
     if convert_to is not None and convert_to not in TARGETS:

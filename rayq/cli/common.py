@@ -8,7 +8,9 @@ These are the only places the CLI decides policy; subcommand modules stay small.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -16,7 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from rayq import config as rayq_config
+from rayq.api import config as rayq_config
+from rayq.api.options import OPTION_CLASSES
 from rayq.errors import ConfigError
 
 log = logging.getLogger("rayq.cli")
@@ -31,7 +34,7 @@ def build_config(command: str, config_path: str | None, fields: Mapping[str, Any
 
     Args:
         command: ``quantize``, ``search`` or ``sweep`` (a registered config class).
-        config_path: YAML file read with :func:`rayq.config.load`, or None.
+        config_path: YAML file read with :func:`rayq.api.config.load`, or None.
         fields: Top-level field -> value given on the command line; values equal to
             :data:`UNSET` are ignored, ``None`` is an explicit "none" (e.g. no bias
             correction) and overrides the file too.
@@ -54,7 +57,7 @@ def build_config(command: str, config_path: str | None, fields: Mapping[str, Any
         overrides = {k: v for k, v in given.items() if v is not None}
         cfg = rayq_config.load(config_path, command=command, overrides=overrides)
         explicit_none = {k: None for k, v in given.items() if v is None}
-        if explicit_none:  # rayq.config.load drops None overrides
+        if explicit_none:  # rayq.api.config.load drops None overrides
             cfg = _replace(cfg, explicit_none)
     else:
         cfg = rayq_config.from_dict(given, command=command)
@@ -64,6 +67,97 @@ def build_config(command: str, config_path: str | None, fields: Mapping[str, Any
         if sub:
             changes[name] = _replace(getattr(cfg, name), sub)
     return _replace(cfg, changes) if changes else cfg
+
+
+#: ``--fast/--exact/--no-bias-correction`` -> the ``fast_bias_correction`` field (NNCF's encoding).
+BIAS_CORRECTION = {"fast": True, "exact": False, "none": None}
+
+
+def add_bias_correction_flags(group: Any) -> None:
+    """The three mutually exclusive bias-correction flags of the base plan (dest ``bias_correction``)."""
+    bc = group.add_mutually_exclusive_group()
+    u = argparse.SUPPRESS
+    bc.add_argument("--fast-bias-correction", dest="bias_correction", action="store_const", const="fast",
+                    default=u, help="fast bias correction (the default)")
+    bc.add_argument("--exact-bias-correction", dest="bias_correction", action="store_const", const="exact",
+                    default=u, help="data-driven bias correction (slower, sometimes more accurate)")
+    bc.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const="none",
+                    default=u, help="no bias correction")
+
+
+def add_option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    """One flag per field of :class:`~rayq.api.options.SearchSpace`, ``SearchOptions`` and
+    ``Execution``, typed and described from the field itself (``n_trials`` is
+    ``--n-trials N``, a boolean ``early_stop`` is ``--early-stop`` / ``--no-early-stop``,
+    a list ``presets`` takes several values, a mapping ``worker_resources`` JSON), so the
+    CLI offers exactly the options of the API and the config files.
+
+    Returns:
+        argparse dest -> config field (the same names).
+    """
+    fields = {}
+    for cls in OPTION_CLASSES:
+        group = p.add_argument_group(f"{cls.__name__} (rayq.{cls.__name__})")
+        schema = cls.model_json_schema()["properties"]
+        for name, info in cls.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            kind = _flag_kind(schema[name])
+            help_text = f"{info.description} (default: {_shown(info.default)})"
+            if kind == "boolean":
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=help_text)
+            else:
+                convert, choices, many = _flag_parser(schema[name])
+                group.add_argument(flag, type=convert, choices=choices, nargs="+" if many else None,
+                                   default=argparse.SUPPRESS, metavar=None if choices else name.upper(),
+                                   help=help_text)
+            fields[name] = name
+    return fields
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _flag_kind(prop: dict) -> str:
+    types = [v for v in prop.get("anyOf", [prop]) if v.get("type") != "null"]
+    return types[0].get("type", "string") if types else "string"
+
+
+_SCALARS: dict[str, Callable[[str], Any]] = {"integer": int, "number": float, "string": str}
+
+
+def _flag_parser(prop: dict) -> tuple[Callable[[str], Any], list | None, bool]:
+    """(value parser, choices, takes several values) of a field from its JSON schema."""
+    member = next(v for v in prop.get("anyOf", [prop]) if v.get("type") != "null")
+    many = member.get("type") == "array"
+    item = member.get("items", {}) if many else member
+    if item.get("type") == "object":
+        return _json_mapping, None, False
+    values = [v for v in item.get("anyOf", [item]) if v.get("type") != "null" or many]
+    nullable = any(v.get("type") == "null" for v in item.get("anyOf", []))
+    if len(values) == 1 and "enum" in values[0]:
+        return str, list(values[0]["enum"]), many
+    scalar = _SCALARS.get(next((v.get("type") for v in values if v.get("type") != "null"), "string"), str)
+    return (_nullable(scalar) if nullable else scalar), None, many
+
+
+def _nullable(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON mapping, got {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON mapping, got {text!r}")
+    return value
 
 
 def _replace(obj: Any, changes: Mapping[str, Any]) -> Any:
@@ -144,5 +238,6 @@ def ray_scope(address: str | None, needed: bool) -> Iterator[None]:
 
 
 def _ray_initialized() -> bool:
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+    from rayq.distributed.cluster import is_connected
+
+    return is_connected()

@@ -1,6 +1,6 @@
 """``rayq quantize``: basic post-training INT8 quantization of one model.
 
-Builds one :class:`rayq.config.QuantizeConfig` from ``--config`` and the flags (flags
+Builds one :class:`rayq.api.config.QuantizeConfig` from ``--config`` and the flags (flags
 win), calls :func:`rayq.quantize`, saves the model and ``config.yaml`` into the
 output folder, prints a summary line and, with ``--validation``, an FP32 vs INT8
 table of the metric and latency on each runtime.
@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import rayq
-from rayq.backends import convert, detect, get_backend
+from rayq.backends import convert, detect
 from rayq.backends.base import Backend
+from rayq.api import compare
 from rayq.cli import report
-from rayq.cli.common import (UNSET, build_config, file_size, mb, ray_scope, resolve_function,
-                              warn_relative_job_output)
-from rayq.config import OUTPUT_FORMATS, QuantizeConfig, dump
+from rayq.cli.common import (BIAS_CORRECTION, UNSET, add_bias_correction_flags, build_config,
+                              file_size, mb, ray_scope, resolve_function, warn_relative_job_output)
+from rayq.api.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError, InputError
 from rayq.pipeline import data
@@ -60,7 +61,6 @@ FIELDS = {
 }
 ADVANCED = {"estimator": "activation_estimator", "overflow_fix": "overflow_fix"}
 SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type": "types"}
-BIAS_CORRECTION = {"fast": True, "exact": False, "none": None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,13 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--subset-size", type=int, default=u, metavar="N", help="calibration items used (default 300)")
     q.add_argument("--model-type", choices=["transformer"], default=u, help="enable transformer rules and SmoothQuant")
     q.add_argument("--target-device", choices=TARGET_DEVICES, default=u, help="NNCF target device (default ANY)")
-    bc = q.add_mutually_exclusive_group()
-    bc.add_argument("--fast-bias-correction", dest="bias_correction", action="store_const", const="fast",
-                    default=u, help="fast bias correction (the default)")
-    bc.add_argument("--exact-bias-correction", dest="bias_correction", action="store_const", const="exact",
-                    default=u, help="data-driven bias correction (slower, sometimes more accurate)")
-    bc.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const="none",
-                    default=u, help="no bias correction")
+    add_bias_correction_flags(q)
     q.add_argument("--estimator", choices=ACTIVATION_ESTIMATORS, default=u,
                    help="activation range estimator (advanced.activation_estimator)")
     q.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=u, help="advanced.overflow_fix")
@@ -186,31 +180,21 @@ def load_model(cfg: QuantizeConfig) -> tuple[Backend, Any]:
 
 
 def save(qmodel: Any, backend_name: str, fmt: str, out: Publication, name: str) -> list[str]:
-    """Write the model into the staging folder; returns the staged file names."""
-    if fmt == backend_name:
-        return [Path(p).name for p in get_backend(fmt).save(qmodel, str(out.staging / name))]
-    onnx_path = out.staging / (Path(name).stem + ".tmp.onnx")
-    get_backend("onnx").save(qmodel, str(onnx_path))
-    try:
-        import openvino as ov
-
-        ov_model = ov.Core().read_model(str(onnx_path))
-    except Exception as exc:  # openvino raises RuntimeError subclasses
-        raise BackendError(f"OpenVINO cannot convert the quantized ONNX model: {exc}") from exc
-    files = get_backend("openvino").save(ov_model, str(out.staging / name))
-    return [Path(p).name for p in files]
+    """Write the model into the staging folder (converted by the backend layer when
+    ``fmt`` differs); returns the staged file names."""
+    return [Path(p).name for p in convert.save_as(qmodel, backend_name, fmt, str(out.staging / name))]
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     fn = resolve_function(cfg.validation_fn, "validation_fn") if cfg.validation_fn else None
-    items = report.load_items(cfg.validation) if cfg.validation else None
+    items = compare.load_items(cfg.validation) if cfg.validation else None
     try:
         backend, model = load_model(cfg)
     except BackendError as exc:
         raise InputError(str(exc)) from exc
     target, fmt = output_path(cfg, backend.name)
-    feeds = report.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
+    feeds = compare.latency_feeds(backend, model, items, cfg.latency_batch) if items is not None else None
     start = time.perf_counter()
     with Publication.open(target.parent()) as out, ray_scope(cfg.address, cfg.num_workers != 1):
         qmodel = rayq.quantize(
@@ -226,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
           f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}", flush=True)
     if fn is not None:
-        rows = report.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
+        rows = compare.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")
         print(f"validation: {cfg.validation} ({len(items)} items), {cfg.validation_fn}")
         print(report.format_table(rows, name, cfg.latency_batch), flush=True)

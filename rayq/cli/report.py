@@ -1,76 +1,17 @@
-"""Reports: FP32 vs INT8 on every runtime of a backend (the user's metric and latency of
-one batch, for ``rayq quantize --validation``), and the ``rayq report`` command."""
+"""Reports: the FP32 vs INT8 table of ``rayq quantize --validation`` (measured by
+:mod:`rayq.api.compare`), and the ``rayq report`` command (read through
+:meth:`rayq.SearchResult.load`)."""
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rayq.backends.base import Backend
-from rayq.errors import DataError
-from rayq.pipeline import data as data_mod
-from rayq.pipeline.evaluate import run_validation, validation_model
-from rayq.pipeline.latency import Latency, measure_latency
+from rayq.api.compare import Row
 
 log = logging.getLogger("rayq.cli")
-
-
-@dataclass(frozen=True)
-class Row:
-    """One model on one runtime."""
-
-    runtime: str
-    label: str
-    metric: float
-    latency: Latency
-
-
-def load_items(path: str) -> list[Any]:
-    """Validation items as a validation function receives them (NNCF: the dataset's items)."""
-    items = list(data_mod.as_dataset(path).get_inference_data())
-    if not items:
-        raise DataError(f"validation data {path!r} is empty")
-    return items
-
-
-def latency_feeds(backend: Backend, model: Any, items: Sequence[Any], batch: int = 1) -> dict:
-    """One input batch of the first ``batch`` validation items, checked against the model's inputs."""
-    from rayq.backends.feeds import check_feeds
-
-    specs = backend.inputs(model)
-    try:
-        feeds = [data_mod.to_feeds(item, specs) for item in items[:max(1, batch)]]
-        if len(feeds) > 1:
-            data_mod.batch_size_for(feeds, specs, len(feeds))  # DataError for a static batch dim
-            feeds = data_mod.batches(feeds, specs, len(feeds))
-        return check_feeds(specs, feeds[0])
-    except DataError as exc:
-        raise DataError(f"validation data does not fit the model (latency_batch={batch}): {exc}") from exc
-
-
-def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Sequence[Any],
-            feeds: dict, *, threads: int = 2, runtimes: Sequence[str] | None = None,
-            repeats: int = 50) -> list[Row]:
-    """Validate and time each of ``models`` (label -> model) on each runtime.
-
-    Example:
-        >>> rows = compare(get_backend("onnx"), {"FP32": fp32, "INT8": int8}, accuracy,
-        ...                items, feeds, threads=2)                                  # doctest: +SKIP
-        >>> rows[0].runtime, rows[0].label                                           # doctest: +SKIP
-        ('onnxruntime', 'FP32')
-    """
-    rows = []
-    for runtime in runtimes or backend.runtimes:
-        for label, model in models.items():
-            log.info("validating %s on %s", label, runtime)
-            compiled = validation_model(backend, model, runtime=runtime, threads=threads)
-            metric = run_validation(fn, compiled, items)
-            latency = measure_latency(backend, model, feeds, runtime=runtime, threads=threads, repeats=repeats)
-            rows.append(Row(runtime, label, metric.value, latency))
-    return rows
 
 
 def format_table(rows: Sequence[Row], metric_name: str, batch: int = 1) -> str:
@@ -114,11 +55,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-
     import pandas as pd
 
-    from rayq.storage import read_marker, resolve
+    from rayq.storage import resolve
+    from rayq.tuning.result import SearchResult
 
     location = resolve(args.output)
     summary = location.child("summary.parquet")
@@ -128,15 +68,12 @@ def run(args) -> int:
               f"budget, {int((table.status == 'error').sum())} failed")
         print(table.drop(columns=["output"], errors="ignore").to_string(index=False), flush=True)
         return 0
-    result = json.loads(read_marker(location, "result.json").decode())
-    print(format_result(result, location.uri))
-    pareto = location.child("pareto.parquet")
-    if pareto.kind() == "file":
-        from rayq.tuning.tables import read_parquet
-
-        front = read_parquet(pareto.read_bytes())
+    result = SearchResult.load(args.output)
+    print(format_result(result.to_dict(), location.uri))
+    front = result.pareto.copy()
+    if len(front.columns):
         if "fallback" in front:  # list<string>: the names, comma-separated
-            front["fallback"] = [", ".join(v) if isinstance(v, list) else v for v in front["fallback"]]
+            front["fallback"] = [", ".join(v) if isinstance(v, (list, tuple)) else v for v in front["fallback"]]
         shown = [c for c in ("number", "speedup", "latency_ms", "metric", "drop", "feasible", "fallback")
                  if c in front]
         print("Pareto front (latency vs metric):")

@@ -6,8 +6,18 @@ import argparse
 import time
 
 from rayq import events
-from rayq.cli.common import UNSET, build_config, ray_scope, resolve_function, warn_relative_job_output
-from rayq.config import SearchConfig
+from rayq.api.config import SearchConfig
+from rayq.cli.common import (
+    BIAS_CORRECTION,
+    UNSET,
+    add_bias_correction_flags,
+    add_option_flags,
+    build_config,
+    ray_scope,
+    resolve_function,
+    warn_relative_job_output,
+)
+from rayq.core.plan import PRESETS, TARGET_DEVICES
 from rayq.errors import ConfigError
 from rayq.storage import check_free, check_output, resolve
 
@@ -31,14 +41,18 @@ examples:
       --max-drop 0.01 --output runs/search
   ray job submit --working-dir . -- rayq search --config configs/search_digits.yaml"""
 
+#: argparse dest -> SearchConfig field of the flags that are not options (those are generated:
+#: :func:`~rayq.cli.common.add_option_flags`, one per field of SearchSpace, SearchOptions, Execution).
 FIELDS = {
     "model": "model", "data": "calibration", "validation": "validation", "validation_fn": "validation_fn",
-    "output": "output", "max_drop": "max_drop", "drop_type": "drop_type", "target": "target",
-    "n_trials": "n_trials", "timeout": "timeout", "num_workers": "num_workers", "storage": "storage",
-    "study_name": "study_name", "seed": "seed", "preset": "preset", "model_type": "model_type",
-    "subset_size": "subset_size", "address": "address", "validation_timeout": "validation_timeout",
-    "early_stop": "early_stop",
+    "output": "output", "max_drop": "max_drop", "drop_type": "drop_type", "preset": "preset",
+    "model_type": "model_type", "subset_size": "subset_size", "target_device": "target_device",
+    "convert_to": "convert_to",
 }
+#: SearchConfig fields set only in a config file (structured values; ``rayq quantize`` has flags for parts).
+CONFIG_ONLY = ("ignored_scope", "advanced")
+#: Filled by :func:`add_arguments`: the option flags' dest -> field.
+OPTION_FIELDS: dict[str, str] = {}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,27 +67,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--validation-fn", default=u, metavar="MODULE:FUNCTION",
                     help="fn(model, items) -> metric or (metric, per_item); higher is better")
     io.add_argument("--output", "-o", default=u, metavar="DIR_OR_URI", help="local folder or pyarrow.fs URI")
-    s = p.add_argument_group("search")
-    s.add_argument("--max-drop", type=float, default=u, help="accuracy budget (default 0.01)")
-    s.add_argument("--drop-type", choices=["absolute", "relative"], default=u)
-    s.add_argument("--target", choices=["onnxruntime", "openvino"], default=u, help="runtime to validate and time")
-    s.add_argument("--n-trials", type=int, default=u, help="total trials (default 32)")
-    s.add_argument("--timeout", type=float, default=u, help="seconds after which no new generation starts")
-    s.add_argument("--validation-timeout", type=float, default=u, metavar="SECONDS",
-                   help="seconds one validation call may take; a slower candidate is a failed trial "
-                        "(default: 10x the FP32 validation, at least 60)")
-    s.add_argument("--num-workers", type=int, default=u,
-                   help="evaluations at once, as Ray tasks (default: all cluster CPUs; 1: in-process)")
-    s.add_argument("--storage", default=u, help="Optuna storage: journal path or RDB URL")
-    s.add_argument("--study-name", default=u)
-    s.add_argument("--seed", type=int, default=u)
-    s.add_argument("--preset", choices=["performance", "mixed"], default=u, help="base preset")
-    s.add_argument("--model-type", choices=["transformer"], default=u)
-    s.add_argument("--subset-size", type=int, default=u)
-    s.add_argument("--address", default=u, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    s.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=u,
-                   help="validate every candidate on all items (default: stop hopeless ones early when "
-                        "validation_fn returns per-item values)")
+    b = p.add_argument_group("accuracy budget")
+    b.add_argument("--max-drop", type=float, default=u, help="accuracy budget (default 0.01)")
+    b.add_argument("--drop-type", choices=["absolute", "relative"], default=u)
+    q = p.add_argument_group("base quantization plan")
+    q.add_argument("--preset", choices=PRESETS, default=u, help="base preset")
+    q.add_argument("--model-type", choices=["transformer"], default=u)
+    q.add_argument("--subset-size", type=int, default=u, help="calibration items used (default 300)")
+    q.add_argument("--target-device", choices=TARGET_DEVICES, default=u, help="NNCF target device (default ANY)")
+    add_bias_correction_flags(q)
+    q.add_argument("--convert-to", choices=["onnx", "openvino"], default=u,
+                   help="what a framework model is converted to (default: onnx for --target onnxruntime, "
+                   "else openvino)")
+    OPTION_FIELDS.update(add_option_flags(p))
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
@@ -84,7 +90,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         if need:
             raise ConfigError(f"rayq search needs MODEL, --data, --validation and --validation-fn "
                               f"(or --config FILE); missing {', '.join(need)}")
-    return build_config("search", args.config, {f: given.get(d, UNSET) for d, f in FIELDS.items()})
+    fields = {f: given.get(d, UNSET) for d, f in {**FIELDS, **OPTION_FIELDS}.items()}
+    if "bias_correction" in given:
+        fields["fast_bias_correction"] = BIAS_CORRECTION[given["bias_correction"]]
+    return build_config("search", args.config, fields)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(resolve(cfg.output), folder=True)
         check_free(cfg.output)
     resolve_function(cfg.validation_fn, "validation_fn")  # fail fast, cwd importable
-    from rayq.search_api import search_from_config
+    from rayq.api.search import search_from_config
 
     start = time.perf_counter()
     with ray_scope(cfg.address, cfg.num_workers != 1):

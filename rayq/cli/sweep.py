@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from rayq.api.config import SweepConfig
 from rayq.cli.common import UNSET, build_config, ray_scope, warn_relative_job_output
-from rayq.config import SweepConfig
 from rayq.errors import ConfigError
 from rayq.storage import check_free, check_output, resolve
 
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rayq.api.sweep import expand, run_sweep
     from rayq.distributed.cluster import cluster_cpus, init
-    from rayq.sweep import expand, run_sweep
 
     given = vars(args)
     cfg: SweepConfig = build_config("sweep", args.config, {k: given.get(k, UNSET) for k in

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -189,6 +190,13 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; is it running and is the "
                            "address right? (RAY_ADDRESS, rayq.init(address=...), --address)") from exc
+
+
+def is_connected() -> bool:
+    """True when this process is connected to a Ray cluster; never imports Ray (not
+    imported means certainly not connected, at no import cost)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def cluster_cpus() -> int:

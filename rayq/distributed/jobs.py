@@ -1,4 +1,4 @@
-"""The Ray Jobs SDK behind :mod:`rayq.jobs`: submit, poll, read logs, stop.
+"""The Ray Jobs SDK behind :mod:`rayq.api.submit`: submit, poll, read logs, stop.
 
 Every call goes through :class:`JobApi`, which turns the SDK's errors
 (``ConnectionError``, ``RuntimeError`` from HTTP failures, authentication errors,

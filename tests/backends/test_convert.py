@@ -49,7 +49,7 @@ def test_saved_model_folder_is_tensorflow(tmp_path):
 
 
 def test_onnx_and_openvino_models_load_without_importing_any_framework():
-    code = (f"import json, sys, numpy as np; from rayq.session import ModelSession; "
+    code = (f"import json, sys, numpy as np; from rayq.api.session import ModelSession; "
             f"s = ModelSession({str(DIGITS / 'digits_cnn.onnx')!r}, "
             f"np.load({str(DIGITS / 'calibration.npz')!r})['input'], subset_size=4); "
             "print(json.dumps([s.backend.name, sorted(sys.modules)]))")
@@ -124,3 +124,17 @@ def test_keras_file_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(convert, "_has", lambda package: package != "tensorflow")
     with pytest.raises(rayq.ConfigError, match=r'pip install "rayq\[tf\]"'):
         convert.convert(str(path))
+
+
+def test_save_as_converts_onnx_to_openvino_and_leaves_no_temporary_file(tmp_path):
+    from rayq.backends import get_backend
+
+    onnx_backend = get_backend("onnx")
+    model = onnx_backend.load(str(DIGITS / "digits_cnn.onnx"))
+    written = convert.save_as(model, "onnx", "openvino", str(tmp_path / "m.xml"))
+    assert sorted(Path(p).name for p in written) == ["m.bin", "m.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # the .tmp.onnx is gone
+    ov_model = get_backend("openvino").load(str(tmp_path / "m.xml"))
+    assert [s.name for s in get_backend("openvino").inputs(ov_model)] == [s.name for s in onnx_backend.inputs(model)]
+    with pytest.raises(rayq.ConfigError, match="an openvino model cannot be saved as onnx"):
+        convert.save_as(ov_model, "openvino", "onnx", str(tmp_path / "x.onnx"))

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 import rayq
-from rayq import config_schema
+from rayq.api import config_schema
+from rayq.api.config import QuantizeConfig, SearchConfig, SweepConfig
 from rayq.cli.main import main
-from rayq.config import QuantizeConfig, SearchConfig, SweepConfig
 from rayq.core.plan import AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 
@@ -107,8 +107,8 @@ def no_work(monkeypatch):
         raise AssertionError("a bad config must be refused before any work")
 
     monkeypatch.setattr(rayq, "quantize", forbidden)
-    monkeypatch.setattr("rayq.search_api.search_from_config", forbidden)
-    monkeypatch.setattr("rayq.sweep.run_sweep", forbidden, raising=False)
+    monkeypatch.setattr("rayq.api.search.search_from_config", forbidden)
+    monkeypatch.setattr("rayq.api.sweep.run_sweep", forbidden, raising=False)
 
 
 def test_at_least_25_bad_configs():
@@ -144,7 +144,7 @@ def test_valid_configs_build_the_same_objects(tmp_path):
         "advanced: {activation_estimator: quantile, quantile: 0.001, smooth_quant_alpha: 1, batch_size: 4}\n")
     path = tmp_path / "ok.yaml"
     path.write_text(text)
-    cfg = rayq.config.load(str(path), command="quantize")
+    cfg = rayq.api.config.load(str(path), command="quantize")
     assert cfg == QuantizeConfig(
         model=str(MODEL), calibration=str(CALIBRATION), output=f"{tmp_path}/m.onnx", subset_size=64, num_workers=2,
         preset="mixed", fast_bias_correction=None,
@@ -152,14 +152,14 @@ def test_valid_configs_build_the_same_objects(tmp_path):
                                    validate=False),
         advanced=AdvancedQuantizationParameters(activation_estimator="quantile", quantile=0.001,
                                                 smooth_quant_alpha=1.0, batch_size=4))
-    search = rayq.config.from_dict(yaml.safe_load(S.replace("OUT", str(tmp_path)) + "presets: [mixed]\nmax_drop: 1\n"))
+    search = rayq.api.config.from_dict(yaml.safe_load(S.replace("OUT", str(tmp_path)) + "presets: [mixed]\nmax_drop: 1\n"))
     assert search.presets == ("mixed",) and search.max_drop == 1.0 and isinstance(search, SearchConfig)
 
 
 @pytest.mark.parametrize("name", ["digits.yaml", "quantize_example.yaml", "search_digits.yaml", "sweep.yaml"])
 def test_bundled_configs_are_valid(name):
     data = yaml.safe_load((ROOT / "configs" / name).read_text())
-    cfg = rayq.config.from_dict(data)
+    cfg = rayq.api.config.from_dict(data)
     assert isinstance(cfg, (QuantizeConfig, SearchConfig, SweepConfig))
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(data, json.loads((ROOT / "configs" / "schema.json").read_text()))
@@ -168,7 +168,7 @@ def test_bundled_configs_are_valid(name):
 def test_published_schema_is_generated_from_the_models():
     committed = (ROOT / "configs" / "schema.json").read_text()
     assert committed == config_schema.json_schema_text(), (
-        "configs/schema.json is stale: python -m rayq.config_schema > configs/schema.json")
+        "configs/schema.json is stale: python -m rayq.api.config_schema > configs/schema.json")
 
 
 def test_published_schema_rejects_what_the_loader_rejects():

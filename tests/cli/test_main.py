@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 import rayq
+from rayq.api.config import QuantizeConfig, load
 from rayq.cli.main import build_parser, main
 from rayq.cli.quantize import config_from_args
-from rayq.config import QuantizeConfig, load
 from rayq.core.plan import AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 
@@ -128,8 +128,8 @@ def test_readme_documents_every_field():
 
 
 def test_latency_batch_times_one_batch_of_validation_items():
+    from rayq.api import compare as report
     from rayq.backends import get_backend
-    from rayq.cli import report
     from rayq.errors import DataError
     from rayq.testing.models import mlp
 

@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 import rayq
-from rayq import search_api
+from rayq.api import search as search_api
 from rayq.cli.main import main
 from rayq.storage import OutputLock
 
@@ -155,8 +155,8 @@ def test_sweep_names_that_leave_the_sweep_folder_are_rejected_before_ray(name, t
 
 
 def test_sweep_names_from_file_names_become_safe_folder_names(tmp_path):
-    from rayq.config import SweepConfig
-    from rayq.sweep import expand
+    from rayq.api.config import SweepConfig
+    from rayq.api.sweep import expand
 
     for stem in ("my model", "a..b", "-dash"):
         (tmp_path / f"{stem}.onnx").write_bytes(b"")

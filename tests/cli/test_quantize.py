@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 import rayq
+from rayq.api.config import QuantizeConfig, from_dict
 from rayq.cli.main import main
-from rayq.config import QuantizeConfig, from_dict
 
 from .conftest import CALIBRATION, MODEL, VALIDATION, one_error_line
 

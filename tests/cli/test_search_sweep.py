@@ -104,7 +104,7 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
 
 def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_repo, capsys, monkeypatch):
     """Exit codes follow result.status (pure CLI logic: the search itself is faked)."""
-    import rayq.search_api
+    import rayq.api.search
     from rayq.core.plan import QuantPlan
     from rayq.tuning.result import SearchResult
 
@@ -117,7 +117,7 @@ def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_r
     args = ["search", f"{DIGITS}/digits_cnn.onnx", "--data", f"{DIGITS}/calibration.npz", "--validation",
             f"{DIGITS}/validation.npz", "--validation-fn", "examples.digits.metric:accuracy"]
     for status, low, code in (("no_speedup", 0.95, 3), ("met", 1.2, 0), ("budget not met", 1.2, 3)):
-        monkeypatch.setattr(rayq.search_api, "search_from_config", lambda cfg, s=status, lo=low: fake(cfg, s, lo))
+        monkeypatch.setattr(rayq.api.search, "search_from_config", lambda cfg, s=status, lo=low: fake(cfg, s, lo))
         assert main(args) == code
         printed = capsys.readouterr().out
         assert f"rayq search: {status}" in printed and f"x FP32 (95% CI {low:.2f}-{low + 0.1:.2f})" in printed
@@ -127,9 +127,9 @@ def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_r
 
 def test_an_explicit_preset_restricts_the_searched_presets():
     """The shipped sweep's ``preset: mixed`` entry searches the mixed preset only."""
-    from rayq import config as rayq_config
-    from rayq.search_api import search_presets
-    from rayq.sweep import expand
+    from rayq.api import config as rayq_config
+    from rayq.api.search import search_presets
+    from rayq.api.sweep import expand
 
     cfg = rayq_config.load("configs/sweep.yaml", command="sweep")
     searched = {name: search_presets(c.preset, c.presets) for name, c in expand(cfg)}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.distributed import collect as dc
 from rayq.distributed import resident
 from rayq.distributed.cluster import resource_bundle
 from rayq.pipeline import calibrate
 from rayq.pipeline.build import placement_for
-from rayq.session import ModelSession
 from rayq.testing.models import resnet_like
 
 
@@ -127,7 +127,7 @@ def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tm
 def test_workers_start_early_only_when_joining_a_cluster(ray_cluster, monkeypatch):
     import ray
 
-    from rayq import session as session_mod
+    from rayq.api import session as session_mod
 
     refs = session_mod.start_workers_early(3, {"num_cpus": 0.25}, subset_size=300)
     assert len(refs) == 3 and all(isinstance(p, int) for p in ray.get(refs, timeout=120))

@@ -15,12 +15,12 @@ import onnxruntime as ort
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.backends.onnx.runtime import ort_providers
 from rayq.distributed import evaluator as de
 from rayq.distributed import resident
 from rayq.distributed.evaluator import LocalEvaluatorPool, RayEvaluatorPool
 from rayq.pipeline.candidate import CandidateEvaluator
-from rayq.session import ModelSession
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 

@@ -11,9 +11,9 @@ import textwrap
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.distributed.cluster import task_error
 from rayq.distributed.evaluator import RayEvaluatorPool
-from rayq.session import ModelSession
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
 

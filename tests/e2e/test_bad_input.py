@@ -237,7 +237,7 @@ def test_unreachable_cluster_address_fails_fast():
     ("{file}", "is an existing file"),
 ])
 def test_search_output_errors_come_before_calibration(tmp_path, calib, monkeypatch, output, fragment):
-    from rayq import search_api
+    from rayq.api import search as search_api
 
     monkeypatch.setattr(search_api, "ModelSession", lambda *a, **k: pytest.fail("calibrated for a bad output"))
     (tmp_path / "f").write_text("x")

@@ -9,7 +9,7 @@ ov = pytest.importorskip("openvino")
 
 import rayq  # noqa: E402
 from examples.digits.data import MODEL, load_calibration, load_validation, top1  # noqa: E402
-from rayq.session import ModelSession  # noqa: E402
+from rayq.api.session import ModelSession  # noqa: E402
 
 
 @pytest.fixture(scope="module")

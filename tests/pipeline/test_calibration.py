@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.backends.onnx import OnnxBackend
 from rayq.core.plan import QuantPlan
-from rayq.session import ModelSession
 from rayq.testing.models import mlp, random_inputs, resnet_like
 
 
@@ -189,25 +189,25 @@ def test_default_workers_calibrate_in_process_on_a_small_machine_without_ray(mon
     """num_workers=None with no Ray cluster to join: a 2-CPU machine calibrates in-process
     (a local Ray would only add daemons and single-threaded actors on the same cores);
     a larger one, or an explicit num_workers, still uses Ray."""
-    from rayq import session as session_mod
+    from rayq.api import session as session_mod
 
     monkeypatch.setattr(session_mod, "_would_start_local_ray", lambda: True)
     monkeypatch.setattr(session_mod, "default_workers", lambda: 2)
     with caplog.at_level(logging.INFO, logger="rayq"):
-        assert session_mod._resolve_workers(None, 10, calibration=True) == 1
+        assert session_mod.resolve_workers(None, 10, calibration=True) == 1
     assert "calibrating in-process" in caplog.text
     started = []
     monkeypatch.setattr("rayq.distributed.cluster.init", lambda *a, **k: started.append(1))
     monkeypatch.setattr("rayq.distributed.cluster.cluster_cpus", lambda: 16)
-    assert session_mod._resolve_workers(None, 10) == 10                    # evaluators: Ray
-    assert session_mod._resolve_workers(3, 10, calibration=True) == 3      # explicit: Ray
+    assert session_mod.resolve_workers(None, 10) == 10                    # evaluators: Ray
+    assert session_mod.resolve_workers(3, 10, calibration=True) == 3      # explicit: Ray
     monkeypatch.setattr(session_mod, "default_workers", lambda: 16)
-    assert session_mod._resolve_workers(None, 10, calibration=True) == 10  # a bigger machine: Ray
+    assert session_mod.resolve_workers(None, 10, calibration=True) == 10  # a bigger machine: Ray
     assert len(started) == 3
 
 
 def test_would_start_local_ray_follows_ray_address(monkeypatch):
-    from rayq import session as session_mod
+    from rayq.api import session as session_mod
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert not session_mod._would_start_local_ray()

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.pipeline import data
-from rayq.session import ModelSession
 from rayq.testing.models import random_inputs, transformer_block
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.backends.base import InputSpec
 from rayq.backends.feeds import check_feeds
 from rayq.pipeline import data
-from rayq.session import ModelSession
 from tests.e2e.graph_patterns import scalar_input
 
 SPECS = [InputSpec("audio", (None, 64), "float32"), InputSpec("sr", (), "int64")]

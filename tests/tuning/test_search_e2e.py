@@ -168,8 +168,8 @@ def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(cap
     """NNCF's contract returns the restored model as it is; rayq says what it is."""
     import pandas as pd
 
+    from rayq.api.accuracy_control import _warn_restored
     from rayq.core.plan import QuantPlan
-    from rayq.search_api import _warn_restored
     from rayq.tuning.result import SearchResult
 
     def result(fallback, status, low, high):

@@ -1,7 +1,7 @@
 """Frozen run configurations, shared by the Python API, the CLI and YAML files.
 
 ``configs/README.md`` documents every field. A mapping (a YAML file, CLI flags) is
-first checked against the typed schema of :mod:`rayq.config_schema` (every wrong
+first checked against the typed schema of :mod:`rayq.api.config_schema` (every wrong
 field named with its expected type and value), then built into the frozen config
 objects below, which the rest of rayq uses; these check their values again when
 built directly from Python. A config is saved as ``config.yaml`` next to each
@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from rayq import config_schema
+from rayq.api import config_schema
+from rayq.api.options import OPTION_CLASSES, Execution, SearchOptions, SearchSpace
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
@@ -77,14 +78,28 @@ class QuantizeConfig:
         return {"command": "quantize", **data}
 
 
+def _default(name: str) -> Any:
+    """The default of an option field: declared once, in :mod:`rayq.api.options`."""
+    for cls in OPTION_CLASSES:
+        if name in cls.model_fields:
+            return cls.model_fields[name].get_default(call_default_factory=True)
+    raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """Configuration of ``rayq search`` (accuracy-controlled, latency-minimising search).
+    """Configuration of ``rayq search``: the arguments of :func:`rayq.search`, flat.
+
+    The option fields (``presets`` ... ``latency_threads``) are those of
+    :class:`~rayq.api.options.SearchSpace`, :class:`~rayq.api.options.SearchOptions` and
+    :class:`~rayq.api.options.Execution`, with their defaults and checks; the
+    :attr:`space`, :attr:`options` and :attr:`execution` properties give the objects.
 
     Example:
-        >>> SearchConfig(model="m.onnx", calibration="c.npz", validation="v.npz",
-        ...              validation_fn="pkg.metrics:accuracy").max_drop
-        0.01
+        >>> cfg = SearchConfig(model="m.onnx", calibration="c.npz", validation="v.npz",
+        ...                    validation_fn="pkg.metrics:accuracy", n_trials=8)
+        >>> cfg.max_drop, cfg.options.n_trials, cfg.execution.cache
+        (0.01, 8, True)
     """
 
     model: str
@@ -94,15 +109,6 @@ class SearchConfig:
     output: str | None = None
     max_drop: float = 0.01
     drop_type: str = "absolute"
-    target: str | None = None
-    n_trials: int = 32
-    timeout: float | None = None
-    validation_timeout: float | None = None
-    num_workers: int | None = None
-    worker_resources: dict | None = None
-    storage: str | None = None
-    study_name: str | None = None
-    seed: int = 0
     preset: str | None = None
     model_type: str | None = None
     target_device: str = "ANY"
@@ -110,35 +116,60 @@ class SearchConfig:
     fast_bias_correction: bool | None = True
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
     advanced: AdvancedQuantizationParameters = field(default_factory=AdvancedQuantizationParameters)
-    presets: tuple[str, ...] | None = None
-    estimators: tuple[str, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse")
-    bias_corrections: tuple[str, ...] = ("fast", "none")
-    smooth_quant_alphas: tuple[float | None, ...] | None = None
-    explore: bool = True
-    generation_size: int = 4
-    early_stop: bool = True
-    address: str | None = None
+    convert_to: str | None = None
+    # SearchSpace
+    presets: tuple[str, ...] | None = _default("presets")
+    estimators: tuple[str, ...] = _default("estimators")
+    bias_corrections: tuple[str, ...] = _default("bias_corrections")
+    smooth_quant_alphas: tuple[float | None, ...] | None = _default("smooth_quant_alphas")
+    ranking_subset_size: int = _default("ranking_subset_size")
+    # SearchOptions
+    n_trials: int | None = _default("n_trials")
+    seed: int = _default("seed")
+    explore: bool = _default("explore")
+    generation_size: int = _default("generation_size")
+    finalists: int = _default("finalists")
+    early_stop: bool = _default("early_stop")
+    # Execution
+    target: str | None = _default("target")
+    address: str | None = _default("address")
+    num_workers: int | None = _default("num_workers")
+    worker_resources: dict | None = _default("worker_resources")
+    cache: bool = _default("cache")
+    storage: str | None = _default("storage")
+    study_name: str | None = _default("study_name")
+    timeout: float | None = _default("timeout")
+    validation_timeout: float | None = _default("validation_timeout")
+    latency_threads: int = _default("latency_threads")
 
     def __post_init__(self) -> None:
         check_reference(self.validation_fn, "validation_fn")
-        if self.max_drop < 0:
+        if not self.max_drop >= 0:
             raise ConfigError(f"max_drop={self.max_drop} must be >= 0")
         if self.drop_type not in ("absolute", "relative"):
             raise ConfigError(f"drop_type={self.drop_type!r} must be 'absolute' or 'relative'")
-        if self.target is not None:
-            _check_choice("target", self.target, ("onnxruntime", "openvino"))
-        if self.n_trials < 1 or self.generation_size < 1:
-            raise ConfigError("n_trials must be >= 1 and generation_size >= 1")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
-        if self.validation_timeout is not None and not self.validation_timeout > 0:
-            raise ConfigError(f"validation_timeout={self.validation_timeout} must be > 0 seconds (or null: automatic)")
-        for name in ("estimators", "bias_corrections"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.presets is not None:  # None: only ``preset`` when given, else all (rayq.search)
-            object.__setattr__(self, "presets", tuple(self.presets))
-        if self.smooth_quant_alphas is not None:
-            object.__setattr__(self, "smooth_quant_alphas", tuple(self.smooth_quant_alphas))
+        for name in ("presets", "estimators", "bias_corrections", "smooth_quant_alphas"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.space, self.options, self.execution  # noqa: B018 (the option objects check their fields)
+
+    def _options(self, cls: type) -> Any:
+        return cls(**{name: getattr(self, name) for name in cls.model_fields})
+
+    @property
+    def space(self) -> SearchSpace:
+        """What is searched (the :class:`~rayq.api.options.SearchSpace` fields)."""
+        return self._options(SearchSpace)
+
+    @property
+    def options(self) -> SearchOptions:
+        """How the study proceeds (the :class:`~rayq.api.options.SearchOptions` fields)."""
+        return self._options(SearchOptions)
+
+    @property
+    def execution(self) -> Execution:
+        """Where and how it runs (the :class:`~rayq.api.options.Execution` fields)."""
+        return self._options(Execution)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -216,7 +247,7 @@ def resolve_reference(ref: str, name: str = "reference"):
     return obj
 
 
-def _build(cls, data: dict) -> Any:
+def build(cls, data: dict) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -241,11 +272,6 @@ from dataclasses import MISSING as _MISSING  # noqa: E402
 _REGISTRY: dict[str, type] = {"quantize": QuantizeConfig, "search": SearchConfig, "sweep": SweepConfig}
 
 
-def register_config(command: str, cls: type) -> None:
-    """Register the config class of a command (used by the search and sweep modules)."""
-    _REGISTRY[command] = cls
-
-
 def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = None) -> Any:
     """Build the config of ``command`` (or ``data['command']``) from a mapping."""
     if not isinstance(data, dict):
@@ -265,7 +291,7 @@ def from_dict(data: dict, *, command: str | None = None, base_dir: str | None = 
                 candidate = os.path.join(base_dir, value)
                 if not os.path.exists(value) and os.path.exists(candidate):
                     data[key] = candidate
-    return _build(_REGISTRY[cmd], data)
+    return build(_REGISTRY[cmd], data)
 
 
 def load(path: str, *, command: str | None = None, overrides: dict | None = None) -> Any:

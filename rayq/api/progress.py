@@ -42,7 +42,7 @@ def _in_kernel() -> bool:
 
 def _has_widgets() -> bool:
     try:
-        import ipywidgets  # noqa: F401, PLC0415
+        import ipywidgets  # noqa: F401
     except ImportError:
         return False
     return True
@@ -61,10 +61,10 @@ def _bar_class():
                 _hinted[0] = True
                 log.info("progress as text: pip install 'rayq[notebook]' (ipywidgets) for progress bars")
             return None
-        from tqdm.notebook import tqdm as notebook_tqdm  # noqa: PLC0415
+        from tqdm.notebook import tqdm as notebook_tqdm
 
         return notebook_tqdm
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     return tqdm
 
@@ -107,7 +107,7 @@ class Progress:
         self._bar = bar_class(total=self.total, desc=desc, unit=self.unit, leave=False, dynamic_ncols=True,
                               file=sys.stderr)
         if logs._root_configured():  # the application's console handlers write through tqdm too
-            from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()]))
 

@@ -33,8 +33,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rayq import config as rayq_config
 from rayq import events
+from rayq.api import config as rayq_config
 from rayq.errors import ClusterError, ConfigError, OutputError, SearchError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def submit(config: Any = None, /, *, address: str | None = None, working_dir: st
     """Submit a search (or sweep) to a Ray cluster as a job; returns at once.
 
     Args:
-        config: A :class:`~rayq.config.SearchConfig` / ``SweepConfig``, a YAML path
+        config: A :class:`~rayq.api.config.SearchConfig` / ``SweepConfig``, a YAML path
             (``configs/*.yaml``), a dict of search fields, or None (``fields`` only).
         address: The job server (dashboard) address, e.g. ``http://127.0.0.1:8265``;
             None: ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS``.
@@ -283,7 +283,7 @@ class SearchJob:
         """Show the job's progress until it ends (one bar per phase in a notebook or
         terminal, log lines elsewhere); returns the final status, and logs the job's
         last lines when it did not succeed. Interrupting it leaves the job running."""
-        from rayq.progress import Progress
+        from rayq.api.progress import Progress
 
         bars: dict[str, Progress] = {}
         try:

@@ -3,7 +3,7 @@
 One set of models describes every field of ``rayq quantize``, ``rayq search`` and
 ``rayq sweep`` configs: its type, its allowed values and its default. A YAML
 config is validated against it before the frozen config objects of
-:mod:`rayq.config` are built, so a wrong field is a :class:`~rayq.errors.ConfigError`
+:mod:`rayq.api.config` are built, so a wrong field is a :class:`~rayq.errors.ConfigError`
 naming the field, the expected type and the value given -- never an internal error.
 
 Scalars are strict: YAML has types, and ``num_workers: true`` or
@@ -29,23 +29,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
-from rayq.core.plan import (
-    ACTIVATION_ESTIMATORS,
-    BIAS_CORRECTIONS,
-    OVERFLOW_FIXES,
-    PRESETS,
-    TARGET_DEVICES,
+from rayq.api.options import (
+    OPTION_CLASSES,
+    Bool,
+    Estimator,
+    Float,
+    Int,
+    PositiveInt,
+    Preset,
+    Str,
+    messages,
 )
+from rayq.core.plan import OVERFLOW_FIXES, TARGET_DEVICES
 from rayq.errors import ConfigError
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]  # strict floats still take integers
-Bool = Annotated[bool, Strict()]
-Str = Annotated[str, Strict()]
-PositiveInt = Annotated[int, Strict(), Field(ge=1)]
-Seconds = Annotated[float, Strict(), Field(gt=0)]
-Preset = Literal[PRESETS]
-Estimator = Literal[ACTIVATION_ESTIMATORS]
 Reference = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
                                            description="a 'package.module:function' reference")]
 
@@ -121,7 +118,7 @@ class _Plan(_Model):
 
 
 class QuantizeModel(_Plan):
-    """``rayq quantize`` (:class:`rayq.config.QuantizeConfig`)."""
+    """``rayq quantize`` (:class:`rayq.api.config.QuantizeConfig`)."""
 
     command: Literal["quantize"] | None = None
     output: Str = Field(description="INT8 model file (.onnx/.xml) or folder")
@@ -131,8 +128,12 @@ class QuantizeModel(_Plan):
     latency_batch: PositiveInt = 1
 
 
-class SearchModel(_Plan):
-    """``rayq search`` (:class:`rayq.config.SearchConfig`)."""
+#: The option fields of a search (:mod:`rayq.api.options`), flat in a config file.
+OPTION_FIELDS = {name: (info.annotation, info) for cls in OPTION_CLASSES for name, info in cls.model_fields.items()}
+
+
+class _SearchFields(_Plan):
+    """The fields of ``rayq search`` that are not options: data, budget, output."""
 
     command: Literal["search"] | None = None
     validation: Str = Field(description="validation data; its raw items are passed to validation_fn")
@@ -140,24 +141,15 @@ class SearchModel(_Plan):
     output: Str | None = None
     max_drop: Annotated[float, Strict(), Field(ge=0)] = 0.01
     drop_type: Literal["absolute", "relative"] = "absolute"
-    target: Literal["onnxruntime", "openvino"] | None = None
-    n_trials: Annotated[int, Strict(), Field(ge=0)] = 32
-    timeout: Seconds | None = None
-    validation_timeout: Seconds | None = Field(
-        None, description="seconds one validation call may take (null: 10x the FP32 validation, at least 60)")
-    worker_resources: dict[Str, Any] | None = None
-    storage: Str | None = None
-    study_name: Str | None = None
-    seed: Int = 0
-    presets: tuple[Preset, ...] | None = None  # None: only `preset` when given, else all
-    estimators: tuple[Estimator, ...] = ("mean_minmax", "minmax", "quantile", "histogram_mse")
-    bias_corrections: tuple[Literal[BIAS_CORRECTIONS], ...] = ("fast", "none")
-    smooth_quant_alphas: tuple[Float | None, ...] | None = None
-    explore: Bool = True
-    generation_size: PositiveInt = 4
-    early_stop: Bool = Field(
-        True, description="stop a candidate's validation once its drop is sure to exceed max_drop "
-        "(needs per-item values whose mean is the metric)")
+    convert_to: Literal["onnx", "openvino"] | None = Field(
+        None, description="what a framework model is converted to (null: onnx for target onnxruntime, "
+        "else openvino)")
+
+
+#: ``rayq search`` (:class:`rayq.api.config.SearchConfig`): the fields above plus every option field.
+SearchModel = create_model(
+    "SearchModel", __base__=_SearchFields, __doc__="``rayq search`` (:class:`rayq.api.config.SearchConfig`).",
+    **{name: (annotation, info) for name, (annotation, info) in OPTION_FIELDS.items()})
 
 
 #: Sweep ``defaults`` and entries take any search field, each optional.
@@ -174,7 +166,7 @@ SweepEntryModel = create_model(
 
 
 class SweepModel(_Model):
-    """``rayq sweep`` (:class:`rayq.config.SweepConfig`)."""
+    """``rayq sweep`` (:class:`rayq.api.config.SweepConfig`)."""
 
     command: Literal["sweep"] | None = None
     models: Annotated[list[Str | SweepEntryModel], Field(min_length=1)]
@@ -185,63 +177,6 @@ class SweepModel(_Model):
 
 
 MODELS: dict[str, type[_Model]] = {"quantize": QuantizeModel, "search": SearchModel, "sweep": SweepModel}
-
-_EXPECTED = {  # pydantic error type -> what the field expects, in words
-    "int_type": "an integer", "int_parsing": "an integer", "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
-    "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "model_attributes_type": "a mapping", "none_required": "null",
-    "string_pattern_mismatch": "a 'package.module:function' reference",
-}
-
-
-_UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "tuple", "literal"}
-
-
-def _field_loc(loc: tuple) -> tuple:
-    """The error location without pydantic's union-member tags (``str``, ``SweepEntryModel``...)."""
-    return tuple(p for p in loc if not (isinstance(p, str) and (
-        p in _UNION_TAGS or "[" in p or p.endswith("Model") or p.startswith("function-"))))
-
-
-def _where(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(config)"
-
-
-def _messages(errors: list[dict]) -> list[str]:
-    """One message per wrong field: what it expects (all union members) and the value given."""
-    located = [(_field_loc(e["loc"]), e) for e in errors]
-    deeper = {loc[:i] for loc, _ in located for i in range(len(loc))}
-    expected: dict[tuple, list[str]] = {}
-    messages: dict[tuple, str] = {}
-    for loc, e in located:
-        where, kind, value = _where(loc), e["type"], e.get("input")
-        if kind == "extra_forbidden":
-            messages[loc] = f"unknown field {where!r}"
-        elif kind == "missing":
-            messages[loc] = f"{where}: required field missing"
-        elif loc not in deeper:  # a union member that fits better reports inside this value
-            want = _expected(kind, e["msg"])
-            expected.setdefault(loc, [])
-            if want not in expected[loc]:
-                expected[loc].append(want)
-            messages[loc] = f"{where}: expected {' or '.join(expected[loc])}, got {value!r} ({type(value).__name__})"
-    return list(messages.values())
-
-
-def _expected(kind: str, msg: str) -> str:
-    if kind in _EXPECTED:
-        return _EXPECTED[kind]
-    msg = msg.removeprefix("Input should be ").removeprefix("Value error, ")
-    if kind.startswith(("greater_than", "less_than")):
-        return f"a number {msg}"
-    if kind == "too_short":
-        return msg.replace("List should have", "a list with").replace(" after validation", "").split(",")[0]
-    return msg[:1].lower() + msg[1:]
-
 
 def validate(data: Any, command: str) -> dict:
     """Check ``data`` against the schema of ``command``; returns the fields it sets.
@@ -256,7 +191,7 @@ def validate(data: Any, command: str) -> dict:
     try:
         checked = model.model_validate(data)
     except ValidationError as exc:
-        errors = _messages(exc.errors(include_url=False))
+        errors = messages(exc.errors(include_url=False))
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         top_unknown = any(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in exc.errors())
         hint = f"; valid fields: {sorted(model.model_fields)}" if top_unknown else ""
@@ -278,7 +213,7 @@ def json_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rayq config",
         "description": "A rayq quantize, search or sweep config (configs/README.md). Generated from "
-                       "rayq.config_schema; regenerate with `python -m rayq.config_schema > configs/schema.json`.",
+                       "rayq.api.config_schema; regenerate with `python -m rayq.api.config_schema > configs/schema.json`.",
         "anyOf": variants,
         "$defs": dict(sorted(defs.items())),
     }

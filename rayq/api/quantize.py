@@ -2,6 +2,7 @@
 
 >>> import rayq
 >>> q = rayq.quantize("model.onnx", rayq.Dataset(items, transform_fn))   # doctest: +SKIP
+>>> q = rayq.quantize("model.onnx", calib, num_workers=1, cache=False)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import time
 from typing import Any
 
 from rayq import compat
+from rayq.api.options import Execution, resolve
+from rayq.api.session import ModelSession, connect, start_workers_early
 from rayq.compat import check_mode, compat_advanced
 from rayq.core.estimators import needs_histogram
 from rayq.core.plan import AdvancedQuantizationParameters, QuantPlan
 from rayq.core.scope import IgnoredScope
 from rayq.pipeline.build import build_quantized, placement_for
-from rayq.session import ModelSession, start_workers_early
 
 log = logging.getLogger("rayq")
+
+#: rayq's keywords of :func:`quantize` beyond NNCF's and the :class:`~rayq.api.options.Execution` fields.
+EXTRA_KWARGS = frozenset({"disable_bias_correction", "convert_to"})
 
 
 def quantize(
@@ -33,10 +38,8 @@ def quantize(
     model_type: str | None = None,
     ignored_scope: IgnoredScope | None = None,
     advanced_parameters: AdvancedQuantizationParameters | None = None,
-    disable_bias_correction: bool | None = None,
-    num_workers: int | None = None,
-    cache: bool = True,
-    convert_to: str | None = None,
+    execution: Execution | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Post-training INT8 quantization, with ``nncf.quantize`` semantics.
 
@@ -67,14 +70,16 @@ def quantize(
         ignored_scope: Nodes to keep in FP32.
         advanced_parameters: :class:`rayq.AdvancedQuantizationParameters` (an NNCF
             one is converted field by field, see :mod:`rayq.compat`).
-        disable_bias_correction: True: no bias correction (as
-            ``advanced_parameters.disable_bias_correction``).
-        num_workers: Calibration workers (Ray tasks). None: every CPU of the connected Ray cluster
-            (a local one is started when none runs); 1: calibrate in this process.
-        cache: Reuse/store calibration statistics in the Parquet cache.
-        convert_to: What a framework model is converted to: ``"openvino"`` (None) or
-            ``"onnx"`` (PyTorch only: ``torch.onnx.export``, opset 17). ONNX and
-            OpenVINO models are used as they are.
+        execution: Where calibration runs: :class:`rayq.Execution`; quantize uses its
+            ``num_workers`` (calibration workers as Ray tasks; None: every CPU of the
+            connected Ray cluster, a local one is started when none runs; 1: in this
+            process), ``cache`` (reuse/store statistics in the Parquet cache) and ``address``.
+        **kwargs: rayq's additions, flat: any :class:`rayq.Execution` field
+            (``num_workers=1``, ``cache=False``), ``disable_bias_correction`` (True: no bias
+            correction, as ``advanced_parameters.disable_bias_correction``) and
+            ``convert_to`` (what a framework model becomes: ``"openvino"`` (None) or
+            ``"onnx"``, PyTorch only: ``torch.onnx.export``, opset 17; ONNX and OpenVINO
+            models are used as they are).
 
     Returns:
         The quantized model, in the input's format (a converted model: in ``convert_to``'s).
@@ -86,16 +91,20 @@ def quantize(
     """
     start = time.perf_counter()
     check_mode(mode)
-    adv = compat_advanced(advanced_parameters, disable_bias_correction)
+    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS,
+                                   accepts=(Execution,))
+    num_workers, convert_to = execution.num_workers, extra.get("convert_to")
+    adv = compat_advanced(advanced_parameters, extra.get("disable_bias_correction"))
     ignored_scope = compat.ignored_scope(ignored_scope)
     plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
                             fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    connect(execution.address)
     start_workers_early(num_workers, None, subset_size=subset_size)
     session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
                            convert_to=convert_to)
     placement = placement_for(session.graph, plan)
     stats = session.statistics(plan, histograms=needs_histogram(plan.activation_estimator),
-                               num_workers=num_workers, use_cache=cache)
+                               num_workers=num_workers, use_cache=execution.cache)
     qmodel, summary = build_quantized(session.backend, session.model, session.graph, stats, plan,
                                       placement=placement, batches=session.batches)
     info = session.info

@@ -30,10 +30,10 @@ from dataclasses import fields, replace
 import pandas as pd
 
 from rayq import events
-from rayq.config import SearchConfig, SweepConfig, _build
+from rayq.api.config import SearchConfig, SweepConfig, build
+from rayq.api.progress import Progress
 from rayq.errors import ConfigError, RayqError
 from rayq.logs import log_context
-from rayq.progress import Progress
 from rayq.storage import OutputLock, Publication, read_marker, resolve
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
             data = {**config.defaults, **entry, "model": path}
             if "preset" in entry and "presets" not in entry:  # the entry's preset, not the defaults' list
                 data.pop("presets", None)
-            out.append((base, _build(SearchConfig, data)))
+            out.append((base, build(SearchConfig, data)))
     names = [n for n, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -118,9 +118,9 @@ def run_sweep(config: SweepConfig, *, num_cpus: int | None = None) -> pd.DataFra
     ``config.output`` and one folder per model (with its own ``config.yaml``).
 
     Example:
-        >>> table = run_sweep(rayq.config.load("configs/sweep.yaml"))   # doctest: +SKIP
+        >>> table = run_sweep(rayq.api.config.load("configs/sweep.yaml"))   # doctest: +SKIP
     """
-    from rayq.search_api import search_from_config
+    from rayq.api.search import search_from_config
 
     jobs = expand(config)
     with OutputLock(config.output, command="sweep"):
@@ -170,7 +170,7 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
 def _write_summary(table: pd.DataFrame, config: SweepConfig) -> None:
     """``summary.parquet``, ``summary.md`` and the sweep's own ``config.yaml`` (each model's
     folder holds its effective search ``config.yaml``)."""
-    from rayq.config import dump
+    from rayq.api.config import dump
 
     with Publication.open(resolve(config.output)) as out:
         table.to_parquet(out.staging / "summary.parquet", index=False)

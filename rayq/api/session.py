@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayq.api.progress import Progress
 from rayq.backends import convert, detect
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
@@ -25,7 +25,6 @@ from rayq.errors import ConfigError
 from rayq.pipeline import cache, calibrate, data
 from rayq.pipeline.build import placement_for
 from rayq.pipeline.stream import BatchStream
-from rayq.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class ModelSession:
                 return stats
         passes = 2 if spec.histogram_tensors else 1
         with Progress("calibration", total=len(self.batches) * passes) as bar:
-            workers = _resolve_workers(num_workers, len(self.batches), calibration=True)
+            workers = resolve_workers(num_workers, len(self.batches), calibration=True)
             node_ids: list[str] = []
             if workers == 1:
                 stats = calibrate.collect_local(self.backend, self.model, self.batches, spec, on_batch=bar.update)
@@ -126,7 +125,7 @@ class ModelSession:
 SMALL_MACHINE_CPUS = 2
 
 
-def _resolve_workers(num_workers: int | None, num_batches: int, *, calibration: bool = False) -> int:
+def resolve_workers(num_workers: int | None, num_batches: int, *, calibration: bool = False) -> int:
     """1 means in-process; otherwise the number of Ray workers (never more than batches).
 
     ``num_workers=None`` uses every CPU of the connected (or ``RAY_ADDRESS``) cluster; with
@@ -173,11 +172,22 @@ def start_workers_early(num_workers: int | None, resources: dict | None, *, subs
     return collect.start_workers(workers, resources) if workers > 1 else []
 
 
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (:class:`~rayq.api.options.Execution`'s), unless
+    Ray is up already; None: nothing now (Ray is started or joined on demand)."""
+    if address:
+        from rayq.distributed import cluster
+
+        if not cluster.is_connected():
+            cluster.init(address)
+
+
 def default_workers() -> int:
     return os.cpu_count() or 1
 
 
 def _would_start_local_ray() -> bool:
     """True when no Ray connection exists and none is configured (``RAY_ADDRESS``)."""
-    ray = sys.modules.get("ray")  # not imported: certainly not initialised (and no import cost)
-    return not (ray is not None and ray.is_initialized()) and not os.environ.get("RAY_ADDRESS")
+    from rayq.distributed.cluster import is_connected
+
+    return not is_connected() and not os.environ.get("RAY_ADDRESS")
