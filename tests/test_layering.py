@@ -58,8 +58,6 @@ HOME_EXCEPTIONS: dict[tuple[str, str], str] = {
                                                  "to move behind the backend protocol (issue 16: describe())",
     ("rayq/pipeline/latency.py", "openvino"): "runtime_settings() records the runtime's version; "
                                               "to move behind the backend protocol (issue 16: describe())",
-    ("rayq/cli/quantize.py", "openvino"): "converts ONNX to OpenVINO itself; to move behind the backend "
-                                          "protocol (issue 16: convert())",
 }
 HOME_TEMPORARY: dict[tuple[str, str], str] = {
     ("rayq/distributed/collect.py", "onnxruntime"): "removed by pool stream",
