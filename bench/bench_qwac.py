@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -88,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=BENCH / ".cache" / "qwac")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "qwac.json")
     ap.add_argument("--job-timeout", type=int, default=7200)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the result of a job that already finished in --work (e.g. after a crash)")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tool", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--max-drop", type=float, default=None, help=argparse.SUPPRESS)
@@ -297,6 +300,9 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
     logs.mkdir(parents=True, exist_ok=True)
     result_path = args.work / "jobs" / f"{name}.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and result_path.exists():
+        print(f"  {name}: reusing {result_path}", flush=True)
+        return {"log": str(logs / f"{name}.log"), "reused": True, **json.loads(result_path.read_text())}
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--job", job, "--arch", args.arch, "--work",
            str(args.work), "--json", str(result_path), "--threads", str(args.threads), "--runs", str(args.runs),
@@ -322,7 +328,9 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
         tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-30:]
         print(f"  FAILED ({proc.returncode}) {name}: see {logs / f'{name}.log'}", flush=True)
         return {"error": f"exit code {proc.returncode}", "log_tail": tail, **meta}
-    return {**json.loads(result_path.read_text()), **meta}
+    result = {**json.loads(result_path.read_text()), **meta}
+    result_path.write_text(json.dumps(result, indent=2))       # with its process time and load, for --resume
+    return result
 
 
 def _parse_log(path: str, tool: str) -> dict:
@@ -452,7 +460,7 @@ def report(res: dict) -> str:
                              "other runs: " + ", ".join(f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / "
                                                         f"{x['fp32_ops']} FP32" for x in others))
             walls = ", ".join(f"{w:.0f}" for w in q.get("wall_s_all", [q["wall_s"]]))
-            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s']:.1f} | {mm['top1']:.4f} | "
+            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | {mm['top1']:.4f} | "
                          f"{100 * drop:.2f} | {_pf(all(oks))} | {_lat(mm)} | {_lat(mm, 'ov_latency_ms')} | "
                          f"{mm['fp32_ops']}/{mm['quantizable_ops']} | {info.get('reported_fp32_ops', '?')} | "
                          f"{'; '.join(notes)} |")
@@ -536,14 +544,15 @@ def main(argv=None) -> int:
                         r["log_info"] = _parse_log(r["log"], tool)
                     runs[tool].append(r)
                     print(f"  qwac max_drop={b:g} {tool} run {rep + 1}/{args.repeats}: "
-                          + (f"{r['wall_s']:.1f}s (process {r['process_s']:.1f}s, load {r['load1_before']:.1f}->"
-                             f"{r['load1_after']:.1f})" if "wall_s" in r else "FAILED"), flush=True)
+                          + (f"{r['wall_s']:.1f}s (process {r.get('process_s', math.nan):.1f}s, load "
+                             f"{r.get('load1_before', math.nan):.1f}->{r.get('load1_after', math.nan):.1f})"
+                             if "wall_s" in r else "FAILED"), flush=True)
             for tool, rs in runs.items():
                 ok = [r for r in rs if "wall_s" in r]
                 summary = dict(ok[0]) if ok else dict(rs[0])
                 if ok:
                     summary["wall_s"] = statistics.median(r["wall_s"] for r in ok)
-                    summary["process_s"] = statistics.median(r["process_s"] for r in ok)
+                    summary["process_s"] = _median([r.get("process_s") for r in ok])
                     summary["wall_s_all"] = [r["wall_s"] for r in ok]
                 summary["runs"] = rs
                 res["qwac"].setdefault(f"{b:g}", {})[tool] = summary
