@@ -13,6 +13,7 @@ from rayq.pipeline.candidate import CandidateMetric
 from rayq.pipeline.latency import Latency
 from rayq.tuning import SearchSpace, selection
 from rayq.tuning.control import AccuracyControl, SearchSettings
+
 from .test_driver import BASE, FP32, fake_drop, fake_latency
 from .test_resume import OPS, FakePool
 
@@ -49,7 +50,8 @@ class ItemPool(FakePool):
 
 
 def run(early_stop: bool, pool=None, **settings):
-    kw = dict(max_drop=0.03, n_trials=40, seed=3, study_name="s", early_stop=early_stop, runoff_seconds=0.5)
+    kw = {"max_drop": 0.03, "n_trials": 40, "seed": 3, "study_name": "s", "early_stop": early_stop,
+          "runoff_seconds": 0.5}
     kw.update(settings)
     pool = pool or ItemPool()
     control = AccuracyControl(pool, BASE, OPS, SearchSpace(ranking=OPS), SearchSettings(**kw))
@@ -63,9 +65,9 @@ def test_cannot_beat_needs_enough_strictly_cheaper_incumbents():
     assert not cannot_beat(0.9, [0.1] * 5, 0)
 
 
-@pytest.mark.parametrize("settings", [dict(explore=False, finalists=1, n_trials=None),
-                                      dict(explore=False, finalists=2, n_trials=None),
-                                      dict(explore=True, n_trials=40)])
+@pytest.mark.parametrize("settings", [{"explore": False, "finalists": 1, "n_trials": None},
+                                      {"explore": False, "finalists": 2, "n_trials": None},
+                                      {"explore": True, "n_trials": 40}])
 def test_skipped_candidates_leave_the_answer_and_the_path_unchanged(settings):
     best, status, records, pool = run(True, **settings)
     ref_best, ref_status, ref_records, ref_pool = run(False, **settings)
@@ -88,9 +90,9 @@ def test_nsga2_exploration_never_skips():
 
 
 def test_no_speedup_validates_the_skipped_trials_before_choosing_the_most_accurate():
-    settings = dict(explore=False, finalists=1, n_trials=None)
+    settings = {"explore": False, "finalists": 1, "n_trials": None}
     slow_fp32 = 1.0  # every candidate is slower than FP32: the answer is the most accurate
-    best, status, records, pool = run(True, ItemPool(slow_fp32), **settings)
+    best, status, records, _ = run(True, ItemPool(slow_fp32), **settings)
     ref_best, ref_status, _, _ = run(False, ItemPool(slow_fp32), **settings)
     assert status == ref_status == "no_speedup"
     assert best.plan.key() == ref_best.plan.key() and best.metric is not None
