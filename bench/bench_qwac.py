@@ -1,7 +1,7 @@
 """Accuracy-controlled INT8: ``nncf.quantize_with_accuracy_control`` vs
 ``rayq.quantize_with_accuracy_control``, side by side on the same cores.
 
-    python bench/bench_qwac.py --repeats 3              # what bench/README.md reports (~50 min, 2 cores)
+    python bench/bench_qwac.py --pairs 3                # what bench/README.md reports (~25 min, 2 cores)
     python bench/bench_qwac.py                          # one run of each (~20 min)
     python bench/bench_qwac.py --budgets 0.02 --steps naive,qwac,measure,report
     python bench/bench_qwac.py --steps measure,report   # re-measure the saved models
@@ -36,8 +36,10 @@ Steps:
    ops (MatMul/Gemm/Conv) left FP32 (an op is INT8 when all its data inputs come from
    DequantizeLinear, looking through data-movement ops).
 4. ``report``: targets per budget, PASS/MISS: both results within budget; rayq wall time
-   <= 0.5x NNCF's; rayq model latency <= NNCF model latency. Markdown table to stdout,
-   everything to ``--out`` (JSON).
+   <= 0.4x NNCF's (median of the per-pair ratios); rayq model latency <= NNCF model
+   latency on ONNX Runtime and on OpenVINO (medians over the pairs). The validation
+   function counts its calls and items (both tools, in every process they use). Markdown
+   table to stdout, everything to ``--out`` (JSON).
 
 Other engineers' work on the same machine shows up as load: the 1-minute load average
 is recorded before and after every job.
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -75,8 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="preset for both tools (default: mixed, see the module docstring; 'default': "
                          "the tools' default for the model type)")
     ap.add_argument("--workers", type=int, default=2, help="rayq num_workers")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="fresh-process runs of each quantize_with_accuracy_control (interleaved); median wall")
+    ap.add_argument("--pairs", "--repeats", dest="repeats", type=int, default=1,
+                    help="pairs of fresh-process runs (NNCF then rayq, alternately) per budget; medians")
     ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO latency column")
     ap.add_argument("--runs", type=int, default=100, help="timed latency runs per model (>= 30)")
     ap.add_argument("--warmup", type=int, default=20)
@@ -86,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=BENCH / ".cache" / "qwac")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "qwac.json")
     ap.add_argument("--job-timeout", type=int, default=7200)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the result of a job that already finished in --work (e.g. after a crash)")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tool", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--max-drop", type=float, default=None, help=argparse.SUPPRESS)
@@ -140,6 +145,9 @@ def job_quantize(args) -> dict:
     qwac_model, task = _task(args)
     model = onnx.load(str(task["model"]))
     inputs = task["inputs"]
+    counts = Path(args.json).with_suffix(".validations")
+    counts.unlink(missing_ok=True)
+    accuracy = counted_validation(qwac_model.accuracy, str(counts))
     mt = args.model_type
     start = time.perf_counter()
     if args.tool == "nncf":
@@ -150,7 +158,7 @@ def job_quantize(args) -> dict:
             q = nncf.quantize(model, cal, **kw)
         else:
             q = nncf.quantize_with_accuracy_control(
-                model, cal, nncf.Dataset(task["validation"]), qwac_model.accuracy, max_drop=args.max_drop,
+                model, cal, nncf.Dataset(task["validation"]), accuracy, max_drop=args.max_drop,
                 drop_type=nncf.DropType.ABSOLUTE, **kw)
     else:
         kw = dict(subset_size=300, model_type=mt, preset=args.preset)
@@ -158,14 +166,31 @@ def job_quantize(args) -> dict:
             q = rayq.quantize(model, task["calibration"], num_workers=1, cache=False, **kw)
         else:
             q = rayq.quantize_with_accuracy_control(
-                model, task["calibration"], task["validation"], qwac_model.accuracy, max_drop=args.max_drop,
+                model, task["calibration"], task["validation"], accuracy, max_drop=args.max_drop,
                 drop_type="absolute", num_workers=args.workers, **kw)
     wall = time.perf_counter() - start
     out = Path(args.models)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(q, str(out))
+    sizes = [int(x) for x in counts.read_text().split()] if counts.exists() else []
     return {"tool": args.tool, "job": args.job, "max_drop": args.max_drop, "wall_s": wall, "import_s": import_s,
-            "model": str(out), "rayq_cache_dir": os.environ.get("RAYQ_CACHE_DIR")}
+            "model": str(out), "rayq_cache_dir": os.environ.get("RAYQ_CACHE_DIR"),
+            "validation_calls": len(sizes), "validation_items": sum(sizes),
+            "full_validations": sum(n == len(task["validation"]) for n in sizes)}
+
+
+def counted_validation(fn, path: str):
+    """``fn`` that appends the number of items of every call to ``path`` (one line per
+    call; works in Ray workers and NNCF's ranking workers alike)."""
+
+    def validate(model, data):
+        items = list(data)
+        out = fn(model, items)
+        with open(path, "a") as f:
+            f.write(f"{len(items)}\n")
+        return out
+
+    return validate
 
 
 def _walk_to_dq(name: str, producers: dict, depth: int = 0) -> bool:
@@ -275,6 +300,9 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
     logs.mkdir(parents=True, exist_ok=True)
     result_path = args.work / "jobs" / f"{name}.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and result_path.exists():
+        print(f"  {name}: reusing {result_path}", flush=True)
+        return {"log": str(logs / f"{name}.log"), "reused": True, **json.loads(result_path.read_text())}
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--job", job, "--arch", args.arch, "--work",
            str(args.work), "--json", str(result_path), "--threads", str(args.threads), "--runs", str(args.runs),
@@ -300,7 +328,9 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
         tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-30:]
         print(f"  FAILED ({proc.returncode}) {name}: see {logs / f'{name}.log'}", flush=True)
         return {"error": f"exit code {proc.returncode}", "log_tail": tail, **meta}
-    return {**json.loads(result_path.read_text()), **meta}
+    result = {**json.loads(result_path.read_text()), **meta}
+    result_path.write_text(json.dumps(result, indent=2))       # with its process time and load, for --resume
+    return result
 
 
 def _parse_log(path: str, tool: str) -> dict:
@@ -367,6 +397,14 @@ def _lat(v: dict, key: str = "latency_ms") -> str:
     return f"{v[key]:.2f}" + (f" ({iqr:.2f})" if iqr is not None else "")
 
 
+WALL_TARGET = 0.4
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def report(res: dict) -> str:
     """Markdown tables and the targets (stored in ``res["targets"]``)."""
     meas = res.get("measure", {})
@@ -422,28 +460,44 @@ def report(res: dict) -> str:
                              "other runs: " + ", ".join(f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / "
                                                         f"{x['fp32_ops']} FP32" for x in others))
             walls = ", ".join(f"{w:.0f}" for w in q.get("wall_s_all", [q["wall_s"]]))
-            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s']:.1f} | {mm['top1']:.4f} | "
+            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | {mm['top1']:.4f} | "
                          f"{100 * drop:.2f} | {_pf(all(oks))} | {_lat(mm)} | {_lat(mm, 'ov_latency_ms')} | "
                          f"{mm['fp32_ops']}/{mm['quantizable_ops']} | {info.get('reported_fp32_ops', '?')} | "
                          f"{'; '.join(notes)} |")
-            row[t] = {"ok": all(oks), "wall": q["wall_s"], "lat": mm["latency_ms"], "ov": mm.get("ov_latency_ms")}
+            oks_ov = [x.get("ov_latency_ms") for x in models if x]
+            row[t] = {"ok": all(oks), "wall": q["wall_s"], "lat": mm["latency_ms"], "ov": mm.get("ov_latency_ms"),
+                      "walls": [x.get("wall_s") for x in runs], "ovs": oks_ov,
+                      "lats": [x.get("latency_ms") for x in models if x],
+                      "calls": _median([x.get("validation_calls") for x in runs]),
+                      "items": _median([x.get("validation_items") for x in runs]),
+                      "full": _median([x.get("full_validations") for x in runs])}
         n, r = row.get("nncf"), row.get("rayq")
         both = (n["ok"] and r["ok"]) if n and r else None
-        speed = (r["wall"] / n["wall"]) if n and r else None
-        lat = (r["lat"] / n["lat"]) if n and r else None
-        ovr = (r["ov"] / n["ov"]) if n and r and n["ov"] and r["ov"] else None
-        targets.append({"max_drop": b, "both_within_budget": _pf(both), "wall_ratio": speed,
-                        "wall_target": _pf(speed <= 0.5 if speed is not None else None),
+        pair = [a / b for a, b in zip(r["walls"], n["walls"]) if a and b] if n and r else []
+        speed = statistics.median(pair) if pair else None
+        lat = _median([a / b for a, b in zip(r["lats"], n["lats"]) if a and b]) if n and r else None
+        ovr = _median([a / b for a, b in zip(r["ovs"], n["ovs"]) if a and b]) if n and r else None
+        targets.append({"max_drop": b, "pairs": len(pair), "both_within_budget": _pf(both), "wall_ratio": speed,
+                        "wall_ratios": pair, "wall_target": _pf(speed <= WALL_TARGET if speed is not None else None),
                         "latency_ratio": lat, "latency_target": _pf(lat <= 1.0 if lat is not None else None),
-                        "openvino_latency_ratio": ovr})
-    lines += ["", "| max_drop | both within budget | rayq/NNCF wall time (target <= 0.5) | "
-              "rayq/NNCF latency, ONNX Runtime (target <= 1.0) | same, OpenVINO (information) |",
-              "| ---: | --- | --- | --- | --- |"]
+                        "openvino_latency_ratio": ovr,
+                        "openvino_target": _pf(ovr <= 1.0 if ovr is not None else None),
+                        "validations": {t: {k: row[t][k] for k in ("calls", "items", "full")} if row.get(t) else None
+                                        for t in TOOLS}})
+    lines += ["", (f"| max_drop | pairs | both within budget | rayq/NNCF wall time, median of pairs (target <= "
+                   f"{WALL_TARGET}) | validation calls / items / full, NNCF | same, rayq | rayq/NNCF latency ORT "
+                   "(target <= 1.0) | same, OpenVINO (target <= 1.0) |"),
+              "| ---: | ---: | --- | --- | --- | --- | --- | --- |"]
     for t in targets:
-        w = f"{t['wall_ratio']:.2f}x {t['wall_target']}" if t["wall_ratio"] is not None else "n/a"
+        w = (f"{t['wall_ratio']:.2f}x {t['wall_target']} ({', '.join(f'{x:.2f}' for x in t['wall_ratios'])})"
+             if t["wall_ratio"] is not None else "n/a")
         lt = f"{t['latency_ratio']:.2f}x {t['latency_target']}" if t["latency_ratio"] is not None else "n/a"
-        o = f"{t['openvino_latency_ratio']:.2f}x" if t["openvino_latency_ratio"] is not None else "n/a"
-        lines.append(f"| {t['max_drop']:g} | {t['both_within_budget']} | {w} | {lt} | {o} |")
+        o = (f"{t['openvino_latency_ratio']:.2f}x {t['openvino_target']}"
+             if t["openvino_latency_ratio"] is not None else "n/a")
+        v = {k: (f"{x['calls']:g} / {x['items']:g} / {x['full']:g}" if x and x["calls"] is not None else "n/a")
+             for k, x in t["validations"].items()}
+        lines.append(f"| {t['max_drop']:g} | {t['pairs']} | {t['both_within_budget']} | {w} | {v['nncf']} | "
+                     f"{v['rayq']} | {lt} | {o} |")
     res["targets"] = targets
     return "\n".join(lines)
 
@@ -490,14 +544,15 @@ def main(argv=None) -> int:
                         r["log_info"] = _parse_log(r["log"], tool)
                     runs[tool].append(r)
                     print(f"  qwac max_drop={b:g} {tool} run {rep + 1}/{args.repeats}: "
-                          + (f"{r['wall_s']:.1f}s (process {r['process_s']:.1f}s, load {r['load1_before']:.1f}->"
-                             f"{r['load1_after']:.1f})" if "wall_s" in r else "FAILED"), flush=True)
+                          + (f"{r['wall_s']:.1f}s (process {r.get('process_s', math.nan):.1f}s, load "
+                             f"{r.get('load1_before', math.nan):.1f}->{r.get('load1_after', math.nan):.1f})"
+                             if "wall_s" in r else "FAILED"), flush=True)
             for tool, rs in runs.items():
                 ok = [r for r in rs if "wall_s" in r]
                 summary = dict(ok[0]) if ok else dict(rs[0])
                 if ok:
                     summary["wall_s"] = statistics.median(r["wall_s"] for r in ok)
-                    summary["process_s"] = statistics.median(r["process_s"] for r in ok)
+                    summary["process_s"] = _median([r.get("process_s") for r in ok])
                     summary["wall_s_all"] = [r["wall_s"] for r in ok]
                 summary["runs"] = rs
                 res["qwac"].setdefault(f"{b:g}", {})[tool] = summary

@@ -1,4 +1,5 @@
-"""Early stopping of hopeless candidates: validate in chunks, stop when the drop is sure to be too large.
+"""Early stopping of hopeless candidates: validate in chunks, stop when the drop is sure
+to be too large; skip a candidate that cannot beat the incumbents (:func:`cannot_beat`).
 
 A candidate is validated on growing prefixes of one fixed, seeded permutation of the
 validation items (by default 25 %, 50 %, then 100 %). After each chunk but the last,
@@ -163,4 +164,26 @@ class EarlyStop:
         return self.drop_lower_bound(seen, int8_values) > self.max_drop + 1e-12
 
 
-__all__ = ["CHUNKS", "CONFIDENCE", "MIN_ITEMS", "EarlyStop", "chunkable", "mean_lower_bound", "t_quantile"]
+#: Costs closer than this count as equal (an incumbent must be strictly cheaper).
+COST_TOL = 1e-12
+
+
+def cannot_beat(cost: float, incumbent_costs: Sequence[float], needed: int) -> bool:
+    """Whether a candidate of deterministic ``cost`` (:mod:`rayq.core.cost`) is beaten
+    before it is validated: at least ``needed`` feasible incumbents are strictly cheaper.
+
+    A search that chooses among its ``needed`` cheapest feasible plans (its finalists)
+    can never choose such a candidate, whatever its accuracy, so validating it is
+    wasted work. ``needed < 1`` never stops anything.
+
+    Example:
+        >>> cannot_beat(0.3, [0.1, 0.2, 0.3], 2), cannot_beat(0.3, [0.1, 0.3], 2)
+        (True, False)
+    """
+    if needed < 1:
+        return False
+    return sum(c < cost - COST_TOL for c in incumbent_costs) >= needed
+
+
+__all__ = ["CHUNKS", "CONFIDENCE", "COST_TOL", "MIN_ITEMS", "EarlyStop", "cannot_beat", "chunkable",
+           "mean_lower_bound", "t_quantile"]

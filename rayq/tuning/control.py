@@ -29,10 +29,10 @@ import optuna
 
 from rayq.core.accuracy import compute_drop, within_budget
 from rayq.core.cost import fp32_fraction
-from rayq.core.early import EarlyStop, chunkable
+from rayq.core.early import EarlyStop, cannot_beat, chunkable
 from rayq.core.fallback import bisect_k, rank_groups, topk_candidates
 from rayq.core.plan import QuantPlan
-from rayq.core.speed import ratio_interval
+from rayq.core.speed import Interval, ratio_interval
 from rayq.errors import SearchError
 from rayq.tuning import selection
 from rayq.tuning.driver import SearchDriver, open_storage
@@ -91,6 +91,7 @@ class PoolEvaluator:
     def __init__(self, pool: Pool, fp32_metric: float, drop_type: str, stop: EarlyStop | None = None) -> None:
         self.pool, self.fp32, self.drop_type, self.stop = pool, fp32_metric, drop_type, stop
         self.evaluated = 0
+        self.per_item: dict[str, Any] = {}  # plan key -> per-item values of a whole validation
 
     def evaluate(self, plans: Sequence[QuantPlan]) -> list[EvalResult]:
         if self.stop is None:
@@ -98,6 +99,8 @@ class PoolEvaluator:
         else:
             metrics = self.pool.map_metric(list(plans), None, stop=self.stop)
         ok = [i for i, m in enumerate(metrics) if m.error is None and not getattr(m, "early_stopped", False)]
+        self.per_item.update((plans[i].key(), metrics[i].per_item) for i in ok
+                             if getattr(metrics[i], "per_item", None) is not None)
         fp32, latencies = None, {}
         if ok:
             fp32, *measured = self.pool.compare_latency([None, *(plans[i] for i in ok)])
@@ -141,9 +144,8 @@ def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], subset: list[i
     """Harm of each fallback group: how much reverting it alone recovers."""
     plans = [base.with_fallback([op]) for op in ops]
     if use_metric:
-        ref = pool.map_metric([base], subset)[0]
+        ref, *results = pool.map_metric([base, *plans], subset)  # one map: no worker idles on the reference
         if ref.error is None:
-            results = pool.map_metric(plans, subset)
             return {op: (r.value - ref.value) if r.error is None else -math.inf for op, r in zip(ops, results)}
         log.warning("ranking by output error: the base plan's validation failed (%s)", ref.error)
     ref_err = pool.map_output_error([base])[0]
@@ -173,6 +175,7 @@ class AccuracyControl:
         self.ranking: list[str] = []
         self.scores: dict[str, float] = {}  # the ranking's per-group scores (rayq.tuning.sensitivity)
         self.basis: str | None = None
+        self.base_items: dict[str, Any] = {}  # per-item values of whole validations (PoolEvaluator.per_item)
 
     def _cap(self, n_trials: int) -> int:
         return n_trials if self.s.n_trials is None else min(n_trials, self.s.n_trials)
@@ -184,7 +187,61 @@ class AccuracyControl:
         return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=self._cap(n_trials),
                             timeout=self.s.timeout, generation_size=self.s.generation_size, seed=self.s.seed,
                             storage=self.storage, study_name=self.s.study_name, sampler=self.s.sampler,
-                            on_trial=self.on_trial, cost=lambda p: fp32_fraction(p.fallback, self.shares))
+                            on_trial=self.on_trial, cost=self._cost, screen=self.screen)
+
+    def _cost(self, plan: QuantPlan) -> float:
+        return fp32_fraction(plan.fallback, self.shares)
+
+    def _needed(self) -> int:
+        """How many strictly cheaper feasible incumbents make a candidate unable to win
+        (0: never skip). The answer is one of the ``finalists`` cheapest feasible plans,
+        so that many suffice without exploration. With TPE exploring, also TPE's "below"
+        share of the trials (Optuna's default gamma: 10 % of the trials, at most 25): with
+        that many feasible trials cheaper than it, a trial falls in TPE's "above" set
+        whatever it scored, so skipping it cannot move the sampler. NSGA-II's selection
+        has no such bound: no skipping there."""
+        if not self.s.early_stop:
+            return 0
+        if not self.s.explore:
+            return self.s.finalists
+        if self.s.sampler != "tpe" or self.s.n_trials is None:
+            return 0
+        return max(self.s.finalists, min(math.ceil(0.1 * self.s.n_trials), 25))
+
+    def screen(self, plans: Sequence[QuantPlan], earlier: Sequence[TrialRecord]) -> list[EvalResult | None]:
+        """The driver's screen (:class:`~rayq.tuning.driver.SearchDriver`): a plan that
+        cannot beat the incumbents (:func:`rayq.core.early.cannot_beat` over the
+        earlier trials' feasible INT8 graphs) is not validated at all: its result is
+        ``early_stopped`` with every validation item saved and no metric. It can never
+        be the answer (the finalists are cheaper; if no finalist is faster than FP32 the
+        skipped trials are validated before the most accurate is chosen, :meth:`_final`),
+        and its fate reaches neither the sampler (:meth:`_needed`) nor the bisection
+        (:meth:`_bisection_safe`), so the search takes the same path without skipping."""
+        needed = self._needed()
+        if not needed or not plans:
+            return [None] * len(plans)
+        incumbents = selection.finalists(earlier, ops=self.ops, base=self.base, shares=self.shares,
+                                         size=len(earlier))
+        costs = [self._cost(r.plan) for r in incumbents]
+        items = len(self.fp32.per_item) if self.fp32 is not None and self.fp32.per_item is not None else 0
+        out: list[EvalResult | None] = []
+        for p in plans:
+            skip = cannot_beat(self._cost(p), costs, needed) and self._bisection_safe(p, earlier)
+            out.append(EvalResult(p.key(), None, None, None, None, "ok", early_stopped=True, items_saved=items)
+                       if skip else None)
+        if any(out):
+            log.info("%d of %d candidate(s) not validated: %d feasible trial(s) are cheaper already",
+                     sum(r is not None for r in out), len(plans), len(incumbents))
+        return out
+
+    def _bisection_safe(self, plan: QuantPlan, earlier: Sequence[TrialRecord]) -> bool:
+        """A top-k plan of the base preset may be skipped only once a smaller top-k met the
+        budget: the bisection (:meth:`_feasible_by_k`) reads the smallest feasible k and
+        the infeasible ones below it, never a larger k."""
+        k = len(plan.fallback)
+        if plan.preset != self.base.preset or not self.ranking or sorted(self.ranking[:k]) != sorted(plan.fallback):
+            return True
+        return any(j < k and ok for j, ok in self._feasible_by_k(earlier).items())
 
     def fp32_metric(self):
         m = self.pool.map_metric([None])[0]
@@ -215,7 +272,9 @@ class AccuracyControl:
         if stored is not None:
             log.info("using the fallback ranking stored in study %r", self.s.study_name)
             return stored
-        int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
+        int8_per_item = self.base_items.get(self.base.key())  # from the base trial, when this run validated it
+        if int8_per_item is None:
+            int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
         subset = ranking_subset(self.fp32.per_item, int8_per_item, self.s.ranking_subset)
         use_metric = subset is not None
         log.info("ranking %d fallback groups on %s", len(self.ops),
@@ -244,6 +303,7 @@ class AccuracyControl:
         if self.fp32 is None:
             self.fp32_metric()
         evaluator = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type)
+        self.base_items = evaluator.per_item
         self.ranking = self._stored_ranking() or []
         space = replace(self.space0, ranking=tuple(self.ranking or self.ops))
         presets = [replace(self.base, preset=p) for p in (space.presets or (self.base.preset,))]
@@ -271,6 +331,8 @@ class AccuracyControl:
         choice = self._choose(records)
         if choice.status == "budget not met" and any(r.early_stopped and r.validation_items_saved for r in records):
             choice = self._choose(self._completed(records))
+        elif choice.status == "no_speedup" and any(r.early_stopped and r.metric is None for r in records):
+            choice = self._most_accurate_completed(choice)
         self.choice = choice
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
@@ -286,7 +348,19 @@ class AccuracyControl:
                                 shares=self.shares, max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
                                 size=self.s.finalists)
 
-    def _completed(self, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    def _most_accurate_completed(self, choice: selection.Choice) -> selection.Choice:
+        """No finalist beats FP32, so the answer is the most accurate feasible trial: the
+        trials skipped as unable to beat the incumbents (:meth:`screen`) are validated
+        whole first, as a search without skipping would have."""
+        records = self._completed(choice.records, skipped_only=True)
+        best = selection.most_accurate([r for r in records if r.feasible], self.ops, self.base) or choice.record
+        if best.number == choice.record.number:
+            return replace(choice, records=tuple(records))
+        iv = None if best.speedup is None else Interval(best.speedup, best.speedup_low or math.nan,
+                                                         best.speedup_high or math.nan, 0)
+        return replace(choice, record=best, records=tuple(records), speedup=iv)
+
+    def _completed(self, records: Sequence[TrialRecord], skipped_only: bool = False) -> list[TrialRecord]:
         """``records`` with the early-stopped trials validated whole and timed (one batch).
 
         Used when no trial met the budget: the answer is then the most accurate trial,
@@ -294,8 +368,10 @@ class AccuracyControl:
         answer is the one a search without early stopping gives. The study keeps their
         partial records; the returned records (and the trials table) hold the full ones,
         still marked ``early_stopped`` but with ``validation_items_saved=0``.
+        ``skipped_only``: only the trials :meth:`screen` skipped (no metric).
         """
-        stopped = [r for r in records if r.early_stopped and r.validation_items_saved]
+        stopped = [r for r in records if r.early_stopped and (r.metric is None if skipped_only
+                                                              else r.validation_items_saved or r.metric is None)]
         results = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan for r in stopped])
         done = {}
         for r, full in zip(stopped, results):
@@ -307,7 +383,7 @@ class AccuracyControl:
                 latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms, speedup_est=est,
                 speedup_low=low, speedup_high=high, validation_items_saved=0,
                 feasible=within_budget(full.drop, self.s.max_drop), eval_seconds=r.eval_seconds + full.eval_seconds)
-        log.info("no trial met the budget: validated the %d early-stopped trial(s) whole", len(done))
+        log.info("validated the %d early-stopped trial(s) whole for the answer", len(done))
         return [done.get(r.number, r) for r in records]
 
     def _seeded(self, space: SearchSpace, evaluator, records, plans: list[QuantPlan]):

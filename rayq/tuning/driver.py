@@ -106,6 +106,11 @@ class SearchDriver:
         on_trial: Called with each :class:`TrialRecord` after its generation is told.
         cost: ``plan -> float``, the objective the sampler minimises (default: the
             share of ``space.ranking`` kept in FP32).
+        screen: ``(plans, earlier) -> [EvalResult | None, ...]``: decides, before a
+            generation is evaluated, which of its new plans need no evaluation (a
+            result in their place, e.g. ``early_stopped`` because they cannot beat
+            the incumbents); ``earlier`` are the study's counted trials numbered
+            before the generation, so the decision is the same on resume.
 
     Example:
         >>> SearchDriver(SearchSpace(), QuantPlan(), None, max_drop=0.01, n_trials=1).study_name
@@ -128,6 +133,7 @@ class SearchDriver:
         sampler: str = "tpe",
         on_trial: Callable[[TrialRecord], None] | None = None,
         cost: Callable[[QuantPlan], float] | None = None,
+        screen: Callable[[Sequence[QuantPlan], Sequence[TrialRecord]], Sequence[EvalResult | None]] | None = None,
     ) -> None:
         within_budget(0.0, max_drop)  # validates max_drop
         if n_trials < 0 or generation_size < 1:
@@ -142,6 +148,7 @@ class SearchDriver:
         self.study_name = study_name or DEFAULT_STUDY_NAME
         self.on_trial = on_trial
         self.cost = cost or (lambda plan: fp32_fraction(plan.fallback, dict.fromkeys(space.ranking, 1.0)))
+        self.screen = screen
         self._storage = open_storage(storage)
 
     def run(self, seeds: Sequence[QuantPlan] = ()) -> DriverOutcome:
@@ -291,7 +298,7 @@ class SearchDriver:
                     trials[-1].set_user_attr("generation", tag)
                 plans.append(self._suggest(trials[-1]))
             fresh = list({p.key(): p for p in plans if p.key() not in cache}.values())
-            results = self._evaluate(fresh)
+            results = self._evaluate(fresh, lambda: self._before(study, tag[0]))
         except BaseException:
             # The trials stay RUNNING: re-running the search takes them over and tells them.
             logger.warning("search stopped with trial(s) %s of study %r in flight; re-run it to finish them",
@@ -318,12 +325,21 @@ class SearchDriver:
             trial.set_user_attr("source", "sampler")
         return plan
 
-    def _evaluate(self, plans: list[QuantPlan]) -> dict[str, dict]:
+    def _before(self, study: optuna.Study, number: int) -> list[TrialRecord]:
+        """The counted trials numbered below ``number``, by number."""
+        trials = sorted(study.get_trials(deepcopy=False, states=_DONE), key=lambda t: t.number)
+        return [r for t in trials if t.number < number and (r := self._record(t))]
+
+    def _evaluate(self, plans: list[QuantPlan], earlier: Callable[[], list[TrialRecord]]) -> dict[str, dict]:
         if not plans:
             return {}
-        results = list(self.evaluator.evaluate(plans))
-        if len(results) != len(plans):
-            raise SearchError(f"the evaluator returned {len(results)} result(s) for {len(plans)} plan(s)")
+        screened = list(self.screen(plans, earlier())) if self.screen is not None else [None] * len(plans)
+        todo = [p for p, r in zip(plans, screened) if r is None]
+        evaluated = list(self.evaluator.evaluate(todo)) if todo else []
+        if len(evaluated) != len(todo):
+            raise SearchError(f"the evaluator returned {len(evaluated)} result(s) for {len(todo)} plan(s)")
+        done = iter(evaluated)
+        results = [r if r is not None else next(done) for r in screened]
         out = {}
         for plan, result in zip(plans, results):
             if result.plan_key != plan.key():
@@ -338,8 +354,9 @@ class SearchDriver:
 
         status, error = r.status, r.error
         if status == "ok":
-            needed = (("metric", r.metric), ("drop", r.drop)) + (() if r.early_stopped else
-                                                                 (("latency_ms", r.latency_ms),))
+            needed = (() if r.early_stopped and r.metric is None else  # skipped: nothing measured
+                      (("metric", r.metric), ("drop", r.drop))) + (() if r.early_stopped else
+                                                                  (("latency_ms", r.latency_ms),))
             bad = [n for n, v in needed if finite(v) is None]
             if bad:
                 status, error = "failed", f"the evaluation returned no finite {', '.join(bad)}"
@@ -355,7 +372,9 @@ class SearchDriver:
         if status == "ok":
             drop = attrs["drop"]
             feasible = within_budget(drop, self.max_drop) and not r.early_stopped
-            attrs["constraint"] = 0.0 if feasible else max(drop - self.max_drop, 1e-12)
+            # a skipped trial (no drop) is told as not known to be feasible; it cannot move the
+            # sampler either way (rayq.tuning.control.AccuracyControl.screen)
+            attrs["constraint"] = 0.0 if feasible else 1e-12 if drop is None else max(drop - self.max_drop, 1e-12)
         return attrs
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, attrs: dict, reused: bool) -> TrialRecord:

@@ -19,7 +19,10 @@ Rules, in order:
    running a finalist's graph take its runoff timing (marked ``remeasured``).
 4. **Faster means significantly faster.** The finalists and FP32 are timed in
    interleaved rounds on one worker; rounds are added (whole calls of
-   ``measure``) until the decision is clear or :data:`RUNOFF_SECONDS` pass. A
+   ``measure``) until the decision is clear, until no open comparison can be
+   decided within what is left of the caps (:func:`futile`: an interval narrows as
+   1/sqrt(rounds), so the rounds it needs are projected from its width), or until
+   :data:`RUNOFF_SECONDS` / :data:`RUNOFF_CALLS` are spent. A
    finalist qualifies only when its speed-up over FP32 is significant
    (:class:`rayq.core.speed.Interval`: the 95 % interval lies above ``1 + margin``).
    Among the qualified, one is beaten only by a significantly faster one.
@@ -174,6 +177,48 @@ def decide(rounds: Rounds, entrants: Sequence[TrialRecord], base: QuantPlan,
     return Verdict(winner, vs, clear)
 
 
+def rounds_needed(iv: Interval, margin: float = SPEEDUP_MARGIN) -> float:
+    """Rounds after which ``iv`` would be decided (:meth:`Interval.decided`) if its
+    estimate and spread stayed as they are: the half-width of the log interval shrinks
+    as ``1/sqrt(rounds)`` and has to fall below the distance from the estimate to the
+    nearest edge of the tie band. ``inf`` on the edge itself or with one round.
+
+    Example:
+        >>> rounds_needed(Interval(1.2, 1.0, 1.44, 4))  # half-width 0.18 in logs, distance 0.15
+        6.0
+    """
+    if iv.rounds < 2 or not (iv.low > 0 and math.isfinite(iv.high)):
+        return math.inf
+    mu, half, edge = math.log(iv.estimate), (math.log(iv.high) - math.log(iv.low)) / 2, math.log1p(margin)
+    distance = abs(abs(mu) - edge)
+    if half <= distance:
+        return float(iv.rounds)
+    return math.inf if distance <= 1e-9 else float(math.ceil(iv.rounds * (half / distance) ** 2 - 1e-9))
+
+
+def open_pairs(rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord],
+               margin: float = SPEEDUP_MARGIN) -> list[list[Interval]]:
+    """The comparisons that keep ``verdict`` from being clear: for each, the intervals of
+    which any one, once decided, settles it (see :func:`decide`)."""
+    edge = 1.0 + margin
+    vs = verdict.vs_fp32
+    if verdict.winner is None:
+        return [[vs[r.number]] for r in entrants if vs[r.number].high > edge]
+    w = verdict.winner.number
+    return [[rounds.interval(w, d.number), vs[d.number]] for d in entrants
+            if d.number != w and not rounds.interval(w, d.number).decided(margin) and vs[d.number].high > edge]
+
+
+def futile(rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord], margin: float,
+           rounds_left: float) -> bool:
+    """True when no open comparison (:func:`open_pairs`) is projected to be decided
+    within ``rounds_left`` more rounds (:func:`rounds_needed`): more rounds would be
+    spent for a verdict that the tie-break gives anyway."""
+    pairs = open_pairs(rounds, verdict, entrants, margin)
+    return bool(pairs) and all(min(rounds_needed(iv, margin) - iv.rounds for iv in pair) > rounds_left
+                               for pair in pairs)
+
+
 def _pruned(rounds: Rounds, active: list[TrialRecord], margin: float) -> list[TrialRecord]:
     """Drop finalists significantly slower than another one still timed."""
     return [r for r in active
@@ -254,7 +299,13 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
         rounds.add([None, *(r.number for r in active)], lats)
         calls += 1
         verdict = decide(rounds, entrants, base, margin)
-        if verdict.clear or calls >= max_calls or time.monotonic() - started >= max_seconds:
+        elapsed = time.monotonic() - started
+        if verdict.clear or calls >= max_calls or elapsed >= max_seconds:
+            break
+        per_round = elapsed / len(rounds.rows)
+        left = min((max_calls - calls) * len(rounds.rows) / calls,
+                   (max_seconds - elapsed) / per_round if per_round > 0 else math.inf)
+        if futile(rounds, verdict, entrants, margin, left):
             break
         active = _pruned(rounds, active, margin)
     retimed = {r.number: _retimed(r, rounds, verdict.vs_fp32[r.number]) for r in entrants}
@@ -268,7 +319,7 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
     out = Choice(chosen, status, speedup, tuple(retimed.values()), all_records, len(rounds.rows),
                  time.monotonic() - started, verdict.clear, rounds.median(None), settings, margin)
     log.info("runoff: %d rounds in %.1f s (%s): %s", out.rounds, out.seconds,
-             "clear" if out.clear else "time cap: undecided pairs tie",
+             "clear" if out.clear else "undecided within the caps: those pairs tie",
              "; ".join(f"trial {n} {iv.text()}" for n, iv in verdict.vs_fp32.items()))
     return out
 
@@ -297,4 +348,5 @@ def _interval_of(r: TrialRecord) -> Interval | None:
 
 
 __all__ = ["FINALISTS", "RUNOFF_SECONDS", "STATUSES", "Choice", "Rounds", "Verdict", "choose", "decide",
-           "finalists", "is_int8", "most_accurate", "provisional", "speed_key", "tie_key"]
+           "finalists", "futile", "is_int8", "most_accurate", "open_pairs", "provisional", "rounds_needed",
+           "speed_key", "tie_key"]

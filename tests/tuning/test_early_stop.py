@@ -110,3 +110,40 @@ def test_a_rerun_reads_the_early_stops_back_from_the_study(task, short_runoff, t
         optuna.storages.journal.JournalFileBackend(journal)))
     assert len(study.trials) == 12
     assert sum(bool(t.user_attrs.get("validation_items_saved")) for t in study.trials) >= 2
+
+
+def true_class_probability_items(model, data):
+    """The digits metric that INT8 noise moves (tests/e2e/digits_metric.py), with per-item values."""
+    images = np.stack([np.asarray(item["input"], np.float32) for item in data])
+    labels = np.array([int(item["label"]) for item in data])
+    logits = np.asarray(model(images)[0], np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    per_item = probs[np.arange(len(labels)), labels]
+    return float(per_item.mean()), per_item
+
+
+@pytest.mark.slow
+def test_candidates_that_cannot_beat_the_incumbent_are_skipped_and_the_answer_is_unchanged(short_runoff):
+    """The digits CNN at max_drop 0.0002 (``quantize_with_accuracy_control``'s search: one
+    finalist): once a small top-k meets the budget, the larger top-k candidates of the
+    next generation are not validated; same trials, same answer as without skipping."""
+    from pathlib import Path
+
+    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    runs = [rayq.search(str(digits / "digits_cnn.onnx"), str(digits / "calibration.npz"),
+                        str(digits / "validation.npz"), true_class_probability_items, max_drop=0.0002,
+                        num_workers=1, n_trials=None, explore=False, finalists=1, early_stop=es, subset_size=64)
+            for es in (True, False)]
+    skipping, whole = runs
+    assert skipping.plan.key() == whole.plan.key() and skipping.status == whole.status
+    f, g = skipping.trials, whole.trials
+    assert f["plan_key"].tolist() == g["plan_key"].tolist()
+    cheaper_feasible = g[g["feasible"] & g["int8"]]["cost"].min()
+    skipped = f[f["early_stopped"] & (f["cost"] > cheaper_feasible)]
+    assert len(skipped) >= 1
+    if skipping.status == "met":  # not validated: no metric, every item saved; never the answer
+        assert skipped["metric"].isna().all() and (skipped["validation_items_saved"] == 400).all()
+        assert not skipped["chosen"].any()
+    else:  # no_speedup (e.g. on a loaded machine): validated whole before the most accurate was chosen
+        assert skipped["metric"].notna().all() and (skipped["validation_items_saved"] == 0).all()

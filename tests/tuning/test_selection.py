@@ -127,13 +127,30 @@ def test_runoff_adds_rounds_until_clear_and_stops_at_the_caps():
     clear = FakeTimer({None: 2.0, (): 1.0})
     assert selection.choose(records, clear, ops=OPS, base=BASE).rounds == 5 and len(clear.calls) == 1
     borderline = FakeTimer({None: 1.0, (): 1.0}, noise=0.1)  # too noisy to call either way
-    choice = selection.choose(records, borderline, ops=OPS, base=BASE, max_calls=4, max_seconds=60)
-    assert len(borderline.calls) == 4 and choice.rounds == 20 and not choice.clear
+    choice = selection.choose(records, borderline, ops=OPS, base=BASE, max_calls=40, max_seconds=60)
+    assert len(borderline.calls) <= 40 and choice.rounds == 5 * len(borderline.calls) and not choice.clear
+    # with fewer calls left than the projection needs, the runoff stops at once: a tie
+    short = FakeTimer({None: 1.0, (): 1.0}, noise=0.1)
+    choice = selection.choose(records, short, ops=OPS, base=BASE, max_calls=4, max_seconds=60)
+    assert len(short.calls) == 1 and choice.rounds == 5 and not choice.clear
+    # a comparison within reach gets its rounds and ends decided
+    near = FakeTimer({None: 1.08, (): 1.0}, noise=0.05, seed=3)
+    choice = selection.choose(records, near, ops=OPS, base=BASE, max_calls=12, max_seconds=60)
+    assert 1 < len(near.calls) < 12 and choice.clear and choice.status == "met"
     slow = FakeTimer({None: 1.03, (): 1.0}, noise=0.03)
     start = time.monotonic()
     selection.choose(records, lambda plans: (time.sleep(0.05), slow(plans))[1], ops=OPS, base=BASE,
                      max_seconds=0.12)
     assert len(slow.calls) <= 4 and time.monotonic() - start < 2.0
+
+
+def test_rounds_needed_projects_the_narrowing_interval():
+    assert selection.rounds_needed(Interval(1.5, 1.4, 1.6, 5)) == 5  # decided already
+    assert selection.rounds_needed(Interval(1.2, 1.0, 1.44, 4)) == 6
+    assert selection.rounds_needed(Interval(1.03, 0.9, 1.18, 9)) == math.inf  # on the band's edge
+    assert selection.rounds_needed(Interval(1.0, 0.0, math.inf, 1)) == math.inf
+    wide, narrow = Interval(1.1, 0.9, 1.34, 5), Interval(1.1, 1.0, 1.21, 5)
+    assert selection.rounds_needed(wide) > selection.rounds_needed(narrow) > 5
 
 
 def test_significantly_slower_finalists_stop_being_timed():
