@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     import ray
 
     from rayq.core.plan import QuantPlan
-    from rayq.distributed.evaluator import RayEvaluatorPool
+    from rayq.distributed.eval_pool import RayEvaluatorPool
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import collect_local
     from rayq.testing.metrics import pair_accuracy
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         if "ranking" in phases:
             t0 = time.perf_counter()
             pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
-                                    model_bytes=model_bytes, stats=stats, items=items,
+                                    model=model_bytes, stats=stats, items=items,
                                     validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
             rank = []
             try:
@@ -257,7 +257,7 @@ def _gpu_check(pool_cls, model_bytes, stats, items, fn) -> dict:
     if not gpus:
         return {"cluster_gpus": 0, "note": "no GPU in this cluster"}
     pool = pool_cls(num_workers=2, resources={"num_cpus": 1, "num_gpus": 0.5}, backend_name="onnx",
-                    model_bytes=model_bytes, stats=stats, items=items[:64], validation_fn=fn,
+                    model=model_bytes, stats=stats, items=items[:64], validation_fn=fn,
                     kwargs={"runtime": "onnxruntime", "threads": 1})
     try:
         from rayq.core.plan import QuantPlan

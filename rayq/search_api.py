@@ -311,14 +311,14 @@ def search(
 def _make_pool(session, stats, items, fn, kwargs, num_workers, worker_resources, timeout):
     workers = _resolve_workers(num_workers, 2)
     if workers == 1:
-        from rayq.distributed.evaluator import LocalEvaluatorPool
+        from rayq.pipeline.candidate import LocalEvaluatorPool
 
         return LocalEvaluatorPool(CandidateEvaluator(session.backend.name, session.model, stats, items, fn,
                                                      **kwargs), timeout=timeout)
-    from rayq.distributed.evaluator import RayEvaluatorPool
+    from rayq.distributed.eval_pool import RayEvaluatorPool
 
     return RayEvaluatorPool(num_workers=workers, resources=worker_resources, backend_name=session.backend.name,
-                            model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
+                            model=session.model, stats=stats, items=items,
                             validation_fn=fn, kwargs=kwargs, timeout=timeout)
 
 
