@@ -17,7 +17,7 @@ from rayq.backends.onnx import normalize, reader
 
 #: Initializers at least this large go to the data file; smaller ones stay inline.
 EXTERNAL_MIN_BYTES = 1024
-_ALIGN = 4096  # data offsets: page-aligned, so runtimes may map the weights
+_ALIGN = 1 << 16  # data offsets: aligned to any platform's mapping granularity, so runtimes may map them
 
 
 def save_external(proto: onnx.ModelProto, path: str, data_name: str) -> list[str]:
