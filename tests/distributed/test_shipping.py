@@ -114,3 +114,17 @@ def test_an_unreadable_shared_folder_is_a_cluster_error(ray_cluster, tmp_path):
     shipment = shipping.Shipment("onnx", "t" * 32, files=(("model.onnx", 1),), folder=str(tmp_path / "gone"))
     with pytest.raises(rayq.ClusterError, match="not readable on node"):
         shipping.receive(shipment)
+
+
+def test_distributed_never_names_a_runtime_or_a_backend():
+    """Backend specifics (providers, GPU devices, imports to warm) live behind the backend
+    protocol: ``rayq.distributed`` only passes backend names through."""
+    import pathlib
+    import re
+
+    import rayq.distributed
+
+    folder = pathlib.Path(rayq.distributed.__file__).parent
+    named = {p.name: re.findall(r"onnxruntime|openvino|\bort\b|[\"']onnx[\"']", p.read_text())
+             for p in folder.glob("*.py")}
+    assert not {k: v for k, v in named.items() if v}
