@@ -30,19 +30,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Poll(threading.Thread):
-    """Peak RSS (MB) of the Ray worker processes whose command line contains ``marker``,
-    or that descend from this process (``marker`` None)."""
+    """Peak RSS (MB) of the Ray worker processes under a raylet whose command line
+    contains ``marker``, or that descend from this process (``marker`` None)."""
 
     def __init__(self, marker: str | None) -> None:
         super().__init__(daemon=True)
         self.marker, self.peak, self.stop = marker, {}, threading.Event()
 
-    def _ours(self, proc, cmd: str) -> bool:
-        if self.marker is not None:
-            return self.marker in cmd
+    def _ours(self, proc) -> bool:
+        """A worker's own command line becomes its title (``ray::calibrate_chunk``): its
+        raylet (a parent) is the one that names the cluster."""
+        import psutil
+
         try:
-            return any(p.pid == os.getpid() for p in proc.parents())
-        except Exception:
+            parents = proc.parents()
+            if self.marker is None:
+                return any(p.pid == os.getpid() for p in parents)
+            return any(self.marker in " ".join(p.cmdline()) for p in parents)
+        except psutil.Error:
             return False
 
     def run(self) -> None:
@@ -52,7 +57,7 @@ class _Poll(threading.Thread):
             for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
                 if ("default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::")) \
-                        and self._ours(proc, cmd) and proc.info["memory_info"]:
+                        and self._ours(proc) and proc.info["memory_info"]:
                     self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), proc.info["memory_info"].rss / 2**20)
             self.stop.wait(0.05)
 
@@ -90,17 +95,17 @@ def _run(what: str, path: Path, nodes: int) -> dict:
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, __file__, "_job", what, str(path)]
     if nodes == 1:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
     else:
         sys.path.insert(0, str(ROOT))
         from tests.cluster.test_two_node_job import _start, local_head, token_env
 
         env = token_env(**{k: env[k] for k in ("PYTHONPATH", "RAYQ_CACHE_DIR")})
-        with local_head("bench-large", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, temp_dir):
+        with local_head("bench-large", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, _):
             _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                     "--disable-usage-stats"], env)
             proc = subprocess.run([*cmd, f"127.0.0.1:{gcs}", f"127.0.0.1:{gcs}"], env=env, capture_output=True, text=True,
-                                  timeout=1800)
+                                  timeout=1800, check=False)
     shutil.rmtree(env["RAYQ_CACHE_DIR"], ignore_errors=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
