@@ -74,23 +74,6 @@ def _cold_call(address: str, w: int, args, early: bool) -> float:
     return res["result"]["seconds"]
 
 
-def _evaluator_pool():
-    """rayq's Ray evaluator pool class, taking ``model_bytes=`` (it was renamed ``model=``
-    when the pool moved to ``distributed.eval_pool``)."""
-    import functools
-    import inspect
-
-    cls = harness.first_attr("rayq.distributed.eval_pool:RayEvaluatorPool",
-                             "rayq.distributed.evaluator:RayEvaluatorPool")
-    if "model_bytes" in inspect.signature(cls).parameters:
-        return cls
-
-    @functools.wraps(cls)
-    def make(*, model_bytes, **kwargs):
-        return cls(model=model_bytes, **kwargs)
-    return make
-
-
 def _problem(model_name: str, samples: int):
     """(model, input shape, description, calibration array): deterministic for a given seed."""
     from rayq.testing.models import resnet50_like, resnet_like
@@ -167,7 +150,7 @@ def main(argv=None) -> int:
 
     import rayq
     from rayq.core.plan import QuantPlan
-    RayEvaluatorPool = _evaluator_pool()
+    from rayq.distributed.eval_pool import RayEvaluatorPool
     from rayq.pipeline.build import placement_for
     from rayq.pipeline.calibrate import collect_local
     from rayq.testing.metrics import pair_accuracy
@@ -200,7 +183,7 @@ def main(argv=None) -> int:
         if "ranking" in phases:
             t0 = time.perf_counter()
             pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
-                                    model_bytes=model_bytes, stats=stats, items=items,
+                                    model=model_bytes, stats=stats, items=items,
                                     validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
             rank = []
             try:
@@ -254,7 +237,7 @@ def _gpu_check(pool_cls, model_bytes, stats, items, fn) -> dict:
     if not gpus:
         return {"cluster_gpus": 0, "note": "no GPU in this cluster"}
     pool = pool_cls(num_workers=2, resources={"num_cpus": 1, "num_gpus": 0.5}, backend_name="onnx",
-                    model_bytes=model_bytes, stats=stats, items=items[:64], validation_fn=fn,
+                    model=model_bytes, stats=stats, items=items[:64], validation_fn=fn,
                     kwargs={"runtime": "onnxruntime", "threads": 1})
     try:
         from rayq.core.plan import QuantPlan

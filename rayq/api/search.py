@@ -318,14 +318,14 @@ def _make_pool(job: PreparedSearch):
     timeout = ValidationTimeout(ex.validation_timeout)
     workers = resolve_workers(ex.num_workers, 2)
     if workers == 1:
-        from rayq.distributed.evaluator import LocalEvaluatorPool
+        from rayq.pipeline.candidate import LocalEvaluatorPool
 
         return LocalEvaluatorPool(CandidateEvaluator(session.backend.name, session.model, job.stats, job.items,
                                                      job.validation_fn, **kwargs), timeout=timeout)
-    from rayq.distributed.evaluator import RayEvaluatorPool
+    from rayq.distributed.eval_pool import RayEvaluatorPool
 
     return RayEvaluatorPool(num_workers=workers, resources=ex.worker_resources, backend_name=session.backend.name,
-                            model_bytes=session.backend.to_bytes(session.model), stats=job.stats, items=job.items,
+                            model=session.model, stats=job.stats, items=job.items,
                             validation_fn=job.validation_fn, kwargs=kwargs, timeout=timeout)
 
 

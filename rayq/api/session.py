@@ -108,7 +108,7 @@ class ModelSession:
                 from rayq.distributed.collect import collect_distributed
 
                 stats, node_ids = collect_distributed(
-                    self.backend.name, self.backend.to_bytes(self.model), self.batches, spec,
+                    self.backend.name, self.model, self.batches, spec,
                     num_workers=workers, resources=worker_resources, on_batch=bar.update)
         self.info = CalibrationInfo(False, time.perf_counter() - start, workers, node_ids, key)
         if use_cache:

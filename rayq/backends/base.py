@@ -90,3 +90,14 @@ class Backend(Protocol):
 
     def from_bytes(self, data: bytes) -> Any:
         """Inverse of :meth:`to_bytes`."""
+
+    def warm(self) -> None:
+        """Import the runtimes' modules, so a worker process started early has them."""
+
+    def gpu_device(self, runtime: str) -> str | None:
+        """The device ``runtime`` validates this backend's models on in a worker holding a
+        CUDA GPU (``"GPU"``), or None when it cannot use one there (validation stays on CPU)."""
+
+    def describe(self, runtime: str, device: str) -> dict:
+        """What runs the models on ``runtime`` and ``device``, for worker reports (e.g.
+        ONNX Runtime's execution providers); ``{}`` when nothing is worth saying."""

@@ -41,6 +41,12 @@ def get_backend(name: str) -> Backend:
     return _INSTANCES[name]
 
 
+def warm(name: str | None = None) -> None:
+    """Import backend ``name`` and its runtimes (default: the first registered backend),
+    so a worker process started ahead of its first task does not pay for it then."""
+    get_backend(name or next(iter(_FACTORIES))).warm()
+
+
 def detect(model: Any) -> Backend:
     """Find the backend that accepts ``model`` (an in-memory model or a path)."""
     for name in _FACTORIES:

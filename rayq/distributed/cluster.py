@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import sys
 import time
 from collections.abc import Iterator
 
-from rayq.errors import ClusterError, ConfigError, RayqError
+from rayq.errors import ClusterError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -211,24 +210,26 @@ def default_resources(num_workers: int) -> dict:
     return {"num_cpus": min(1.0, cluster_cpus() / num_workers)}
 
 
+def is_connected() -> bool:
+    """True when this process is connected to a Ray cluster. Does not import Ray (a
+    process that never imported it is not connected), so it costs nothing to ask.
+
+    Example:
+        >>> from rayq.distributed import cluster
+        >>> cluster.is_connected()       # doctest: +SKIP
+        False
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def shutdown() -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def task_error(exc: BaseException, what: str) -> BaseException:
-    """The error to raise for a failed Ray task: the rayq error it carries (a bad input
-    seen on a worker keeps its type and message), else a :class:`ClusterError`."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, RayqError):
-        return cause
-    missing = re.search(r"No module named '([\w.]+)'", str(exc))
-    if missing:  # e.g. a RaySystemError: the worker could not unpickle the validation function
-        return ClusterError(f"{what} failed: a Ray worker cannot import module {missing.group(1)!r}. "
-                            f"{MISSING_MODULE_HINT}")
-    return ClusterError(f"{what} failed: {exc}")
 
 
 def resource_bundle(resources: dict) -> dict:
@@ -265,16 +266,3 @@ def worker_nodes(resources: dict, what: str, timeout_s: float) -> list[str]:
             raise ClusterError(f"no node of the cluster can run {what} with {resources} (waited "
                                f"{timeout_s}s); cluster resources: {ray.cluster_resources()}")
         time.sleep(1.0)
-
-
-def next_done(pending: dict, what: str, timeout_s: float):
-    """The first of ``pending``'s object refs to finish. While none finishes for
-    ``timeout_s`` (a busy cluster), logs a warning naming the free resources and waits on."""
-    import ray
-
-    while True:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
-        if done:
-            return done[0]
-        log.warning("no %s finished in %ds; %d waiting; free resources: %s", what, timeout_s, len(pending),
-                    ray.available_resources())

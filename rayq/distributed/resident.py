@@ -7,7 +7,7 @@ first task of a call and kept here, keyed by the call's token, for that call's l
 tasks on the same process. Entries are dropped when unused for their ``idle_s``, or
 least recently used first beyond ``CAPACITY`` (concurrent searches of a sweep share
 processes, so a process may hold a few calls at once), or when a later task names
-them as ended (the driver's :func:`end`, sent along by :func:`call_with_ended`, applied
+them as ended (the driver's :func:`end`, sent along as :func:`ended`, applied
 by the worker's :func:`release`).
 
 Worker processes outlive calls, so the next call (the next model of a sweep, a
@@ -92,12 +92,12 @@ _ENDED_LOCK = threading.Lock()  # a sweep's searches end and submit from several
 
 def end(token: str) -> None:
     """Record (in the driver) that call ``token`` is over: later tasks carry it in
-    :func:`call_with_ended`, and the processes that run them drop its entry."""
+    :func:`ended`, and the processes that run them drop its entry."""
     with _ENDED_LOCK:
         _ENDED.append(token)
 
 
-def call_with_ended(call: dict) -> dict:
-    """``call`` plus ``ended``: the driver's recently ended tokens, for :func:`release`."""
+def ended() -> tuple[str, ...]:
+    """The driver's recently ended tokens, which tasks carry to workers for :func:`release`."""
     with _ENDED_LOCK:
-        return {**call, "ended": tuple(_ENDED)}
+        return tuple(_ENDED)

@@ -1,8 +1,8 @@
 """Evaluating candidate plans: build, validate, time. The state an evaluator keeps.
 
 :class:`CandidateEvaluator` is a plain class: Ray worker processes keep one
-resident per search (``rayq.distributed.evaluator``) and the in-process search
-uses it directly, so both paths run the same code.
+resident per search (:mod:`rayq.distributed.eval_pool`) and the in-process search
+uses it through :class:`LocalEvaluatorPool`, so both paths run the same code.
 """
 
 from __future__ import annotations
@@ -22,8 +22,21 @@ from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.calibrate import Batch
-from rayq.pipeline.evaluate import ValidationFailed, output_nmse, run_validation, validation_model
-from rayq.pipeline.latency import Latency, runtime_settings, summarize, time_rounds, time_runner
+from rayq.pipeline.evaluate import (
+    ValidationFailed,
+    ValidationTimeout,
+    output_nmse,
+    run_validation,
+    validation_model,
+)
+from rayq.pipeline.latency import (
+    GATE,
+    Latency,
+    runtime_settings,
+    summarize,
+    time_rounds,
+    time_runner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +234,50 @@ class CandidateEvaluator:
         settings = runtime_settings(self.runtime, self.latency_threads, self.latency_device)
         return [summarize([x for r in t for x in r], self.runtime, self.latency_threads, t, settings)
                 for t in times]
+
+
+class LocalEvaluatorPool:
+    """The in-process pool (``num_workers=1``): the verbs of
+    :class:`~rayq.distributed.eval_pool.RayEvaluatorPool` on one evaluator, no Ray.
+
+    A validation call past the timeout is abandoned in its thread (a thread cannot be
+    killed) and gives a ``timeout`` metric; the search goes on.
+    """
+
+    def __init__(self, evaluator: CandidateEvaluator, timeout: ValidationTimeout | None = None) -> None:
+        self.ev = evaluator
+        self.timeout = timeout or ValidationTimeout()
+        self.node_ids = ["local"]
+
+    def close(self) -> None:
+        pass
+
+    def map_metric(self, plans, indices=None, stop: EarlyStop | None = None) -> list[CandidateMetric]:
+        out = []
+        with GATE.evaluating():
+            for p in plans:
+                self.ev.validation_timeout = self.timeout.limit()
+                out.append(self.ev.fp32_metric(indices) if p is None else self.ev.metric(p, indices, stop))
+        observe_fp32(self.timeout, plans, indices, out)
+        return out
+
+    def map_output_error(self, plans) -> list[float]:
+        with GATE.evaluating():
+            return [self.ev.output_error(p) for p in plans]
+
+    def map_latency(self, plans) -> list[Latency]:
+        with GATE.measuring():
+            return [self.ev.latency(p) for p in plans]
+
+    def compare_latency(self, plans) -> list[Latency]:
+        with GATE.measuring():
+            return self.ev.compare_latency(plans)
+
+
+def observe_fp32(timeout: ValidationTimeout, plans: Sequence[QuantPlan | None], indices, out) -> None:
+    """Record the first full FP32 validation's duration (the automatic timeout's base)."""
+    if timeout.fp32_seconds is None and indices is None:
+        for plan, m in zip(plans, out):
+            if plan is None and getattr(m, "error", "no metric") is None:
+                timeout.fp32_seconds = m.seconds
+                return

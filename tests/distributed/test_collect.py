@@ -12,6 +12,7 @@ import pytest
 import rayq
 from rayq.api.session import ModelSession
 from rayq.distributed import collect as dc
+from rayq.distributed import pool as dpool
 from rayq.distributed import resident
 from rayq.distributed.cluster import resource_bundle
 from rayq.pipeline import calibrate
@@ -51,7 +52,7 @@ def test_chunks_shrink_to_keep_every_worker_busy():
 def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
     session, spec, local = setup
     seen = []
-    stats, nodes = dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
+    stats, nodes = dc.collect_distributed("onnx", session.model, session.batches, spec,
                                           num_workers=workers, resources={"num_cpus": 0.25}, on_batch=seen.append)
     _arrays_equal(stats.to_arrays(), local)
     assert len(nodes) == 1                        # one local node
@@ -70,15 +71,14 @@ def test_worker_processes_are_reused_and_drop_ended_calls(ray_cluster, setup):
         arrays, _node = dc.calibrate_chunk(call, batches, edges_box)
         return arrays, f"{os.getpid()}:{','.join(resident.tokens())}"
 
-    model_bytes = session.backend.to_bytes(session.model)
     seen, held, calls = [], [], []
     for _ in range(2):
-        shards = dc.ShardedCalibration("onnx", model_bytes, spec, session.batches, num_workers=2,
+        shards = dc.ShardedCalibration("onnx", session.model, spec, session.batches, num_workers=2,
                                        resources={"num_cpus": 0.25}, task=where)
         _, procs = shards.run_pass()
         seen.append({p.split(":")[0] for p in procs})
         held.append([p.split(":")[1].split(",") for p in procs])
-        calls.append(shards.call["token"])
+        calls.append(shards.call.token)
         assert all(h[-1] == calls[-1] for h in held[-1])  # the most recent resident call: this one
         resident.end(calls[-1])  # as collect_distributed does when it returns
     assert seen[0] & seen[1]                                  # warm processes were reused
@@ -87,9 +87,9 @@ def test_worker_processes_are_reused_and_drop_ended_calls(ray_cluster, setup):
 
 def test_unplaceable_workers_raise_a_cluster_error(ray_cluster, setup, monkeypatch):
     session, spec, _ = setup
-    monkeypatch.setattr(dc, "PLACEMENT_TIMEOUT_S", 2)
+    monkeypatch.setattr(dpool, "PLACEMENT_TIMEOUT_S", 2)
     with pytest.raises(rayq.ClusterError, match="no node of the cluster can run a calibration worker"):
-        dc.collect_distributed("onnx", session.backend.to_bytes(session.model), session.batches, spec,
+        dc.collect_distributed("onnx", session.model, session.batches, spec,
                                num_workers=2, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
     with pytest.raises(rayq.ConfigError, match="unsupported worker resources"):
         resource_bundle({"num_cpus": 1, "accelerator": "x"})
@@ -115,7 +115,7 @@ def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tm
         return dies_once(marker, call, batches, edges_box)
 
     task = ray.remote(body)
-    shards = dc.ShardedCalibration("onnx", session.backend.to_bytes(session.model), spec, session.batches,
+    shards = dc.ShardedCalibration("onnx", session.model, spec, session.batches,
                                    num_workers=2, resources={"num_cpus": 0.25}, task=task)
     first, _ = shards.run_pass()
     hist, _ = shards.run_pass(calibrate.histogram_edges(first, spec))

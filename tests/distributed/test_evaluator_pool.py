@@ -17,10 +17,11 @@ import pytest
 import rayq
 from rayq.api.session import ModelSession
 from rayq.backends.onnx.runtime import ort_providers
-from rayq.distributed import evaluator as de
+from rayq.distributed import eval_pool as de
+from rayq.distributed import pool as dpool
 from rayq.distributed import resident
-from rayq.distributed.evaluator import LocalEvaluatorPool, RayEvaluatorPool
-from rayq.pipeline.candidate import CandidateEvaluator
+from rayq.distributed.eval_pool import RayEvaluatorPool
+from rayq.pipeline.candidate import CandidateEvaluator, LocalEvaluatorPool
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
@@ -47,7 +48,7 @@ def problem():
 def _pool(problem, **opts) -> RayEvaluatorPool:
     session, _, stats, items, kwargs = problem
     opts = {"num_workers": 2, "resources": None, **opts}
-    return RayEvaluatorPool(backend_name="onnx", model_bytes=session.backend.to_bytes(session.model), stats=stats,
+    return RayEvaluatorPool(backend_name="onnx", model=session.model, stats=stats,
                             items=items, validation_fn=pair_accuracy, kwargs=kwargs, **opts)
 
 
@@ -95,10 +96,10 @@ def test_warm_processes_and_resident_evaluators_are_reused(ray_cluster, problem)
     for _ in range(2):
         pool = _pool(problem, resources={"num_cpus": 0.5}, task=where)
         runs = pool.map_metric([plan.with_fallback([f"Gemm_{i % 2}"]) for i in range(6)])
-        assert {held[-1] for _, _, held in runs} == {pool.call["token"]}  # the latest resident: this pool's
+        assert {held[-1] for _, _, held in runs} == {pool.call.token}  # the latest resident: this pool's
         assert len({m.value for m, _, _ in runs}) == 2  # two distinct plans, each computed for real
         pids.append({pid for _, pid, _ in runs})
-        tokens.append(pool.call["token"])
+        tokens.append(pool.call.token)
         pool.close()
         if len(tokens) == 2:
             assert all(tokens[0] not in held for _, _, held in runs)  # the ended pool's evaluator was dropped
@@ -136,7 +137,7 @@ def test_dead_worker_evaluation_is_rerun(ray_cluster, problem, tmp_path):
 
 
 def test_unplaceable_evaluators_raise_a_cluster_error(ray_cluster, problem, monkeypatch):
-    monkeypatch.setattr(de, "PLACEMENT_TIMEOUT_S", 2)
+    monkeypatch.setattr(dpool, "PLACEMENT_TIMEOUT_S", 2)
     with pytest.raises(rayq.ClusterError, match="no node of the cluster can run an evaluator worker"):
         _pool(problem, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
 
@@ -177,7 +178,7 @@ def test_unserialisable_validation_fn_is_named(ray_cluster, problem):
     session, _, stats, items, kwargs = problem
     with pytest.raises(rayq.ConfigError, match="validation_fn cannot be sent to Ray workers.*num_workers=1"):
         RayEvaluatorPool(num_workers=2, resources=None, backend_name="onnx",
-                         model_bytes=session.backend.to_bytes(session.model), stats=stats, items=items,
+                         model=session.model, stats=stats, items=items,
                          validation_fn=locked_accuracy, kwargs=kwargs)
 
 
@@ -189,7 +190,7 @@ def test_fewer_plans_than_workers_get_the_idle_workers_cpus(ray_cluster, problem
     @ray.remote
     def threads_of(call, verb, args):
         out, node = de.evaluate(call, verb, args)
-        return (out, resident.resident(call["token"], lambda: None, idle_s=60).threads), node
+        return (out, resident.resident(call.token, lambda: None, idle_s=60).threads), node
 
     plan = problem[1]
     pool = _pool(problem, task=threads_of)

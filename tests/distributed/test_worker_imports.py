@@ -12,17 +12,17 @@ import pytest
 
 import rayq
 from rayq.api.session import ModelSession
-from rayq.distributed.cluster import task_error
-from rayq.distributed.evaluator import RayEvaluatorPool
+from rayq.distributed.eval_pool import RayEvaluatorPool
+from rayq.distributed.pool import translate
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
 
-def test_task_error_names_the_missing_module_and_the_fix():
-    err = task_error(RuntimeError("RaySystemError: System error: No module named 'examples'"), "an evaluator worker")
+def test_translated_errors_name_the_missing_module_and_the_fix():
+    err = translate(RuntimeError("RaySystemError: System error: No module named 'examples'"), "an evaluator worker")
     assert isinstance(err, rayq.ClusterError)
     assert "cannot import module 'examples'" in str(err) and "working_dir" in str(err)
     assert "rayq.submit" in str(err) and "runtime_env" in str(err)
-    other = task_error(RuntimeError("boom"), "a calibration worker")
+    other = translate(RuntimeError("boom"), "a calibration worker")
     assert str(other) == "a calibration worker failed: boom"
 
 
@@ -39,7 +39,7 @@ def test_a_driver_only_validation_module_gives_a_clear_error(ray_cluster, tmp_pa
     session = ModelSession(model, x[:32], subset_size=32)
     plan = rayq.QuantPlan.create()
     stats = session.statistics(plan, histograms=False, num_workers=1)
-    pool = RayEvaluatorPool(backend_name="onnx", model_bytes=session.backend.to_bytes(session.model), stats=stats,
+    pool = RayEvaluatorPool(backend_name="onnx", model=session.model, stats=stats,
                             items=list(zip(x[32:], y[32:])), validation_fn=fn, num_workers=1, resources=None,
                             kwargs={"runtime": "onnxruntime", "calibration_batches": session.batches})
     try:

@@ -51,7 +51,7 @@ def test_evaluations_overlap_but_measurements_run_alone():
 
 def test_pools_take_the_gate(monkeypatch):
     """Both evaluator pools measure under the process gate and evaluate under its shared side."""
-    from rayq.distributed import evaluator
+    from rayq.pipeline import candidate
 
     seen = []
 
@@ -74,8 +74,8 @@ def test_pools_take_the_gate(monkeypatch):
         def compare_latency(self, plans):
             return ["latency"] * len(plans)
 
-    monkeypatch.setattr(evaluator, "GATE", Recorder())
-    pool = evaluator.LocalEvaluatorPool(Ev())
+    monkeypatch.setattr(candidate, "GATE", Recorder())
+    pool = candidate.LocalEvaluatorPool(Ev())
     assert pool.map_metric([None]) == ["metric"] and pool.map_latency([None]) == ["latency"]
     assert pool.compare_latency([None, None]) == ["latency", "latency"]
     assert seen == ["evaluating", "measuring", "measuring"]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import rayq
-from rayq.distributed import evaluator as evaluator_mod
+from rayq.distributed import eval_pool as evaluator_mod
 from rayq.errors import ConfigError, SearchError
 from rayq.pipeline.evaluate import ValidationTimedOut, ValidationTimeout, run_validation
 from rayq.testing.metrics import pair_accuracy_hanging_on_gemm1

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from rayq.backends.base import InputSpec, Runner, StatRequest, StatRunner
-from rayq.backends.onnx import instrument, reader, runtime, writer
+from rayq.backends.onnx import files, instrument, reader, runtime, writer
 from rayq.core.graph import GraphView
 from rayq.core.recipe import Recipe
 from rayq.errors import BackendError
@@ -67,15 +67,14 @@ class OnnxBackend:
             if reader.fits_in_memory_proto(model):
                 onnx.save(model, str(target))
                 return [str(target)]
-            data = target.name + ".data"
-            onnx.save(model, str(target), save_as_external_data=True, location=data)
-            return [str(target), str(target.with_name(data))]
+            return files.save_external(model, str(target), target.name + ".data")  # leaves ``model`` whole
         except OSError as exc:
             raise BackendError(f"cannot write the model to {path!r}: {exc}") from exc
 
     def to_bytes(self, model: onnx.ModelProto) -> bytes:
         if not reader.fits_in_memory_proto(model):
-            raise BackendError("models over 2 GB are shipped to workers by path, not by value")
+            raise BackendError("an ONNX model over 2 GB cannot be serialised in memory; save() it (weights as "
+                               "external data) instead")
         return model.SerializeToString()
 
     def size_bytes(self, model: onnx.ModelProto) -> int:
@@ -85,6 +84,15 @@ class OnnxBackend:
         proto = onnx.ModelProto()
         proto.ParseFromString(data)
         return proto
+
+    def warm(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def gpu_device(self, runtime: str) -> str | None:
+        return "GPU" if runtime == "onnxruntime" else None  # ONNX Runtime's CUDA provider
+
+    def describe(self, runtime: str, device: str) -> dict:
+        return {"providers": runtime_module.ort_providers(device)} if runtime == "onnxruntime" else {}
 
 
 runtime_module = runtime

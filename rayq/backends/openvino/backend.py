@@ -79,6 +79,15 @@ class OpenVINOBackend:
     def from_bytes(self, data: bytes) -> ov.Model:
         return serialization.from_bytes(data)
 
+    def warm(self) -> None:
+        pass  # openvino is imported with this module
+
+    def gpu_device(self, runtime: str) -> str | None:
+        return None  # OpenVINO's GPU plugin is for Intel GPUs, not the CUDA GPUs Ray assigns
+
+    def describe(self, runtime: str, device: str) -> dict:
+        return {}
+
     def size_bytes(self, model: ov.Model) -> int:
         model = self.load(model)
         return sum(op.get_byte_size() for op in model.get_ordered_ops() if op.get_type_name() == "Constant")
