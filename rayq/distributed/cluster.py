@@ -191,13 +191,6 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                            "address right? (RAY_ADDRESS, rayq.init(address=...), --address)") from exc
 
 
-def is_connected() -> bool:
-    """True when this process is connected to a Ray cluster; never imports Ray (not
-    imported means certainly not connected, at no import cost)."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
-
-
 def cluster_cpus() -> int:
     import ray
 
@@ -219,10 +212,8 @@ def is_connected() -> bool:
         >>> cluster.is_connected()       # doctest: +SKIP
         False
     """
-    import sys
-
     ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+    return bool(ray is not None and ray.is_initialized())
 
 
 def shutdown() -> None:
