@@ -75,7 +75,7 @@ def job(what: str, path: str, address: str | None, marker: str | None) -> dict:
     if what == "quantize":
         rayq.quantize(path, items, subset_size=16, num_workers=2, cache=False)
     else:  # calibration only: the part that ships the model to the workers
-        from rayq.session import ModelSession
+        from rayq.api.session import ModelSession
 
         session = ModelSession(path, items, subset_size=16, batch_size=1)
         session.statistics(rayq.QuantPlan.create(), histograms=False, num_workers=2, use_cache=False)

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 import rayq
+from rayq.api.session import ModelSession
 from rayq.backends import get_backend
 from rayq.backends.onnx import files, reader
 from rayq.distributed import collect as dc
@@ -20,7 +21,6 @@ from rayq.distributed.eval_pool import RayEvaluatorPool
 from rayq.pipeline import calibrate
 from rayq.pipeline.build import placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
-from rayq.session import ModelSession
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, resnet_like, sensitive_mlp
 
