@@ -324,7 +324,7 @@ class SearchJob:
         if not self.output:
             raise SearchError(f"job {self.job_id} ({status}): its output is unknown; attach(..., output=URI)")
         if status != "SUCCEEDED":  # exit code 3 still has a result: this job's, not an older run's
-            self._check_fresh(status)
+            self._check_fresh(status, self.output)
         try:
             return _load(self.command, self.output)
         except (OutputError, OSError) as exc:  # OSError: a file of the run missing
@@ -334,11 +334,11 @@ class SearchJob:
             raise SearchError(f"job {self.job_id} ended {status} without a readable result at {self.output}: "
                               f"{exc}.{where} Last log lines:\n{self.logs(tail=15)}") from exc
 
-    def _check_fresh(self, status: str) -> None:
+    def _check_fresh(self, status: str, output: str) -> None:
         started = (self.info().get("start_time") or 0) / 1000
-        written = _written_at(self.output, RESULT_FILES[self.command])
+        written = _written_at(output, RESULT_FILES[self.command])
         if started and written is not None and written < started - CLOCK_SLACK_S:
-            raise SearchError(f"job {self.job_id} ended {status}; the result at {self.output} was written "
+            raise SearchError(f"job {self.job_id} ended {status}; the result at {output} was written "
                               f"{started - written:.0f}s before the job started, by an earlier run. Last log "
                               f"lines:\n{self.logs(tail=15)}")
 
