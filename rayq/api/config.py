@@ -22,7 +22,6 @@ from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
 
-COMMANDS = ("quantize", "search", "sweep")
 OUTPUT_FORMATS = ("onnx", "openvino")
 
 

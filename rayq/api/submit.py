@@ -35,13 +35,12 @@ from typing import Any
 
 from rayq import events
 from rayq.api import config as rayq_config
-from rayq.errors import ClusterError, ConfigError, OutputError, SearchError
+from rayq.errors import ConfigError, JobTimeoutError, OutputError, SearchError
 
 log = logging.getLogger(__name__)
 
 #: Environment variable holding the job's config as YAML text.
 CONFIG_ENV = "RAYQ_JOB_CONFIG"
-COMMANDS = ("search", "sweep")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _INPUTS = ("model", "calibration", "validation")
@@ -49,10 +48,6 @@ _INPUTS = ("model", "calibration", "validation")
 RESULT_FILES = {"search": "result.json", "sweep": "summary.parquet"}
 #: Tolerated clock difference between the cluster and the output's storage.
 CLOCK_SLACK_S = 30.0
-
-
-class JobTimeoutError(ClusterError, TimeoutError):
-    """A job did not end within the time given to :meth:`SearchJob.wait`."""
 
 
 def submit(config: Any = None, /, *, address: str | None = None, working_dir: str | None = None,
