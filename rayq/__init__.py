@@ -4,7 +4,8 @@ The API mirrors NNCF (``quantize``, ``quantize_with_accuracy_control``, ``Datase
 ``IgnoredScope``, the advanced-parameter classes and the option enums such as
 ``QuantizationPreset`` and ``DropType``), so ``import rayq as nncf`` runs NNCF's
 examples, and adds a distributed, latency-measuring ``search`` (its options: the frozen
-``SearchSpace``, ``SearchOptions`` and ``Execution``), which ``submit`` runs as a Ray job that a notebook can follow, ``attach`` to again and read the result of.
+``SearchSpace``, ``SearchOptions`` and ``Execution``), which ``submit`` runs as a Ray job
+that a notebook can follow, ``attach`` to again and read the result of.
 
 Names are imported lazily (PEP 562), so ``import rayq.core`` stays free of
 ray, onnxruntime, openvino and optuna. Importing rayq installs its log handler

@@ -12,6 +12,8 @@ so users catch one family and always get a message that names the problem.
 - :class:`CalibrationError` -- statistics collection failed.
 - :class:`SearchError` -- the accuracy-control search cannot proceed.
 - :class:`ClusterError` -- Ray cannot be reached or a worker died for good.
+  :class:`JobTimeoutError` (also a ``TimeoutError``) -- a submitted job did not
+  end within ``SearchJob.wait``'s timeout.
 - :class:`OutputError` -- an output location cannot be used (unknown URI scheme,
   not writable, a file where a folder is expected, held by another run), or a run
   found there is incomplete.
@@ -56,6 +58,11 @@ class ClusterError(RayqError):
     """The Ray cluster is unreachable or a worker failed permanently."""
 
 
+class JobTimeoutError(ClusterError, TimeoutError):
+    """A submitted job did not end within the time given to
+    :meth:`rayq.api.submit.SearchJob.wait`; the job goes on running."""
+
+
 class OutputError(RayqError):
     """An output location is unusable or busy, or the run stored there is incomplete."""
 
@@ -92,6 +99,7 @@ __all__ = [
     "CalibrationError",
     "SearchError",
     "ClusterError",
+    "JobTimeoutError",
     "OutputError",
     "ValidationFailed",
     "ValidationTimedOut",

@@ -14,10 +14,7 @@ from rayq import errors
 PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: Public exception classes defined outside rayq/errors.py (by class name), each with its reason.
-ELSEWHERE = {
-    # TEMP: rayq/jobs.py is owned by the api stream (moving it into rayq/api/); lead moves it after merge
-    "JobTimeoutError": "rayq.jobs: SearchJob.wait() timed out (ClusterError, TimeoutError)",
-}
+ELSEWHERE: dict[str, str] = {}
 
 _BUILTIN_EXCEPTIONS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type)
                        and issubclass(getattr(builtins, n), BaseException)}

@@ -17,12 +17,11 @@ from typing import Any
 import yaml
 
 from rayq.api import config_schema
-from rayq.api.options import OPTION_CLASSES, Execution, SearchOptions, SearchSpace
+from rayq.api.options import OPTION_CLASSES, Execution, Options, SearchOptions, SearchSpace
 from rayq.core.plan import PRESETS, AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 from rayq.errors import ConfigError
 
-COMMANDS = ("quantize", "search", "sweep")
 OUTPUT_FORMATS = ("onnx", "openvino")
 
 
@@ -134,7 +133,8 @@ class SearchConfig:
     target: str | None = _default("target")
     address: str | None = _default("address")
     num_workers: int | None = _default("num_workers")
-    worker_resources: dict | None = _default("worker_resources")
+    # the default is None (RUF009 guards against a shared mutable default; None is not one)
+    worker_resources: dict | None = _default("worker_resources")  # noqa: RUF009
     cache: bool = _default("cache")
     storage: str | None = _default("storage")
     study_name: str | None = _default("study_name")
@@ -153,7 +153,7 @@ class SearchConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         self.space, self.options, self.execution  # noqa: B018 (the option objects check their fields)
 
-    def _options(self, cls: type) -> Any:
+    def _options(self, cls: type[Options]) -> Any:
         return cls(**{name: getattr(self, name) for name in cls.model_fields})
 
     @property

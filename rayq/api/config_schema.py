@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
@@ -42,6 +42,13 @@ from rayq.api.options import (
 )
 from rayq.core.plan import OVERFLOW_FIXES, TARGET_DEVICES
 from rayq.errors import ConfigError
+
+if TYPE_CHECKING:  # a Literal of a tuple built elsewhere is valid for pydantic, not for a static checker
+    OverflowFix: TypeAlias = str
+    TargetDevice: TypeAlias = str
+else:
+    OverflowFix = Literal[(*OVERFLOW_FIXES, "first_layer_only")]
+    TargetDevice = Literal[TARGET_DEVICES]
 
 Reference = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
                                            description="a 'package.module:function' reference")]
@@ -87,7 +94,7 @@ class AdvancedModel(_Model):
 
     activation_estimator: Estimator | None = None
     quantile: Annotated[float, Strict(), Field(gt=0, lt=0.5)] = 1e-4
-    overflow_fix: Literal[(*OVERFLOW_FIXES, "first_layer_only")] | None = None
+    overflow_fix: OverflowFix | None = None
     per_channel: Bool = True
     smooth_quant_alpha: Annotated[float, Strict(), Field(le=1)] | None = None
     bias_correction_iterations: Int = 2
@@ -107,11 +114,11 @@ class _Plan(_Model):
     model: Str = Field(description="FP32 model: .onnx, or OpenVINO IR .xml")
     calibration: Str = Field(description="calibration data: .npz, .npy or Parquet")
     preset: Preset | None = None
-    target_device: Literal[TARGET_DEVICES] = "ANY"
+    target_device: TargetDevice = "ANY"
     subset_size: PositiveInt = 300
     fast_bias_correction: Bool | None = True
     model_type: Literal["transformer"] | None = None
-    ignored_scope: IgnoredScopeModel = Field(default_factory=IgnoredScopeModel)
+    ignored_scope: IgnoredScopeModel = Field(default_factory=lambda: IgnoredScopeModel())
     advanced: AdvancedModel = Field(default_factory=AdvancedModel)
     num_workers: PositiveInt | None = None
     address: Str | None = None
@@ -129,7 +136,8 @@ class QuantizeModel(_Plan):
 
 
 #: The option fields of a search (:mod:`rayq.api.options`), flat in a config file.
-OPTION_FIELDS = {name: (info.annotation, info) for cls in OPTION_CLASSES for name, info in cls.model_fields.items()}
+OPTION_FIELDS: dict[str, Any] = {name: (info.annotation, info)
+                                 for cls in OPTION_CLASSES for name, info in cls.model_fields.items()}
 
 
 class _SearchFields(_Plan):
@@ -149,20 +157,26 @@ class _SearchFields(_Plan):
 #: ``rayq search`` (:class:`rayq.api.config.SearchConfig`): the fields above plus every option field.
 SearchModel = create_model(
     "SearchModel", __base__=_SearchFields, __doc__="``rayq search`` (:class:`rayq.api.config.SearchConfig`).",
-    **{name: (annotation, info) for name, (annotation, info) in OPTION_FIELDS.items()})
+    **OPTION_FIELDS)
 
 
 #: Sweep ``defaults`` and entries take any search field, each optional.
-SweepDefaultsModel = create_model(
-    "SweepDefaultsModel", __base__=_Model, __doc__="``defaults`` of a sweep: any search field, shared by every entry.",
-    **{name: (info.annotation, Field(None, description=info.description))
-       for name, info in SearchModel.model_fields.items() if name != "command"})
+_SWEEP_FIELDS: dict[str, Any] = {name: (info.annotation, Field(None, description=info.description))
+                                 for name, info in SearchModel.model_fields.items() if name != "command"}
+if TYPE_CHECKING:  # built at run time from the search fields; a static checker sees their base classes
+    class SweepDefaultsModel(_Model): ...
 
-SweepEntryModel = create_model(
-    "SweepEntryModel", __base__=SweepDefaultsModel,
-    __doc__="One ``models`` entry of a sweep: ``model`` or ``glob``, an optional ``name``, search fields.",
-    glob=(Str | None, Field(None, description="a pattern of model paths (instead of model)")),
-    name=(Str | None, Field(None, description="the entry's output folder name (default: the file stem)")))
+    class SweepEntryModel(SweepDefaultsModel): ...
+else:
+    SweepDefaultsModel = create_model(
+        "SweepDefaultsModel", __base__=_Model,
+        __doc__="``defaults`` of a sweep: any search field, shared by every entry.", **_SWEEP_FIELDS)
+
+    SweepEntryModel = create_model(
+        "SweepEntryModel", __base__=SweepDefaultsModel,
+        __doc__="One ``models`` entry of a sweep: ``model`` or ``glob``, an optional ``name``, search fields.",
+        glob=(Str | None, Field(None, description="a pattern of model paths (instead of model)")),
+        name=(Str | None, Field(None, description="the entry's output folder name (default: the file stem)")))
 
 
 class SweepModel(_Model):
@@ -204,7 +218,7 @@ def json_schema() -> dict:
     ``configs/schema.json``."""
     defs: dict[str, Any] = {}
     variants = []
-    for command, model in MODELS.items():
+    for model in MODELS.values():
         schema = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(schema.pop("$defs", {}))
         defs[model.__name__] = schema
@@ -213,7 +227,8 @@ def json_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rayq config",
         "description": "A rayq quantize, search or sweep config (configs/README.md). Generated from "
-                       "rayq.api.config_schema; regenerate with `python -m rayq.api.config_schema > configs/schema.json`.",
+                       "rayq.api.config_schema; regenerate with "
+                       "`python -m rayq.api.config_schema > configs/schema.json`.",
         "anyOf": variants,
         "$defs": dict(sorted(defs.items())),
     }

@@ -32,8 +32,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias, cast
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
@@ -47,11 +47,18 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 Seconds = Annotated[float, Strict(), Field(gt=0)]
-Preset = Literal[PRESETS]
-Estimator = Literal[ACTIVATION_ESTIMATORS]
-BiasCorrection = Literal[BIAS_CORRECTIONS]
 Alpha = Annotated[float, Strict(), Field(ge=0, le=1)]
 RUNTIMES = ("onnxruntime", "openvino")
+if TYPE_CHECKING:  # a Literal of a tuple built elsewhere is valid for pydantic, not for a static checker
+    Preset: TypeAlias = str
+    Estimator: TypeAlias = str
+    BiasCorrection: TypeAlias = str
+    Runtime: TypeAlias = str
+else:
+    Preset = Literal[PRESETS]
+    Estimator = Literal[ACTIVATION_ESTIMATORS]
+    BiasCorrection = Literal[BIAS_CORRECTIONS]
+    Runtime = Literal[RUNTIMES]
 
 
 class Options(BaseModel):
@@ -75,7 +82,7 @@ class Options(BaseModel):
         return {k: tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else plain(v)
                 for k, v in data.items()}
 
-    def replace(self, **changes: Any) -> Options:
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied, checked like a new object."""
         return type(self)(**{**self.model_dump(), **changes})
 
@@ -144,7 +151,7 @@ class Execution(Options):
         True
     """
 
-    target: Literal[RUNTIMES] | None = Field(
+    target: Runtime | None = Field(
         None, description="runtime to validate and time on (null: the model's own)")
     address: Str | None = Field(None, description="Ray cluster to join (null: RAY_ADDRESS, else a local Ray)")
     num_workers: PositiveInt | None = Field(
@@ -204,7 +211,8 @@ def resolve(space: SearchSpace | None, options: SearchOptions | None, execution:
     unknown = sorted(set(flat) - owned - allowed)
     if unknown:
         raise ConfigError(f"unknown keyword argument(s) {unknown}; valid: {sorted(owned | allowed)}")
-    return objs[0], objs[1], objs[2], {k: v for k, v in flat.items() if k in allowed}
+    rest = {k: v for k, v in flat.items() if k in allowed}
+    return cast(SearchSpace, objs[0]), cast(SearchOptions, objs[1]), cast(Execution, objs[2]), rest
 
 
 # -- error messages: one wording for Python objects and config files ------------------------
@@ -255,7 +263,7 @@ def _say(loc: tuple, want: list[str], value: Any, python: bool) -> str:
     return f"{_where(loc)}={value!r} must be {' or '.join(want)}"
 
 
-def _python_want(kind: str, e: dict) -> str:
+def _python_want(kind: str, e: Mapping[str, Any]) -> str:
     """What a keyword argument must be, in Python terms (``>= 1``, ``an integer``)."""
     if kind in _BOUNDS:
         op, key = _BOUNDS[kind]
@@ -263,7 +271,7 @@ def _python_want(kind: str, e: dict) -> str:
     return _expected(kind, e["msg"])
 
 
-def messages(errors: list[dict], *, python: bool = False) -> list[str]:
+def messages(errors: Sequence[Mapping[str, Any]], *, python: bool = False) -> list[str]:
     """One message per wrong field: what it expects (all union members) and the value
     given; ``python`` words it for keyword arguments (``n_trials=0: expected ...``)."""
     located = [(_field_loc(e["loc"]), e) for e in errors]

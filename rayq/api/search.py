@@ -39,6 +39,7 @@ from rayq.storage import OutputLock, local_dir_for
 from rayq.tuning.control import AccuracyControl, SearchSettings
 from rayq.tuning.evaluator import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
+from rayq.tuning.selection import Choice
 from rayq.tuning.sensitivity import sensitivity_frame
 from rayq.tuning.space import SearchSpace as TrialSpace
 
@@ -190,7 +191,8 @@ class SearchRun:
     """What :func:`run` returns: the controller (FP32, ranking, choice) and its answer."""
 
     control: AccuracyControl
-    best: TrialRecord | None
+    best: TrialRecord
+    choice: Choice
     status: str
     records: list
     fp32_ms: float
@@ -235,7 +237,8 @@ def prepare(model: Any, calibration_dataset: Any, validation_dataset: Any, valid
                               explore=options.explore, finalists=options.finalists,
                               ranking_subset=space.ranking_subset_size, early_stop=options.early_stop)
     settings = _with_study(settings, session, base, trial_space, target, output, execution)
-    return PreparedSearch(session, base, placement, trial_space, stats, items, validation_fn, settings, execution, target)
+    return PreparedSearch(session, base, placement, trial_space, stats, items, validation_fn, settings, execution,
+                          target)
 
 
 def _check_target(session: ModelSession, target: str | None) -> str:
@@ -285,7 +288,7 @@ def run(job: PreparedSearch) -> SearchRun:
                                       on_trial=_trial_reporter(bar),
                                       shares=compute_shares(job.session.graph, job.placement.ops))
             best, status, records = control.run()
-            choice = control.choice
+            choice = _chosen(control)
             fp32_ms = choice.fp32_latency_ms if choice.fp32_latency_ms is not None else \
                 pool.map_latency([None])[0].median_ms
         info = job.session.info
@@ -295,7 +298,14 @@ def run(job: PreparedSearch) -> SearchRun:
     if best is None:
         raise SearchError("every candidate failed; see the trial errors: "
                           + "; ".join(sorted({str(r.error) for r in records if r.error})[:3]))
-    return SearchRun(control, best, status, records, fp32_ms, nodes)
+    return SearchRun(control, best, choice, status, records, fp32_ms, nodes)
+
+
+def _chosen(control: AccuracyControl) -> Choice:
+    """The controller's answer; :meth:`AccuracyControl.run` always sets it."""
+    if control.choice is None:
+        raise SearchError("the search ended without choosing a trial")
+    return control.choice
 
 
 def _trial_reporter(bar: Progress) -> Callable[[TrialRecord], None]:
@@ -313,8 +323,9 @@ def _trial_reporter(bar: Progress) -> Callable[[TrialRecord], None]:
 
 def _make_pool(job: PreparedSearch):
     session, ex = job.session, job.execution
-    kwargs = dict(runtime=job.target, latency_feeds={k: v[:1] for k, v in session.batches[0][1].items()},
-                  calibration_batches=session.batches, latency_threads=ex.latency_threads)
+    feeds = {k: v[:1] for k, v in session.batches[0][1].items()}
+    kwargs: dict[str, Any] = dict(runtime=job.target, latency_feeds=feeds, calibration_batches=session.batches,
+                                  latency_threads=ex.latency_threads)
     timeout = ValidationTimeout(ex.validation_timeout)
     workers = resolve_workers(ex.num_workers, 2)
     if workers == 1:
@@ -332,14 +343,16 @@ def _make_pool(job: PreparedSearch):
 def assemble(job: PreparedSearch, done: SearchRun, *, start: float, cpu0: float) -> SearchResult:
     """Build the chosen model and the :class:`~rayq.tuning.result.SearchResult` (not saved)."""
     session, best, control, settings = job.session, done.best, done.control, job.settings
+    fp32: Any = control.fp32  # the FP32 metric, measured by control.run() (AccuracyControl leaves it unannotated)
     qmodel, _ = build_quantized(session.backend, session.model, session.graph, job.stats, best.plan,
                                 placement=None, batches=session.batches)
     n_ops = len(job.placement.ops)
-    outcome = DriverOutcome(best, done.status, done.records, settings.study_name, settings.max_drop, n_quantizable=n_ops)
+    outcome = DriverOutcome(best, done.status, done.records, settings.study_name, settings.max_drop,
+                            n_quantizable=n_ops)
     worker_seconds = sum(r.eval_seconds for r in done.records if not r.reused)
-    choice, iv = control.choice, control.choice.speedup
+    choice, iv = done.choice, done.choice.speedup
     result = SearchResult(
-        model=qmodel, plan=best.plan, status=done.status, fp32_metric=control.fp32.value, metric=best.metric,
+        model=qmodel, plan=best.plan, status=done.status, fp32_metric=fp32.value, metric=best.metric,
         drop=best.drop, max_drop=settings.max_drop, drop_type=settings.drop_type, latency_ms=best.latency_ms,
         latency_spread_ms=best.latency_spread_ms, fp32_latency_ms=done.fp32_ms, target=job.target,
         trials=outcome.trials_frame(), pareto=outcome.pareto(), wall_seconds=time.perf_counter() - start,
@@ -353,7 +366,7 @@ def assemble(job: PreparedSearch, done: SearchRun, *, start: float, cpu0: float)
                   "seconds": choice.seconds, "clear": choice.clear, "confidence": CONFIDENCE},
         sensitivity=sensitivity_frame(control.ranking, control.scores, control.basis, best.plan.fallback))
     log.info("rayq.search: %s in %.1fs: metric %.4f (FP32 %.4f, drop %.4f), %.3f ms (FP32 %.3f ms, %s), "
-             "%d layers FP32, %d trials", done.status, result.wall_seconds, best.metric, control.fp32.value,
+             "%d layers FP32, %d trials", done.status, result.wall_seconds, best.metric, fp32.value,
              best.drop, best.latency_ms or math.nan, done.fp32_ms, result.speedup_text, len(best.plan.fallback),
              len(done.records))
     if done.status != "met":

@@ -35,13 +35,12 @@ from typing import Any
 
 from rayq import events
 from rayq.api import config as rayq_config
-from rayq.errors import ClusterError, ConfigError, OutputError, SearchError
+from rayq.errors import ConfigError, JobTimeoutError, OutputError, SearchError
 
 log = logging.getLogger(__name__)
 
 #: Environment variable holding the job's config as YAML text.
 CONFIG_ENV = "RAYQ_JOB_CONFIG"
-COMMANDS = ("search", "sweep")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _INPUTS = ("model", "calibration", "validation")
@@ -49,10 +48,6 @@ _INPUTS = ("model", "calibration", "validation")
 RESULT_FILES = {"search": "result.json", "sweep": "summary.parquet"}
 #: Tolerated clock difference between the cluster and the output's storage.
 CLOCK_SLACK_S = 30.0
-
-
-class JobTimeoutError(ClusterError, TimeoutError):
-    """A job did not end within the time given to :meth:`SearchJob.wait`."""
 
 
 def submit(config: Any = None, /, *, address: str | None = None, working_dir: str | None = None,
@@ -324,7 +319,7 @@ class SearchJob:
         if not self.output:
             raise SearchError(f"job {self.job_id} ({status}): its output is unknown; attach(..., output=URI)")
         if status != "SUCCEEDED":  # exit code 3 still has a result: this job's, not an older run's
-            self._check_fresh(status)
+            self._check_fresh(status, self.output)
         try:
             return _load(self.command, self.output)
         except (OutputError, OSError) as exc:  # OSError: a file of the run missing
@@ -334,11 +329,11 @@ class SearchJob:
             raise SearchError(f"job {self.job_id} ended {status} without a readable result at {self.output}: "
                               f"{exc}.{where} Last log lines:\n{self.logs(tail=15)}") from exc
 
-    def _check_fresh(self, status: str) -> None:
+    def _check_fresh(self, status: str, output: str) -> None:
         started = (self.info().get("start_time") or 0) / 1000
-        written = _written_at(self.output, RESULT_FILES[self.command])
+        written = _written_at(output, RESULT_FILES[self.command])
         if started and written is not None and written < started - CLOCK_SLACK_S:
-            raise SearchError(f"job {self.job_id} ended {status}; the result at {self.output} was written "
+            raise SearchError(f"job {self.job_id} ended {status}; the result at {output} was written "
                               f"{started - written:.0f}s before the job started, by an earlier run. Last log "
                               f"lines:\n{self.logs(tail=15)}")
 

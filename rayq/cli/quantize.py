@@ -15,13 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import rayq
+from rayq.api import compare
+from rayq.api.config import OUTPUT_FORMATS, QuantizeConfig, dump
 from rayq.backends import convert, detect
 from rayq.backends.base import Backend
-from rayq.api import compare
 from rayq.cli import report
-from rayq.cli.common import (BIAS_CORRECTION, UNSET, add_bias_correction_flags, build_config,
-                              file_size, mb, ray_scope, resolve_function, warn_relative_job_output)
-from rayq.api.config import OUTPUT_FORMATS, QuantizeConfig, dump
+from rayq.cli.common import (
+    BIAS_CORRECTION,
+    UNSET,
+    add_bias_correction_flags,
+    build_config,
+    file_size,
+    mb,
+    ray_scope,
+    resolve_function,
+    warn_relative_job_output,
+)
 from rayq.core.plan import ACTIVATION_ESTIMATORS, OVERFLOW_FIXES, PRESETS, TARGET_DEVICES
 from rayq.errors import BackendError, ConfigError, InputError
 from rayq.pipeline import data
@@ -209,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     model_files = written[:-1]
     print(f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
           f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}", flush=True)
-    if fn is not None:
+    if fn is not None and items is not None and feeds is not None:  # together (config_from_args)
         rows = compare.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")
         print(f"validation: {cfg.validation} ({len(items)} items), {cfg.validation_fn}")

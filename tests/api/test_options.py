@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import inspect
 
+import pydantic
 import pytest
 
 import rayq
@@ -88,7 +89,7 @@ def test_unknown_keywords_and_wrong_objects_are_config_errors():
 
 def test_options_are_frozen_and_checked_on_replace():
     ex = rayq.Execution(num_workers=2)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         ex.num_workers = 3
     with pytest.raises(rayq.ConfigError, match="num_workers=0"):
         ex.replace(num_workers=0)

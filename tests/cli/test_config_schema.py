@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import pytest
 import yaml
@@ -152,7 +151,8 @@ def test_valid_configs_build_the_same_objects(tmp_path):
                                    validate=False),
         advanced=AdvancedQuantizationParameters(activation_estimator="quantile", quantile=0.001,
                                                 smooth_quant_alpha=1.0, batch_size=4))
-    search = rayq.api.config.from_dict(yaml.safe_load(S.replace("OUT", str(tmp_path)) + "presets: [mixed]\nmax_drop: 1\n"))
+    text = S.replace("OUT", str(tmp_path)) + "presets: [mixed]\nmax_drop: 1\n"
+    search = rayq.api.config.from_dict(yaml.safe_load(text))
     assert search.presets == ("mixed",) and search.max_drop == 1.0 and isinstance(search, SearchConfig)
 
 

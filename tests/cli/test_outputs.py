@@ -16,7 +16,6 @@ import pytest
 import rayq
 from rayq.api import search as search_api
 from rayq.cli.main import main
-from rayq.storage import OutputLock
 
 from .conftest import CALIBRATION, MODEL, ROOT, VALIDATION, one_error_line
 

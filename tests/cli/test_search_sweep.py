@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 import textwrap
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -40,7 +40,7 @@ def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
     printed = captured.out
     assert f"rayq search: {result['status']}" in printed and "x FP32 (95% CI " in printed
     # log lines name final locations (never the deleted staging folder) and carry short numbers
-    assert ".rayq-staging" not in captured.err and f"pareto.png" in captured.err and f"to {out}" in captured.err
+    assert ".rayq-staging" not in captured.err and "pareto.png" in captured.err and f"to {out}" in captured.err
     assert not re.search(r"\d\.\d{7,}", captured.err), captured.err
     assert result["drop"] <= 0.01 and result["speedup_low"] <= result["speedup"] <= result["speedup_high"]
     assert len(result["fallback"]) < result["n_quantizable"]  # never an all-FP32 "INT8" answer
