@@ -119,6 +119,35 @@ def floor_ort(path: str, items, threads: int, batch: int = 8) -> float:
     return time.perf_counter() - t0
 
 
+def floor_ort_streams(path: str, items, threads: int, batch: int = 8) -> float:
+    """One FP32 pass: one ORT session of 1 intra-op thread, run from ``threads`` threads at
+    once (ORT's ``run`` is thread-safe), batches of ``batch``."""
+    import threading
+
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    starts = list(range(0, len(items), batch))
+
+    def work(mine):
+        for start in mine:
+            sess.run(None, {"input": np.concatenate([it["input"] for it in items[start:start + batch]])})
+
+    pool = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------- the tools
 
 def rayq_quantize(model, items) -> float:
@@ -162,6 +191,27 @@ def _machine() -> dict:
             "nncf": nncf.__version__}
 
 
+def rayq_subprocess(pythonpath: str, backend: str, args) -> tuple[float, float]:
+    """``rayq_<backend>`` timed in a fresh process importing rayq from ``pythonpath``
+    (an older commit, for before/after); warm-up there too. Returns (wall s, CPU s)."""
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    cmd = [sys.executable, __file__, "--job", f"rayq_{backend}", "--items", str(args.items),
+           "--size", str(args.size), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    wall, cpu = json.loads(out.strip().splitlines()[-1])
+    return wall, cpu
+
+
+def one_job(args) -> None:
+    """``--job NAME``: warm up, time one job, print ``[wall, cpu]`` (used by rayq_subprocess)."""
+    path = str(build_resnet50(args.size))
+    tasks(path, make_items(8, args.size), args.threads)[args.job]()
+    job = tasks(path, make_items(args.items, args.size), args.threads)[args.job]
+    c0 = time.process_time()
+    wall = job()
+    print(json.dumps([wall, time.process_time() - c0]))
+
+
 def tasks(path: str, items, threads: int) -> dict[str, Callable[[], float]]:
     import onnx
     import openvino as ov
@@ -169,6 +219,7 @@ def tasks(path: str, items, threads: int) -> dict[str, Callable[[], float]]:
     ov_model = lambda: ov.convert_model(path)  # noqa: E731  fresh model per run (neither tool may mutate)
     return {
         "floor_onnx": lambda: floor_ort(path, items, threads),
+        "floor_onnx_streams": lambda: floor_ort_streams(path, items, threads),
         "floor_openvino": lambda: floor_ov(path, items, threads),
         "rayq_onnx": lambda: rayq_quantize(path, items),
         "rayq_openvino": lambda: rayq_quantize(ov_model(), items),
@@ -182,27 +233,67 @@ def run(args) -> dict:
     items = make_items(args.items, args.size)
     jobs = tasks(path, items, args.threads)
     only = [j for j in jobs if not args.only or any(j.startswith(o) for o in args.only.split(","))]
-    warm = items[:8]
     for name in only:  # untimed warm-up: imports, first compile
-        tasks(path, warm, args.threads)[name]()
-    times: dict[str, list[float]] = {j: [] for j in only}
+        tasks(path, items[:8], args.threads)[name]()
+    timed: dict[str, Callable[[], tuple[float, float]]] = {n: _with_cpu(jobs[n]) for n in only}
+    if args.before:
+        for backend in ("onnx", "openvino"):
+            timed[f"rayqbefore_{backend}"] = (lambda b: lambda: rayq_subprocess(args.before, b, args))(backend)
+    names = list(timed)
+    wall: dict[str, list[float]] = {j: [] for j in names}
+    cpu: dict[str, list[float]] = {j: [] for j in names}
     loads = []
     for r in range(args.rounds):
-        order = only[r % len(only):] + only[:r % len(only)]
-        for name in order:
-            times[name].append(jobs[name]())
-            print(f"round {r} {name}: {times[name][-1]:.2f}s", flush=True)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            w, c = timed[name]()
+            wall[name].append(w)
+            cpu[name].append(c)
+            print(f"round {r} {name}: {w:.2f}s wall, {c:.2f}s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
         loads.append(os.getloadavg()[0])
-    med = {j: statistics.median(v) for j, v in times.items()}
-    ratios = {}
-    for backend in ("onnx", "openvino"):
-        f, q, n = (med.get(f"{k}_{backend}") for k in ("floor", "rayq", "nncf"))
-        ratios[backend] = {"rayq/floor": q / f if q and f else None, "rayq/nncf": q / n if q and n else None,
-                           "nncf/floor": n / f if n and f else None}
-    return {"model": f"resnet50 {args.size}x{args.size} (random weights, BN re-estimated, dynamic batch)",
-            "items": args.items, "threads": args.threads, "rounds": args.rounds,
+        if args.out:  # after every round, so an interrupted run leaves its rounds
+            _write(args, path, wall, cpu, loads)
+    return _write(args, path, wall, cpu, loads)
+
+
+def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
+    med = {j: statistics.median(v) for j, v in wall.items() if v}
+    med_cpu = {j: statistics.median(v) for j, v in cpu.items() if v}
+    result = {"model": f"resnet50 {args.size}x{args.size} (random weights, BN re-estimated, dynamic batch)",
+            "items": args.items, "threads": args.threads, "rounds": args.rounds, "before": args.before,
             "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": _machine(),
-            "load_1min_after_round": loads, "seconds": times, "median_s": med, "ratios": ratios}
+            "load_1min_after_round": loads, "wall_s": wall, "cpu_s": cpu, "median_wall_s": med,
+            "median_cpu_s": med_cpu, "ratios": ratios(med), "ratios_cpu": ratios(med_cpu)}
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _with_cpu(job: Callable[[], float]) -> Callable[[], tuple[float, float]]:
+    """``job`` returning (its wall seconds, this process's CPU seconds meanwhile)."""
+    def timed() -> tuple[float, float]:
+        c0 = time.process_time()
+        wall = job()
+        return wall, time.process_time() - c0
+    return timed
+
+
+def ratios(med: dict[str, float]) -> dict:
+    """rayq (and rayq before) over the floor and over NNCF, per backend. The ONNX floor is
+    the faster of its two variants (one 2-thread session, or 2 single-thread streams)."""
+    out = {}
+    for backend in ("onnx", "openvino"):
+        floors = [med[k] for k in (f"floor_{backend}", f"floor_{backend}_streams") if k in med]
+        floor = min(floors) if floors else None
+        row = {"floor_s": floor}
+        for tool in ("rayq", "rayqbefore"):
+            q, n = med.get(f"{tool}_{backend}"), med.get(f"nncf_{backend}")
+            if q:
+                row[f"{tool}/floor"] = q / floor if floor else None
+                row[f"{tool}/nncf"] = q / n if n else None
+        n = med.get(f"nncf_{backend}")
+        row["nncf/floor"] = n / floor if n and floor else None
+        out[backend] = row
+    return out
 
 
 def main() -> None:
@@ -213,11 +304,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated prefixes of floor_/rayq_/nncf_ job names")
     ap.add_argument("--out", default="")
+    ap.add_argument("--before", default="", help="a rayq source tree (e.g. `git archive` of an older commit): "
+                    "its quantize is timed too, in subprocesses (jobs rayqbefore_*)")
+    ap.add_argument("--job", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.job:
+        return one_job(args)
     result = run(args)
-    print(json.dumps({"median_s": result["median_s"], "ratios": result["ratios"]}, indent=1))
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({"median_wall_s": result["median_wall_s"], "ratios": result["ratios"],
+                      "ratios_cpu": result["ratios_cpu"]}, indent=1))
 
 
 if __name__ == "__main__":
