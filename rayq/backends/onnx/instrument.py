@@ -106,8 +106,10 @@ def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor:
     if red == "raw":
         return x
     if red in ("min", "max"):
-        flat = b.node("Flatten", [x], axis=1)
-        return b.reduce("ReduceMin" if red == "min" else "ReduceMax", flat, [1])
+        op = "ReduceMin" if red == "min" else "ReduceMax"
+        if rank >= 2:  # over every axis but the batch, in place (a Flatten would copy x)
+            return b.reduce(op, x, list(range(1, rank)))
+        return b.reduce(op, b.node("Flatten", [x], axis=1), [1])  # rank unknown (or 1)
     if ch is None:
         raise BackendError(f"reduction {red!r} of {tensor!r} needs a channel axis")
     axes = [i for i in range(1, rank) if i != ch]
