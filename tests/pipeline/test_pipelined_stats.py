@@ -10,7 +10,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from rayq.backends import streams
+from rayq.backends import get_backend, streams
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.errors import CalibrationError
@@ -110,3 +110,29 @@ def test_stream_plan():
     assert streams.plan(1) == (1, 1)
     assert streams.plan(16) == (4, 4)
     assert streams.plan(4, weights_bytes=streams.ONE_STREAM_BYTES) == (1, 4)
+
+
+def _stateful_model() -> ov.Model:
+    """y = x + state; state <- max over the batch of y (ReadValue/Assign)."""
+    import openvino.opset13 as ops
+    from openvino.op.util import Variable, VariableInfo
+
+    x = ops.parameter([-1, 4], np.float32, name="x")
+    info = VariableInfo()
+    info.data_shape, info.data_type, info.variable_id = ov.PartialShape([1, 4]), ov.Type.f32, "s"
+    var = Variable(info)
+    y = ops.add(x, ops.read_value(ops.constant(np.zeros((1, 4), np.float32)), var), name="y")
+    y.output(0).get_tensor().set_names({"y"})
+    assign = ops.assign(ops.reduce_max(y, ops.constant(np.array([0], np.int64)), True), var)
+    return ov.Model([ops.result(y)], [assign], [x], "stateful")
+
+
+def test_stateful_openvino_model_keeps_one_request():
+    """Its state lives in the infer request: every batch must run on the same one."""
+    from rayq.backends.base import StatRequest
+
+    run = get_backend("openvino").stat_runner(_stateful_model(), [StatRequest("y", ("min", "max"))],
+                                              num_threads=2)
+    assert getattr(run, "streams", 1) == 1
+    maxima = [float(run({"x": np.ones((2, 4), np.float32)})["y"]["max"][0]) for _ in range(3)]
+    assert maxima == [1.0, 2.0, 3.0]  # the state carried over from batch to batch

@@ -128,7 +128,8 @@ def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_th
 
         return run_nothing
     # one thread: one request, as before; else a throughput pass over several requests
-    pipelined = num_threads != 1
+    # (not for stateful models: their state lives in the request and must see every batch)
+    pipelined = num_threads != 1 and not model.get_sinks()
     compiled = runtime.compile_model(instrumented, device="CPU", num_threads=num_threads, throughput=pipelined)
     session = runtime.RequestPool(compiled, specs) if pipelined else runtime.Session(compiled, specs)
     first = len(compiled.outputs) - len(keys)
