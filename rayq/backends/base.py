@@ -39,6 +39,9 @@ class StatRequest:
 
 
 #: Runs one batch (input name -> array) and returns tensor -> reduction -> array.
+#: A runner may carry an int attribute ``streams``: how many batches it runs well at
+#: once, from as many threads (it is then thread-safe); the calibration loop keeps that
+#: many in flight (:func:`rayq.pipeline.calibrate.run_pipelined`). Without it: 1.
 StatRunner = Callable[[dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]
 #: Runs one batch and returns the model outputs in order.
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]

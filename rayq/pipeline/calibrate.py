@@ -10,8 +10,11 @@ the first pass's global min/max, so shards merge exactly.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,18 +123,55 @@ def collect(
     stats = StatisticSet()
     for tensor, (lo, hi) in (histogram_edges or {}).items():
         stats.enable_histogram(tensor, lo, hi, HIST_BINS)
-    for batch_id, feeds in batches:
-        try:
-            stats.update(batch_id, runner(feeds))
-        except DataError as exc:
-            raise DataError(f"calibration batch {batch_id}: {exc}") from exc
-        except RayqError:
-            raise
-        except ValueError as exc:
-            raise CalibrationError(f"calibration batch {batch_id}: {exc}") from exc
+    for batch_id, result in run_pipelined(runner, batches):
+        absorb(stats, batch_id, result)
         if on_batch is not None:
             on_batch(1)
     return stats
+
+
+def absorb(stats: StatisticSet, batch_id: int, result: Callable[[], dict]) -> None:
+    """Run ``result()`` (a batch's reductions, or its error) and add it to ``stats``,
+    with errors named after the batch."""
+    try:
+        stats.update(batch_id, result())
+    except DataError as exc:
+        raise DataError(f"calibration batch {batch_id}: {exc}") from exc
+    except RayqError:
+        raise
+    except ValueError as exc:
+        raise CalibrationError(f"calibration batch {batch_id}: {exc}") from exc
+
+
+def run_pipelined(runner: Callable, batches: Iterable[Batch]) -> Iterator[tuple[int, Callable[[], dict]]]:
+    """``(batch id, result getter)`` of every batch, in batch order, ``runner`` running up
+    to ``runner.streams`` batches at once (see :data:`rayq.backends.base.StatRunner`).
+
+    The runtime releases the GIL, so while a stream computes, the next batches are read
+    and earlier results are reduced on the host: one pipelined pass. At most
+    ``2 * streams`` batches are held at once (calibration memory stays flat), and the
+    statistics are the same as one batch at a time: every reduction is exact and
+    order-independent, and results are absorbed in batch order anyway.
+    """
+    streams = max(1, int(getattr(runner, "streams", 1)))
+    if streams == 1:
+        for batch_id, feeds in batches:
+            yield batch_id, functools.partial(runner, feeds)
+        return
+    with ThreadPoolExecutor(streams, thread_name_prefix="rayq-calibration") as pool:
+        pending: deque = deque()
+        try:
+            for batch_id, feeds in batches:
+                pending.append((batch_id, pool.submit(runner, feeds)))
+                if len(pending) >= 2 * streams:
+                    done_id, future = pending.popleft()
+                    yield done_id, future.result
+            while pending:
+                done_id, future = pending.popleft()
+                yield done_id, future.result
+        finally:
+            for _, future in pending:  # an error or an abandoned iteration: drop the rest
+                future.cancel()
 
 
 def pass_requests(spec: StatSpec, histogram_edges: dict | None = None) -> list[StatRequest]:

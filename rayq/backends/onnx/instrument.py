@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 
 from rayq.backends.base import StatRequest, StatRunner
 from rayq.backends.onnx import reader
+from rayq.backends.streams import plan as plan_streams
 from rayq.errors import BackendError
 
 _PREFIX = "rayq_stat::"
@@ -105,8 +106,10 @@ def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor:
     if red == "raw":
         return x
     if red in ("min", "max"):
-        flat = b.node("Flatten", [x], axis=1)
-        return b.reduce("ReduceMin" if red == "min" else "ReduceMax", flat, [1])
+        op = "ReduceMin" if red == "min" else "ReduceMax"
+        if rank >= 2:  # over every axis but the batch, in place (a Flatten would copy x)
+            return b.reduce(op, x, list(range(1, rank)))
+        return b.reduce(op, b.node("Flatten", [x], axis=1), [1])  # rank unknown (or 1)
     if ch is None:
         raise BackendError(f"reduction {red!r} of {tensor!r} needs a channel axis")
     axes = [i for i in range(1, rank) if i != ch]
@@ -124,6 +127,10 @@ def _reduction(b: _Builder, x: str, rank: int, red: str, ch: int | None, tensor:
 def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *, num_threads: int = 0) -> StatRunner:
     """Instrument ``proto``, create one ONNX Runtime session, return the batch runner.
 
+    The runner runs ``streams`` batches at once well (see :mod:`rayq.backends.streams`):
+    one session, ``num_threads`` (0: every CPU) split into streams of fewer intra-op
+    threads each, called from as many threads.
+
     The large weights are split off first (:func:`runtime.split_weights`), so the
     instrumented copy holds none of them; :func:`runtime.ort_session` hands them to
     ONNX Runtime (a model of several GB is held about twice during calibration, not
@@ -133,7 +140,8 @@ def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *,
 
     light, weight_names, weights = runtime.split_weights(proto, values=False)
     instrumented, names, maybe = instrument(light, requests)
-    session = runtime.ort_session(instrumented, num_threads=num_threads, weights=(weight_names, weights))
+    streams, threads = plan_streams(num_threads, reader.size_bytes(proto))
+    session = runtime.ort_session(instrumented, num_threads=threads, weights=(weight_names, weights))
     specs = reader.input_specs(proto)
     keys = [(r.tensor, red) for r in requests for red in r.reductions]
     batched_inputs = [s.name for s in specs if s.shape]  # the first dim of the first one is the batch
@@ -149,6 +157,7 @@ def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *,
             result.setdefault(tensor, {})[red] = value
         return result
 
+    run.streams = streams  # ONNX Runtime's run is thread-safe: batches on `streams` threads at once
     return run
 
 

@@ -111,6 +111,9 @@ def instrument(model: ov.Model, requests: Sequence[StatRequest]) -> tuple[ov.Mod
 def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_threads: int = 0) -> StatRunner:
     """Instrument ``model``, compile it once on CPU, and return the batch runner.
 
+    Except with ``num_threads=1``, the model is compiled for throughput and the runner
+    is thread-safe, running up to ``run.streams`` batches at once (one per infer request).
+
     Example:
         >>> run = make_stat_runner(model, [StatRequest("relu_0", ("min", "max"))])  # doctest: +SKIP
         >>> run({"input": x})["relu_0"]["max"].shape                                  # doctest: +SKIP
@@ -124,8 +127,11 @@ def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_th
             return {}
 
         return run_nothing
-    compiled = runtime.compile_model(instrumented, device="CPU", num_threads=num_threads)
-    session = runtime.Session(compiled, specs)
+    # one thread: one request, as before; else a throughput pass over several requests
+    # (not for stateful models: their state lives in the request and must see every batch)
+    pipelined = num_threads != 1 and not model.get_sinks()
+    compiled = runtime.compile_model(instrumented, device="CPU", num_threads=num_threads, throughput=pipelined)
+    session = runtime.RequestPool(compiled, specs) if pipelined else runtime.Session(compiled, specs)
     first = len(compiled.outputs) - len(keys)
     wanted = list(range(first, len(compiled.outputs)))
 
@@ -136,4 +142,5 @@ def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_th
             result.setdefault(tensor, {})[red] = np.asarray(value, dtype=np.float32)
         return result
 
+    run.streams = getattr(session, "streams", 1)
     return run
