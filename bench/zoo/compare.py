@@ -273,17 +273,20 @@ def main() -> None:
     ap.add_argument("--work", default="bench/.cache/zoo")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    out = pathlib.Path(args.out) if args.out else None
+    saved = json.loads(out.read_text())["results"] if out and out.exists() else []
     results = []
     for m in args.models.split(","):
-        results.append(run_model(m, args))
-        if args.out:  # after every model: a long run that stops keeps what it measured
-            pathlib.Path(args.out).write_text(json.dumps({"machine": machine(), "args": vars(args),
-                                                           "results": results}, indent=1))
+        results.append(dict(run_model(m, args), machine=machine(), args=vars(args)))
+        if out:  # after every model, replacing its earlier row: a run that stops keeps what it measured
+            done = {r["model"] for r in results}
+            out.write_text(json.dumps({"results": [r for r in saved if r["model"] not in done] + results},
+                                      indent=1))
     print(table(results))
 
 
 def machine() -> dict:
-    """CPU model, core count and load average when the run ended."""
+    """CPU model, core count and load average (1, 5, 15 min) when the model's rows ended."""
     from rayq.pipeline.latency import cpu_model
 
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()}
