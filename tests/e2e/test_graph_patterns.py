@@ -122,3 +122,22 @@ def test_exact_bias_correction_on_patterns(case):
     onnx.checker.check_model(q, full_check=True)
     reference = run_ort(model, feeds)
     assert nmse(reference, run_ort(q, feeds)) < MAX_NMSE * 1.5
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_recurrent_and_subgraph_ops_reported_fp32(backend, caplog, tmp_path):
+    """An LSTM keeps FP32 weights on both backends, and the quantize summary says so
+    (it said "no weighted op left FP32"); OpenVINO's Loop/If bodies are reported too."""
+    model, items, _ = bilstm_ctc_head()
+    _, loop_items, _ = CASES["loop_subgraph"]()
+    loop_model = CASES["loop_subgraph"]()[0]
+    cases = [(model, items, "recurrent op"), (loop_model, loop_items, "FP32")]
+    for proto, data, reason in cases:
+        if backend == "openvino":
+            onnx.save(proto, str(tmp_path / "m.onnx"))
+            proto = ov.convert_model(str(tmp_path / "m.onnx"))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="rayq"):
+            quantize(proto, data)
+        lines = [r.getMessage() for r in caplog.records if "kept FP32" in r.getMessage()]
+        assert lines and all(reason in line for line in lines), lines
