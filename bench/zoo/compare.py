@@ -272,7 +272,12 @@ def main() -> None:
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--work", default="bench/.cache/zoo")
     ap.add_argument("--out", default="")
+    ap.add_argument("--table", nargs="*", metavar="JSON",
+                    help="print the table of saved --out files (merged, in zoo order) and exit")
     args = ap.parse_args()
+    if args.table is not None:
+        print(table(merged(args.table)))
+        return
     out = pathlib.Path(args.out) if args.out else None
     saved = json.loads(out.read_text())["results"] if out and out.exists() else []
     results = []
@@ -283,6 +288,13 @@ def main() -> None:
             out.write_text(json.dumps({"results": [r for r in saved if r["model"] not in done] + results},
                                       indent=1))
     print(table(results))
+
+
+def merged(paths: list[str]) -> list[dict]:
+    """The results of several ``--out`` files, the last one winning per model, in zoo order."""
+    by_model = {r["model"]: r for p in paths for r in json.loads(pathlib.Path(p).read_text())["results"]}
+    order = {m: i for i, m in enumerate(DEFAULT)}
+    return sorted(by_model.values(), key=lambda r: order.get(r["model"], len(order)))
 
 
 def machine() -> dict:
