@@ -48,14 +48,14 @@ from onnx import TensorProto, helper, numpy_helper
 # (detection ops such as nms) does not load, and importing torchvision then fails while
 # registering fake kernels for those ops. The models here need none of them.
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-import torchvision.models as tvm  # noqa: E402
-import torchvision.models.segmentation as tvs  # noqa: E402
-import torchvision.models.video as tvv  # noqa: E402
-from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
+import torchvision.models as tvm
+import torchvision.models.segmentation as tvs
+import torchvision.models.video as tvv
+from torchvision.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from runners import DEFAULT, feeds  # noqa: E402
-from torch_models import CRNN, Embedder, TinyGPT  # noqa: E402
+from runners import DEFAULT, feeds
+from torch_models import CRNN, Embedder, TinyGPT
 
 
 def image(size: int, name: str = "input", shape: tuple | None = None) -> dict:

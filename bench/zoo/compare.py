@@ -45,10 +45,10 @@ import onnx
 import openvino as ov
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import runners as rt  # noqa: E402
-from runners import DEFAULT, feeds  # noqa: E402
+import runners as rt
+from runners import DEFAULT, feeds
 
-from rayq.pipeline.latency import time_interleaved  # noqa: E402
+from rayq.pipeline.latency import time_interleaved
 
 BACKENDS = ("onnx", "openvino")
 
@@ -93,7 +93,7 @@ def quantize_cached(tool: str, backend: str, fp32: pathlib.Path, data: list, met
         return json.loads(record.read_text())
     try:
         result = {"seconds": _quantize(tool, backend, fp32, data, meta.get("model_type"), out)}
-    except Exception as exc:  # the zoo reports every failure as a row instead of stopping
+    except Exception as exc:  # noqa: BLE001 -- the zoo reports every failure as a row instead of stopping
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         out.unlink(missing_ok=True)
@@ -170,7 +170,7 @@ def measure(backend: str, files: dict[str, pathlib.Path], fp32: pathlib.Path, he
         try:
             run = rt.RUNTIMES[backend](str(p), args.threads)
             runs[k] = (run, rt.outputs(run, heldout))
-        except Exception as exc:  # a row, not a stop
+        except Exception as exc:  # noqa: BLE001 -- a row, not a stop
             errors[k] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if "fp32" not in runs:
         return {"errors": errors}
@@ -244,8 +244,8 @@ def _row(res: dict, backend: str, tag: str) -> str:
 
 def table(results: list[dict]) -> str:
     """Markdown: one row per model, runtime and rayq variant, ratios against NNCF."""
-    rows = ["| model | runtime | runs rayq / NNCF | act. quantizers rayq/NNCF | NMSE rayq | NMSE NNCF | NMSE ratio | "
-            "latency rayq/NNCF | rayq/FP32 | NNCF/FP32 | quantize s rayq / NNCF | quantize time ratio |",
+    rows = [("| model | runtime | runs rayq / NNCF | act. quantizers rayq/NNCF | NMSE rayq | NMSE NNCF | NMSE ratio | "
+             "latency rayq/NNCF | rayq/FP32 | NNCF/FP32 | quantize s rayq / NNCF | quantize time ratio |"),
             "|---" * 12 + "|"]
     for res in results:
         for backend in BACKENDS:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
-import rayq
 from onnx import TensorProto as T
 from onnx import helper
-from tests.e2e.graph_patterns import CASES, _B, _images
+
+import rayq
+from tests.e2e.graph_patterns import _B, CASES, _images
 from tests.e2e.runtimes import nmse, run_ort, run_ov
 
 ov = pytest.importorskip("openvino")
