@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 #: Op types counted as "weighted ops" in the FP32 report of subgraphs.
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+#: Recurrent ops: weighted, but QDQ has no INT8 form of them (neither runtime fuses one).
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+RECURRENT_REASON = "recurrent op (LSTM/GRU/RNN): no INT8 form, stays FP32"
 
 
 def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -170,6 +173,12 @@ def subgraph_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
         for sub in subgraphs(node):
             out += [(f"{node.name}/{name}", reason) for name, _ in _weighted_in(sub)]
     return out
+
+
+def recurrent_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """``(name, reason)`` for each main-graph LSTM/GRU/RNN (their weights stay FP32)."""
+    return [(node.name or f"{node.op_type}_{i}", RECURRENT_REASON) for i, node in enumerate(graph.node)
+            if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx")]
 
 
 def _weighted_in(graph: onnx.GraphProto) -> Iterator[tuple[str, str]]:

@@ -318,7 +318,7 @@ def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list
     """The view's nodes, and ``(name, reason)`` for the weighted ops that must stay FP32:
     those are typed ``other`` so that no rule places a quantizer on them."""
     dequantized = normalize.dequantized(graph)
-    fp32 = normalize.subgraph_ops(graph)
+    fp32 = normalize.subgraph_ops(graph) + normalize.recurrent_ops(graph)
     nodes = []
     for node in graph.node:
         if node.op_type == "Constant":

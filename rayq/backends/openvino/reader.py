@@ -238,7 +238,20 @@ def build_view(model: ov.Model, idx: Index | None = None) -> GraphView:
              if op.get_type_name() not in _HIDDEN and not _is_folded(op, idx)]
     inputs = [idx.name_of(p.output(0)) for p in model.get_parameters()]
     outputs = [idx.source(r, 0) for r in model.get_results()]
-    return GraphView(nodes, tensors, inputs, outputs, ConstantEvaluator(idx), runtime="openvino")
+    return GraphView(nodes, tensors, inputs, outputs, ConstantEvaluator(idx), fp32_ops=_unplaced(idx),
+                     runtime="openvino")
+
+
+#: Ops whose weights or bodies no rule quantizes, with the reason the summary gives.
+_UNPLACED = {**dict.fromkeys(("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell"),
+                             "recurrent op (LSTM/GRU/RNN): no INT8 form, stays FP32"),
+             **dict.fromkeys(("Loop", "TensorIterator", "If"), "subgraph op: its bodies stay FP32")}
+
+
+def _unplaced(idx: Index) -> tuple[tuple[str, str], ...]:
+    """``(name, reason)`` for the recurrent and subgraph ops of the model."""
+    return tuple((idx.node_name[op.get_name()], _UNPLACED[op.get_type_name()]) for op in idx.ops
+                 if op.get_type_name() in _UNPLACED)
 
 
 def _is_folded(op: Any, idx: Index) -> bool:

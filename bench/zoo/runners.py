@@ -1,0 +1,81 @@
+"""Runtime sessions of the zoo comparison, the same settings for FP32, NNCF and rayq:
+ONNX Runtime (``intra_op_num_threads``, one inter-op thread, sequential, all graph
+optimisations) and OpenVINO CPU (``INFERENCE_NUM_THREADS``, ``LATENCY`` hint, ``f32``
+precision hint). A runner maps feeds to the model's first output. :func:`feeds` makes a
+model's inputs from its spec (``build.py`` writes it next to the model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+#: The models ``build.py`` builds and ``compare.py`` compares by default, in table order.
+DEFAULT = ("resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_small", "shufflenet_v2_x1_0",
+           "convnext_tiny", "r3d_18", "lraspp_mobilenet_v3", "vit_s_16", "swin_t", "minilm", "gpt_tiny",
+           "crnn_ctc", "vad", "mobilenet_v3_small_dynamo", "gpt_tiny_dynamo", "resnet18_constants")
+
+
+def ort_runner(path: str, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    first = sess.get_outputs()[0].name
+    return lambda feeds: sess.run([first], feeds)[0]
+
+
+def ov_runner(path: str, threads: int) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request = compiled.create_infer_request()
+    out = compiled.outputs[0]
+    return lambda feeds: np.array(request.infer(feeds)[out])
+
+
+RUNTIMES: dict[str, Callable[[str, int], Runner]] = {"onnx": ort_runner, "openvino": ov_runner}
+
+
+def outputs(run: Runner, inputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """First output for every input, stacked along a new axis 0 (as float64)."""
+    return np.stack([np.asarray(run(x), dtype=np.float64) for x in inputs])
+
+
+def nmse(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean over samples of ``||got - ref||^2 / ||ref||^2``."""
+    ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    den = np.maximum((ref ** 2).sum(1), 1e-30)
+    return float((((got - ref) ** 2).sum(1) / den).mean())
+
+
+def feeds(specs: list[dict], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random inputs for ``specs`` with the batch axis (axis 0 of >= 2-D float inputs
+    of batch 1) set to ``batch``; the same rules as ``compare.py``'s items."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in specs:
+        shape = list(s["shape"])
+        if s["kind"] == "normal":
+            if len(shape) >= 2 and shape[0] == 1:
+                shape[0] = batch
+            out[s["name"]] = (rng.standard_normal(shape) * s.get("scale", 1.0)).astype(np.float32)
+        elif s["kind"] == "tokens":
+            out[s["name"]] = rng.integers(s["low"], s["high"], shape, dtype=np.int64)
+        elif s["kind"] == "mask":
+            n = int(rng.integers(shape[-1] // 4, shape[-1] + 1))
+            out[s["name"]] = (np.arange(shape[-1]) < n).astype(np.int64).reshape(shape)
+        elif s["kind"] == "zeros":
+            out[s["name"]] = np.zeros(shape, np.dtype(s["dtype"]))
+        else:
+            out[s["name"]] = np.array(s["value"], np.dtype(s["dtype"])).reshape(shape)
+    return out
