@@ -168,6 +168,27 @@ def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
     return None
 
 
+def _feeds_compute(graph: GraphView, tensor: str, ignored: frozenset[str] | set[str]) -> bool:
+    """True if ``tensor`` reaches a computing op (not only graph outputs), through
+    data-movement ops and Concats. A Concat whose output only leaves the model (a
+    recurrent state concatenated into a state output) gains nothing from INT8 inputs:
+    they would only add Q/DQ work and error to what the model returns."""
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for consumer, _ in graph.consumers(t):
+            if consumer.name in ignored:
+                continue
+            if consumer.meta == g.CONCAT or _moves_data(consumer):
+                todo.extend(o for o in consumer.outputs if o)
+            else:
+                return True
+    return False
+
+
 def _activation_matmul(graph: GraphView, node: NodeInfo) -> bool:
     """A MatMul of two activations (no constant weight), e.g. attention's Q x K^T."""
     return (node.meta == g.MATMUL and node.weight_input is None
@@ -283,6 +304,8 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
                 skipped.append((node.name, "ignored scope"))
             continue
         reason = _quantizable(node, graph, model_type, se)
+        if reason is None and node.meta == g.CONCAT and not _feeds_compute(graph, node.outputs[0], ignored):
+            reason = "Concat whose output only leaves the model (e.g. a state output) stays FP32"
         if reason is not None:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, reason))

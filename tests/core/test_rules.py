@@ -296,3 +296,23 @@ def test_channel_shuffle_split_shares_one_quantizer_and_one_scale_with_the_conca
     # unified-scale group, so the shuffled values are already on the second one's grid
     assert acts["s"].unify_tensors == ("c1", "c2")
     assert acts["rb"].unify_tensors == ("c1", "c2") and acts["ra"].unify_tensors == ("c1", "c2")
+
+
+def test_a_concat_whose_output_only_leaves_the_model_stays_fp32():
+    # a recurrent-state pattern: the new state is Concat(conv output, x) and only a graph
+    # output reads it (through a Reshape); quantizing its inputs adds Q/DQ work and error
+    # to what the model returns and gains no INT8 op (zoo: Silero-style VAD, 1.32x NNCF)
+    from onnx import TensorProto, helper
+
+    model = _graph([
+        ("Conv", ["x", "wa"], ["ya"], {}),
+        ("Concat", ["ya", "x"], ["state"], {"axis": 1}),
+        ("Reshape", ["state", "shape"], ["out"], {}),
+    ], {"wa": (4, 4, 1, 1)}, out_channels=8)
+    model.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [4], [1, 8, 8, 8]))
+    p = _placement(model)
+    assert p.ops == ("ya",)
+    assert {q.tensor for q in p.points if q.kind == ACTIVATION} == {"x"}  # the Conv's input only
+    # the same Concat feeding a Conv is quantized as before
+    dense = _placement(_dense_block())
+    assert {"c1", "c2"} <= set(dense.ops)
