@@ -104,8 +104,8 @@ def _run(what: str, path: Path, nodes: int) -> dict:
         with local_head("bench-large", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, _):
             _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                     "--disable-usage-stats"], env)
-            proc = subprocess.run([*cmd, f"127.0.0.1:{gcs}", f"127.0.0.1:{gcs}"], env=env, capture_output=True, text=True,
-                                  timeout=1800, check=False)
+            proc = subprocess.run([*cmd, f"127.0.0.1:{gcs}", f"127.0.0.1:{gcs}"], env=env, capture_output=True,
+                                  text=True, timeout=1800, check=False)
     shutil.rmtree(env["RAYQ_CACHE_DIR"], ignore_errors=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):

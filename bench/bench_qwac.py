@@ -460,7 +460,8 @@ def report(res: dict) -> str:
                              "other runs: " + ", ".join(f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / "
                                                         f"{x['fp32_ops']} FP32" for x in others))
             walls = ", ".join(f"{w:.0f}" for w in q.get("wall_s_all", [q["wall_s"]]))
-            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | {mm['top1']:.4f} | "
+            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | "
+                         f"{mm['top1']:.4f} | "
                          f"{100 * drop:.2f} | {_pf(all(oks))} | {_lat(mm)} | {_lat(mm, 'ov_latency_ms')} | "
                          f"{mm['fp32_ops']}/{mm['quantizable_ops']} | {info.get('reported_fp32_ops', '?')} | "
                          f"{'; '.join(notes)} |")

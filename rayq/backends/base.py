@@ -39,10 +39,30 @@ class StatRequest:
 
 
 #: Runs one batch (input name -> array) and returns tensor -> reduction -> array.
-#: A runner may carry an int attribute ``streams``: how many batches it runs well at
-#: once, from as many threads (it is then thread-safe); the calibration loop keeps that
-#: many in flight (:func:`rayq.pipeline.calibrate.run_pipelined`). Without it: 1.
+#: A runner may carry an int attribute ``streams`` (see :class:`StreamedStatRunner`):
+#: how many batches it runs well at once, from as many threads (it is then thread-safe);
+#: the calibration loop keeps that many in flight
+#: (:func:`rayq.pipeline.calibrate.run_pipelined`). Without it: 1.
 StatRunner = Callable[[dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]
+
+
+class StreamedStatRunner:
+    """A thread-safe :data:`StatRunner` that runs ``streams`` batches at once well.
+
+    Example:
+        >>> run = StreamedStatRunner(lambda feeds: {}, streams=4)
+        >>> run.streams, run({})
+        (4, {})
+    """
+
+    __slots__ = ("_run", "streams")
+
+    def __init__(self, run: StatRunner, streams: int) -> None:
+        self._run = run
+        self.streams = streams
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        return self._run(feeds)
 #: Runs one batch and returns the model outputs in order.
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

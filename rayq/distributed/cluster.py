@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from rayq.errors import ClusterError, ConfigError
 
@@ -58,7 +59,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-    opts = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
+    opts: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=False)
     opts.update(kwargs)
     if address and address.startswith("ray://") and "runtime_env" not in kwargs:
         # Ray Client workers do not see this machine's files: ship the project folder

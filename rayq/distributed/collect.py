@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayq.backends import get_backend
+from rayq.backends.base import Backend
 from rayq.core.stats import StatisticSet
 from rayq.distributed import resident, shipping
 from rayq.distributed.cluster import default_resources
@@ -42,8 +43,8 @@ IDLE_RELEASE_S = 10.0  # a worker process drops a resident model unused for this
 class _Resident:
     """One calibration call's state inside a worker process."""
 
-    backend: object
-    model: object
+    backend: Backend
+    model: Any
     spec: StatSpec
     runners: dict = field(default_factory=dict)  # pass kind -> instrumented session
     edges: dict = field(default_factory=dict)  # edges ref id -> histogram edges

@@ -221,7 +221,9 @@ class RayEvaluatorPool:
         cls = ray.remote(BoundWorker)
         opts = dict(self.pool.resources, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         pin = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(n, soft=True)} for n in self.nodes]
-        actors = [cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote() for i in range(self.workers)]
+        # Any: Ray's stubs type an actor's methods as plain functions (no ``.remote``)
+        actors: list[Any] = [cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote()
+                             for i in range(self.workers)]
         self._new_bound = lambda node: cls.options(  # a replacement for a killed worker, on its node
             **opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
         try:
@@ -275,8 +277,11 @@ class RayEvaluatorPool:
         with GATE.evaluating():
             for i, ref, late in self.pool.imap(range(len(args)), lambda i: self._submit(verb, args[i], share=share),
                                                deadline_s=deadline):
-                results[i] = (self._result(ref, verb) if late is None
-                              else self._timed_out(ref, args[i][0], limit, late))
+                if late is None:
+                    results[i] = self._result(ref, verb)
+                else:
+                    assert limit is not None, "a task is late only against a deadline, set only with a limit"
+                    results[i] = self._timed_out(ref, args[i][0], limit, late)
         return results
 
     def _timed_out(self, ref, plan_json: str | None, limit: float, seconds: float) -> CandidateMetric:
@@ -320,7 +325,8 @@ class RayEvaluatorPool:
                 for node, queue in queues.items():
                     if queue:
                         i = queue.pop(0)
-                        wave[i] = self._submit("latency", (None if plans[i] is None else plans[i].to_json(),), node)
+                        plan = plans[i]
+                        wave[i] = self._submit("latency", (None if plan is None else plan.to_json(),), node)
                 for i, ref in wave.items():
                     results[i] = self._result(ref, "latency")
         return results

@@ -186,7 +186,11 @@ class TaskPool:
         it = iter(jobs)
         pending: dict = {}  # ref -> (job, submitted at)
         while True:
-            while len(pending) < self.workers and (job := next(it, _END)) is not _END:
+            while len(pending) < self.workers:
+                try:
+                    job = next(it)
+                except StopIteration:
+                    break
                 pending[submit(job)] = (job, time.monotonic())
             if not pending:
                 return
@@ -215,5 +219,3 @@ class TaskPool:
                 log.warning("no task of %s finished in %ds; %d waiting; free resources: %s", self.what,
                             PLACEMENT_TIMEOUT_S, len(pending), ray.available_resources())
 
-
-_END = object()

@@ -26,7 +26,7 @@ CAPACITY = 4  # most calls resident in one process
 
 
 class _Entry:
-    __slots__ = ("value", "idle_s", "last_used")
+    __slots__ = ("idle_s", "last_used", "value")
 
     def __init__(self, value: Any, idle_s: float) -> None:
         self.value, self.idle_s, self.last_used = value, idle_s, time.monotonic()

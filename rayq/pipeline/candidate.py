@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rayq.backends import get_backend
+from rayq.backends.base import Runner
 from rayq.core.early import EarlyStop
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
@@ -108,7 +109,7 @@ class CandidateEvaluator:
         self._placements: dict[tuple, Any] = {}
         self._built: OrderedDict[str, Any] = OrderedDict()
         self._reference: list | None = None
-        self._fp32_runner = None
+        self._fp32_runner: Runner | None = None
         #: Seconds one validation call may take (None: no limit; the in-process pool sets
         #: it per call, Ray pools enforce it from the driver by killing the worker)
         self.validation_timeout: float | None = None
@@ -134,6 +135,12 @@ class CandidateEvaluator:
     def compiled(self, model: Any, threads: int) -> Any:
         """The object ``validation_fn`` receives (see :func:`~rayq.pipeline.evaluate.validation_model`)."""
         return validation_model(self.backend, model, runtime=self.runtime, device=self.device, threads=threads)
+
+    def _validation_fn(self) -> Callable:
+        """The validation function; a failed validation (not a crash) when none was given."""
+        if self.fn is None:
+            raise ValidationFailed("no validation function was given, so no plan can be validated")
+        return self.fn
 
     # -- verbs -----------------------------------------------------------------------
     def fp32_metric(self, indices: Sequence[int] | None = None) -> CandidateMetric:
@@ -165,7 +172,7 @@ class CandidateEvaluator:
                 chunked = self._chunked(key, compiled, stop, start)
                 if chunked is not None:
                     return chunked
-            m = run_validation(self.fn, compiled, items, timeout=self.validation_timeout)
+            m = run_validation(self._validation_fn(), compiled, items, timeout=self.validation_timeout)
         except ValidationFailed as exc:
             return CandidateMetric(key, None, None, time.perf_counter() - start, str(exc))
         return CandidateMetric(key, m.value, m.per_item, time.perf_counter() - start)
@@ -177,8 +184,9 @@ class CandidateEvaluator:
         the metric to be). None: a chunk gave no per-item values (validate whole instead)."""
         values = np.full(len(self.items), np.nan)
         seen = np.zeros(0, dtype=np.int64)
+        fn = self._validation_fn()
         for chunk in stop.chunks():
-            m = run_validation(self.fn, compiled, [self.items[i] for i in chunk], timeout=self.validation_timeout)
+            m = run_validation(fn, compiled, [self.items[i] for i in chunk], timeout=self.validation_timeout)
             if m.per_item is None or len(m.per_item) != len(chunk):
                 log.warning("validation of %s: a chunk returned no per-item values; validating whole", key)
                 return None

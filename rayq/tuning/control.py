@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import optuna
@@ -39,6 +39,9 @@ from rayq.tuning.driver import SearchDriver, open_storage
 from rayq.tuning.evaluator import EvalResult, TrialRecord
 from rayq.tuning.sensitivity import decode_ranking, encode_ranking
 from rayq.tuning.space import SearchSpace
+
+if TYPE_CHECKING:
+    from rayq.pipeline.candidate import CandidateMetric
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ class AccuracyControl:
         self.on_trial = on_trial
         self.shares = dict(shares) if shares else dict.fromkeys(self.ops, 1.0)
         self.storage = open_storage(settings.storage)
-        self.fp32 = None
+        self.fp32: CandidateMetric | None = None  # after fp32_metric()
         self.choice: selection.Choice | None = None  # the answer, after run()
         self.ranking: list[str] = []
         self.scores: dict[str, float] = {}  # the ranking's per-group scores (rayq.tuning.sensitivity)
@@ -243,12 +246,18 @@ class AccuracyControl:
             return True
         return any(j < k and ok for j, ok in self._feasible_by_k(earlier).items())
 
-    def fp32_metric(self):
-        m = self.pool.map_metric([None])[0]
+    def fp32_metric(self) -> CandidateMetric:
+        m: CandidateMetric = self.pool.map_metric([None])[0]
         if m.error is not None:
             raise SearchError(f"the validation function fails on the FP32 model: {m.error}")
         self.fp32 = m
         return m
+
+    def _fp32(self) -> tuple[float, np.ndarray | None]:
+        """The FP32 metric and its per-item values (:meth:`fp32_metric` has run: ``run()`` calls it)."""
+        assert self.fp32 is not None, "the FP32 metric is measured first (AccuracyControl.fp32_metric)"
+        assert self.fp32.value is not None, "an FP32 validation without an error has a metric"
+        return self.fp32.value, self.fp32.per_item
 
     def _stored_ranking(self) -> list[str] | None:
         try:
@@ -261,9 +270,9 @@ class AccuracyControl:
         ranking, self.scores, self.basis = decode_ranking(value)
         return ranking
 
-    def _store_ranking(self, ranking: list[str]) -> None:
+    def _store_ranking(self, ranking: list[str], basis: str) -> None:
         study = optuna.create_study(study_name=self.s.study_name, storage=self.storage, load_if_exists=True)
-        study.set_user_attr(RANKING_ATTR, encode_ranking(ranking, self.scores, self.basis))
+        study.set_user_attr(RANKING_ATTR, encode_ranking(ranking, self.scores, basis))
 
     def rank(self) -> list[str]:
         """The fallback groups, most harmful first: read from the study, else scored
@@ -275,14 +284,14 @@ class AccuracyControl:
         int8_per_item = self.base_items.get(self.base.key())  # from the base trial, when this run validated it
         if int8_per_item is None:
             int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
-        subset = ranking_subset(self.fp32.per_item, int8_per_item, self.s.ranking_subset)
+        subset = ranking_subset(self._fp32()[1], int8_per_item, self.s.ranking_subset)
         use_metric = subset is not None
         log.info("ranking %d fallback groups on %s", len(self.ops),
-                 f"{len(subset)} disagreeing items" if use_metric else "output error")
+                 f"{len(subset)} disagreeing items" if subset is not None else "output error")
         self.scores = score_groups(self.pool, self.base, self.ops, subset, use_metric)
-        self.basis = "metric" if use_metric else "output_error"
+        self.basis = basis = "metric" if use_metric else "output_error"
         ranking = rank_groups(self.scores, self.ops)
-        self._store_ranking(ranking)
+        self._store_ranking(ranking, basis)
         return ranking
 
     def early_stop(self) -> EarlyStop | None:
@@ -290,33 +299,36 @@ class AccuracyControl:
         FP32 validation returned per-item values whose mean is the metric."""
         if not self.s.early_stop:
             return None
-        per_item = self.fp32.per_item
+        fp32, per_item = self._fp32()
         n = 0 if per_item is None else len(per_item)
-        if not chunkable(self.fp32.value, per_item, n):
+        if not chunkable(fp32, per_item, n):
             log.info("early stopping off: the validation function %s", "returns no per-item values"
                      if per_item is None else "returns a metric that is not the mean of its per-item values")
             return None
-        return EarlyStop(np.asarray(per_item, np.float64), float(self.fp32.value), self.s.max_drop,
+        return EarlyStop(np.asarray(per_item, np.float64), float(fp32), self.s.max_drop,
                          self.s.drop_type, seed=self.s.seed)
 
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         if self.fp32 is None:
             self.fp32_metric()
-        evaluator = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type)
+        evaluator = PoolEvaluator(self.pool, self._fp32()[0], self.s.drop_type)
         self.base_items = evaluator.per_item
         self.ranking = self._stored_ranking() or []
         space = replace(self.space0, ranking=tuple(self.ranking or self.ops))
         presets = [replace(self.base, preset=p) for p in (space.presets or (self.base.preset,))]
         outcome = self._driver(space, len(presets), evaluator).run(seeds=presets)
-        best, status = outcome.best, outcome.status
-        if status == "met" and not best.plan.fallback and not self.s.explore:
+        best, met = outcome.best, outcome.status == "met"
+        assert best is not None or not met, "a met budget has a best trial"
+        reverts = best is not None and bool(best.plan.fallback)
+        if met and not reverts and not self.s.explore:
             return self._end(space, evaluator, outcome.records)
         evaluator.stop = self.early_stop()  # the preset seeds above are validated whole
-        if (status != "met" or best.plan.fallback) and self._room(outcome.records):
+        if (not met or reverts) and self._room(outcome.records):
             self.ranking = self.rank()
             space = replace(self.space0, ranking=tuple(self.ranking))
             outcome = self._candidates(space, evaluator, outcome.records)
         if self.s.explore and self._room(outcome.records):
+            assert self.s.n_trials is not None, "explore needs n_trials (checked in __init__)"
             outcome = self._driver(space, self.s.n_trials, evaluator).run()
         return self._end(space, evaluator, outcome.records)
 
@@ -352,6 +364,7 @@ class AccuracyControl:
         """No finalist beats FP32, so the answer is the most accurate feasible trial: the
         trials skipped as unable to beat the incumbents (:meth:`screen`) are validated
         whole first, as a search without skipping would have."""
+        assert choice.record is not None, "a no_speedup choice has a most accurate trial"
         records = self._completed(choice.records, skipped_only=True)
         best = selection.most_accurate([r for r in records if r.feasible], self.ops, self.base) or choice.record
         if best.number == choice.record.number:
@@ -372,7 +385,7 @@ class AccuracyControl:
         """
         stopped = [r for r in records if r.early_stopped and (r.metric is None if skipped_only
                                                               else r.validation_items_saved or r.metric is None)]
-        results = PoolEvaluator(self.pool, self.fp32.value, self.s.drop_type).evaluate([r.plan for r in stopped])
+        results = PoolEvaluator(self.pool, self._fp32()[0], self.s.drop_type).evaluate([r.plan for r in stopped])
         done = {}
         for r, full in zip(stopped, results):
             if full.status != "ok":
@@ -409,7 +422,7 @@ class AccuracyControl:
         return outcome
 
     def _feasible_by_k(self, records: Sequence[TrialRecord]) -> dict[int, bool]:
-        out = {}
+        out: dict[int, bool] = {}
         for r in records:
             fb = list(r.plan.fallback)
             if r.plan.preset != self.base.preset or r.status != "ok":

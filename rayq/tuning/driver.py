@@ -243,7 +243,7 @@ class SearchDriver:
     def _enqueue(self, study: optuna.Study, items: Sequence[tuple[dict, str]]) -> None:
         """Enqueue the plans not yet in the study, while the study has room for them."""
         trials = study.get_trials(deepcopy=False)
-        known = set(self._results(study))
+        known: set[str | None] = set(self._results(study))
         known |= {t.user_attrs.get(k) for t in trials if t.state in _PENDING for k in ("enqueued_key", "plan_key")}
         room = self.n_trials - self._n_done(study) - sum(t.state in _PENDING for t in trials)
         for params, source in items:
@@ -297,8 +297,10 @@ class SearchDriver:
                 if trials[-1].user_attrs.get("generation") != tag:
                     trials[-1].set_user_attr("generation", tag)
                 plans.append(self._suggest(trials[-1]))
+            assert tag is not None, "a generation has at least one trial, which sets its tag"
+            first = tag[0]
             fresh = list({p.key(): p for p in plans if p.key() not in cache}.values())
-            results = self._evaluate(fresh, lambda: self._before(study, tag[0]))
+            results = self._evaluate(fresh, lambda: self._before(study, first))
         except BaseException:
             # The trials stay RUNNING: re-running the search takes them over and tells them.
             logger.warning("search stopped with trial(s) %s of study %r in flight; re-run it to finish them",
@@ -362,10 +364,11 @@ class SearchDriver:
                 status, error = "failed", f"the evaluation returned no finite {', '.join(bad)}"
         elif status != "failed":
             status, error = "failed", f"unknown evaluation status {r.status!r}: {r.error}"
-        attrs = {"status": status, "metric": finite(r.metric), "drop": finite(r.drop),
-                 "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
-                 "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
-                 "fp32_latency_ms": finite(r.fp32_latency_ms)}
+        attrs: dict[str, Any] = {
+            "status": status, "metric": finite(r.metric), "drop": finite(r.drop),
+            "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
+            "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
+            "fp32_latency_ms": finite(r.fp32_latency_ms)}
         est, low, high = r.speedup if r.speedup is not None else (None, None, None)
         attrs.update(speedup=finite(est), speedup_low=finite(low), speedup_high=finite(high),
                      early_stopped=bool(r.early_stopped), validation_items_saved=int(r.items_saved))
@@ -387,7 +390,9 @@ class SearchDriver:
             frozen = study.tell(trial, cost)  # the sampler's constraints_func records the constraint
         else:
             frozen = study.tell(trial, state=TrialState.FAIL)
-        return self._record(frozen)
+        record = self._record(frozen)
+        assert record is not None, f"trial {frozen.number} was told with a plan and a counted status"
+        return record
 
     # -- reading the study back ------------------------------------------------------
 
@@ -433,6 +438,7 @@ class SearchDriver:
         records = [r for t in trials if (r := self._record(t))][: self.n_trials]
         best, status = provisional(records, ops=self.space.ranking, base=self.base_plan)
         if status == "met":
+            assert best is not None, "a met budget has a cheapest feasible trial"
             logger.info("cheapest feasible: trial %d, cost %.4f, drop %.5f", best.number, best.cost, best.drop)
         else:
             logger.warning("no INT8 trial of %d met max_drop=%g; the smallest drop is %s",

@@ -313,7 +313,9 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
     all_records = tuple(retimed.get(r.number) or _same_graph(r, by_graph.get(speed_key(r.plan))) for r in records)
     chosen, status = verdict.winner, "met"
     if chosen is None:
-        chosen, status = most_accurate(_feasible(all_records, ops), ops, base), "no_speedup"
+        fallback = most_accurate(_feasible(all_records, ops), ops, base)
+        assert fallback is not None, "the finalists are feasible trials, so one is the most accurate"
+        chosen, status = fallback, "no_speedup"
     chosen = retimed.get(chosen.number, chosen)
     speedup = verdict.vs_fp32.get(chosen.number) or _interval_of(chosen)
     out = Choice(chosen, status, speedup, tuple(retimed.values()), all_records, len(rounds.rows),

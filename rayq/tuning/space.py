@@ -92,6 +92,12 @@ class SearchSpace:
             raise ConfigError(f"max_fallback={self.max_fallback} must be in [0, {n}] (the ranking's length)")
         object.__setattr__(self, "max_fallback", max_fallback)
 
+    @property
+    def _max_k(self) -> int:
+        """``max_fallback`` as resolved by ``__post_init__`` (an int from then on)."""
+        assert self.max_fallback is not None, "SearchSpace.__post_init__ resolves max_fallback"
+        return self.max_fallback
+
     def to_dict(self) -> dict:
         """The space as JSON-compatible data.
 
@@ -152,7 +158,7 @@ class SearchSpace:
             choices = getattr(self, attr)
             if choices:
                 params[param] = trial.suggest_categorical(param, list(choices))
-        params[K_PARAM] = trial.suggest_int(K_PARAM, 0, self.max_fallback)
+        params[K_PARAM] = trial.suggest_int(K_PARAM, 0, self._max_k)
         return self.from_params(params, base)
 
     def from_params(self, params: dict[str, Any], base: QuantPlan) -> QuantPlan:
@@ -176,7 +182,7 @@ class SearchSpace:
         changes: dict[str, Any] = {param: params[param] for param, _ in _CATEGORICALS if param in params}
         if K_PARAM in params:
             k = int(params[K_PARAM])
-            if not 0 <= k <= self.max_fallback:
+            if not 0 <= k <= self._max_k:
                 raise ConfigError(f"k={k} is outside [0, {self.max_fallback}]")
             changes["fallback"] = tuple(self.ranking[:k])
         return replace(base, **changes)
@@ -223,7 +229,7 @@ class SearchSpace:
         if unknown:
             raise ConfigError(f"fallback group(s) {unknown} are not in the search space's ranking")
         k = max((position[name] + 1 for name in fallback), default=0)
-        if k > self.max_fallback:
+        if k > self._max_k:
             raise ConfigError(f"fallback {list(fallback)} needs k={k} > max_fallback={self.max_fallback}")
         if k != len(fallback):
             logger.info("fallback %s is not a top-k prefix; using k=%d (reverts %d more group(s))",

@@ -10,13 +10,13 @@ import numpy as np
 import openvino as ov
 import pytest
 
+from rayq.api.session import ModelSession
 from rayq.backends import get_backend, streams
 from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.errors import CalibrationError
 from rayq.pipeline import calibrate
 from rayq.pipeline.build import placement_for
-from rayq.session import ModelSession
 from rayq.testing.models import random_inputs, resnet_like
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rayq.backends.base import StatRequest, StatRunner
+from rayq.backends.base import StatRequest, StatRunner, StreamedStatRunner
 from rayq.backends.onnx import reader
 from rayq.backends.streams import plan as plan_streams
 from rayq.errors import BackendError
@@ -157,8 +157,8 @@ def make_stat_runner(proto: onnx.ModelProto, requests: Sequence[StatRequest], *,
             result.setdefault(tensor, {})[red] = value
         return result
 
-    run.streams = streams  # ONNX Runtime's run is thread-safe: batches on `streams` threads at once
-    return run
+    # ONNX Runtime's run is thread-safe: batches on `streams` threads at once
+    return StreamedStatRunner(run, streams)
 
 
 def _fold_rows(value: np.ndarray, red: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from rayq.backends.base import REDUCTIONS, StatRequest, StatRunner
+from rayq.backends.base import REDUCTIONS, StatRequest, StatRunner, StreamedStatRunner
 from rayq.backends.feeds import check_feeds
 from rayq.backends.openvino import reader, runtime
 from rayq.errors import BackendError
@@ -142,5 +142,4 @@ def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_th
             result.setdefault(tensor, {})[red] = np.asarray(value, dtype=np.float32)
         return result
 
-    run.streams = getattr(session, "streams", 1)
-    return run
+    return StreamedStatRunner(run, session.streams if isinstance(session, runtime.RequestPool) else 1)
