@@ -26,9 +26,8 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 
 #: errors, logging, progress events and output storage: used by every layer, import none of them.
 FOUNDATION = {"errors", "logs", "events", "storage"}
-#: The API layer: the rayq/api/ package and the top-level modules it is made of (before and after they
-#: move into rayq/api/), the NNCF-compatibility shim and the package itself (its public re-exports).
-API_MODULES = {"api", "search_api", "session", "sweep", "config", "config_schema", "jobs", "progress", "compat"}
+#: The API layer: the rayq/api/ package and the NNCF-compatibility shim (rayq.compat).
+API_MODULES = {"api", "compat"}
 RANK = {"foundation": 0, "core": 1, "backends": 2, "pipeline": 3, "distributed": 4, "tuning": 4, "api": 5,
         "cli": 6, "testing": 7}
 
