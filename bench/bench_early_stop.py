@@ -56,8 +56,12 @@ def _digits():
     from examples.digits.metric import accuracy_per_item
 
     cal = np.load(REPO / "examples/digits/calibration.npz")["input"]
-    return (str(REPO / "examples/digits/digits_cnn.onnx"), cal, str(REPO / "examples/digits/validation.npz"),
-            accuracy_per_item)
+    return (
+        str(REPO / "examples/digits/digits_cnn.onnx"),
+        cal,
+        str(REPO / "examples/digits/validation.npz"),
+        accuracy_per_item,
+    )
 
 
 def _minilm():
@@ -71,8 +75,16 @@ def _minilm():
 TASKS = {"mlp": _mlp, "digits": _digits, "minilm": _minilm}
 #: ``minilm`` runs what ``bench/bench_qwac.py`` runs: quantize_with_accuracy_control's search
 #: (preset mixed, top-k candidates and bisection, no exploration) on 2 Ray workers.
-QWAC = dict(n_trials=None, preset="mixed", presets=("mixed",), estimators=("mean_minmax",),
-            bias_corrections=("fast",), explore=False, finalists=1, num_workers=2)
+QWAC = dict(
+    n_trials=None,
+    preset="mixed",
+    presets=("mixed",),
+    estimators=("mean_minmax",),
+    bias_corrections=("fast",),
+    explore=False,
+    finalists=1,
+    num_workers=2,
+)
 
 
 def one(task: str, early_stop: bool, n_trials: int, max_drop: float = 0.01) -> dict:
@@ -84,43 +96,62 @@ def one(task: str, early_stop: bool, n_trials: int, max_drop: float = 0.01) -> d
     f = r.trials
     fresh = f[~f["reused"]]
     n_items = len(val) if isinstance(val, list) else len(np.load(val)["label"])
-    return {"task": task, "early_stop": early_stop, "max_drop": max_drop, "wall_s": wall, "status": r.status,
-            "plan_key": r.plan.key(),
-            "plans_tried": f["plan_key"].tolist(), "stopped": int(f["early_stopped"].sum()),
-            "items_saved": int(fresh["validation_items_saved"].sum()),
-            "items_run": int(len(fresh) * n_items - fresh["validation_items_saved"].sum()),
-            "validation_s": float(fresh["eval_seconds"].sum())}
+    return {
+        "task": task,
+        "early_stop": early_stop,
+        "max_drop": max_drop,
+        "wall_s": wall,
+        "status": r.status,
+        "plan_key": r.plan.key(),
+        "plans_tried": f["plan_key"].tolist(),
+        "stopped": int(f["early_stopped"].sum()),
+        "items_saved": int(fresh["validation_items_saved"].sum()),
+        "items_run": int(len(fresh) * n_items - fresh["validation_items_saved"].sum()),
+        "validation_s": float(fresh["eval_seconds"].sum()),
+    }
 
 
 def summarize(task: str, pairs: harness.Pairs) -> dict:
     """Medians per setting (``on``: early stopping) and whether the answers agree."""
     on, off = pairs.results["on"], pairs.results["off"]
     med = statistics.median
-    return {"task": task, "wall_on_s": med(r["wall_s"] for r in on), "wall_off_s": med(r["wall_s"] for r in off),
-            "wall_ratio_on_off": pairs.ratio_median,
-            "validation_on_s": med(r["validation_s"] for r in on),
-            "validation_off_s": med(r["validation_s"] for r in off),
-            "items_on": on[0]["items_run"], "items_off": off[0]["items_run"], "stopped": on[0]["stopped"],
-            "same_plan": all(r["plan_key"] == off[0]["plan_key"] for r in on + off),
-            "same_trials": all(r["plans_tried"] == off[0]["plans_tried"] for r in on + off)}
+    return {
+        "task": task,
+        "wall_on_s": med(r["wall_s"] for r in on),
+        "wall_off_s": med(r["wall_s"] for r in off),
+        "wall_ratio_on_off": pairs.ratio_median,
+        "validation_on_s": med(r["validation_s"] for r in on),
+        "validation_off_s": med(r["validation_s"] for r in off),
+        "items_on": on[0]["items_run"],
+        "items_off": off[0]["items_run"],
+        "stopped": on[0]["stopped"],
+        "same_plan": all(r["plan_key"] == off[0]["plan_key"] for r in on + off),
+        "same_trials": all(r["plans_tried"] == off[0]["plans_tried"] for r in on + off),
+    }
 
 
 def markdown(summary: list[dict], env: dict) -> str:
-    lines = [f"{harness.describe(env)}.", "",
-             "| task | stopped | items validated (on / off) | validation s, median (on / off) "
-             "| wall s, median (on / off) | on/off (median of pairs) | same plan, same trials |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{harness.describe(env)}.",
+        "",
+        "| task | stopped | items validated (on / off) | validation s, median (on / off) "
+        "| wall s, median (on / off) | on/off (median of pairs) | same plan, same trials |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary:
-        lines.append(f"| {r['task']} | {r['stopped']} | {r['items_on']} / {r['items_off']} | "
-                     f"{r['validation_on_s']:.2f} / {r['validation_off_s']:.2f} | {r['wall_on_s']:.1f} / "
-                     f"{r['wall_off_s']:.1f} | {r['wall_ratio_on_off']:.2f} | "
-                     f"{'yes' if r['same_plan'] else 'no'}, {'yes' if r['same_trials'] else 'no'} |")
+        lines.append(
+            f"| {r['task']} | {r['stopped']} | {r['items_on']} / {r['items_off']} | "
+            f"{r['validation_on_s']:.2f} / {r['validation_off_s']:.2f} | {r['wall_on_s']:.1f} / "
+            f"{r['wall_off_s']:.1f} | {r['wall_ratio_on_off']:.2f} | "
+            f"{'yes' if r['same_plan'] else 'no'}, {'yes' if r['same_trials'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     harness.add_common_args(p)
     p.add_argument("--tasks", default="mlp,digits", help="of mlp,digits,minilm")
     p.add_argument("--repeats", type=int, default=3, help="on/off pairs per task")
@@ -138,18 +169,29 @@ def main(argv=None) -> int:
     try:
         for task in tasks:
             pairs = harness.alternate(
-                {"off": lambda t=task: one(t, False, args.n_trials, args.max_drop),
-                 "on": lambda t=task: one(t, True, args.n_trials, args.max_drop)},
-                args.repeats, value=lambda r: r["wall_s"],
-                on_result=lambda side, i, r: print(json.dumps({k: v for k, v in r.items() if k != "plans_tried"}),
-                                                   flush=True))
+                {
+                    "off": lambda t=task: one(t, False, args.n_trials, args.max_drop),
+                    "on": lambda t=task: one(t, True, args.n_trials, args.max_drop),
+                },
+                args.repeats,
+                value=lambda r: r["wall_s"],
+                on_result=lambda side, i, r: print(
+                    json.dumps({k: v for k, v in r.items() if k != "plans_tried"}), flush=True
+                ),
+            )
             runs += pairs.results["off"] + pairs.results["on"]
             summary.append(summarize(task, pairs))
     finally:
         if "minilm" in tasks:
             rayq.shutdown()
-    harness.write_results("early_stop", {"summary": summary, "runs": runs}, env=env, config=vars(args),
-                          markdown=markdown(summary, env), out=harness.output_path(args, "early_stop"))
+    harness.write_results(
+        "early_stop",
+        {"summary": summary, "runs": runs},
+        env=env,
+        config=vars(args),
+        markdown=markdown(summary, env),
+        out=harness.output_path(args, "early_stop"),
+    )
     return 0
 
 

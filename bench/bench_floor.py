@@ -69,9 +69,17 @@ def build_resnet50(size: int, out: pathlib.Path = CACHE) -> pathlib.Path:
             model(torch.randn(8, 3, size, size, generator=gen))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, size, size),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        do_constant_folding=True,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return path
 
 
@@ -82,14 +90,18 @@ def make_items(n: int, size: int) -> list[dict[str, np.ndarray]]:
 
 # ---------------------------------------------------------------- the floor
 
+
 def floor_ov(path: str, items, threads: int) -> float:
     """One FP32 pass: THROUGHPUT + f32 hints, AsyncInferQueue, one item per request."""
     import openvino as ov
 
     t0 = time.perf_counter()
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(path), "CPU", {
-        "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    compiled = core.compile_model(
+        core.read_model(path),
+        "CPU",
+        {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads},
+    )
     nreq = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
     queue = ov.AsyncInferQueue(compiled, nreq)
     sink = []
@@ -114,7 +126,7 @@ def floor_ort(path: str, items, threads: int, batch: int = 8) -> float:
     opts.log_severity_level = 3
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     for start in range(0, len(items), batch):
-        x = np.concatenate([it["input"] for it in items[start:start + batch]])
+        x = np.concatenate([it["input"] for it in items[start : start + batch]])
         sess.run(None, {"input": x})
     return time.perf_counter() - t0
 
@@ -138,7 +150,7 @@ def floor_ort_streams(path: str, items, threads: int, batch: int = 8) -> float:
 
     def work(mine):
         for start in mine:
-            sess.run(None, {"input": np.concatenate([it["input"] for it in items[start:start + batch]])})
+            sess.run(None, {"input": np.concatenate([it["input"] for it in items[start : start + batch]])})
 
     pool = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
     for t in pool:
@@ -149,6 +161,7 @@ def floor_ort_streams(path: str, items, threads: int, batch: int = 8) -> float:
 
 
 # ---------------------------------------------------------------- the tools
+
 
 def rayq_quantize(model, items) -> float:
     import rayq
@@ -169,6 +182,7 @@ def nncf_quantize(model_fn: Callable, items) -> float:
 
 # ---------------------------------------------------------------- driver
 
+
 def _machine() -> dict:
     try:
         flags = pathlib.Path("/proc/cpuinfo").read_text()
@@ -176,26 +190,44 @@ def _machine() -> dict:
         flags = ""
     cpu = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), "")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=pathlib.Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=pathlib.Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         commit = ""
     import nncf
     import onnxruntime
     import openvino
 
-    return {"cpu": cpu, "cpus": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags,
-            "amx": "amx_tile" in flags, "python": platform.python_version(), "rayq_commit": commit,
-            "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__,
-            "nncf": nncf.__version__}
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "avx512_vnni": "avx512_vnni" in flags,
+        "amx": "amx_tile" in flags,
+        "python": platform.python_version(),
+        "rayq_commit": commit,
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.__version__,
+        "nncf": nncf.__version__,
+    }
 
 
 def rayq_subprocess(pythonpath: str, backend: str, args) -> tuple[float, float]:
     """``rayq_<backend>`` timed in a fresh process importing rayq from ``pythonpath``
     (an older commit, for before/after); warm-up there too. Returns (wall s, CPU s)."""
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    cmd = [sys.executable, __file__, "--job", f"rayq_{backend}", "--items", str(args.items),
-           "--size", str(args.size), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--job",
+        f"rayq_{backend}",
+        "--items",
+        str(args.items),
+        "--size",
+        str(args.size),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     wall, cpu = json.loads(out.strip().splitlines()[-1])
     return wall, cpu
@@ -243,7 +275,7 @@ def run(args) -> dict:
     cpu: dict[str, list[float]] = {j: [] for j in names}
     loads = []
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if name.startswith("nncf_") and r >= args.nncf_rounds:
                 continue
             w, c = timed[name]()
@@ -259,11 +291,22 @@ def run(args) -> dict:
 def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
     med = {j: statistics.median(v) for j, v in wall.items() if v}
     med_cpu = {j: statistics.median(v) for j, v in cpu.items() if v}
-    result = {"model": f"resnet50 {args.size}x{args.size} (random weights, BN re-estimated, dynamic batch)",
-            "items": args.items, "threads": args.threads, "rounds": args.rounds, "before": args.before,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": _machine(),
-            "load_1min_after_round": loads, "wall_s": wall, "cpu_s": cpu, "median_wall_s": med,
-            "median_cpu_s": med_cpu, "ratios": ratios(med), "ratios_cpu": ratios(med_cpu)}
+    result = {
+        "model": f"resnet50 {args.size}x{args.size} (random weights, BN re-estimated, dynamic batch)",
+        "items": args.items,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "before": args.before,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": _machine(),
+        "load_1min_after_round": loads,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "median_wall_s": med,
+        "median_cpu_s": med_cpu,
+        "ratios": ratios(med),
+        "ratios_cpu": ratios(med_cpu),
+    }
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -271,10 +314,12 @@ def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
 
 def _with_cpu(job: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     """``job`` returning (its wall seconds, this process's CPU seconds meanwhile)."""
+
     def timed() -> tuple[float, float]:
         c0 = time.process_time()
         wall = job()
         return wall, time.process_time() - c0
+
     return timed
 
 
@@ -306,15 +351,23 @@ def main() -> None:
     ap.add_argument("--nncf-rounds", type=int, default=1 << 30, help="time NNCF in the first N rounds only")
     ap.add_argument("--only", default="", help="comma-separated prefixes of floor_/rayq_/nncf_ job names")
     ap.add_argument("--out", default="")
-    ap.add_argument("--before", default="", help="a rayq source tree (e.g. `git archive` of an older commit): "
-                    "its quantize is timed too, in subprocesses (jobs rayqbefore_*)")
+    ap.add_argument(
+        "--before",
+        default="",
+        help="a rayq source tree (e.g. `git archive` of an older commit): "
+        "its quantize is timed too, in subprocesses (jobs rayqbefore_*)",
+    )
     ap.add_argument("--job", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
         return one_job(args)
     result = run(args)
-    print(json.dumps({"median_wall_s": result["median_wall_s"], "ratios": result["ratios"],
-                      "ratios_cpu": result["ratios_cpu"]}, indent=1))
+    print(
+        json.dumps(
+            {"median_wall_s": result["median_wall_s"], "ratios": result["ratios"], "ratios_cpu": result["ratios_cpu"]},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

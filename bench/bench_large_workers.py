@@ -56,8 +56,11 @@ class _Poll(threading.Thread):
         while not self.stop.is_set():
             for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
-                if ("default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::")) \
-                        and self._ours(proc) and proc.info["memory_info"]:
+                if (
+                    ("default_worker.py" in cmd or (proc.info["name"] or "").startswith("ray::"))
+                    and self._ours(proc)
+                    and proc.info["memory_info"]
+                ):
                     self.peak[proc.pid] = max(self.peak.get(proc.pid, 0.0), proc.info["memory_info"].rss / 2**20)
             self.stop.wait(0.05)
 
@@ -85,9 +88,12 @@ def job(what: str, path: str, address: str | None, marker: str | None) -> dict:
     poll.join()
     model_mb = os.path.getsize(Path(path).parent / "large.onnx.data") / 2**20
     workers = sorted((round(v) for v in poll.peak.values() if v > 500), reverse=True)  # the ones that loaded it
-    return {"model_mb": round(model_mb), "seconds": round(seconds, 1),
-            "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "worker_peaks_mb": workers}
+    return {
+        "model_mb": round(model_mb),
+        "seconds": round(seconds, 1),
+        "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "worker_peaks_mb": workers,
+    }
 
 
 def _run(what: str, path: Path, nodes: int) -> dict:
@@ -102,14 +108,22 @@ def _run(what: str, path: Path, nodes: int) -> dict:
 
         env = token_env(**{k: env[k] for k in ("PYTHONPATH", "RAYQ_CACHE_DIR")})
         with local_head("bench-large", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, _):
-            _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    "--disable-usage-stats"], env)
-            proc = subprocess.run([*cmd, f"127.0.0.1:{gcs}", f"127.0.0.1:{gcs}"], env=env, capture_output=True,
-                                  text=True, timeout=1800, check=False)
+            _start(
+                [f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"],
+                env,
+            )
+            proc = subprocess.run(
+                [*cmd, f"127.0.0.1:{gcs}", f"127.0.0.1:{gcs}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=False,
+            )
     shutil.rmtree(env["RAYQ_CACHE_DIR"], ignore_errors=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return {"nodes": nodes, "what": what, **json.loads(line[len("RESULT "):])}
+            return {"nodes": nodes, "what": what, **json.loads(line[len("RESULT ") :])}
     return {"nodes": nodes, "what": what, "error": (proc.stderr or proc.stdout)[-3000:]}
 
 
@@ -128,8 +142,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="1,2")
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--what", default="calibrate", choices=["calibrate", "quantize"],
-                   help="calibration only (the driver holds the model once), or the whole quantize")
+    p.add_argument(
+        "--what",
+        default="calibrate",
+        choices=["calibrate", "quantize"],
+        help="calibration only (the driver holds the model once), or the whole quantize",
+    )
     a = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="rayq-large-", dir="/tmp"))
     try:

@@ -46,6 +46,7 @@ LARGE_DIM, LARGE_LAYERS = 8192, 9
 
 # -- jobs (run in a subprocess) ----------------------------------------------------------
 
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -87,18 +88,26 @@ def make_cnn(path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "cw"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "cb"),
-             numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32) * 0.3, "gw"),
-             numpy_helper.from_array(np.zeros(10, np.float32), "gb")]
-    nodes = [helper.make_node("Conv", ["input", "cw", "cb"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "gw", "gb"], ["logits"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "cnn32", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                             ["n", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "cw"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "cb"),
+        numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32) * 0.3, "gw"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "gb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "gw", "gb"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn32",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -112,6 +121,7 @@ def _cnn_data(source: str, items: int, folder: Path):
         g = np.random.default_rng(0)
         for _ in range(items):
             yield g.standard_normal((1, 3, 32, 32), dtype=np.float32)
+
     return gen()
 
 
@@ -129,8 +139,13 @@ def job_cnn(source: str, items: int, workers: int, folder: str) -> dict:
     rayq.quantize(str(Path(folder) / "cnn32.onnx"), data, subset_size=items, num_workers=workers, cache=False)
     seconds = time.perf_counter() - start
     poll.stop.set()
-    out = {"peak_mb": _peak_mb(), "peak_before_mb": before, "seconds": seconds, "items_per_s": items / seconds,
-           "worker_peak_mb": max(poll.peak.values(), default=0.0)}
+    out = {
+        "peak_mb": _peak_mb(),
+        "peak_before_mb": before,
+        "seconds": seconds,
+        "items_per_s": items / seconds,
+        "worker_peak_mb": max(poll.peak.values(), default=0.0),
+    }
     if workers > 1:
         rayq.shutdown()
     return out
@@ -142,8 +157,7 @@ def _write_cnn_inputs(folder: Path, sizes: list[int]) -> None:
     make_cnn(folder / "cnn32.onnx")
     for n in sizes:  # same items as the generator source, written in slices
         g = np.random.default_rng(0)
-        out = np.lib.format.open_memmap(folder / f"calib_{n}.npy", mode="w+", dtype=np.float32,
-                                        shape=(n, 1, 3, 32, 32))
+        out = np.lib.format.open_memmap(folder / f"calib_{n}.npy", mode="w+", dtype=np.float32, shape=(n, 1, 3, 32, 32))
         for i in range(n):
             out[i] = g.standard_normal((1, 3, 32, 32), dtype=np.float32)
         out.flush()
@@ -166,8 +180,12 @@ def make_large(folder: Path) -> Path:
             w = rng.standard_normal((LARGE_DIM, LARGE_DIM), dtype=np.float32)
             w *= np.float32(1 / np.sqrt(LARGE_DIM))
             f.write(w.tobytes())
-            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[LARGE_DIM, LARGE_DIM],
-                            data_location=TensorProto.EXTERNAL)
+            t = TensorProto(
+                name=f"w{i}",
+                data_type=TensorProto.FLOAT,
+                dims=[LARGE_DIM, LARGE_DIM],
+                data_location=TensorProto.EXTERNAL,
+            )
             for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(w.nbytes))):
                 t.external_data.add(key=k, value=v)
             offset += w.nbytes
@@ -175,8 +193,13 @@ def make_large(folder: Path) -> Path:
             y = f"h{i}" if i < LARGE_LAYERS - 1 else "y"
             nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y], name=f"mm{i}"))
             x = y
-    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", LARGE_DIM])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", LARGE_DIM])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", LARGE_DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", LARGE_DIM])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(folder / "large.onnx"))
     return folder / "large.onnx"
@@ -197,8 +220,13 @@ def job_large(path: str) -> dict:
     out_dir = Path(path).parent / "out"
     get_backend("onnx").save(q, str(out_dir / "q.onnx"))
     model_mb = os.path.getsize(Path(path).parent / "large.onnx.data") / 2**20
-    return {"peak_mb": peak_quantize, "peak_with_save_mb": _peak_mb(), "seconds": seconds,
-            "model_mb": model_mb, "ratio": peak_quantize / model_mb}
+    return {
+        "peak_mb": peak_quantize,
+        "peak_with_save_mb": _peak_mb(),
+        "seconds": seconds,
+        "model_mb": model_mb,
+        "ratio": peak_quantize / model_mb,
+    }
 
 
 # -- orchestration ------------------------------------------------------------------------
@@ -209,8 +237,14 @@ CPUS: list[int] | None = None  # --cpus: every job is pinned to them
 def _run_job(tree: Path, args: list[str], timeout: float = 900) -> dict:
     cache = tempfile.mkdtemp(prefix="rayq-bench-cache-")
     log = harness.WORK / "memory" / f"{'_'.join(args[:4]).replace('/', '_')}_{tree.name}.log"
-    res = harness.run_job([sys.executable, str(Path(__file__).resolve()), "_job", *args], log=log, timeout=timeout,
-                          cpus=CPUS, env=harness.job_env(tree, RAYQ_CACHE_DIR=cache), cwd=tree)
+    res = harness.run_job(
+        [sys.executable, str(Path(__file__).resolve()), "_job", *args],
+        log=log,
+        timeout=timeout,
+        cpus=CPUS,
+        env=harness.job_env(tree, RAYQ_CACHE_DIR=cache),
+        cwd=tree,
+    )
     shutil.rmtree(cache, ignore_errors=True)
     return res["result"] if "error" not in res else {"error": "\n".join(res["log_tail"])[-2000:]}
 
@@ -221,9 +255,12 @@ def run_cnn(trees: dict[str, Path], sizes: list[int], sources: list[str], worker
     try:
         # in a subprocess: a child inherits its parent's peak RSS as its own starting ru_maxrss,
         # so this process must stay small
-        gen = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_cnn", str(folder),
-                              ",".join(map(str, sizes))], capture_output=True, text=True,
-                             env=harness.job_env())
+        gen = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "_make_cnn", str(folder), ",".join(map(str, sizes))],
+            capture_output=True,
+            text=True,
+            env=harness.job_env(),
+        )
         if gen.returncode:
             raise SystemExit(gen.stderr)
         for w in workers:
@@ -243,8 +280,12 @@ def run_large(trees: dict[str, Path]) -> list[dict]:
     folder = Path(tempfile.mkdtemp(prefix="rayq-large-", dir="/tmp"))
     rows = []
     try:
-        gen = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_large", str(folder)],
-                             capture_output=True, text=True, env=harness.job_env())
+        gen = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "_make_large", str(folder)],
+            capture_output=True,
+            text=True,
+            env=harness.job_env(),
+        )
         if gen.returncode:
             raise SystemExit(gen.stderr)
         for label, tree in trees.items():
@@ -266,8 +307,10 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r.get('source', 'large model')} | {r['tree']} | {r.get('items', '')} | error | | |")
             continue
         case = "large model" if "model_mb" in r else f"{r['source']}, {r['workers']} worker(s)"
-        lines.append(f"| {case} | {r['tree']} | {r.get('items', '')} | {r.get('peak_mb', float('nan')):.0f} | "
-                     f"{r.get('items_per_s', float('nan')):.0f} | {r.get('worker_peak_mb', 0):.0f} |")
+        lines.append(
+            f"| {case} | {r['tree']} | {r.get('items', '')} | {r.get('peak_mb', float('nan')):.0f} | "
+            f"{r.get('items_per_s', float('nan')):.0f} | {r.get('worker_peak_mb', 0):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -284,8 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "_make_large":
         make_large(Path(argv[1]))
         return
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     harness.add_common_args(p)
     p.add_argument("--steps", default="cnn", help="cnn,large")
     p.add_argument("--base", help="the baseline measured alongside: a rayq checkout's directory or a git ref")
@@ -304,12 +348,19 @@ def main(argv: list[str] | None = None) -> None:
     trees = {k: v.resolve() for k, v in trees.items() if k in a.trees.split(",")}
     rows: list[dict] = []
     if "cnn" in a.steps:
-        rows += run_cnn(trees, [int(s) for s in a.sizes.split(",")], a.sources.split(","),
-                        [int(w) for w in a.workers.split(",")])
+        rows += run_cnn(
+            trees, [int(s) for s in a.sizes.split(",")], a.sources.split(","), [int(w) for w in a.workers.split(",")]
+        )
     if "large" in a.steps:
         rows += run_large(trees)
-    harness.write_results("memory", rows, env=env, config=vars(a) | {"trees": {k: str(v) for k, v in trees.items()}},
-                          markdown=table(rows), out=harness.output_path(a, "memory"))
+    harness.write_results(
+        "memory",
+        rows,
+        env=env,
+        config=vars(a) | {"trees": {k: str(v) for k, v in trees.items()}},
+        markdown=table(rows),
+        out=harness.output_path(a, "memory"),
+    )
 
 
 if __name__ == "__main__":

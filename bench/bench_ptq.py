@@ -42,8 +42,9 @@ VARIANTS = (("nncf", "nncf", None), ("rayq_ray", "rayq", "ray"), ("rayq_inproc",
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     harness.add_common_args(ap)
     ap.add_argument("--models", default="resnet50,minilm")
     ap.add_argument("--backends", default="onnx,openvino")
@@ -53,18 +54,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10, help="untimed calls per model and turn")
     ap.add_argument("--threads", type=int, default=2, help="runtime threads for latency")
     ap.add_argument("--quant-repeats", type=int, default=1, help="fresh-process repeats per quantize")
-    ap.add_argument("--steps", default="prepare,quantize,measure,report",
-                    help="subset of prepare,quantize,measure,report (reuses earlier results)")
+    ap.add_argument(
+        "--steps",
+        default="prepare,quantize,measure,report",
+        help="subset of prepare,quantize,measure,report (reuses earlier results)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="models, logs (default bench/.cache/ptq)")
-    ap.add_argument("--rayq-commit", default=None, metavar="REF",
-                    help="benchmark rayq as committed at REF (git archive, first on PYTHONPATH) instead of "
-                         "the working tree, so concurrent edits cannot change it mid-run")
-    ap.add_argument("--retries", type=int, default=1,
-                    help="re-run a failed quantize job this many times (failures are kept in the JSON)")
+    ap.add_argument(
+        "--rayq-commit",
+        default=None,
+        metavar="REF",
+        help="benchmark rayq as committed at REF (git archive, first on PYTHONPATH) instead of "
+        "the working tree, so concurrent edits cannot change it mid-run",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-run a failed quantize job this many times (failures are kept in the JSON)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
-        args.models, args.backends, args.samples, args.heldout, args.runs, args.warmup = \
-            "resnet50", "onnx", 8, 4, 10, 2
+        args.models, args.backends, args.samples, args.heldout, args.runs, args.warmup = "resnet50", "onnx", 8, 4, 10, 2
     elif args.runs < 30:
         ap.error("--runs must be >= 30")
     args.work = (args.work or harness.WORK / ("quick/ptq" if args.quick else "ptq")).resolve()
@@ -74,17 +85,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_job(args: argparse.Namespace, job: str, log_name: str, extra: list[str]) -> dict:
     """One ``ptq_jobs.py`` job in a fresh pinned process: its result, plus process figures."""
-    cmd = [sys.executable, str(JOBS), job, "--work", str(args.work), "--samples", str(args.samples),
-           "--heldout", str(args.heldout), *extra]
-    res = harness.run_job(cmd, log=args.work / "logs" / f"{log_name}.log", timeout=args.job_timeout,
-                          cpus=args.cpu_list, env=args.env, cwd=args.tree)
+    cmd = [
+        sys.executable,
+        str(JOBS),
+        job,
+        "--work",
+        str(args.work),
+        "--samples",
+        str(args.samples),
+        "--heldout",
+        str(args.heldout),
+        *extra,
+    ]
+    res = harness.run_job(
+        cmd,
+        log=args.work / "logs" / f"{log_name}.log",
+        timeout=args.job_timeout,
+        cpus=args.cpu_list,
+        env=args.env,
+        cwd=args.tree,
+    )
     if "error" in res:
         return {k: res[k] for k in ("error", "log", "log_tail")} | {"process_s": res["wall_s"]}
     # CPU seconds of the job and of the descendants it reaped (Ray workers are not
     # reaped by the driver, so for rayq with Ray this is a lower bound).
-    return {**res["result"], "process_s": res["wall_s"], "process_cpu_s": res["cpu_s"],
-            "process_peak_rss_mb": res["peak_rss_mb"], "load1": [res["load1_before"], res["load1_after"]],
-            "log": res["log"]}
+    return {
+        **res["result"],
+        "process_s": res["wall_s"],
+        "process_cpu_s": res["cpu_s"],
+        "process_peak_rss_mb": res["peak_rss_mb"],
+        "load1": [res["load1_before"], res["load1_after"]],
+        "log": res["log"],
+    }
 
 
 def quantize_row(args: argparse.Namespace, model: str, backend: str) -> dict[str, dict]:
@@ -126,7 +158,8 @@ def _median_run(args, model: str, backend: str, variant: str, results: list[dict
     else:
         output_path(args.work, model, backend, variant).unlink(missing_ok=True)
     best["failures"] = [f for r in results for f in r.get("failed_attempts", [])] + [
-        {k: r.get(k) for k in ("error", "log", "log_tail")} for r in results if "error" in r]
+        {k: r.get(k) for k in ("error", "log", "log_tail")} for r in results if "error" in r
+    ]
     return best
 
 
@@ -156,25 +189,44 @@ def main(argv: list[str] | None = None) -> int:
                 state_path.write_text(json.dumps(state, indent=2))
             if "measure" in steps:
                 print(f"  measure  {model:8s} {backend:8s} ({args.runs} interleaved runs)", flush=True)
-                row["measure"] = run_job(args, "measure", f"measure_{model}_{backend}",
-                                         ["--model", model, "--backend", backend, "--threads", str(args.threads),
-                                          "--runs", str(args.runs), "--warmup", str(args.warmup)])
+                row["measure"] = run_job(
+                    args,
+                    "measure",
+                    f"measure_{model}_{backend}",
+                    [
+                        "--model",
+                        model,
+                        "--backend",
+                        backend,
+                        "--threads",
+                        str(args.threads),
+                        "--runs",
+                        str(args.runs),
+                        "--warmup",
+                        str(args.warmup),
+                    ],
+                )
                 state_path.write_text(json.dumps(state, indent=2))
     if "report" not in steps:
         return 0
     rows = {k: v for k, v in state["rows"].items() if k.split("/")[0] in models and k.split("/")[1] in backends}
     report = build(rows)
     config = {k: v for k, v in vars(args).items() if k not in ("env", "tree")}
-    harness.write_results("ptq", report, env=env, config=config, markdown=markdown(report, env, args.threads),
-                          out=harness.output_path(args, "ptq"))
+    harness.write_results(
+        "ptq",
+        report,
+        env=env,
+        config=config,
+        markdown=markdown(report, env, args.threads),
+        out=harness.output_path(args, "ptq"),
+    )
     return 0
 
 
 # ------------------------------------------------------------------------------ report (pure functions)
 
 TARGETS = {"quantize": 0.5, "latency": 1.0, "nmse": 1.5}
-LABELS = {"nncf": "NNCF", "rayq_ray": "rayq (Ray, num_workers=None)",
-          "rayq_inproc": "rayq (in-process, num_workers=1)"}
+LABELS = {"nncf": "NNCF", "rayq_ray": "rayq (Ray, num_workers=None)", "rayq_inproc": "rayq (in-process, num_workers=1)"}
 
 
 def _ratio(num, den):
@@ -198,13 +250,19 @@ def row_figures(row: dict) -> dict:
     """Absolute figures and ratios of one (model, backend) row."""
     q = row.get("quantize", {})
     m = row.get("measure", {})
-    fig: dict = {"quantize_s": {v: r.get("quantize_s") for v, r in q.items()},
-                 "import_s": {v: r.get("import_s") for v, r in q.items()},
-                 "process_s": {v: r.get("process_s") for v, r in q.items()},
-                 "process_cpu_s": {v: r.get("process_cpu_s") for v, r in q.items()},
-                 "errors_in_jobs": {v: r.get("error") for v, r in q.items() if "error" in r},
-                 "latency_ms": {}, "latency_iqr_ms": {}, "nmse": {}, "cosine": {}, "ratios": {},
-                 "verdicts": {}}
+    fig: dict = {
+        "quantize_s": {v: r.get("quantize_s") for v, r in q.items()},
+        "import_s": {v: r.get("import_s") for v, r in q.items()},
+        "process_s": {v: r.get("process_s") for v, r in q.items()},
+        "process_cpu_s": {v: r.get("process_cpu_s") for v, r in q.items()},
+        "errors_in_jobs": {v: r.get("error") for v, r in q.items() if "error" in r},
+        "latency_ms": {},
+        "latency_iqr_ms": {},
+        "nmse": {},
+        "cosine": {},
+        "ratios": {},
+        "verdicts": {},
+    }
     if "error" in m:
         fig["errors_in_jobs"]["measure"] = m["error"]
     fig["quantize_failures"] = {v: len(r.get("failures", [])) for v, r in q.items() if r.get("failures")}
@@ -213,8 +271,9 @@ def row_figures(row: dict) -> dict:
         r = _ratio(fig["quantize_s"].get(v), nncf_q)
         fig["ratios"][f"quantize_{v}"] = r
         fig["verdicts"][f"quantize_{v}"] = _verdict(r, TARGETS["quantize"])
-    fig["ratios"]["process_cpu_rayq_inproc"] = _ratio(fig["process_cpu_s"].get("rayq_inproc"),
-                                                      fig["process_cpu_s"].get("nncf"))
+    fig["ratios"]["process_cpu_rayq_inproc"] = _ratio(
+        fig["process_cpu_s"].get("rayq_inproc"), fig["process_cpu_s"].get("nncf")
+    )
     rq = _rayq_primary(m)
     fig["rayq_measured"] = rq
     fig["samples"] = sorted({r.get("samples") for r in q.values() if r.get("samples")})
@@ -277,8 +336,10 @@ def markdown(report: dict, env: dict, threads: int) -> str:
         f = row["figures"]
         r, d = f["ratios"], f["verdicts"]
         model, backend = key.split("/")
-        cells = [_cell(r.get(k), d.get(k)) for k in ("quantize_rayq_ray", "quantize_rayq_inproc", "latency_ort",
-                                                       "latency_ov", "nmse_ort", "nmse_ov")]
+        cells = [
+            _cell(r.get(k), d.get(k))
+            for k in ("quantize_rayq_ray", "quantize_rayq_inproc", "latency_ort", "latency_ov", "nmse_ort", "nmse_ov")
+        ]
         for i, rt in ((2, "ort"), (3, "ov")):
             paired = f.get("latency_paired_ratio", {}).get(rt)
             if paired is not None:
@@ -286,17 +347,24 @@ def markdown(report: dict, env: dict, threads: int) -> str:
         cpu = r.get("process_cpu_rayq_inproc")
         cells.append("-" if cpu is None else f"{cpu:.2f}")
         lines.append(f"| {model} | {backend} | " + " | ".join(cells) + " |")
-    lines += ["", "Latency cells: ratio of medians (the verdict) and, in brackets, the median of per-round "
-              "ratios rayq/NNCF (per-round medians, both timed in the same round). Last column: CPU seconds "
-              "(user+sys) of the "
-              "whole quantize process, rayq in-process / NNCF: less sensitive to other load than wall time; "
-              "not a target (for rayq with Ray the actors' CPU is not visible to the driver)."]
-    lines += ["", "Absolute figures (quantize: seconds of the timed call, median over repeats; "
-              "latency: median ms, FP32 / NNCF / rayq; NMSE vs FP32 on held-out inputs):", "",
-              "| model | backend | quantize s NNCF / rayq default / rayq 1 proc | process s (incl. imports, "
-              "Ray start/stop, save) | process CPU s NNCF / rayq 1 proc | ORT ms FP32 / NNCF / rayq "
-              "| OV ms FP32 / NNCF / rayq | NMSE ORT NNCF / rayq | NMSE OV NNCF / rayq | cosine OV NNCF / rayq |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Latency cells: ratio of medians (the verdict) and, in brackets, the median of per-round "
+        "ratios rayq/NNCF (per-round medians, both timed in the same round). Last column: CPU seconds "
+        "(user+sys) of the "
+        "whole quantize process, rayq in-process / NNCF: less sensitive to other load than wall time; "
+        "not a target (for rayq with Ray the actors' CPU is not visible to the driver).",
+    ]
+    lines += [
+        "",
+        "Absolute figures (quantize: seconds of the timed call, median over repeats; "
+        "latency: median ms, FP32 / NNCF / rayq; NMSE vs FP32 on held-out inputs):",
+        "",
+        "| model | backend | quantize s NNCF / rayq default / rayq 1 proc | process s (incl. imports, "
+        "Ray start/stop, save) | process CPU s NNCF / rayq 1 proc | ORT ms FP32 / NNCF / rayq "
+        "| OV ms FP32 / NNCF / rayq | NMSE ORT NNCF / rayq | NMSE OV NNCF / rayq | cosine OV NNCF / rayq |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, row in report["rows"].items():
         f = row["figures"]
         model, backend = key.split("/")
@@ -305,13 +373,18 @@ def markdown(report: dict, env: dict, threads: int) -> str:
         qs = " / ".join(_num(f["quantize_s"].get(x)) for x in order)
         ps = " / ".join(_num(f["process_s"].get(x)) for x in order)
         cs = " / ".join(_num(f.get("process_cpu_s", {}).get(x)) for x in ("nncf", "rayq_inproc"))
-        lat = {rt: " / ".join(_num(f["latency_ms"].get(rt, {}).get(x), "{:.2f}") for x in ("fp32", "nncf", rq))
-               for rt in ("ort", "ov")}
-        nm = {rt: " / ".join(_num(f["nmse"].get(rt, {}).get(x), "{:.2e}") for x in ("nncf", rq))
-              for rt in ("ort", "ov")}
+        lat = {
+            rt: " / ".join(_num(f["latency_ms"].get(rt, {}).get(x), "{:.2f}") for x in ("fp32", "nncf", rq))
+            for rt in ("ort", "ov")
+        }
+        nm = {
+            rt: " / ".join(_num(f["nmse"].get(rt, {}).get(x), "{:.2e}") for x in ("nncf", rq)) for rt in ("ort", "ov")
+        }
         cos = " / ".join(_num(f["cosine"].get("ov", {}).get(x), "{:.4f}") for x in ("nncf", rq))
-        lines.append(f"| {model} | {backend} | {qs} | {ps} | {cs} | {lat['ort']} | {lat['ov']} | {nm['ort']} "
-                     f"| {nm['ov']} | {cos} |")
+        lines.append(
+            f"| {model} | {backend} | {qs} | {ps} | {cs} | {lat['ort']} | {lat['ov']} | {nm['ort']} "
+            f"| {nm['ov']} | {cos} |"
+        )
     notes = []
     for key, row in report["rows"].items():
         f = row["figures"]

@@ -63,23 +63,49 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TOOLS = ("nncf", "rayq")
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "ConvTranspose")
-MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Gather", "Split",
-            "Identity", "Concat")
+MOVEMENT = (
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "MaxPool",
+    "Slice",
+    "Gather",
+    "Split",
+    "Identity",
+    "Concat",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", default="minilm", help="model of bench/qwac_model.py")
     ap.add_argument("--budgets", default="0.01,0.02", help="max_drop values (absolute)")
-    ap.add_argument("--model-type", default="none", choices=("none", "transformer"),
-                    help="model_type for both tools (default: none, the tools' default)")
-    ap.add_argument("--preset", default="mixed", choices=("default", "performance", "mixed"),
-                    help="preset for both tools (default: mixed, see the module docstring; 'default': "
-                         "the tools' default for the model type)")
+    ap.add_argument(
+        "--model-type",
+        default="none",
+        choices=("none", "transformer"),
+        help="model_type for both tools (default: none, the tools' default)",
+    )
+    ap.add_argument(
+        "--preset",
+        default="mixed",
+        choices=("default", "performance", "mixed"),
+        help="preset for both tools (default: mixed, see the module docstring; 'default': "
+        "the tools' default for the model type)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="rayq num_workers")
-    ap.add_argument("--pairs", "--repeats", dest="repeats", type=int, default=1,
-                    help="pairs of fresh-process runs (NNCF then rayq, alternately) per budget; medians")
+    ap.add_argument(
+        "--pairs",
+        "--repeats",
+        dest="repeats",
+        type=int,
+        default=1,
+        help="pairs of fresh-process runs (NNCF then rayq, alternately) per budget; medians",
+    )
     ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO latency column")
     ap.add_argument("--runs", type=int, default=100, help="timed latency runs per model (>= 30)")
     ap.add_argument("--warmup", type=int, default=20)
@@ -89,8 +115,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=BENCH / ".cache" / "qwac")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "qwac.json")
     ap.add_argument("--job-timeout", type=int, default=7200)
-    ap.add_argument("--resume", action="store_true",
-                    help="reuse the result of a job that already finished in --work (e.g. after a crash)")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the result of a job that already finished in --work (e.g. after a crash)",
+    )
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tool", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--max-drop", type=float, default=None, help=argparse.SUPPRESS)
@@ -152,31 +181,55 @@ def job_quantize(args) -> dict:
     start = time.perf_counter()
     if args.tool == "nncf":
         cal = nncf.Dataset(task["calibration"], lambda it: {k: it[k][None] for k in inputs})
-        kw = dict(subset_size=300, model_type=nncf.ModelType.TRANSFORMER if mt else None,
-                  preset=nncf.QuantizationPreset(args.preset) if args.preset else None)
+        kw = dict(
+            subset_size=300,
+            model_type=nncf.ModelType.TRANSFORMER if mt else None,
+            preset=nncf.QuantizationPreset(args.preset) if args.preset else None,
+        )
         if args.job == "naive":
             q = nncf.quantize(model, cal, **kw)
         else:
             q = nncf.quantize_with_accuracy_control(
-                model, cal, nncf.Dataset(task["validation"]), accuracy, max_drop=args.max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, **kw)
+                model,
+                cal,
+                nncf.Dataset(task["validation"]),
+                accuracy,
+                max_drop=args.max_drop,
+                drop_type=nncf.DropType.ABSOLUTE,
+                **kw,
+            )
     else:
         kw = dict(subset_size=300, model_type=mt, preset=args.preset)
         if args.job == "naive":
             q = rayq.quantize(model, task["calibration"], num_workers=1, cache=False, **kw)
         else:
             q = rayq.quantize_with_accuracy_control(
-                model, task["calibration"], task["validation"], accuracy, max_drop=args.max_drop,
-                drop_type="absolute", num_workers=args.workers, **kw)
+                model,
+                task["calibration"],
+                task["validation"],
+                accuracy,
+                max_drop=args.max_drop,
+                drop_type="absolute",
+                num_workers=args.workers,
+                **kw,
+            )
     wall = time.perf_counter() - start
     out = Path(args.models)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(q, str(out))
     sizes = [int(x) for x in counts.read_text().split()] if counts.exists() else []
-    return {"tool": args.tool, "job": args.job, "max_drop": args.max_drop, "wall_s": wall, "import_s": import_s,
-            "model": str(out), "rayq_cache_dir": os.environ.get("RAYQ_CACHE_DIR"),
-            "validation_calls": len(sizes), "validation_items": sum(sizes),
-            "full_validations": sum(n == len(task["validation"]) for n in sizes)}
+    return {
+        "tool": args.tool,
+        "job": args.job,
+        "max_drop": args.max_drop,
+        "wall_s": wall,
+        "import_s": import_s,
+        "model": str(out),
+        "rayq_cache_dir": os.environ.get("RAYQ_CACHE_DIR"),
+        "validation_calls": len(sizes),
+        "validation_items": sum(sizes),
+        "full_validations": sum(n == len(task["validation"]) for n in sizes),
+    }
 
 
 def counted_validation(fn, path: str):
@@ -215,17 +268,22 @@ def int8_summary(model) -> dict:
         data = [i for i in n.input[:2] if i]
         if not all(_walk_to_dq(i, producers) for i in data):
             fp32.append(n.name or n.output[0])
-    return {"quantizable_ops": len(ops), "fp32_ops": len(fp32), "fp32_op_names": fp32,
-            "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in g.node)}
+    return {
+        "quantizable_ops": len(ops),
+        "fp32_ops": len(fp32),
+        "fp32_op_names": fp32,
+        "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in g.node),
+    }
 
 
 def _interleaved(runners: dict, feeds, runs: int, warmup: int) -> dict[str, dict]:
     """Round-robin timing with a rotating order (``ptq_harness``'s), summarised as median/IQR."""
     from ptq_harness import interleaved_latency
 
-    return {name: {"median_ms": r["median_ms"], "iqr_ms": r["q3_ms"] - r["q1_ms"], "min_ms": r["min_ms"],
-                   "runs": r["runs"]}
-            for name, r in interleaved_latency(runners, feeds, runs=runs, warmup=warmup).items()}
+    return {
+        name: {"median_ms": r["median_ms"], "iqr_ms": r["q3_ms"] - r["q1_ms"], "min_ms": r["min_ms"], "runs": r["runs"]}
+        for name, r in interleaved_latency(runners, feeds, runs=runs, warmup=warmup).items()
+    }
 
 
 def job_measure(args) -> dict:
@@ -256,8 +314,13 @@ def job_measure(args) -> dict:
     for name, path in unique.items():
         model = onnx.load(path)
         acc, _ = qwac_model.accuracy(model, task["validation"])
-        out[name] = {"path": path, "sha256": digests[name], "top1": acc, "bytes": os.path.getsize(path),
-                     **int8_summary(model)}
+        out[name] = {
+            "path": path,
+            "sha256": digests[name],
+            "top1": acc,
+            "bytes": os.path.getsize(path),
+            **int8_summary(model),
+        }
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
@@ -270,29 +333,41 @@ def job_measure(args) -> dict:
         ort_runners[name] = lambda f, s=sess: s.run(None, f)
         if core is not None:
             try:
-                compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": args.threads,
-                                                            "PERFORMANCE_HINT": "LATENCY"})
-            except Exception as exc:            # an OpenVINO failure must not cost the ORT numbers
+                compiled = core.compile_model(
+                    path, "CPU", {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"}
+                )
+            except Exception as exc:  # an OpenVINO failure must not cost the ORT numbers
                 msg = str(exc).strip().splitlines()
-                out[name]["ov_error"] = next((x for x in msg if "CALLBACK HAS THROWN" in x or "Check" in x),
-                                             msg[0] if msg else repr(exc))[:400]
+                out[name]["ov_error"] = next(
+                    (x for x in msg if "CALLBACK HAS THROWN" in x or "Check" in x), msg[0] if msg else repr(exc)
+                )[:400]
                 continue
             req = compiled.create_infer_request()
             ov_runners[name] = lambda f, r=req: r.infer(f)
     for name, lat in _interleaved(ort_runners, feeds, args.runs, args.warmup).items():
-        out[name].update(latency_ms=lat["median_ms"], latency_iqr_ms=lat["iqr_ms"], latency_min_ms=lat["min_ms"],
-                         latency_runs=lat["runs"])
+        out[name].update(
+            latency_ms=lat["median_ms"],
+            latency_iqr_ms=lat["iqr_ms"],
+            latency_min_ms=lat["min_ms"],
+            latency_runs=lat["runs"],
+        )
     if ov_runners:
         for name, lat in _interleaved(ov_runners, feeds, args.runs, args.warmup).items():
             out[name].update(ov_latency_ms=lat["median_ms"], ov_latency_iqr_ms=lat["iqr_ms"])
-    for name, d in digests.items():                     # duplicates share the measurement
+    for name, d in digests.items():  # duplicates share the measurement
         if name not in out:
             out[name] = {**out[first[d]], "same_as": first[d]}
     versions = {"onnxruntime": ort.__version__}
     if core is not None:
         versions["openvino"] = ov.__version__
-    return {"models": out, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-            "ort_version": ort.__version__, "versions": versions}
+    return {
+        "models": out,
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "ort_version": ort.__version__,
+        "versions": versions,
+    }
 
 
 def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None = None) -> dict:
@@ -304,32 +379,65 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
         print(f"  {name}: reusing {result_path}", flush=True)
         return {"log": str(logs / f"{name}.log"), "reused": True, **json.loads(result_path.read_text())}
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", job, "--arch", args.arch, "--work",
-           str(args.work), "--json", str(result_path), "--threads", str(args.threads), "--runs", str(args.runs),
-           "--warmup", str(args.warmup), "--workers", str(args.workers), *extra]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--job",
+        job,
+        "--arch",
+        args.arch,
+        "--work",
+        str(args.work),
+        "--json",
+        str(result_path),
+        "--threads",
+        str(args.threads),
+        "--runs",
+        str(args.runs),
+        "--warmup",
+        str(args.warmup),
+        "--workers",
+        str(args.workers),
+        *extra,
+    ]
     if args.no_openvino:
         cmd.append("--no-openvino")
     if args.model_type:
         cmd += ["--model-type", args.model_type]
-    cmd += ["--preset", args.preset or "default"]          # the job's own default is mixed
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAYQ_PROGRESS="log",
-               PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    env.pop("RAY_ADDRESS", None)            # rayq must start its own private local Ray
+    cmd += ["--preset", args.preset or "default"]  # the job's own default is mixed
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        RAYQ_PROGRESS="log",
+        PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    env.pop("RAY_ADDRESS", None)  # rayq must start its own private local Ray
     env.update(env_extra or {})
     load_before = _load1()
     start = time.perf_counter()
     with open(logs / f"{name}.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                              timeout=args.job_timeout, preexec_fn=lambda: os.sched_setaffinity(0, args.cpu_list))
+        proc = subprocess.run(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            timeout=args.job_timeout,
+            preexec_fn=lambda: os.sched_setaffinity(0, args.cpu_list),
+        )
     process_s = time.perf_counter() - start
-    meta = {"process_s": process_s, "load1_before": load_before, "load1_after": _load1(),
-            "log": str(logs / f"{name}.log")}
+    meta = {
+        "process_s": process_s,
+        "load1_before": load_before,
+        "load1_after": _load1(),
+        "log": str(logs / f"{name}.log"),
+    }
     if proc.returncode != 0 or not result_path.exists():
         tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-30:]
         print(f"  FAILED ({proc.returncode}) {name}: see {logs / f'{name}.log'}", flush=True)
         return {"error": f"exit code {proc.returncode}", "log_tail": tail, **meta}
     result = {**json.loads(result_path.read_text()), **meta}
-    result_path.write_text(json.dumps(result, indent=2))       # with its process time and load, for --resume
+    result_path.write_text(json.dumps(result, indent=2))  # with its process time and load, for --resume
     return result
 
 
@@ -351,12 +459,21 @@ def _parse_log(path: str, tool: str) -> dict:
         if "could not achieve the required accuracy drop" in text:
             info["note"] = "NNCF: could not achieve the required accuracy drop"
     else:
-        m = re.findall(r"rayq\.search: (.+?) in ([\d.]+)s: metric ([\d.]+) \(FP32 ([\d.]+), drop (-?[\d.]+)\), "
-                       r"([\d.]+) ms \(FP32 ([\d.]+) ms(?:, .*?)?\), (\d+) layers FP32, (\d+) trials", text)
+        m = re.findall(
+            r"rayq\.search: (.+?) in ([\d.]+)s: metric ([\d.]+) \(FP32 ([\d.]+), drop (-?[\d.]+)\), "
+            r"([\d.]+) ms \(FP32 ([\d.]+) ms(?:, .*?)?\), (\d+) layers FP32, (\d+) trials",
+            text,
+        )
         if m:
             s = m[-1]
-            info.update(status=s[0], reported_metric=float(s[2]), reported_drop=float(s[4]),
-                        reported_latency_ms=float(s[5]), reported_fp32_ops=int(s[7]), trials=int(s[8]))
+            info.update(
+                status=s[0],
+                reported_metric=float(s[2]),
+                reported_drop=float(s[4]),
+                reported_latency_ms=float(s[5]),
+                reported_fp32_ops=int(s[7]),
+                trials=int(s[8]),
+            )
         if "accuracy budget not met" in text:
             info["note"] = "rayq: accuracy budget not met"
     return info
@@ -366,19 +483,31 @@ def _parse_log(path: str, tool: str) -> dict:
 
 
 def environment(args) -> dict:
-    code = ("import json, numpy, onnx, onnxruntime, openvino, ray, nncf, rayq, torch, sklearn, optuna; "
-            "print(json.dumps({m.__name__: getattr(m, '__version__', '?') for m in "
-            "(rayq, nncf, onnxruntime, onnx, openvino, ray, optuna, numpy, torch, sklearn)}))")
-    versions = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                                         check=True).stdout.strip().splitlines()[-1])
+    code = (
+        "import json, numpy, onnx, onnxruntime, openvino, ray, nncf, rayq, torch, sklearn, optuna; "
+        "print(json.dumps({m.__name__: getattr(m, '__version__', '?') for m in "
+        "(rayq, nncf, onnxruntime, onnx, openvino, ray, optuna, numpy, torch, sklearn)}))"
+    )
+    versions = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)}
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     dirty = subprocess.run(["git", "status", "--porcelain", "rayq"], capture_output=True, text=True, cwd=REPO)
-    return {"cpu_model": fields.get("Model name", "?"), "cpus_online": os.cpu_count(),
-            "threads_per_core": fields.get("Thread(s) per core"), "cpus_used": args.cpu_list,
-            "python": platform.python_version(), "versions": versions, "git_commit": git.stdout.strip(),
-            "rayq_tree_dirty": bool(dirty.stdout.strip()), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "cpu_model": fields.get("Model name", "?"),
+        "cpus_online": os.cpu_count(),
+        "threads_per_core": fields.get("Thread(s) per core"),
+        "cpus_used": args.cpu_list,
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": git.stdout.strip(),
+        "rayq_tree_dirty": bool(dirty.stdout.strip()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def _model_path(args, tool: str, budget: float | None, rep: int = 0) -> Path:
@@ -415,21 +544,32 @@ def report(res: dict) -> str:
     if base is None:
         return "no measurements (run the measure step)"
     ov = "ov_latency_ms" in fp32
-    lines += [f"FP32: top-1 {base:.4f} on {res['task'].get('validation_samples', '?')} validation items; batch-1 "
-              f"latency ONNX Runtime {_lat(fp32)} ms" + (f", OpenVINO {_lat(fp32, 'ov_latency_ms')} ms" if ov else "")
-              + f" (median (IQR) of {meas['runs']} interleaved runs, {meas['threads']} threads)", ""]
+    lines += [
+        f"FP32: top-1 {base:.4f} on {res['task'].get('validation_samples', '?')} validation items; batch-1 "
+        f"latency ONNX Runtime {_lat(fp32)} ms"
+        + (f", OpenVINO {_lat(fp32, 'ov_latency_ms')} ms" if ov else "")
+        + f" (median (IQR) of {meas['runs']} interleaved runs, {meas['threads']} threads)",
+        "",
+    ]
     naive = [(t, m.get(f"{t}_naive")) for t in TOOLS]
     if any(v for _, v in naive):
-        lines += ["| naive INT8 | top-1 | drop (points) | ORT latency ms | OV latency ms | FP32 MatMul/Gemm |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "| naive INT8 | top-1 | drop (points) | ORT latency ms | OV latency ms | FP32 MatMul/Gemm |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for t, v in naive:
             if v:
-                lines.append(f"| {t}.quantize | {v['top1']:.4f} | {100 * (base - v['top1']):.2f} | {_lat(v)} | "
-                             f"{_lat(v, 'ov_latency_ms')} | {v['fp32_ops']}/{v['quantizable_ops']} |")
+                lines.append(
+                    f"| {t}.quantize | {v['top1']:.4f} | {100 * (base - v['top1']):.2f} | {_lat(v)} | "
+                    f"{_lat(v, 'ov_latency_ms')} | {v['fp32_ops']}/{v['quantizable_ops']} |"
+                )
         lines.append("")
-    lines += ["| max_drop | tool | wall s (median; all runs) | process s | top-1 | drop (points) | within budget | "
-              "ORT latency ms (IQR) | OV latency ms | FP32 MatMul/Gemm (bench count) | ops reverted (tool's log) | "
-              "notes |", "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "| max_drop | tool | wall s (median; all runs) | process s | top-1 | drop (points) | within budget | "
+        "ORT latency ms (IQR) | OV latency ms | FP32 MatMul/Gemm (bench count) | ops reverted (tool's log) | "
+        "notes |",
+        "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     targets = []
     for b in res["budgets"]:
         key = f"{b:g}"
@@ -453,52 +593,95 @@ def report(res: dict) -> str:
                 notes.append(f"{info['iterations']} revert iteration(s), {info.get('rankings', 0)} ranking(s)")
             if info.get("note"):
                 notes.append(info["note"])
-            others = [x for x in models[1:] if x and x.get("same_as") != f"{t}_qwac{key}_r0"
-                      and (x["top1"], x["fp32_op_names"]) != (mm["top1"], mm["fp32_op_names"])]
+            others = [
+                x
+                for x in models[1:]
+                if x
+                and x.get("same_as") != f"{t}_qwac{key}_r0"
+                and (x["top1"], x["fp32_op_names"]) != (mm["top1"], mm["fp32_op_names"])
+            ]
             if len(models) > 1:
-                notes.append("all runs: same top-1 and FP32 ops" if not others else
-                             "other runs: " + ", ".join(f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / "
-                                                        f"{x['fp32_ops']} FP32" for x in others))
+                notes.append(
+                    "all runs: same top-1 and FP32 ops"
+                    if not others
+                    else "other runs: "
+                    + ", ".join(
+                        f"top-1 {x['top1']:.4f} / {x['latency_ms']:.2f} ms / {x['fp32_ops']} FP32" for x in others
+                    )
+                )
             walls = ", ".join(f"{w:.0f}" for w in q.get("wall_s_all", [q["wall_s"]]))
-            lines.append(f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | "
-                         f"{mm['top1']:.4f} | "
-                         f"{100 * drop:.2f} | {_pf(all(oks))} | {_lat(mm)} | {_lat(mm, 'ov_latency_ms')} | "
-                         f"{mm['fp32_ops']}/{mm['quantizable_ops']} | {info.get('reported_fp32_ops', '?')} | "
-                         f"{'; '.join(notes)} |")
+            lines.append(
+                f"| {b:g} | {t} | {q['wall_s']:.1f} ({walls}) | {q['process_s'] or float('nan'):.1f} | "
+                f"{mm['top1']:.4f} | "
+                f"{100 * drop:.2f} | {_pf(all(oks))} | {_lat(mm)} | {_lat(mm, 'ov_latency_ms')} | "
+                f"{mm['fp32_ops']}/{mm['quantizable_ops']} | {info.get('reported_fp32_ops', '?')} | "
+                f"{'; '.join(notes)} |"
+            )
             oks_ov = [x.get("ov_latency_ms") for x in models if x]
-            row[t] = {"ok": all(oks), "wall": q["wall_s"], "lat": mm["latency_ms"], "ov": mm.get("ov_latency_ms"),
-                      "walls": [x.get("wall_s") for x in runs], "ovs": oks_ov,
-                      "lats": [x.get("latency_ms") for x in models if x],
-                      "calls": _median([x.get("validation_calls") for x in runs]),
-                      "items": _median([x.get("validation_items") for x in runs]),
-                      "full": _median([x.get("full_validations") for x in runs])}
+            row[t] = {
+                "ok": all(oks),
+                "wall": q["wall_s"],
+                "lat": mm["latency_ms"],
+                "ov": mm.get("ov_latency_ms"),
+                "walls": [x.get("wall_s") for x in runs],
+                "ovs": oks_ov,
+                "lats": [x.get("latency_ms") for x in models if x],
+                "calls": _median([x.get("validation_calls") for x in runs]),
+                "items": _median([x.get("validation_items") for x in runs]),
+                "full": _median([x.get("full_validations") for x in runs]),
+            }
         n, r = row.get("nncf"), row.get("rayq")
         both = (n["ok"] and r["ok"]) if n and r else None
         pair = [a / b for a, b in zip(r["walls"], n["walls"]) if a and b] if n and r else []
         speed = statistics.median(pair) if pair else None
         lat = _median([a / b for a, b in zip(r["lats"], n["lats"]) if a and b]) if n and r else None
         ovr = _median([a / b for a, b in zip(r["ovs"], n["ovs"]) if a and b]) if n and r else None
-        targets.append({"max_drop": b, "pairs": len(pair), "both_within_budget": _pf(both), "wall_ratio": speed,
-                        "wall_ratios": pair, "wall_target": _pf(speed <= WALL_TARGET if speed is not None else None),
-                        "latency_ratio": lat, "latency_target": _pf(lat <= 1.0 if lat is not None else None),
-                        "openvino_latency_ratio": ovr,
-                        "openvino_target": _pf(ovr <= 1.0 if ovr is not None else None),
-                        "validations": {t: {k: row[t][k] for k in ("calls", "items", "full")} if row.get(t) else None
-                                        for t in TOOLS}})
-    lines += ["", (f"| max_drop | pairs | both within budget | rayq/NNCF wall time, median of pairs (target <= "
-                   f"{WALL_TARGET}) | validation calls / items / full, NNCF | same, rayq | rayq/NNCF latency ORT "
-                   "(target <= 1.0) | same, OpenVINO (target <= 1.0) |"),
-              "| ---: | ---: | --- | --- | --- | --- | --- | --- |"]
+        targets.append(
+            {
+                "max_drop": b,
+                "pairs": len(pair),
+                "both_within_budget": _pf(both),
+                "wall_ratio": speed,
+                "wall_ratios": pair,
+                "wall_target": _pf(speed <= WALL_TARGET if speed is not None else None),
+                "latency_ratio": lat,
+                "latency_target": _pf(lat <= 1.0 if lat is not None else None),
+                "openvino_latency_ratio": ovr,
+                "openvino_target": _pf(ovr <= 1.0 if ovr is not None else None),
+                "validations": {
+                    t: {k: row[t][k] for k in ("calls", "items", "full")} if row.get(t) else None for t in TOOLS
+                },
+            }
+        )
+    lines += [
+        "",
+        (
+            f"| max_drop | pairs | both within budget | rayq/NNCF wall time, median of pairs (target <= "
+            f"{WALL_TARGET}) | validation calls / items / full, NNCF | same, rayq | rayq/NNCF latency ORT "
+            "(target <= 1.0) | same, OpenVINO (target <= 1.0) |"
+        ),
+        "| ---: | ---: | --- | --- | --- | --- | --- | --- |",
+    ]
     for t in targets:
-        w = (f"{t['wall_ratio']:.2f}x {t['wall_target']} ({', '.join(f'{x:.2f}' for x in t['wall_ratios'])})"
-             if t["wall_ratio"] is not None else "n/a")
+        w = (
+            f"{t['wall_ratio']:.2f}x {t['wall_target']} ({', '.join(f'{x:.2f}' for x in t['wall_ratios'])})"
+            if t["wall_ratio"] is not None
+            else "n/a"
+        )
         lt = f"{t['latency_ratio']:.2f}x {t['latency_target']}" if t["latency_ratio"] is not None else "n/a"
-        o = (f"{t['openvino_latency_ratio']:.2f}x {t['openvino_target']}"
-             if t["openvino_latency_ratio"] is not None else "n/a")
-        v = {k: (f"{x['calls']:g} / {x['items']:g} / {x['full']:g}" if x and x["calls"] is not None else "n/a")
-             for k, x in t["validations"].items()}
-        lines.append(f"| {t['max_drop']:g} | {t['pairs']} | {t['both_within_budget']} | {w} | {v['nncf']} | "
-                     f"{v['rayq']} | {lt} | {o} |")
+        o = (
+            f"{t['openvino_latency_ratio']:.2f}x {t['openvino_target']}"
+            if t["openvino_latency_ratio"] is not None
+            else "n/a"
+        )
+        v = {
+            k: (f"{x['calls']:g} / {x['items']:g} / {x['full']:g}" if x and x["calls"] is not None else "n/a")
+            for k, x in t["validations"].items()
+        }
+        lines.append(
+            f"| {t['max_drop']:g} | {t['pairs']} | {t['both_within_budget']} | {w} | {v['nncf']} | "
+            f"{v['rayq']} | {lt} | {o} |"
+        )
     res["targets"] = targets
     return "\n".join(lines)
 
@@ -512,24 +695,32 @@ def main(argv=None) -> int:
         return 0
     steps = set(args.steps.split(","))
     res = json.loads(args.out.read_text()) if args.out.exists() and "naive" not in steps else {}
-    res.update(arch=args.arch, budgets=args.budgets, model_type=args.model_type, preset=args.preset,
-               workers=args.workers)
+    res.update(
+        arch=args.arch, budgets=args.budgets, model_type=args.model_type, preset=args.preset, workers=args.workers
+    )
     res.setdefault("qwac", {})
     res.setdefault("naive", {})
     if steps & {"naive", "qwac"} or "environment" not in res:
-        res["environment"] = environment(args)             # as of the runs, not of a later report
+        res["environment"] = environment(args)  # as of the runs, not of a later report
     sys.path.insert(0, str(BENCH))
     import qwac_model
 
-    qwac_model.load_task(args.arch, args.work)               # make the model first (not timed)
+    qwac_model.load_task(args.arch, args.work)  # make the model first (not timed)
     res["task"] = json.loads((args.work / f"{args.arch}.json").read_text())
-    print(f"model {args.arch}: {res['task'].get('val_top1_onnxruntime')} FP32 top-1; cpus {args.cpu_list}; "
-          f"load {_load1():.2f}", flush=True)
+    print(
+        f"model {args.arch}: {res['task'].get('val_top1_onnxruntime')} FP32 top-1; cpus {args.cpu_list}; "
+        f"load {_load1():.2f}",
+        flush=True,
+    )
     if "naive" in steps:
         for tool in TOOLS:
-            r = run_job(args, "naive", f"naive_{tool}",
-                        ["--tool", tool, "--models", str(_model_path(args, tool, None))],
-                        {"RAYQ_CACHE_DIR": tempfile.mkdtemp(prefix="rayq-qwac-cache-")})
+            r = run_job(
+                args,
+                "naive",
+                f"naive_{tool}",
+                ["--tool", tool, "--models", str(_model_path(args, tool, None))],
+                {"RAYQ_CACHE_DIR": tempfile.mkdtemp(prefix="rayq-qwac-cache-")},
+            )
             res["naive"][tool] = r
             print(f"  naive {tool}: {r.get('wall_s', float('nan')):.1f}s", flush=True)
     if "qwac" in steps:
@@ -537,17 +728,27 @@ def main(argv=None) -> int:
             runs: dict[str, list] = {t: [] for t in TOOLS}
             for rep in range(args.repeats):
                 for tool in TOOLS:
-                    cache = tempfile.mkdtemp(prefix="rayq-qwac-cache-")     # cold rayq statistics cache
-                    r = run_job(args, "qwac", f"qwac_{tool}_{b:g}_r{rep}",
-                                ["--tool", tool, "--max-drop", str(b),
-                                 "--models", str(_model_path(args, tool, b, rep))], {"RAYQ_CACHE_DIR": cache})
+                    cache = tempfile.mkdtemp(prefix="rayq-qwac-cache-")  # cold rayq statistics cache
+                    r = run_job(
+                        args,
+                        "qwac",
+                        f"qwac_{tool}_{b:g}_r{rep}",
+                        ["--tool", tool, "--max-drop", str(b), "--models", str(_model_path(args, tool, b, rep))],
+                        {"RAYQ_CACHE_DIR": cache},
+                    )
                     if "log" in r:
                         r["log_info"] = _parse_log(r["log"], tool)
                     runs[tool].append(r)
-                    print(f"  qwac max_drop={b:g} {tool} run {rep + 1}/{args.repeats}: "
-                          + (f"{r['wall_s']:.1f}s (process {r.get('process_s', math.nan):.1f}s, load "
-                             f"{r.get('load1_before', math.nan):.1f}->{r.get('load1_after', math.nan):.1f})"
-                             if "wall_s" in r else "FAILED"), flush=True)
+                    print(
+                        f"  qwac max_drop={b:g} {tool} run {rep + 1}/{args.repeats}: "
+                        + (
+                            f"{r['wall_s']:.1f}s (process {r.get('process_s', math.nan):.1f}s, load "
+                            f"{r.get('load1_before', math.nan):.1f}->{r.get('load1_after', math.nan):.1f})"
+                            if "wall_s" in r
+                            else "FAILED"
+                        ),
+                        flush=True,
+                    )
             for tool, rs in runs.items():
                 ok = [r for r in rs if "wall_s" in r]
                 summary = dict(ok[0]) if ok else dict(rs[0])
@@ -567,15 +768,18 @@ def main(argv=None) -> int:
                     p = _model_path(args, tool, b, rep)
                     if p.exists():
                         models[p.stem] = p
-        res["measure"] = run_job(args, "measure", "measure",
-                                 ["--models", ",".join(f"{k}={v}" for k, v in models.items())])
+        res["measure"] = run_job(
+            args, "measure", "measure", ["--models", ",".join(f"{k}={v}" for k, v in models.items())]
+        )
     if "report" in steps:
         table = report(res)
         res["markdown"] = table
         print(table)
         env = res["environment"]
-        print(f"\n{env['cpu_model']}, {len(env['cpus_used'])} of {env['cpus_online']} CPUs; "
-              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+        print(
+            f"\n{env['cpu_model']}, {len(env['cpus_used'])} of {env['cpus_online']} CPUs; "
+            + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     return 0

@@ -34,6 +34,7 @@ def _child(args: argparse.Namespace) -> int:
     import rayq
     from rayq.api.config import load
     from rayq.api.search import search_from_config
+
     work = tempfile.mkdtemp(prefix="rayq-bench-repeat-")
     rayq.init(num_cpus=args.ray_cpus, include_dashboard=False)
     searches, sweep_s, table = [], None, None
@@ -45,24 +46,47 @@ def _child(args: argparse.Namespace) -> int:
         searches.append(time.perf_counter() - t)
     if not args.no_sweep:
         from rayq.api.sweep import run_sweep
-        sweep = dataclasses.replace(load(os.path.join(args.repo, "configs", "sweep.yaml")),
-                                    output=os.path.join(work, "sweep"))
+
+        sweep = dataclasses.replace(
+            load(os.path.join(args.repo, "configs", "sweep.yaml")), output=os.path.join(work, "sweep")
+        )
         os.environ["RAYQ_CACHE_DIR"] = os.path.join(work, "cache-sweep")
         t = time.perf_counter()
         table = run_sweep(sweep)
         sweep_s = time.perf_counter() - t
     rayq.shutdown()
     shutil.rmtree(work, ignore_errors=True)
-    harness.emit({"rayq": os.path.dirname(rayq.__file__), "searches_s": searches, "sweep_s": sweep_s,
-                  "sweep_status": None if table is None else list(table.status)})
+    harness.emit(
+        {
+            "rayq": os.path.dirname(rayq.__file__),
+            "searches_s": searches,
+            "sweep_s": sweep_s,
+            "sweep_status": None if table is None else list(table.status),
+        }
+    )
     return 0
 
 
 def _run(tree, args: argparse.Namespace, name: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--repo", str(tree), "--ray-cpus", str(args.ray_cpus),
-           "--searches", str(args.searches)] + (["--no-sweep"] if args.no_sweep else [])
-    res = harness.run_job(cmd, log=harness.WORK / "repeat" / f"{name}.log", timeout=args.job_timeout,
-                          cpus=harness.parse_cpus(args.cpus), env=harness.job_env(tree), cwd=tree)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--repo",
+        str(tree),
+        "--ray-cpus",
+        str(args.ray_cpus),
+        "--searches",
+        str(args.searches),
+    ] + (["--no-sweep"] if args.no_sweep else [])
+    res = harness.run_job(
+        cmd,
+        log=harness.WORK / "repeat" / f"{name}.log",
+        timeout=args.job_timeout,
+        cpus=harness.parse_cpus(args.cpus),
+        env=harness.job_env(tree),
+        cwd=tree,
+    )
     if "error" in res:
         raise SystemExit(f"benchmark child failed in {tree}:\n" + "\n".join(res["log_tail"]))
     if not res["result"]["rayq"].startswith(str(tree)):
@@ -70,10 +94,14 @@ def _run(tree, args: argparse.Namespace, name: str) -> dict:
     return res["result"]
 
 
-METRICS = {"first_search_s": ("first search of the job (s)", lambda r: r["searches_s"][0]),
-           "later_search_s": ("each later search (s)",
-                              lambda r: statistics.median(r["searches_s"][1:]) if r["searches_s"][1:] else None),
-           "sweep_s": ("sweep of 2 models (s)", lambda r: r["sweep_s"])}
+METRICS = {
+    "first_search_s": ("first search of the job (s)", lambda r: r["searches_s"][0]),
+    "later_search_s": (
+        "each later search (s)",
+        lambda r: statistics.median(r["searches_s"][1:]) if r["searches_s"][1:] else None,
+    ),
+    "sweep_s": ("sweep of 2 models (s)", lambda r: r["sweep_s"]),
+}
 
 
 def summarize(pairs: harness.Pairs) -> dict:
@@ -84,18 +112,24 @@ def summarize(pairs: harness.Pairs) -> dict:
 
 def markdown(summary: dict, meta: dict, env: dict) -> str:
     sweep = "" if meta["no_sweep"] else " + 1 sweep"
-    lines = [f"{harness.describe(env)}.", "",
-             f"{meta['cpus']} CPUs (local Ray), {meta['searches']} searches{sweep} per run, {meta['pairs']} "
-             f"alternating pairs, medians; anchor {meta['anchor']}, current {meta['current']}.", "",
-             "| | anchor | current | current / anchor (median of per-pair ratios) |", "|---|---|---|---|"]
+    lines = [
+        f"{harness.describe(env)}.",
+        "",
+        f"{meta['cpus']} CPUs (local Ray), {meta['searches']} searches{sweep} per run, {meta['pairs']} "
+        f"alternating pairs, medians; anchor {meta['anchor']}, current {meta['current']}.",
+        "",
+        "| | anchor | current | current / anchor (median of per-pair ratios) |",
+        "|---|---|---|---|",
+    ]
     for key, s in summary.items():
         lines.append(f"| {METRICS[key][0]} | {s['anchor']:.2f} | {s['current']:.2f} | {s['ratio_median']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     harness.add_common_args(ap)
     ap.add_argument("--anchor", default="a7af0de", help="commit to compare against")
     ap.add_argument("--pairs", "--rounds", dest="pairs", type=int, default=3, help="alternating anchor/current pairs")
@@ -114,18 +148,34 @@ def main(argv=None) -> int:
     anchor = harness.checkout(args.anchor)
     runs = itertools.count()
     pairs = harness.alternate(
-        {"anchor": lambda: _run(anchor, args, f"anchor_{next(runs)}"),
-         "current": lambda: _run(harness.REPO, args, f"current_{next(runs)}")},
-        args.pairs, value=METRICS["later_search_s" if args.searches > 1 else "first_search_s"][1],
-        on_result=lambda side, i, r: print(f"pair {i + 1} {side}: searches "
-                                           f"{[round(s, 2) for s in r['searches_s']]} s, sweep {r['sweep_s']}",
-                                           flush=True))
+        {
+            "anchor": lambda: _run(anchor, args, f"anchor_{next(runs)}"),
+            "current": lambda: _run(harness.REPO, args, f"current_{next(runs)}"),
+        },
+        args.pairs,
+        value=METRICS["later_search_s" if args.searches > 1 else "first_search_s"][1],
+        on_result=lambda side, i, r: print(
+            f"pair {i + 1} {side}: searches {[round(s, 2) for s in r['searches_s']]} s, sweep {r['sweep_s']}",
+            flush=True,
+        ),
+    )
     summary = summarize(pairs)
-    meta = {"anchor": anchor.name, "current": env["git"]["commit"], "cpus": args.ray_cpus, "searches": args.searches,
-            "pairs": args.pairs, "no_sweep": args.no_sweep}
-    harness.write_results("repeat", {"meta": meta, "summary": summary, "pairs": pairs.to_dict(),
-                                     "runs": pairs.results}, env=env, config=vars(args),
-                          markdown=markdown(summary, meta, env), out=harness.output_path(args, "repeat"))
+    meta = {
+        "anchor": anchor.name,
+        "current": env["git"]["commit"],
+        "cpus": args.ray_cpus,
+        "searches": args.searches,
+        "pairs": args.pairs,
+        "no_sweep": args.no_sweep,
+    }
+    harness.write_results(
+        "repeat",
+        {"meta": meta, "summary": summary, "pairs": pairs.to_dict(), "runs": pairs.results},
+        env=env,
+        config=vars(args),
+        markdown=markdown(summary, meta, env),
+        out=harness.output_path(args, "repeat"),
+    )
     return 0
 
 

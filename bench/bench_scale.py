@@ -49,8 +49,9 @@ def _calibrate_once(model_bytes, batches, spec, w) -> tuple[float, float]:
     dc.collect_distributed("onnx", model_bytes, batches, spec, num_workers=w, resources={"num_cpus": 1})
     call = time.perf_counter() - t0
     # the pass alone: same workers, models resident and sessions built by a first pass
-    shards = dc.ShardedCalibration("onnx", model_bytes, batches=batches, spec=spec, num_workers=w,
-                                   resources={"num_cpus": 1})
+    shards = dc.ShardedCalibration(
+        "onnx", model_bytes, batches=batches, spec=spec, num_workers=w, resources={"num_cpus": 1}
+    )
     shards.run_pass()
     t0 = time.perf_counter()
     shards.run_pass()
@@ -62,8 +63,18 @@ def _cold_call(address: str, w: int, args, early: bool) -> float:
     makes). ``early=False``: the job's worker processes start inside the timed call;
     ``early=True``: as ``rayq.quantize`` runs it, they are started before the model and
     data load (``start_workers_early``), and the call is timed after loading."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child-cold", str(w), "--address", address,
-           "--model", args.model, "--samples", str(args.samples)] + (["--child-early"] if early else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child-cold",
+        str(w),
+        "--address",
+        address,
+        "--model",
+        args.model,
+        "--samples",
+        str(args.samples),
+    ] + (["--child-early"] if early else [])
     tag = "early" if early else "cold"
     # rayq's local Ray listens on 127.0.0.1 only; a second driver must not map loopback to
     # the machine's address (Ray reads this variable at import time)
@@ -95,8 +106,9 @@ def _calibration_setup(model, calib, samples):
     from rayq.pipeline.calibrate import stat_spec
 
     session = ModelSession(model, calib, subset_size=samples)
-    spec = stat_spec(session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False,
-                     smooth_quant=False)
+    spec = stat_spec(
+        session.graph, placement_for(session.graph, QuantPlan.create()), histograms=False, smooth_quant=False
+    )
     return session, spec
 
 
@@ -113,23 +125,29 @@ def _child_cold(args) -> int:
     model_bytes = session.backend.to_bytes(session.model)
     rayq.init(address=args.address, _node_ip_address=LOOPBACK)  # (already connected when early)
     t0 = time.perf_counter()
-    dc.collect_distributed("onnx", model_bytes, session.batches, spec, num_workers=args.child_cold,
-                           resources={"num_cpus": 1})
+    dc.collect_distributed(
+        "onnx", model_bytes, session.batches, spec, num_workers=args.child_cold, resources={"num_cpus": 1}
+    )
     harness.emit({"seconds": time.perf_counter() - t0})
     rayq.shutdown()
     return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     harness.add_common_args(ap)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--samples", type=int, default=2048, help="calibration items")
     ap.add_argument("--validation", type=int, default=512, help="validation items for the ranking")
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats per W (best is kept)")
-    ap.add_argument("--model", choices=("small", "resnet50"), default="small",
-                    help="small: resnet_like 3x64x64 (35 groups); resnet50: resnet50_like 3x224x224")
+    ap.add_argument(
+        "--model",
+        choices=("small", "resnet50"),
+        default="small",
+        help="small: resnet_like 3x64x64 (35 groups); resnet50: resnet50_like 3x224x224",
+    )
     ap.add_argument("--phases", default="calibration,ranking")
     ap.add_argument("--gpu-check", action="store_true")
     ap.add_argument("--commit", default=None, help="rayq commit to record (a copy without .git: the device)")
@@ -170,21 +188,30 @@ def main(argv=None) -> int:
     plan = QuantPlan.create()
     ops = placement_for(session.graph, plan).ops
     model_bytes = session.backend.to_bytes(session.model)
-    stats = (collect_local(session.backend, session.model, session.batches, spec)
-             if "ranking" in phases else None)
+    stats = collect_local(session.backend, session.model, session.batches, spec) if "ranking" in phases else None
     rows = []
     nan = float("nan")
     for w in workers:
-        cal = ([_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
-               if "calibration" in phases else [(nan, nan)])
+        cal = (
+            [_calibrate_once(model_bytes, session.batches, spec, w) for _ in range(args.repeats)]
+            if "calibration" in phases
+            else [(nan, nan)]
+        )
         cold = [_cold_call(address, w, args, False) for _ in range(args.repeats)] if "calibration" in phases else [nan]
         early = [_cold_call(address, w, args, True) for _ in range(args.repeats)] if "calibration" in phases else [nan]
         rank, pool_start_s = [nan], nan
         if "ranking" in phases:
             t0 = time.perf_counter()
-            pool = RayEvaluatorPool(num_workers=w, resources={"num_cpus": 1}, backend_name="onnx",
-                                    model=model_bytes, stats=stats, items=items,
-                                    validation_fn=pair_accuracy, kwargs={"runtime": "onnxruntime", "threads": 1})
+            pool = RayEvaluatorPool(
+                num_workers=w,
+                resources={"num_cpus": 1},
+                backend_name="onnx",
+                model=model_bytes,
+                stats=stats,
+                items=items,
+                validation_fn=pair_accuracy,
+                kwargs={"runtime": "onnxruntime", "threads": 1},
+            )
             rank = []
             try:
                 pool.map_metric([plan] * w)  # warm the workers (evaluator resident in each process)
@@ -195,16 +222,26 @@ def main(argv=None) -> int:
                     rank.append(time.perf_counter() - t)
             finally:
                 pool.close()
-        row = {"workers": w, "calibration_cold_s": min(cold), "calibration_early_s": min(early),
-               "calibration_s": min(c[0] for c in cal),
-               "calibration_pass_s": min(c[1] for c in cal), "ranking_s": min(rank),
-               "evaluator_pool_start_s": pool_start_s, "calibration_cold_all_s": cold, "calibration_early_all_s": early,
-               "calibration_all_s": [c[0] for c in cal], "ranking_all_s": rank}
+        row = {
+            "workers": w,
+            "calibration_cold_s": min(cold),
+            "calibration_early_s": min(early),
+            "calibration_s": min(c[0] for c in cal),
+            "calibration_pass_s": min(c[1] for c in cal),
+            "ranking_s": min(rank),
+            "evaluator_pool_start_s": pool_start_s,
+            "calibration_cold_all_s": cold,
+            "calibration_early_all_s": early,
+            "calibration_all_s": [c[0] for c in cal],
+            "ranking_all_s": rank,
+        }
         rows.append(row)
-        print(f"W={w}: calibration new job {row['calibration_cold_s']:.2f}s (workers started early "
-              f"{row['calibration_early_s']:.2f}s), warm {row['calibration_s']:.2f}s, "
-              f"pass {row['calibration_pass_s']:.2f}s; ranking {row['ranking_s']:.2f}s ({len(ops)} groups)",
-              flush=True)
+        print(
+            f"W={w}: calibration new job {row['calibration_cold_s']:.2f}s (workers started early "
+            f"{row['calibration_early_s']:.2f}s), warm {row['calibration_s']:.2f}s, "
+            f"pass {row['calibration_pass_s']:.2f}s; ranking {row['ranking_s']:.2f}s ({len(ops)} groups)",
+            flush=True,
+        )
     gpu = _gpu_check(RayEvaluatorPool, model_bytes, stats, items, pair_accuracy) if args.gpu_check else None
     rayq.shutdown()
     base = rows[0]
@@ -212,12 +249,20 @@ def main(argv=None) -> int:
         for k in ("calibration_cold", "calibration_early", "calibration", "calibration_pass", "ranking"):
             r[f"{k}_speedup"] = base[f"{k}_s"] / r[f"{k}_s"] * base["workers"]
             r[f"{k}_efficiency"] = r[f"{k}_speedup"] / r["workers"]
-    meta = {"model": model_desc, "phases": sorted(phases), "samples": args.samples, "batches": len(session.batches),
-            "validation_items": args.validation, "groups": len(ops) if "ranking" in phases else None,
-            "repeats": args.repeats, "ray_start_s": ray_start_s}
+    meta = {
+        "model": model_desc,
+        "phases": sorted(phases),
+        "samples": args.samples,
+        "batches": len(session.batches),
+        "validation_items": args.validation,
+        "groups": len(ops) if "ranking" in phases else None,
+        "repeats": args.repeats,
+        "ray_start_s": ray_start_s,
+    }
     out = {"meta": meta, "rows": rows, "gpu_check": gpu}
-    harness.write_results("scale", out, env=env, config=vars(args), markdown=markdown(out, env),
-                          out=harness.output_path(args, "scale"))
+    harness.write_results(
+        "scale", out, env=env, config=vars(args), markdown=markdown(out, env), out=harness.output_path(args, "scale")
+    )
     return 0
 
 
@@ -236,35 +281,53 @@ def _gpu_check(pool_cls, model_bytes, stats, items, fn) -> dict:
     gpus = ray.cluster_resources().get("GPU", 0)
     if not gpus:
         return {"cluster_gpus": 0, "note": "no GPU in this cluster"}
-    pool = pool_cls(num_workers=2, resources={"num_cpus": 1, "num_gpus": 0.5}, backend_name="onnx",
-                    model=model_bytes, stats=stats, items=items[:64], validation_fn=fn,
-                    kwargs={"runtime": "onnxruntime", "threads": 1})
+    pool = pool_cls(
+        num_workers=2,
+        resources={"num_cpus": 1, "num_gpus": 0.5},
+        backend_name="onnx",
+        model=model_bytes,
+        stats=stats,
+        items=items[:64],
+        validation_fn=fn,
+        kwargs={"runtime": "onnxruntime", "threads": 1},
+    )
     try:
         from rayq.core.plan import QuantPlan
 
         metric = pool.map_metric([QuantPlan.create()])[0]
-        return {"cluster_gpus": gpus, "actors": pool.describe(), "int8_metric": metric.value,
-                "driver_warnings": records}
+        return {
+            "cluster_gpus": gpus,
+            "actors": pool.describe(),
+            "int8_metric": metric.value,
+            "driver_warnings": records,
+        }
     finally:
         pool.close()
 
 
 def markdown(out: dict, env: dict) -> str:
     m = out["meta"]
-    lines = [f"{harness.describe(env)}. Model: {m['model']}; "
-             f"{m['samples']} calibration items ({m['batches']} batches), {m['validation_items']} validation items, "
-             f"{m['groups']} fallback groups; best of {m['repeats']}.", "",
-             "Each cell: seconds, then speedup over W=1 and (efficiency = speedup / W).", "",
-             "| W | calibration, new job (cold) | new job, workers started early | calibration, warm call "
-             "| calibration pass | ranking |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{harness.describe(env)}. Model: {m['model']}; "
+        f"{m['samples']} calibration items ({m['batches']} batches), {m['validation_items']} validation items, "
+        f"{m['groups']} fallback groups; best of {m['repeats']}.",
+        "",
+        "Each cell: seconds, then speedup over W=1 and (efficiency = speedup / W).",
+        "",
+        "| W | calibration, new job (cold) | new job, workers started early | calibration, warm call "
+        "| calibration pass | ranking |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def cell(r, k):
         return f"{r[k + '_s']:.2f} s, {r[k + '_speedup']:.2f}x ({r[k + '_efficiency']:.2f})"
 
     for r in out["rows"]:
-        lines.append(f"| {r['workers']} | {cell(r, 'calibration_cold')} | {cell(r, 'calibration_early')} | "
-                     f"{cell(r, 'calibration')} | "
-                     f"{cell(r, 'calibration_pass')} | {cell(r, 'ranking')} |")
+        lines.append(
+            f"| {r['workers']} | {cell(r, 'calibration_cold')} | {cell(r, 'calibration_early')} | "
+            f"{cell(r, 'calibration')} | "
+            f"{cell(r, 'calibration_pass')} | {cell(r, 'ranking')} |"
+        )
     g = out.get("gpu_check")
     if g:
         lines += ["", f"GPU check: {json.dumps(g)}"]

@@ -43,19 +43,72 @@ from transformers import AutoModel, AutoTokenizer
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / ".cache" / "minilm.onnx"
 MIN_COSINE = 0.999
 
-_SUBJECTS = ["the engineer", "a small cat", "our team", "the old train", "my neighbour",
-             "the river", "a quiet student", "the new model", "this city", "the doctor",
-             "every farmer", "the orchestra", "a tired pilot", "the market", "her brother"]
-_VERBS = ["builds", "watches", "quantizes", "paints", "measures", "crosses", "explains",
-          "repairs", "follows", "describes", "visits", "carries", "questions", "improves"]
-_OBJECTS = ["a wooden bridge", "the morning news", "several neural networks", "a red kite",
-            "the mountain road", "an empty stadium", "fresh bread", "the weather report",
-            "a long letter", "the harbour lights", "three green apples", "the server logs",
-            "a forgotten song", "the winter garden", "an ancient map"]
-_TAILS = ["before sunrise", "with great care", "in the rain", "after a long day",
-          "near the station", "without any help", "for the third time", "during the storm",
-          "while everyone sleeps", "at the edge of town", "as fast as possible",
-          "because the deadline is close", "and then goes home", "on a quiet Sunday"]
+_SUBJECTS = [
+    "the engineer",
+    "a small cat",
+    "our team",
+    "the old train",
+    "my neighbour",
+    "the river",
+    "a quiet student",
+    "the new model",
+    "this city",
+    "the doctor",
+    "every farmer",
+    "the orchestra",
+    "a tired pilot",
+    "the market",
+    "her brother",
+]
+_VERBS = [
+    "builds",
+    "watches",
+    "quantizes",
+    "paints",
+    "measures",
+    "crosses",
+    "explains",
+    "repairs",
+    "follows",
+    "describes",
+    "visits",
+    "carries",
+    "questions",
+    "improves",
+]
+_OBJECTS = [
+    "a wooden bridge",
+    "the morning news",
+    "several neural networks",
+    "a red kite",
+    "the mountain road",
+    "an empty stadium",
+    "fresh bread",
+    "the weather report",
+    "a long letter",
+    "the harbour lights",
+    "three green apples",
+    "the server logs",
+    "a forgotten song",
+    "the winter garden",
+    "an ancient map",
+]
+_TAILS = [
+    "before sunrise",
+    "with great care",
+    "in the rain",
+    "after a long day",
+    "near the station",
+    "without any help",
+    "for the third time",
+    "during the storm",
+    "while everyone sleeps",
+    "at the edge of town",
+    "as fast as possible",
+    "because the deadline is close",
+    "and then goes home",
+    "on a quiet Sunday",
+]
 
 
 def synthetic_sentences(n: int, seed: int = 0) -> list[str]:
@@ -91,22 +144,27 @@ class _Embedder(torch.nn.Module):
 
 
 def tokenize(tokenizer, sentences: list[str], seq_len: int) -> dict[str, np.ndarray]:
-    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len,
-                    return_tensors="np")
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
     return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
 
-def export(module: torch.nn.Module, feeds: dict[str, np.ndarray], path: Path,
-           output_name: str) -> None:
+def export(module: torch.nn.Module, feeds: dict[str, np.ndarray], path: Path, output_name: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     args = tuple(torch.from_numpy(feeds[k][:2]) for k in ("input_ids", "attention_mask"))
     dyn = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, output_name: {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"],
-                          output_names=[output_name], dynamic_axes=dyn,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "attention_mask"],
+            output_names=[output_name],
+            dynamic_axes=dyn,
+            do_constant_folding=True,
+        )
     onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -127,9 +185,12 @@ def verify(module: torch.nn.Module, path: Path, feeds: dict[str, np.ndarray]) ->
     got = sess.run(None, feeds)[0]
     ort_s = time.perf_counter() - start
     cos = _cosines(ref.numpy(), got, feeds["attention_mask"])
-    report = {"verify_samples": len(feeds["input_ids"]), "min_cosine": float(cos.min()),
-              "max_abs_diff": float(np.abs(ref.numpy() - got).max()),
-              "ort_seconds_per_sample": ort_s / len(feeds["input_ids"])}
+    report = {
+        "verify_samples": len(feeds["input_ids"]),
+        "min_cosine": float(cos.min()),
+        "max_abs_diff": float(np.abs(ref.numpy() - got).max()),
+        "ort_seconds_per_sample": ort_s / len(feeds["input_ids"]),
+    }
     if cos.min() <= MIN_COSINE:
         raise SystemExit(f"ONNX Runtime output differs from torch: min cosine {cos.min():.6f}")
     return report
@@ -138,8 +199,13 @@ def verify(module: torch.nn.Module, path: Path, feeds: dict[str, np.ndarray]) ->
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--calib", type=int, default=0, metavar="N",
-                        help="also write N tokenized synthetic sentences to <stem>_calib.npz")
+    parser.add_argument(
+        "--calib",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write N tokenized synthetic sentences to <stem>_calib.npz",
+    )
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--head", choices=("embedding", "hidden"), default="embedding")
     parser.add_argument("--seed", type=int, default=0)
@@ -156,16 +222,23 @@ def main(argv: list[str] | None = None) -> dict:
     check = tokenize(tokenizer, synthetic_sentences(16, seed=args.seed + 1_000), args.seq_len)
     start = time.perf_counter()
     export(module, check, args.output, output_name)
-    report = {"output": str(args.output), "head": args.head, "seq_len": args.seq_len,
-              "export_seconds": round(time.perf_counter() - start, 1),
-              "onnx_mb": round(args.output.stat().st_size / 1e6, 1)}
+    report = {
+        "output": str(args.output),
+        "head": args.head,
+        "seq_len": args.seq_len,
+        "export_seconds": round(time.perf_counter() - start, 1),
+        "onnx_mb": round(args.output.stat().st_size / 1e6, 1),
+    }
     report.update(verify(module, args.output, check))
     if args.calib > 0:
         calib_path = args.output.with_name(args.output.stem + "_calib.npz")
         calib = tokenize(tokenizer, synthetic_sentences(args.calib, seed=args.seed), args.seq_len)
         np.savez_compressed(calib_path, **calib)
-        report.update(calib=str(calib_path), calib_samples=args.calib,
-                      calib_mean_tokens=float(calib["attention_mask"].sum(1).mean()))
+        report.update(
+            calib=str(calib_path),
+            calib_samples=args.calib,
+            calib_mean_tokens=float(calib["attention_mask"].sum(1).mean()),
+        )
     print(json.dumps(report, indent=2))
     return report
 

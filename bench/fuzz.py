@@ -46,18 +46,40 @@ def _worker(seeds, storages, show: bool) -> int:
         if show:
             print(onnx.printer.to_text(case.model.graph), options, outcome, sep="\n", file=sys.stderr)
         kind = outcome.kind if outcome.skipped is None else f"{outcome.kind} (ORT only: {outcome.skipped})"
-        print(json.dumps({"seed": seed, "kind": kind, "detail": outcome.detail, "nmse": outcome.nmse,
-                          "case": case.describe(), "options": options, "quantizers": outcome.quantizers}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "kind": kind,
+                    "detail": outcome.detail,
+                    "nmse": outcome.nmse,
+                    "case": case.describe(),
+                    "options": options,
+                    "quantizers": outcome.quantizers,
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 
 def _rows(start: int, stop: int, storages: str):
     """Result rows of seeds ``start..stop-1`` from worker processes, restarted after a crash."""
     while start < stop:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--start", str(start), "--n", str(stop - start),
-               "--storages", storages]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                env=harness.job_env())
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            "--start",
+            str(start),
+            "--n",
+            str(stop - start),
+            "--storages",
+            storages,
+        ]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=harness.job_env()
+        )
         current = None
         for line in proc.stdout:
             if not line.startswith("{"):
@@ -75,11 +97,17 @@ def _rows(start: int, stop: int, storages: str):
             start = current + 1
 
 
-def markdown(counts: collections.Counter, examples: dict, total: int, quantized: int, seconds: float,
-             storages: str, env: dict) -> str:
-    lines = [f"{harness.describe(env)}.", "",
-             f"{total} cases in {seconds:.0f} s ({storages} storages), {quantized} with at least one activation "
-             "quantizer.", "", "| outcome | cases | first seeds |", "|---|---|---|"]
+def markdown(
+    counts: collections.Counter, examples: dict, total: int, quantized: int, seconds: float, storages: str, env: dict
+) -> str:
+    lines = [
+        f"{harness.describe(env)}.",
+        "",
+        f"{total} cases in {seconds:.0f} s ({storages} storages), {quantized} with at least one activation quantizer.",
+        "",
+        "| outcome | cases | first seeds |",
+        "|---|---|---|",
+    ]
     for kind, n in counts.most_common():
         seeds = ", ".join(str(e[0]) for e in examples.get(kind, [])[:3])
         lines.append(f"| {kind} | {n} | {seeds} |")
@@ -87,8 +115,9 @@ def markdown(counts: collections.Counter, examples: dict, total: int, quantized:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     harness.add_common_args(ap)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--start", type=int, default=0)
@@ -100,12 +129,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.pytest:
         env = dict(os.environ, RAYQ_FUZZ_PROFILE="long")
-        return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz",
-                                "--hypothesis-show-statistics"], env=env)
+        return subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/fuzz",
+                "--hypothesis-show-statistics",
+            ],
+            env=env,
+        )
     storages = ALL_STORAGES if args.storages == "all" else STABLE_STORAGES
     if args.worker or args.seed is not None:
-        return _worker([args.seed] if args.seed is not None else range(args.start, args.start + args.n),
-                       storages, args.show)
+        return _worker(
+            [args.seed] if args.seed is not None else range(args.start, args.start + args.n), storages, args.show
+        )
     if args.quick:
         args.n = 5
     env = harness.environment()
@@ -128,11 +169,21 @@ def main(argv=None) -> int:
     nmse = {"median": worst[len(worst) // 2], "max": worst[-1]} if worst else None
     if nmse:  # OpenVINO's is unbounded on activation MatMuls without VNNI
         print(f"worst-runtime NMSE over passing cases: median {nmse['median']:.3g}, max {nmse['max']:.3g}")
-    harness.write_results("fuzz", {"cases": sum(counts.values()), "quantized": quantized, "seconds": seconds,
-                                   "counts": dict(counts), "examples": examples, "worst_nmse": nmse},
-                          env=env, config=vars(args), out=harness.output_path(args, "fuzz"),
-                          markdown=markdown(counts, examples, sum(counts.values()), quantized, seconds,
-                                            args.storages, env))
+    harness.write_results(
+        "fuzz",
+        {
+            "cases": sum(counts.values()),
+            "quantized": quantized,
+            "seconds": seconds,
+            "counts": dict(counts),
+            "examples": examples,
+            "worst_nmse": nmse,
+        },
+        env=env,
+        config=vars(args),
+        out=harness.output_path(args, "fuzz"),
+        markdown=markdown(counts, examples, sum(counts.values()), quantized, seconds, args.storages, env),
+    )
     return 0 if all(k.startswith(("pass", "rayq_error", "skipped")) for k in counts) else 1
 
 

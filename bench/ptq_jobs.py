@@ -50,8 +50,11 @@ def paths(work: Path, model: str) -> dict[str, Path]:
         return {"fp32": d / "fp32.onnx", "calib": d / "calib.npz", "heldout": d / "heldout.npz"}
     if model == "minilm":
         cache = BENCH / ".cache"
-        return {"fp32": cache / "minilm.onnx", "calib": cache / "minilm_calib.npz",
-                "heldout": work / "minilm" / "heldout.npz"}
+        return {
+            "fp32": cache / "minilm.onnx",
+            "calib": cache / "minilm_calib.npz",
+            "heldout": work / "minilm" / "heldout.npz",
+        }
     raise SystemExit(f"unknown model {model!r}; choose from {MODELS}")
 
 
@@ -84,8 +87,7 @@ def _prepare_resnet(p: dict[str, Path], samples: int, heldout: int) -> dict:
 
 def _prepare_minilm(p: dict[str, Path], samples: int, heldout: int) -> dict:
     if not p["fp32"].exists() or _rows(p["calib"]) != samples:
-        cmd = [sys.executable, str(BENCH / "export_minilm.py"), "--calib", str(samples),
-               "--output", str(p["fp32"])]
+        cmd = [sys.executable, str(BENCH / "export_minilm.py"), "--calib", str(samples), "--output", str(p["fp32"])]
         subprocess.run(cmd, check=True)
     if _rows(p["heldout"]) != heldout:
         sys.path.insert(0, str(BENCH))
@@ -113,7 +115,7 @@ def load_items(path: Path, limit: int | None = None) -> list[dict[str, np.ndarra
         cols = {k: z[k] for k in z.files}
     n = len(next(iter(cols.values())))
     n = n if limit is None else min(n, limit)
-    return [{k: v[i:i + 1] for k, v in cols.items()} for i in range(n)]
+    return [{k: v[i : i + 1] for k, v in cols.items()} for i in range(n)]
 
 
 # --------------------------------------------------------------------------- quantize
@@ -124,42 +126,62 @@ def quantize(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.tool == "nncf":
         import nncf
+
         tool = nncf
     else:
         import rayq
+
         tool = rayq
     import_s = time.perf_counter() - t0
     items = load_items(p["calib"], args.samples)
     ov_model = None
     if args.backend == "openvino":
         import openvino as ov
+
         ov_model = ov.Core().read_model(str(p["fp32"]))  # same ov.Model for both tools, untimed
 
     start = time.perf_counter()
     if args.tool == "nncf":
         import onnx
+
         model = onnx.load(str(p["fp32"])) if ov_model is None else ov_model
         kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
         q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **kwargs)
     else:
         model = str(p["fp32"]) if ov_model is None else ov_model
         workers = None if args.workers == "ray" else int(args.workers)
-        q = rayq.quantize(model, rayq.Dataset(items), subset_size=len(items),
-                          model_type="transformer" if transformer else None,
-                          num_workers=workers, cache=False)
+        q = rayq.quantize(
+            model,
+            rayq.Dataset(items),
+            subset_size=len(items),
+            model_type="transformer" if transformer else None,
+            num_workers=workers,
+            cache=False,
+        )
     quantize_s = time.perf_counter() - start
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     _save(q, out, args.backend)
-    result = {"tool": args.tool, "workers": args.workers if args.tool == "rayq" else None,
-              "model": args.model, "backend": args.backend, "samples": len(items),
-              "import_s": import_s, "quantize_s": quantize_s, "save_s": time.perf_counter() - t1,
-              "output": str(out), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "version": getattr(tool, "__version__", "?"), "module_file": tool.__file__,
-              "rayq_commit_env": os.environ.get("RAYQ_BENCH_COMMIT"), "cpu_affinity": sorted(os.sched_getaffinity(0)),
-              "loadavg_after": os.getloadavg(), "ops": _op_counts(q, args.backend)}
+    result = {
+        "tool": args.tool,
+        "workers": args.workers if args.tool == "rayq" else None,
+        "model": args.model,
+        "backend": args.backend,
+        "samples": len(items),
+        "import_s": import_s,
+        "quantize_s": quantize_s,
+        "save_s": time.perf_counter() - t1,
+        "output": str(out),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "version": getattr(tool, "__version__", "?"),
+        "module_file": tool.__file__,
+        "rayq_commit_env": os.environ.get("RAYQ_BENCH_COMMIT"),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "loadavg_after": os.getloadavg(),
+        "ops": _op_counts(q, args.backend),
+    }
     result.update(_ray_info())
     return result
 
@@ -167,9 +189,11 @@ def quantize(args: argparse.Namespace) -> dict:
 def _save(q, out: Path, backend: str) -> None:
     if backend == "onnx":
         import onnx
+
         onnx.save(q, str(out))
     else:
         import openvino as ov
+
         ov.save_model(q, str(out), compress_to_fp16=False)
 
 
@@ -192,8 +216,12 @@ def _ray_info() -> dict:
 
     if not ray.is_initialized():
         return {"ray": "imported, not initialized"}
-    return {"ray": {"resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "memory")},
-                    "address_env": os.environ.get("RAY_ADDRESS")}}
+    return {
+        "ray": {
+            "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "memory")},
+            "address_env": os.environ.get("RAY_ADDRESS"),
+        }
+    }
 
 
 # --------------------------------------------------------------------------- measure
@@ -209,24 +237,38 @@ def measure(args: argparse.Namespace) -> dict:
     if "rayq_ray" not in variants and "rayq_inproc" in variants:
         primary.append("rayq_inproc")
     runtimes = ["ort", "ov"] if args.backend == "onnx" else ["ov"]
-    result: dict = {"model": args.model, "backend": args.backend, "threads": args.threads,
-                    "heldout": len(feeds), "variants": {k: str(v) for k, v in variants.items()},
-                    "latency_variants": primary, "runtimes": {}}
+    result: dict = {
+        "model": args.model,
+        "backend": args.backend,
+        "threads": args.threads,
+        "heldout": len(feeds),
+        "variants": {k: str(v) for k, v in variants.items()},
+        "latency_variants": primary,
+        "runtimes": {},
+    }
     for rt in runtimes:
         runners = {}
         for v, path in variants.items():
             # FP32 on OpenVINO is always the FP32 ONNX file, read by OpenVINO.
             runners[v] = harness.RUNTIMES[rt](str(path), args.threads)
         outs = {v: harness.outputs(run, feeds) for v, run in runners.items()}
-        errors = {v: {"nmse": harness.nmse(outs["fp32"], o), "cosine": harness.mean_cosine(outs["fp32"], o)}
-                  for v, o in outs.items() if v != "fp32"}
+        errors = {
+            v: {"nmse": harness.nmse(outs["fp32"], o), "cosine": harness.mean_cosine(outs["fp32"], o)}
+            for v, o in outs.items()
+            if v != "fp32"
+        }
         if "rayq_ray" in outs and "rayq_inproc" in outs:
             errors["rayq_ray_vs_inproc_max_abs"] = float(np.abs(outs["rayq_ray"] - outs["rayq_inproc"]).max())
         load_before = os.getloadavg()
-        lat = harness.interleaved_latency({v: runners[v] for v in primary}, feeds[0],
-                                          runs=args.runs, warmup=args.warmup)
-        result["runtimes"][rt] = {"errors": errors, "latency": lat,
-                                  "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+        lat = harness.interleaved_latency(
+            {v: runners[v] for v in primary}, feeds[0], runs=args.runs, warmup=args.warmup
+        )
+        result["runtimes"][rt] = {
+            "errors": errors,
+            "latency": lat,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        }
         del runners
     return result
 

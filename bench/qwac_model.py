@@ -49,7 +49,7 @@ N_CALIBRATION = 300
 DEFAULT_OUT = Path(__file__).resolve().parent / ".cache" / "qwac"
 DEFAULT_ARCH = "minilm"
 ARCHS = ("minilm", "vit", "mobilenet", "mlp")
-BATCH = 100          # validation batch size
+BATCH = 100  # validation batch size
 
 # ---------------------------------------------------------------- validation function
 
@@ -77,7 +77,7 @@ def accuracy(model: Any, items) -> tuple[float, list[float]]:
     labels = np.array([int(it["label"]) for it in items])
     preds = []
     for i in range(0, len(items), BATCH):
-        chunk = items[i:i + BATCH]
+        chunk = items[i : i + BATCH]
         preds.append(run({k: np.stack([np.asarray(it[k]) for it in chunk]) for k in names}).argmax(axis=1))
     correct = (np.concatenate(preds) == labels).astype(np.float64)
     return float(correct.mean()), correct.tolist()
@@ -99,18 +99,72 @@ def load_task(arch: str = DEFAULT_ARCH, out: Path = DEFAULT_OUT) -> dict:
 
 # ---------------------------------------------------------------- MiniLM + head
 
-_SUBJECTS = ["the engineer", "a small cat", "our team", "the old train", "my neighbour", "the river",
-             "a quiet student", "the new model", "this city", "the doctor", "every farmer", "the orchestra",
-             "a tired pilot", "the market", "her brother"]
-_VERBS = ["builds", "watches", "quantizes", "paints", "measures", "crosses", "explains", "repairs", "follows",
-          "describes", "visits", "carries", "questions", "improves"]
-_OBJECTS = ["a wooden bridge", "the morning news", "several neural networks", "a red kite", "the mountain road",
-            "an empty stadium", "fresh bread", "the weather report", "a long letter", "the harbour lights",
-            "three green apples", "the server logs", "a forgotten song", "the winter garden", "an ancient map"]
-CIRCUMSTANCES = ["before sunrise", "with great care", "in the rain", "after a long day", "near the station",
-                 "without any help", "for the third time", "during the storm", "while everyone sleeps",
-                 "at the edge of town", "as fast as possible", "because the deadline is close",
-                 "and then goes home", "on a quiet Sunday"]
+_SUBJECTS = [
+    "the engineer",
+    "a small cat",
+    "our team",
+    "the old train",
+    "my neighbour",
+    "the river",
+    "a quiet student",
+    "the new model",
+    "this city",
+    "the doctor",
+    "every farmer",
+    "the orchestra",
+    "a tired pilot",
+    "the market",
+    "her brother",
+]
+_VERBS = [
+    "builds",
+    "watches",
+    "quantizes",
+    "paints",
+    "measures",
+    "crosses",
+    "explains",
+    "repairs",
+    "follows",
+    "describes",
+    "visits",
+    "carries",
+    "questions",
+    "improves",
+]
+_OBJECTS = [
+    "a wooden bridge",
+    "the morning news",
+    "several neural networks",
+    "a red kite",
+    "the mountain road",
+    "an empty stadium",
+    "fresh bread",
+    "the weather report",
+    "a long letter",
+    "the harbour lights",
+    "three green apples",
+    "the server logs",
+    "a forgotten song",
+    "the winter garden",
+    "an ancient map",
+]
+CIRCUMSTANCES = [
+    "before sunrise",
+    "with great care",
+    "in the rain",
+    "after a long day",
+    "near the station",
+    "without any help",
+    "for the third time",
+    "during the storm",
+    "while everyone sleeps",
+    "at the edge of town",
+    "as fast as possible",
+    "because the deadline is close",
+    "and then goes home",
+    "on a quiet Sunday",
+]
 LABELS = [*CIRCUMSTANCES, "none"]
 SEQ_LEN = 32
 N_TRAIN_SENTENCES, N_VAL_SENTENCES = 1500, 600
@@ -123,8 +177,11 @@ def sentences(n: int, seed: int = SEED) -> tuple[list[str], np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def clause() -> tuple[str, int]:
-        words = [_SUBJECTS[rng.integers(len(_SUBJECTS))], _VERBS[rng.integers(len(_VERBS))],
-                 _OBJECTS[rng.integers(len(_OBJECTS))]]
+        words = [
+            _SUBJECTS[rng.integers(len(_SUBJECTS))],
+            _VERBS[rng.integers(len(_VERBS))],
+            _OBJECTS[rng.integers(len(_OBJECTS))],
+        ]
         label = len(CIRCUMSTANCES)
         if rng.random() < 0.6:
             label = int(rng.integers(len(CIRCUMSTANCES)))
@@ -148,7 +205,7 @@ def _ort_logits(path_or_model, feeds: dict[str, np.ndarray], threads: int = 2) -
     src = str(path_or_model) if isinstance(path_or_model, Path) else path_or_model.SerializeToString()
     sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     n = len(next(iter(feeds.values())))
-    return np.concatenate([sess.run(None, {k: v[i:i + 200] for k, v in feeds.items()})[0] for i in range(0, n, 200)])
+    return np.concatenate([sess.run(None, {k: v[i : i + 200] for k, v in feeds.items()})[0] for i in range(0, n, 200)])
 
 
 def make_minilm(out: Path, threads: int = 2) -> dict:
@@ -165,9 +222,18 @@ def make_minilm(out: Path, threads: int = 2) -> dict:
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     encoder = out / "minilm_encoder.onnx"
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "export_minilm.py"),
-                    "--output", str(encoder), "--seq-len", str(SEQ_LEN)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "export_minilm.py"),
+            "--output",
+            str(encoder),
+            "--seq-len",
+            str(SEQ_LEN),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
     texts, labels = sentences(N_TRAIN_SENTENCES + N_VAL_SENTENCES)
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ_LEN, return_tensors="np")
@@ -179,10 +245,15 @@ def make_minilm(out: Path, threads: int = 2) -> dict:
 
     model = onnx.load(str(encoder))
     g = model.graph
-    g.initializer.extend([numpy_helper.from_array(clf.coef_.astype(np.float32), "head.weight"),
-                          numpy_helper.from_array(clf.intercept_.astype(np.float32), "head.bias")])
-    g.node.append(helper.make_node("Gemm", ["embedding", "head.weight", "head.bias"], ["logits"],
-                                   name="/head/Gemm", transB=1))
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(clf.coef_.astype(np.float32), "head.weight"),
+            numpy_helper.from_array(clf.intercept_.astype(np.float32), "head.bias"),
+        ]
+    )
+    g.node.append(
+        helper.make_node("Gemm", ["embedding", "head.weight", "head.bias"], ["logits"], name="/head/Gemm", transB=1)
+    )
     del g.output[:]
     g.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", len(LABELS)]))
     onnx.checker.check_model(model)
@@ -192,20 +263,32 @@ def make_minilm(out: Path, threads: int = 2) -> dict:
     ort_acc = float((_ort_logits(path, val_feeds, threads).argmax(1) == labels[va]).mean())
     if abs(ort_acc - sk_acc) > 1.0 / N_VAL_SENTENCES:
         raise SystemExit(f"ONNX Runtime accuracy {ort_acc:.4f} != scikit-learn accuracy {sk_acc:.4f}")
-    np.savez(out / "minilm_data.npz", **{f"cal_{k}": v[:N_CALIBRATION] for k, v in feeds.items()},
-             **{f"val_{k}": v for k, v in val_feeds.items()}, val_label=labels[va])
+    np.savez(
+        out / "minilm_data.npz",
+        **{f"cal_{k}": v[:N_CALIBRATION] for k, v in feeds.items()},
+        **{f"val_{k}": v for k, v in val_feeds.items()},
+        val_label=labels[va],
+    )
     train_acc = float(clf.score(emb[tr], labels[tr]))
     encoder.unlink()
-    return {"arch": "minilm", "task": "circumstance phrase of the first clause, 15 classes",
-            "train_samples": N_TRAIN_SENTENCES, "calibration_samples": N_CALIBRATION,
-            "validation_samples": N_VAL_SENTENCES, "seq_len": SEQ_LEN, "logreg_C": LOGREG_C,
-            "train_top1": round(train_acc, 4), "val_top1_sklearn": round(sk_acc, 4),
-            "val_top1_onnxruntime": round(ort_acc, 4), "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "arch": "minilm",
+        "task": "circumstance phrase of the first clause, 15 classes",
+        "train_samples": N_TRAIN_SENTENCES,
+        "calibration_samples": N_CALIBRATION,
+        "validation_samples": N_VAL_SENTENCES,
+        "seq_len": SEQ_LEN,
+        "logreg_C": LOGREG_C,
+        "train_top1": round(train_acc, 4),
+        "val_top1_sklearn": round(sk_acc, 4),
+        "val_top1_onnxruntime": round(ort_acc, 4),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 # ---------------------------------------------------------------- digits candidates
 
-N_DIGITS_VALIDATION = 597          # one third of the 1797 images
+N_DIGITS_VALIDATION = 597  # one third of the 1797 images
 EPOCHS = {"vit": 60, "mobilenet": 40, "mlp": 60}
 
 
@@ -218,8 +301,9 @@ def split_digits():
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=N_DIGITS_VALIDATION, stratify=y,
-                                                      random_state=SEED)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=N_DIGITS_VALIDATION, stratify=y, random_state=SEED
+    )
     return (x_train, y_train), x_train[:N_CALIBRATION].copy(), (x_val, y_val)
 
 
@@ -241,7 +325,7 @@ def _digit_models():
             b, n, d = x.shape
             qkv = self.qkv(self.ln1(x)).reshape(b, n, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
-            att = torch.softmax((q @ k.transpose(-2, -1)) * (self.hd ** -0.5), dim=-1)
+            att = torch.softmax((q @ k.transpose(-2, -1)) * (self.hd**-0.5), dim=-1)
             x = x + self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
             return x + self.fc2(nn.functional.gelu(self.fc1(self.ln2(x))))
 
@@ -269,9 +353,15 @@ def _digit_models():
             mid = cin * expand
             self.res = stride == 1 and cin == cout
             self.body = nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
-                nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
-                nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+                nn.Conv2d(cin, mid, 1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU6(),
+                nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU6(),
+                nn.Conv2d(mid, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
 
         def forward(self, x):
             return x + self.body(x) if self.res else self.body(x)
@@ -282,10 +372,18 @@ def _digit_models():
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
-                InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 4, 2), InvertedResidual(24, 24, 4, 1),
-                InvertedResidual(24, 32, 4, 2), InvertedResidual(32, 32, 4, 1),
-                nn.Conv2d(32, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6())
+                nn.Conv2d(1, 16, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(16),
+                nn.ReLU6(),
+                InvertedResidual(16, 16, 1, 1),
+                InvertedResidual(16, 24, 4, 2),
+                InvertedResidual(24, 24, 4, 1),
+                InvertedResidual(24, 32, 4, 2),
+                InvertedResidual(32, 32, 4, 1),
+                nn.Conv2d(32, 128, 1, bias=False),
+                nn.BatchNorm2d(128),
+                nn.ReLU6(),
+            )
             self.head = nn.Linear(128, 10)
 
         def forward(self, x):
@@ -296,8 +394,16 @@ def _digit_models():
 
         def __init__(self) -> None:
             super().__init__()
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                                     nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+            self.net = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(64, 128),
+                nn.ReLU(),
+                nn.Linear(128, 128),
+                nn.ReLU(),
+                nn.Linear(128, 64),
+                nn.ReLU(),
+                nn.Linear(64, 10),
+            )
 
         def forward(self, x):
             return self.net(x)
@@ -317,7 +423,7 @@ def _train_digits(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(64):
-            shift = tuple(torch.randint(-1, 2, (2,), generator=gen).tolist())   # +-1 pixel shifts
+            shift = tuple(torch.randint(-1, 2, (2,), generator=gen).tolist())  # +-1 pixel shifts
             batch = torch.roll(xt[idx], shifts=shift, dims=(2, 3))
             loss = nn.functional.cross_entropy(model(batch), yt[idx], label_smoothing=0.1)
             opt.zero_grad()
@@ -346,17 +452,32 @@ def make_digits(arch: str, out: Path, epochs: int | None = None, threads: int = 
     path = out / f"{arch}.onnx"
     warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        do_constant_folding=True,
+    )
     ort_acc = float((_ort_logits(path, {"input": x_val}, threads).argmax(1) == y_val).mean())
     if abs(ort_acc - torch_acc) > 1.0 / len(y_val):
         raise SystemExit(f"ONNX Runtime accuracy {ort_acc:.4f} != torch accuracy {torch_acc:.4f}")
     np.savez(out / f"{arch}_data.npz", cal_input=x_cal, val_input=x_val, val_label=y_val)
-    return {"arch": arch, "train_samples": len(x_train), "calibration_samples": len(x_cal),
-            "validation_samples": len(x_val), "epochs": epochs, "train_seconds": round(train_s, 1),
-            "params": sum(p.numel() for p in model.parameters()),
-            "val_top1_torch": round(torch_acc, 4), "val_top1_onnxruntime": round(ort_acc, 4)}
+    return {
+        "arch": arch,
+        "train_samples": len(x_train),
+        "calibration_samples": len(x_cal),
+        "validation_samples": len(x_val),
+        "epochs": epochs,
+        "train_seconds": round(train_s, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "val_top1_torch": round(torch_acc, 4),
+        "val_top1_onnxruntime": round(ort_acc, 4),
+    }
 
 
 # ---------------------------------------------------------------- entry point
@@ -370,9 +491,14 @@ def make(arch: str = DEFAULT_ARCH, out: Path = DEFAULT_OUT, epochs: int | None =
     """Make ``arch``; write ``<arch>.onnx``, ``<arch>_data.npz`` and ``<arch>.json``."""
     start = time.perf_counter()
     summary = make_minilm(out, threads) if arch == "minilm" else make_digits(arch, out, epochs, threads)
-    summary.update(total_seconds=round(time.perf_counter() - start, 1), threads=threads,
-                   onnx=str(out / f"{arch}.onnx"), onnx_bytes=(out / f"{arch}.onnx").stat().st_size,
-                   onnx_sha256=_sha(out / f"{arch}.onnx"), data_sha256=_sha(out / f"{arch}_data.npz"))
+    summary.update(
+        total_seconds=round(time.perf_counter() - start, 1),
+        threads=threads,
+        onnx=str(out / f"{arch}.onnx"),
+        onnx_bytes=(out / f"{arch}.onnx").stat().st_size,
+        onnx_sha256=_sha(out / f"{arch}.onnx"),
+        data_sha256=_sha(out / f"{arch}_data.npz"),
+    )
     (out / f"{arch}.json").write_text(json.dumps(summary, indent=2))
     return summary
 

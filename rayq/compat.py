@@ -41,8 +41,15 @@ _ESTIMATORS = {
     (("raw", "histogram"), ("raw", "histogram")): "histogram_mse",
 }
 #: Fields of NNCF's AdvancedQuantizationParameters copied as they are.
-_SAME = ("overflow_fix", "quantize_outputs", "inplace_statistics", "disable_channel_alignment",
-         "disable_bias_correction", "batchwise_statistics", "smooth_quant_alpha")
+_SAME = (
+    "overflow_fix",
+    "quantize_outputs",
+    "inplace_statistics",
+    "disable_channel_alignment",
+    "disable_bias_correction",
+    "batchwise_statistics",
+    "smooth_quant_alpha",
+)
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -75,9 +82,13 @@ def ignored_scope(scope: Any) -> IgnoredScope | None:
     if unknown:
         raise ConfigError(f"ignored_scope field(s) {sorted(unknown)} are not supported by rayq")
     subs = tuple(Subgraph(tuple(s.inputs), tuple(s.outputs)) for s in data.get("subgraphs") or ())
-    return IgnoredScope(names=tuple(data.get("names") or ()), patterns=tuple(data.get("patterns") or ()),
-                        types=tuple(data.get("types") or ()), subgraphs=subs,
-                        validate=bool(data.get("validate", True)))
+    return IgnoredScope(
+        names=tuple(data.get("names") or ()),
+        patterns=tuple(data.get("patterns") or ()),
+        types=tuple(data.get("types") or ()),
+        subgraphs=subs,
+        validate=bool(data.get("validate", True)),
+    )
 
 
 def advanced_parameters(adv: Any) -> AdvancedQuantizationParameters | None:
@@ -87,32 +98,37 @@ def advanced_parameters(adv: Any) -> AdvancedQuantizationParameters | None:
     if isinstance(adv, dict):
         return AdvancedQuantizationParameters.from_dict(adv)
     if not _foreign(adv, "AdvancedQuantizationParameters"):
-        raise ConfigError("advanced_parameters must be a rayq.AdvancedQuantizationParameters, "
-                          f"got {type(adv).__name__}")
+        raise ConfigError(
+            f"advanced_parameters must be a rayq.AdvancedQuantizationParameters, got {type(adv).__name__}"
+        )
     data = _fields(adv)
     out: dict[str, Any] = {k: plain(data.pop(k)) for k in _SAME if k in data}
     if "smooth_quant_alphas" in data:
         out["smooth_quant_alphas"] = _nested(data.pop("smooth_quant_alphas"), AdvancedSmoothQuantParameters)
     if "bias_correction_params" in data:
-        out["bias_correction_params"] = _nested(data.pop("bias_correction_params"),
-                                                AdvancedBiasCorrectionParameters)
+        out["bias_correction_params"] = _nested(data.pop("bias_correction_params"), AdvancedBiasCorrectionParameters)
     est = _estimator(data.pop("activations_range_estimator_params", None), "activations_range_estimator_params")
     if est is not None:
         out["activation_estimator"], quantile = est
         out["quantile"] = quantile if quantile is not None else 1e-4
     if _estimator(data.pop("weights_range_estimator_params", None), "weights_range_estimator_params"):
-        raise ConfigError("weights_range_estimator_params is not supported: rayq takes weight ranges from "
-                          "the weights' per-channel min/max")
+        raise ConfigError(
+            "weights_range_estimator_params is not supported: rayq takes weight ranges from "
+            "the weights' per-channel min/max"
+        )
     per_channel = _quant_params(data.pop("weights_quantization_params", None), "weights_quantization_params")
     if per_channel is not None:
         out["per_channel"] = per_channel
     if _quant_params(data.pop("activations_quantization_params", None), "activations_quantization_params"):
-        raise ConfigError("activations_quantization_params.per_channel=True is not supported: "
-                          "activations are quantized per tensor")
+        raise ConfigError(
+            "activations_quantization_params.per_channel=True is not supported: activations are quantized per tensor"
+        )
     rule = data.pop("quantizer_propagation_rule", None)
     if rule is not None and getattr(rule, "name", rule) != "MERGE_ALL_IN_ONE":
-        raise ConfigError(f"quantizer_propagation_rule={getattr(rule, 'name', rule)} is not supported "
-                          "(rayq merges quantizers like MERGE_ALL_IN_ONE)")
+        raise ConfigError(
+            f"quantizer_propagation_rule={getattr(rule, 'name', rule)} is not supported "
+            "(rayq merges quantizers like MERGE_ALL_IN_ONE)"
+        )
     if data.pop("backend_params", None):
         raise ConfigError("backend_params is not supported by rayq")
     if data:
@@ -136,8 +152,10 @@ def accuracy_restorer_parameters(params: Any) -> AdvancedAccuracyRestorerParamet
         return params
     if isinstance(params, dict) or _foreign(params, "AdvancedAccuracyRestorerParameters"):
         return _nested(params, AdvancedAccuracyRestorerParameters, "advanced_accuracy_restorer_parameters")
-    raise ConfigError("advanced_accuracy_restorer_parameters must be a rayq.AdvancedAccuracyRestorerParameters, "
-                      f"got {type(params).__name__}")
+    raise ConfigError(
+        "advanced_accuracy_restorer_parameters must be a rayq.AdvancedAccuracyRestorerParameters, "
+        f"got {type(params).__name__}"
+    )
 
 
 def _nested(obj: Any, cls: type, name: str | None = None):
@@ -156,15 +174,16 @@ def _estimator(params: Any, name: str) -> tuple[str, float | None] | None:
     if params is None:
         return None
     sides = [getattr(params, side, None) for side in ("min", "max")]
-    key = tuple((plain(getattr(s, "statistics_type", None)), plain(getattr(s, "aggregator_type", None)))
-                for s in sides)
+    key = tuple((plain(getattr(s, "statistics_type", None)), plain(getattr(s, "aggregator_type", None))) for s in sides)
     if any(getattr(s, "clipping_value", None) is not None for s in sides):
         raise ConfigError(f"{name}: clipping_value is not supported by rayq")
     if key == ((None, None), (None, None)):
         return None
     if key not in _ESTIMATORS:
-        raise ConfigError(f"{name} {key} has no rayq equivalent; use AdvancedQuantizationParameters("
-                          "activation_estimator=...) with one of minmax, mean_minmax, quantile, histogram_mse")
+        raise ConfigError(
+            f"{name} {key} has no rayq equivalent; use AdvancedQuantizationParameters("
+            "activation_estimator=...) with one of minmax, mean_minmax, quantile, histogram_mse"
+        )
     return _ESTIMATORS[key], getattr(sides[0], "quantile_outlier_prob", None)
 
 
@@ -179,8 +198,10 @@ def _quant_params(params: Any, name: str) -> bool | None:
     if name.startswith("weights") and mode not in (None, "symmetric"):
         raise ConfigError(f"{name}.mode={mode!r} is not supported: rayq's weights are symmetric")
     if name.startswith("activations") and mode is not None:
-        raise ConfigError(f"{name}.mode={mode!r} is not supported: choose the preset (performance: symmetric, "
-                          "mixed: asymmetric activations)")
+        raise ConfigError(
+            f"{name}.mode={mode!r} is not supported: choose the preset (performance: symmetric, "
+            "mixed: asymmetric activations)"
+        )
     for key in ("signedness_to_force", "narrow_range"):
         if data.get(key) is not None:
             raise ConfigError(f"{name}.{key} is not supported by rayq")

@@ -67,7 +67,7 @@ def parse(line: str) -> dict | None:
     if not line.startswith(PREFIX):
         return None
     try:
-        event = json.loads(line[len(PREFIX):])
+        event = json.loads(line[len(PREFIX) :])
     except ValueError:
         return None
     return event if isinstance(event, dict) and "phase" in event and "state" in event else None

@@ -113,8 +113,9 @@ def _in_ray_worker() -> bool:
         return True
     ray = sys.modules.get("ray")
     try:
-        _worker[0] = bool(ray is not None and ray.is_initialized()
-                          and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+        _worker[0] = bool(
+            ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+        )
     except Exception:  # an unexpected Ray: treat as the driver
         return False
     return _worker[0]
@@ -258,5 +259,14 @@ def _install() -> None:
 
 _install()
 
-__all__ = ["ENV_VAR", "Formatter", "HANDLER", "Handler", "log_context", "parse_level", "progress_enabled",
-           "set_log_level", "write"]
+__all__ = [
+    "ENV_VAR",
+    "Formatter",
+    "HANDLER",
+    "Handler",
+    "log_context",
+    "parse_level",
+    "progress_enabled",
+    "set_log_level",
+    "write",
+]

@@ -16,8 +16,11 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 #: Public exception classes defined outside rayq/errors.py (by class name), each with its reason.
 ELSEWHERE: dict[str, str] = {}
 
-_BUILTIN_EXCEPTIONS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type)
-                       and issubclass(getattr(builtins, n), BaseException)}
+_BUILTIN_EXCEPTIONS = {
+    n
+    for n in dir(builtins)
+    if isinstance(getattr(builtins, n), type) and issubclass(getattr(builtins, n), BaseException)
+}
 
 
 def _base_name(node: ast.expr) -> str:
@@ -26,15 +29,26 @@ def _base_name(node: ast.expr) -> str:
 
 def _exception_classes(path: Path, known: set[str]) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    return [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
-            and any(_base_name(b) in known | _BUILTIN_EXCEPTIONS or _base_name(b).endswith(("Error", "Exception"))
-                    for b in node.bases)]
+    return [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        and any(
+            _base_name(b) in known | _BUILTIN_EXCEPTIONS or _base_name(b).endswith(("Error", "Exception"))
+            for b in node.bases
+        )
+    ]
 
 
 def test_every_public_exception_class_is_defined_in_rayq_errors():
     known = set(errors.__all__)
-    offenders = sorted((p.relative_to(PACKAGE.parent).as_posix(), name) for p in PACKAGE.rglob("*.py")
-                       if p.name != "errors.py" for name in _exception_classes(p, known) if not name.startswith("_"))
+    offenders = sorted(
+        (p.relative_to(PACKAGE.parent).as_posix(), name)
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "errors.py"
+        for name in _exception_classes(p, known)
+        if not name.startswith("_")
+    )
     assert [(path, name) for path, name in offenders if name not in ELSEWHERE] == []
 
 

@@ -20,8 +20,12 @@ from rayq.api import submit as jobs
 from rayq.api.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS = dict(model="examples/digits/digits_cnn.onnx", calibration="examples/digits/calibration.npz",
-              validation="examples/digits/validation.npz", validation_fn="examples.digits.metric:accuracy")
+DIGITS = dict(
+    model="examples/digits/digits_cnn.onnx",
+    calibration="examples/digits/calibration.npz",
+    validation="examples/digits/validation.npz",
+    validation_fn="examples.digits.metric:accuracy",
+)
 
 
 def test_job_config_from_a_dict_a_yaml_path_and_a_config(tmp_path, monkeypatch):
@@ -36,14 +40,21 @@ def test_job_config_from_a_dict_a_yaml_path_and_a_config(tmp_path, monkeypatch):
     assert rayq_config.from_dict(__import__("yaml").safe_load(rayq_config.dump(again))) == again
 
 
-@pytest.mark.parametrize("config, fields, output, message", [
-    (DIGITS, {}, None, "needs an output"),
-    ({**DIGITS, "validation_fn": len}, {}, "o", "'package.module:function' string"),
-    (DIGITS, {"no_such_field": 1}, "o", "no_such_field"),
-    (42, {}, "o", "not int"),
-    ({"command": "quantize", "model": "m.onnx", "calibration": "c.npz", "output": "o"}, {}, None,
-     "'search' or 'sweep'"),
-])
+@pytest.mark.parametrize(
+    "config, fields, output, message",
+    [
+        (DIGITS, {}, None, "needs an output"),
+        ({**DIGITS, "validation_fn": len}, {}, "o", "'package.module:function' string"),
+        (DIGITS, {"no_such_field": 1}, "o", "no_such_field"),
+        (42, {}, "o", "not int"),
+        (
+            {"command": "quantize", "model": "m.onnx", "calibration": "c.npz", "output": "o"},
+            {},
+            None,
+            "'search' or 'sweep'",
+        ),
+    ],
+)
 def test_job_config_rejects_what_a_job_cannot_run(config, fields, output, message):
     with pytest.raises(rayq.ConfigError, match=message):
         jobs.job_config(config, fields, output)
@@ -54,8 +65,9 @@ def test_inputs_and_validation_module_must_be_in_working_dir(tmp_path, caplog):
     jobs._check_inputs(cfg, str(ROOT))  # the project folder has both
     with pytest.raises(rayq.ConfigError, match="does not exist in working_dir"):
         jobs._check_inputs(cfg, str(tmp_path))
-    absolute = jobs.job_config({**DIGITS, **{k: str(ROOT / v) for k, v in DIGITS.items() if k != "validation_fn"}},
-                               {}, "/o")
+    absolute = jobs.job_config(
+        {**DIGITS, **{k: str(ROOT / v) for k, v in DIGITS.items() if k != "validation_fn"}}, {}, "/o"
+    )
     jobs._check_inputs(absolute, str(tmp_path))  # importable here (the project is on sys.path): a warning
     assert "module 'examples' is not in working_dir" in caplog.text and "installed on the cluster" in caplog.text
     missing = dataclasses.replace(absolute, validation_fn="no_such_package_xyz.metric:accuracy")
@@ -89,7 +101,7 @@ class _Api:
         return "SUCCEEDED" if self.polls >= len(self.chunks) else "RUNNING"
 
     def logs(self, job_id: str) -> str:
-        return "".join(self.chunks[:max(self.polls, 1)])
+        return "".join(self.chunks[: max(self.polls, 1)])
 
 
 def _event(**fields) -> str:
@@ -121,16 +133,21 @@ def test_watch_draws_one_bar_per_phase_from_events(monkeypatch):
         def close(self):
             self.closed = True
 
-    chunks = [_event(phase="calibration", state="start", n=0, total=4, unit="batch"),
-              "rayq: a plain log line\n" + _event(phase="calibration", state="end", n=4, total=4),
-              _event(phase="search", state="start", n=0, total=2, unit="trial")
-              + _event(phase="search", state="update", n=2, total=2, postfix="trial 1: ok")
-              + _event(phase="search", model="m2", state="start", n=0, total=3, unit="trial")]
+    chunks = [
+        _event(phase="calibration", state="start", n=0, total=4, unit="batch"),
+        "rayq: a plain log line\n" + _event(phase="calibration", state="end", n=4, total=4),
+        _event(phase="search", state="start", n=0, total=2, unit="trial")
+        + _event(phase="search", state="update", n=2, total=2, postfix="trial 1: ok")
+        + _event(phase="search", model="m2", state="start", n=0, total=3, unit="trial"),
+    ]
     bars: dict = {}
     for ev in jobs.SearchJob("j", _Api(chunks)).events(poll=0):
         jobs._show(bars, ev, Bar)
     assert [(b.desc, b.total, b.unit, b.n, b.closed) for b in made] == [
-        ("calibration", 4, "batch", 4, True), ("search", 2, "trial", 2, False), ("m2: search", 3, "trial", 0, False)]
+        ("calibration", 4, "batch", 4, True),
+        ("search", 2, "trial", 2, False),
+        ("m2: search", 3, "trial", 0, False),
+    ]
     assert made[1].postfix == "trial 1: ok" and list(bars) == ["search", "m2: search"]
 
 

@@ -28,8 +28,17 @@ PACKAGE = Path(rayq.__file__).resolve().parent
 FOUNDATION = {"errors", "logs", "events", "storage"}
 #: The API layer: the rayq/api/ package and the NNCF-compatibility shim (rayq.compat).
 API_MODULES = {"api", "compat"}
-RANK = {"foundation": 0, "core": 1, "backends": 2, "pipeline": 3, "distributed": 4, "tuning": 4, "api": 5,
-        "cli": 6, "testing": 7}
+RANK = {
+    "foundation": 0,
+    "core": 1,
+    "backends": 2,
+    "pipeline": 3,
+    "distributed": 4,
+    "tuning": 4,
+    "api": 5,
+    "cli": 6,
+    "testing": 7,
+}
 
 #: (importing file, imported rayq module) edges allowed against the order, each with its reason.
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
@@ -50,9 +59,9 @@ HOME_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("rayq/testing/", "onnxruntime"): "test-support package: runs reference models on both runtimes",
     ("rayq/testing/", "openvino"): "test-support package: runs reference models on both runtimes",
     ("rayq/pipeline/latency.py", "onnxruntime"): "runtime_settings() records the runtime's version; "
-                                                 "to move behind the backend protocol (issue 16: describe())",
+    "to move behind the backend protocol (issue 16: describe())",
     ("rayq/pipeline/latency.py", "openvino"): "runtime_settings() records the runtime's version; "
-                                              "to move behind the backend protocol (issue 16: describe())",
+    "to move behind the backend protocol (issue 16: describe())",
 }
 HOME_TEMPORARY: dict[tuple[str, str], str] = {}
 
@@ -80,12 +89,16 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
             submodules = {f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")}
             found.update(submodules if len(submodules) == len(node.names) else {base, *submodules})
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
-              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.add(node.args[0].value)
     return found
 
@@ -143,16 +156,23 @@ def test_distributed_knows_no_model_format(graph):
     backend protocol and registry (``rayq.backends``, ``.base``, ``.registry``), never
     into one format's package (``rayq.backends.onnx``, ``rayq.backends.openvino``)."""
     generic = {"rayq.backends", "rayq.backends.base", "rayq.backends.registry"}
-    offenders = sorted((path, m) for path, modules in graph.items() if path.startswith("rayq/distributed/")
-                       for m in modules if m.startswith("rayq.backends") and m not in generic
-                       and (path, m) not in TEMPORARY)
+    offenders = sorted(
+        (path, m)
+        for path, modules in graph.items()
+        if path.startswith("rayq/distributed/")
+        for m in modules
+        if m.startswith("rayq.backends") and m not in generic and (path, m) not in TEMPORARY
+    )
     assert not offenders
 
 
 def test_sibling_layers_never_import_each_other(graph):
     for a, b in (("distributed", "tuning"), ("tuning", "distributed")):
-        offenders = sorted(path for path, modules in graph.items() if path.startswith(f"rayq/{a}/")
-                           and any(m.startswith(f"rayq.{b}") for m in modules))
+        offenders = sorted(
+            path
+            for path, modules in graph.items()
+            if path.startswith(f"rayq/{a}/") and any(m.startswith(f"rayq.{b}") for m in modules)
+        )
         assert not offenders, f"rayq.{a} imports rayq.{b}: {offenders}"
 
 
@@ -173,8 +193,9 @@ def test_listed_exceptions_are_still_needed(graph):
     for (path, target), why in LAYER_EXCEPTIONS.items():
         assert target in graph.get(path, set()), f"stale exception ({why}): {path} -> {target}"
     for (where, package), why in HOME_EXCEPTIONS.items():
-        assert any(p.startswith(where) and any(m.split(".")[0] == package for m in mods)
-                   for p, mods in graph.items()), f"stale exception ({why}): {where} -> {package}"
+        assert any(
+            p.startswith(where) and any(m.split(".")[0] == package for m in mods) for p, mods in graph.items()
+        ), f"stale exception ({why}): {where} -> {package}"
 
 
 #: What importing each layer must not load (fresh interpreters, so nothing else imported it first).
@@ -191,8 +212,10 @@ MUST_NOT_LOAD = {
 @pytest.fixture(scope="module")
 def loaded() -> dict[str, set[str]]:
     code = "import json, sys, importlib; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
-    procs = {m: subprocess.Popen([sys.executable, "-c", code, m], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for m in MUST_NOT_LOAD}
+    procs = {
+        m: subprocess.Popen([sys.executable, "-c", code, m], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for m in MUST_NOT_LOAD
+    }
     out = {}
     for module, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=180)

@@ -37,8 +37,10 @@ def _segments(text: str) -> list[str]:
 
 
 def test_plain_python_in_a_non_tty_prints_info_with_short_floats():
-    code = ("import logging, rayq; logging.getLogger('rayq.tuning').info('trial 3: latency=%s ms', "
-            f"{LONG!r}); logging.getLogger('rayq.x').debug('hidden')")
+    code = (
+        "import logging, rayq; logging.getLogger('rayq.tuning').info('trial 3: latency=%s ms', "
+        f"{LONG!r}); logging.getLogger('rayq.x').debug('hidden')"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(logs.ENV_VAR, None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -70,21 +70,39 @@ def test_every_public_name_exists_and_nothing_else_leaks():
     for name in rayq.__all__:
         assert getattr(rayq, name, None) is not None, name
     # any other public rayq-defined object reachable as rayq.<name> must be in __all__
-    extra = {n for n in dir(rayq) if not n.startswith("_")
-             and str(getattr(getattr(rayq, n), "__module__", "")).startswith("rayq")} - PUBLIC
+    extra = {
+        n
+        for n in dir(rayq)
+        if not n.startswith("_") and str(getattr(getattr(rayq, n), "__module__", "")).startswith("rayq")
+    } - PUBLIC
     assert not extra, f"public attributes not in __all__: {sorted(extra)}"
 
 
 def test_error_hierarchy():
-    for name in ("ConfigError", "DataError", "BackendError", "CalibrationError", "SearchError", "ClusterError",
-                 "OutputError"):
+    for name in (
+        "ConfigError",
+        "DataError",
+        "BackendError",
+        "CalibrationError",
+        "SearchError",
+        "ClusterError",
+        "OutputError",
+    ):
         assert issubclass(getattr(rayq, name), rayq.RayqError)
     assert issubclass(rayq.ConfigError, ValueError) and issubclass(rayq.DataError, ValueError)
 
 
 def test_public_callables_have_docstrings_with_examples():
-    for name in ("quantize", "Dataset", "IgnoredScope", "AdvancedQuantizationParameters", "QuantPlan", "init",
-                 "submit", "attach"):
+    for name in (
+        "quantize",
+        "Dataset",
+        "IgnoredScope",
+        "AdvancedQuantizationParameters",
+        "QuantPlan",
+        "init",
+        "submit",
+        "attach",
+    ):
         doc = getattr(rayq, name).__doc__ or ""
         assert "Example" in doc, name
 
@@ -133,8 +151,11 @@ def _root(module: str) -> str:
 
 
 def test_only_rayq_distributed_imports_ray():
-    offenders = sorted(f for f, imps in _sources().items() if not f.startswith("rayq/distributed/")
-                       and any(_root(m) == "ray" for m, _ in imps))
+    offenders = sorted(
+        f
+        for f, imps in _sources().items()
+        if not f.startswith("rayq/distributed/") and any(_root(m) == "ray" for m, _ in imps)
+    )
     assert not offenders
 
 
@@ -145,8 +166,9 @@ def test_only_rayq_tuning_imports_optuna():
 
 
 def test_only_rayq_distributed_imports_ray_somewhere():
-    assert any(_root(m) == "ray" for f, imps in _sources().items() if f.startswith("rayq/distributed/")
-               for m, _ in imps), "the grep found no ray import at all: update this test"
+    assert any(
+        _root(m) == "ray" for f, imps in _sources().items() if f.startswith("rayq/distributed/") for m, _ in imps
+    ), "the grep found no ray import at all: update this test"
 
 
 def test_no_public_name_is_shadowed_by_a_submodule():
@@ -160,17 +182,28 @@ def test_rayq_distributed_is_imported_lazily():
     (rayq/api/session.py, rayq/api/search.py, the CLI), except for ``rayq.init`` / ``rayq.shutdown``
     which the package re-exports from ``rayq.distributed.cluster``."""
     allowed = {("rayq/__init__.py", "rayq.distributed.cluster")}
-    offenders = sorted((f, m) for f, imps in _sources().items() if not f.startswith("rayq/distributed/")
-                       for m, top in imps if top and m.startswith("rayq.distributed")
-                       and (f, m) not in allowed and not m.startswith("rayq.distributed.cluster."))
+    offenders = sorted(
+        (f, m)
+        for f, imps in _sources().items()
+        if not f.startswith("rayq/distributed/")
+        for m, top in imps
+        if top
+        and m.startswith("rayq.distributed")
+        and (f, m) not in allowed
+        and not m.startswith("rayq.distributed.cluster.")
+    )
     assert not offenders
 
 
 def test_core_imports_only_numpy_and_itself():
     allowed_roots = {"rayq", "numpy", "__future__"} | set(sys.stdlib_module_names)
-    offenders = sorted((f, m) for f, imps in _sources().items() if f.startswith("rayq/core/")
-                       for m, _ in imps if _root(m) not in allowed_roots
-                       or (_root(m) == "rayq" and not m.startswith(("rayq.core", "rayq.errors"))))
+    offenders = sorted(
+        (f, m)
+        for f, imps in _sources().items()
+        if f.startswith("rayq/core/")
+        for m, _ in imps
+        if _root(m) not in allowed_roots or (_root(m) == "rayq" and not m.startswith(("rayq.core", "rayq.errors")))
+    )
     assert not offenders
 
 

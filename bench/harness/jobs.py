@@ -20,6 +20,7 @@ RESULTS = BENCH / "results"
 WORK = BENCH / ".cache"
 RESULT_PREFIX = "RESULT "
 
+
 def parse_cpus(text: str | None) -> list[int]:
     """``"0-3,6"`` -> ``[0, 1, 2, 3, 6]``; ``None``/empty -> this process's affinity."""
     if not text:
@@ -33,10 +34,17 @@ def parse_cpus(text: str | None) -> list[int]:
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     """``--out``, ``--quick``, ``--cpus`` and ``--job-timeout``, the same in every benchmark."""
-    ap.add_argument("--out", type=Path, default=None,
-                    help="result JSON (default: bench/results/<name>.json; with --quick bench/.cache/quick/)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smallest sizes: a smoke test of the entry point (never overwrites bench/results/)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default: bench/results/<name>.json; with --quick bench/.cache/quick/)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smallest sizes: a smoke test of the entry point (never overwrites bench/results/)",
+    )
     ap.add_argument("--cpus", default=None, help="CPU ids the jobs are pinned to, e.g. 0-1 (default: all of ours)")
     ap.add_argument("--job-timeout", type=float, default=3600, help="seconds before a job is killed")
 
@@ -57,7 +65,7 @@ def parse_result(text: str) -> dict | None:
     """The last ``RESULT {json}`` line of a job's output, or ``None``."""
     for line in reversed(text.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return None
 
 
@@ -65,15 +73,22 @@ def job_env(tree: Path | str = REPO, **extra: str) -> dict[str, str]:
     """Environment for a job: rayq from ``tree`` (then ``bench/``) first on ``PYTHONPATH``,
     unbuffered output, progress as log lines, and no ``RAY_ADDRESS`` (a private Ray)."""
     path = [str(tree), str(BENCH), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), PYTHONUNBUFFERED="1",
-               RAYQ_PROGRESS="log")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), PYTHONUNBUFFERED="1", RAYQ_PROGRESS="log")
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
     return env
 
 
-def run_job(cmd: Sequence[str], *, log: Path | str, timeout: float | None = None, cpus: Sequence[int] | None = None,
-            env: Mapping[str, str] | None = None, cwd: Path | str | None = None, quiet: bool = False) -> dict:
+def run_job(
+    cmd: Sequence[str],
+    *,
+    log: Path | str,
+    timeout: float | None = None,
+    cpus: Sequence[int] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run ``cmd`` in a fresh process (its own session, pinned to ``cpus``), output to ``log``.
 
     Returns ``wall_s``, ``cpu_s`` (user+sys of the job and the children it reaped),
@@ -84,8 +99,14 @@ def run_job(cmd: Sequence[str], *, log: Path | str, timeout: float | None = None
     log.parent.mkdir(parents=True, exist_ok=True)
     load_before, start = os.getloadavg()[0], time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env or job_env()),
-                                cwd=str(cwd or REPO), start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env or job_env()),
+            cwd=str(cwd or REPO),
+            start_new_session=True,
+        )
         if cpus:  # before the interpreter is up, so its children inherit it
             os.sched_setaffinity(proc.pid, list(cpus))
         fired = threading.Event()
@@ -103,10 +124,17 @@ def run_job(cmd: Sequence[str], *, log: Path | str, timeout: float | None = None
                 timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text(errors="replace")
-    job = {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
-           "peak_rss_mb": usage.ru_maxrss / 1024, "returncode": proc.returncode, "timed_out": fired.is_set(),
-           "log": str(log), "load1_before": load_before, "load1_after": os.getloadavg()[0],
-           "result": parse_result(text)}
+    job = {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "returncode": proc.returncode,
+        "timed_out": fired.is_set(),
+        "log": str(log),
+        "load1_before": load_before,
+        "load1_after": os.getloadavg()[0],
+        "result": parse_result(text),
+    }
     if proc.returncode != 0 or job["result"] is None:
         job["error"] = "timed out" if fired.is_set() else f"exit code {proc.returncode}"
         job["log_tail"] = text.splitlines()[-25:]
@@ -158,8 +186,7 @@ def first_attr(*names: str) -> Any:
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30,
-                             check=False)
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""

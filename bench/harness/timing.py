@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def interleaved_latency(runners: Mapping[str, Callable[[Any], Any]], feeds: Any, *, runs: int = 30,
-                        warmup: int = 5, block: int = 10) -> dict[str, dict]:
+def interleaved_latency(
+    runners: Mapping[str, Callable[[Any], Any]], feeds: Any, *, runs: int = 30, warmup: int = 5, block: int = 10
+) -> dict[str, dict]:
     """Batch latency of every runner, timed against each other with the library's
     :func:`rayq.pipeline.latency.time_rounds`: ``ceil(runs / block)`` rounds, each giving
     every runner a turn of ``warmup`` untimed then ``block`` timed calls, in an order
@@ -22,8 +23,7 @@ def interleaved_latency(runners: Mapping[str, Callable[[Any], Any]], feeds: Any,
 
     names = list(runners)
     block = max(1, min(block, runs))
-    rounds = time_rounds([runners[n] for n in names], feeds, warmup=warmup, rounds=math.ceil(runs / block),
-                         block=block)
+    rounds = time_rounds([runners[n] for n in names], feeds, warmup=warmup, rounds=math.ceil(runs / block), block=block)
     out = {}
     for name, per_round in zip(names, rounds):
         times = [t for r in per_round for t in r]
@@ -34,8 +34,13 @@ def interleaved_latency(runners: Mapping[str, Callable[[Any], Any]], feeds: Any,
 def summarize(times: Sequence[float]) -> dict:
     """Median, quartiles, minimum and count of ``times``."""
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_ms": statistics.median(times), "q1_ms": q[0], "q3_ms": q[2], "min_ms": min(times),
-            "runs": len(times)}
+    return {
+        "median_ms": statistics.median(times),
+        "q1_ms": q[0],
+        "q3_ms": q[2],
+        "min_ms": min(times),
+        "runs": len(times),
+    }
 
 
 def paired_ratio(a: Sequence[float] | None, b: Sequence[float] | None) -> float | None:
@@ -73,13 +78,24 @@ class Pairs:
         return {self.a: statistics.median(va), self.b: statistics.median(vb), "ratio_median": paired_ratio(vb, va)}
 
     def to_dict(self) -> dict:
-        return {"sides": [self.a, self.b], "order": self.order, "values": self.values,
-                "median": {s: self.median(s) for s in (self.a, self.b)}, "ratios": self.ratios,
-                "ratio_median": self.ratio_median, "ratio": f"{self.b} / {self.a}"}
+        return {
+            "sides": [self.a, self.b],
+            "order": self.order,
+            "values": self.values,
+            "median": {s: self.median(s) for s in (self.a, self.b)},
+            "ratios": self.ratios,
+            "ratio_median": self.ratio_median,
+            "ratio": f"{self.b} / {self.a}",
+        }
 
 
-def alternate(sides: Mapping[str, Callable[[], Any]], pairs: int, *, value: Callable[[Any], float] = float,
-              on_result: Callable[[str, int, Any], None] | None = None) -> Pairs:
+def alternate(
+    sides: Mapping[str, Callable[[], Any]],
+    pairs: int,
+    *,
+    value: Callable[[Any], float] = float,
+    on_result: Callable[[str, int, Any], None] | None = None,
+) -> Pairs:
     """Run the two callables of ``sides`` ``pairs`` times each, alternating the order
     (pair 0: A then B, pair 1: B then A, ...) so neither always runs second. ``value``
     turns a call's return into the measured number; ``on_result(side, pair, result)`` is
@@ -144,7 +160,7 @@ def nmse(ref: Any, got: Any) -> float:
     import numpy as np
 
     ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    return float((((got - ref) ** 2).sum(1) / np.maximum((ref ** 2).sum(1), 1e-30)).mean())
+    return float((((got - ref) ** 2).sum(1) / np.maximum((ref**2).sum(1), 1e-30)).mean())
 
 
 def mean_cosine(ref: Any, got: Any) -> float:

@@ -109,16 +109,18 @@ def _minilm(size: int) -> torch.nn.Module:
 
 def _tokens(seq: int, vocab: int, mask: bool) -> Callable[[int], list[dict]]:
     def specs(size: int) -> list[dict]:
-        ids = {"name": "input_ids", "shape": [1, seq], "dtype": "int64", "kind": "tokens", "low": 1000,
-               "high": vocab}
+        ids = {"name": "input_ids", "shape": [1, seq], "dtype": "int64", "kind": "tokens", "low": 1000, "high": vocab}
         return [ids, {"name": "attention_mask", "shape": [1, seq], "dtype": "int64", "kind": "mask"}] if mask else [ids]
+
     return specs
 
 
 def _vad_inputs(size: int) -> list[dict]:
-    return [{"name": "input", "shape": [1, 512], "dtype": "float32", "kind": "normal"},
-            {"name": "state", "shape": [2, 1, 64], "dtype": "float32", "kind": "normal", "scale": 0.5},
-            {"name": "sr", "shape": [], "dtype": "int64", "kind": "value", "value": 16000}]
+    return [
+        {"name": "input", "shape": [1, 512], "dtype": "float32", "kind": "normal"},
+        {"name": "state", "shape": [2, 1, 64], "dtype": "float32", "kind": "normal", "scale": 0.5},
+        {"name": "sr", "shape": [], "dtype": "int64", "kind": "value", "value": 16000},
+    ]
 
 
 ZOO: dict[str, Entry] = {
@@ -128,19 +130,35 @@ ZOO: dict[str, Entry] = {
     "mobilenet_v3_small": Entry("mobile CNN (SE, HardSwish)", lambda s: tvm.mobilenet_v3_small()),
     "shufflenet_v2_x1_0": Entry("channel-shuffle CNN", lambda s: tvm.shufflenet_v2_x1_0()),
     "convnext_tiny": Entry("ConvNeXt (LayerNorm, layer scale)", lambda s: tvm.convnext_tiny()),
-    "r3d_18": Entry("3D-conv video CNN", lambda s: tvv.r3d_18(),
-                    inputs=lambda s: [image(s, shape=(1, 3, 8, 64, 64))]),
-    "lraspp_mobilenet_v3": Entry("segmentation (Resize)", lambda s: _Out(tvs.lraspp_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=21)), outputs=["out"]),
+    "r3d_18": Entry("3D-conv video CNN", lambda s: tvv.r3d_18(), inputs=lambda s: [image(s, shape=(1, 3, 8, 64, 64))]),
+    "lraspp_mobilenet_v3": Entry(
+        "segmentation (Resize)",
+        lambda s: _Out(tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)),
+        outputs=["out"],
+    ),
     "vit_s_16": Entry("ViT", _vit_s16),
     "swin_t": Entry("windowed-attention transformer", lambda s: tvm.swin_t()),
-    "minilm": Entry("BERT encoder (pretrained)", _minilm, inputs=_tokens(64, 30000, True),
-                    model_type="transformer", outputs=["embedding"]),
+    "minilm": Entry(
+        "BERT encoder (pretrained)",
+        _minilm,
+        inputs=_tokens(64, 30000, True),
+        model_type="transformer",
+        outputs=["embedding"],
+    ),
     "gpt_tiny": Entry("decoder-only LM (causal)", lambda s: TinyGPT(), inputs=_tokens(64, 2048, False)),
-    "crnn_ctc": Entry("CRNN/CTC text recogniser (BiLSTM)", lambda s: CRNN(),
-                      inputs=lambda s: [image(s, shape=(1, 1, 32, 128))], outputs=["log_probs"]),
-    "vad": Entry("speech VAD (If, Loop, state, 0-d sr)", lambda s: vad_model(), inputs=_vad_inputs, raw=True,
-                 outputs=["prob", "stateN"]),
+    "crnn_ctc": Entry(
+        "CRNN/CTC text recogniser (BiLSTM)",
+        lambda s: CRNN(),
+        inputs=lambda s: [image(s, shape=(1, 1, 32, 128))],
+        outputs=["log_probs"],
+    ),
+    "vad": Entry(
+        "speech VAD (If, Loop, state, 0-d sr)",
+        lambda s: vad_model(),
+        inputs=_vad_inputs,
+        raw=True,
+        outputs=["prob", "stateN"],
+    ),
     "mobilenet_v3_small_dynamo": Entry("dynamo export", lambda s: tvm.mobilenet_v3_small(), dynamo=True),
     "gpt_tiny_dynamo": Entry("dynamo export", lambda s: TinyGPT(), inputs=_tokens(64, 2048, False), dynamo=True),
     "resnet18_constants": Entry("weights in Constant nodes", lambda s: tvm.resnet18(), constants=True),
@@ -182,11 +200,27 @@ def _export(entry: Entry, model: torch.nn.Module, specs: list[dict], path: pathl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if entry.dynamo:
-            torch.onnx.export(model, example, str(path), dynamo=True, opset_version=18, input_names=names,
-                              output_names=entry.outputs, external_data=False)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                dynamo=True,
+                opset_version=18,
+                input_names=names,
+                output_names=entry.outputs,
+                external_data=False,
+            )
         else:
-            torch.onnx.export(model, example, str(path), dynamo=False, opset_version=17, input_names=names,
-                              output_names=entry.outputs, do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=entry.outputs,
+                do_constant_folding=True,
+            )
 
 
 def build(name: str, size: int, out: pathlib.Path) -> pathlib.Path:
@@ -194,9 +228,15 @@ def build(name: str, size: int, out: pathlib.Path) -> pathlib.Path:
     entry = ZOO[name]
     path, meta_path = out / f"{name}.onnx", out / f"{name}.json"
     specs = entry.inputs(size)
-    meta = {"name": name, "family": entry.family, "size": size, "inputs": specs, "model_type": entry.model_type,
-            "exporter": "onnx.helper" if entry.raw else "dynamo" if entry.dynamo else "torchscript",
-            "constants": entry.constants}
+    meta = {
+        "name": name,
+        "family": entry.family,
+        "size": size,
+        "inputs": specs,
+        "model_type": entry.model_type,
+        "exporter": "onnx.helper" if entry.raw else "dynamo" if entry.dynamo else "torchscript",
+        "constants": entry.constants,
+    }
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
         return path
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +265,7 @@ def _gru_loop_body() -> onnx.GraphProto:
     """Loop body: ``h = tanh(x[:, :, i]^T W + h U + b)``; W, U, b are main-graph weights
     read from the outer scope."""
     nodes = [
-        helper.make_node("Gather", ["feat", "i"], ["xt"], axis=2),            # [1, 64]
+        helper.make_node("Gather", ["feat", "i"], ["xt"], axis=2),  # [1, 64]
         helper.make_node("MatMul", ["xt", "loop_W"], ["xw"]),
         helper.make_node("MatMul", ["h_in", "loop_U"], ["hu"]),
         helper.make_node("Add", ["xw", "hu"], ["s0"]),
@@ -235,12 +275,18 @@ def _gru_loop_body() -> onnx.GraphProto:
     ]
     f = TensorProto.FLOAT
     return helper.make_graph(
-        nodes, "gru_step",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", f, [1, 64])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_out", f, [1, 64])])
+        nodes,
+        "gru_step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", f, [1, 64]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", f, [1, 64]),
+        ],
+    )
 
 
 def _branch(name: str, weight: str) -> onnx.GraphProto:
@@ -256,10 +302,14 @@ def vad_model() -> onnx.ModelProto:
     the speech probability [1, 1] and the new state."""
     rng = np.random.default_rng(0)
     inits = [
-        _init(rng, "stft_w", (64, 1, 64), 0.125), _init(rng, "enc_w", (64, 64, 3), 0.07),
-        _init(rng, "enc_b", (64,), 0.1), _init(rng, "w16k", (1, 64, 1), 0.2),
-        _init(rng, "w8k", (1, 64, 1), 0.2), _init(rng, "loop_W", (64, 64), 0.12),
-        _init(rng, "loop_U", (64, 64), 0.12), _init(rng, "loop_b", (64,), 0.1),
+        _init(rng, "stft_w", (64, 1, 64), 0.125),
+        _init(rng, "enc_w", (64, 64, 3), 0.07),
+        _init(rng, "enc_b", (64,), 0.1),
+        _init(rng, "w16k", (1, 64, 1), 0.2),
+        _init(rng, "w8k", (1, 64, 1), 0.2),
+        _init(rng, "loop_W", (64, 64), 0.12),
+        _init(rng, "loop_U", (64, 64), 0.12),
+        _init(rng, "loop_b", (64,), 0.1),
         _init(rng, "head_w", (64, 1), 0.2),
         numpy_helper.from_array(np.array([1, 1, 512], np.int64), "shape3"),
         numpy_helper.from_array(np.array(16000, np.int64), "sr16k"),
@@ -277,12 +327,13 @@ def vad_model() -> onnx.ModelProto:
         helper.make_node("Conv", ["mag", "enc_w", "enc_b"], ["enc0"], pads=[1, 1]),
         helper.make_node("Relu", ["enc0"], ["enc"]),
         helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
-        helper.make_node("If", ["is16k"], ["feat"], then_branch=_branch("then", "w16k"),
-                         else_branch=_branch("else", "w8k")),
+        helper.make_node(
+            "If", ["is16k"], ["feat"], then_branch=_branch("then", "w16k"), else_branch=_branch("else", "w8k")
+        ),
         helper.make_node("Shape", ["feat"], ["fshape"]),
         helper.make_node("Gather", ["fshape", "dim2"], ["frames1"]),
         helper.make_node("Squeeze", ["frames1", "axis0"], ["frames"]),
-        helper.make_node("Gather", ["state", "zero"], ["h0"]),                 # [1, 64]
+        helper.make_node("Gather", ["state", "zero"], ["h0"]),  # [1, 64]
         helper.make_node("Loop", ["frames", "true", "h0"], ["h_last"], body=_gru_loop_body()),
         helper.make_node("MatMul", ["h_last", "head_w"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["prob"]),
@@ -292,12 +343,16 @@ def vad_model() -> onnx.ModelProto:
     ]
     f = TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, "vad",
-        [helper.make_tensor_value_info("input", f, [1, 512]),
-         helper.make_tensor_value_info("state", f, [2, 1, 64]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        nodes,
+        "vad",
+        [
+            helper.make_tensor_value_info("input", f, [1, 512]),
+            helper.make_tensor_value_info("state", f, [2, 1, 64]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
         [helper.make_tensor_value_info("prob", f, [1, 1]), helper.make_tensor_value_info("stateN", f, [2, 1, 64])],
-        inits)
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return onnx.shape_inference.infer_shapes(model)
 

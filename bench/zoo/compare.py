@@ -58,8 +58,9 @@ def items(meta: dict, n: int, seed: int) -> list[dict[str, np.ndarray]]:
     return [feeds(meta["inputs"], 1, seed * 100_003 + i) for i in range(n)]
 
 
-def _quantize(tool: str, backend: str, fp32: pathlib.Path, data: list, model_type: str | None,
-              out: pathlib.Path) -> float:
+def _quantize(
+    tool: str, backend: str, fp32: pathlib.Path, data: list, model_type: str | None, out: pathlib.Path
+) -> float:
     model = str(fp32) if backend == "onnx" else ov.convert_model(str(fp32))
     kwargs = {"model_type": model_type} if model_type else {}
     if tool == "nncf":
@@ -84,8 +85,9 @@ def _quantize(tool: str, backend: str, fp32: pathlib.Path, data: list, model_typ
     return seconds
 
 
-def quantize_cached(tool: str, backend: str, fp32: pathlib.Path, data: list, meta: dict,
-                    out: pathlib.Path, redo: bool) -> dict:
+def quantize_cached(
+    tool: str, backend: str, fp32: pathlib.Path, data: list, meta: dict, out: pathlib.Path, redo: bool
+) -> dict:
     """Quantize (or reuse ``out``); returns ``{"seconds": s}`` or ``{"error": msg}``,
     also kept in ``out.json`` so a cached model keeps its time."""
     record = out.with_suffix(out.suffix + ".json")
@@ -142,18 +144,26 @@ def counts(path: pathlib.Path, backend: str) -> dict:
     edges = onnx_edges(path) if backend == "onnx" else ov_edges(path)
     if backend == "onnx":
         m = onnx.load(str(path), load_external_data=False)
-        consts = {i.name for i in m.graph.initializer} | {o for n in m.graph.node if n.op_type == "Constant"
-                                                          for o in n.output}
-        per = collections.Counter(n.input[0] for n in m.graph.node
-                                  if n.op_type == "QuantizeLinear" and n.input[0] not in consts)
+        consts = {i.name for i in m.graph.initializer} | {
+            o for n in m.graph.node if n.op_type == "Constant" for o in n.output
+        }
+        per = collections.Counter(
+            n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in consts
+        )
     else:
         m = ov.Core().read_model(str(path))
         per = collections.Counter(
             f"{op.input_value(0).get_node().get_friendly_name()}:{op.input_value(0).get_index()}"
-            for op in m.get_ops() if op.get_type_name() == "FakeQuantize"
-            and op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert"))
-    return {"aq": sum(per.values()), "tensors": len(per), "edges": edges,
-            "max_per_tensor": max(per.values(), default=0)}
+            for op in m.get_ops()
+            if op.get_type_name() == "FakeQuantize"
+            and op.input_value(0).get_node().get_type_name() not in ("Constant", "Convert")
+        )
+    return {
+        "aq": sum(per.values()),
+        "tensors": len(per),
+        "edges": edges,
+        "max_per_tensor": max(per.values(), default=0),
+    }
 
 
 def _diff(a: list, b: list) -> dict[str, collections.Counter]:
@@ -177,8 +187,9 @@ def measure(backend: str, files: dict[str, pathlib.Path], fp32: pathlib.Path, he
     ref = runs["fp32"][1]
     nmse = {k: rt.nmse(ref, o) for k, (_, o) in runs.items() if k != "fp32"}
     names = list(runs)
-    times = time_interleaved([runs[k][0] for k in names], heldout[0], warmup=args.warmup, rounds=args.rounds,
-                             block=args.block)
+    times = time_interleaved(
+        [runs[k][0] for k in names], heldout[0], warmup=args.warmup, rounds=args.rounds, block=args.block
+    )
     return {"nmse": nmse, "median_ms": {k: float(np.median(t)) for k, t in zip(names, times)}, "errors": errors}
 
 
@@ -191,8 +202,9 @@ def run_backend(name: str, backend: str, fp32: pathlib.Path, meta: dict, data: t
     quant = {}
     for tool in ("nncf", args.tag):
         fresh = (tool == args.tag and not args.no_quantize) or tool in redo
-        quant[tool] = quantize_cached("nncf" if tool == "nncf" else "rayq", backend, fp32, data[0], meta,
-                                      paths[tool], fresh)
+        quant[tool] = quantize_cached(
+            "nncf" if tool == "nncf" else "rayq", backend, fp32, data[0], meta, paths[tool], fresh
+        )
     files = {t: p for t, p in paths.items() if p.exists() and "error" not in quant.get(t, {})}
     c = {t: counts(p, backend) for t, p in files.items()}
     r = {"quantize": quant, "counts": {t: {k: c[t][k] for k in ("aq", "tensors", "max_per_tensor")} for t in c}}
@@ -210,8 +222,13 @@ def run_model(name: str, args) -> dict:
     meta = json.loads((work / f"{name}.json").read_text())
     data = items(meta, args.calib, 0), items(meta, args.heldout, 1)
     tags = list(dict.fromkeys([args.tag, *filter(None, args.also.split(","))]))
-    result: dict = {"model": name, "family": meta["family"], "exporter": meta["exporter"],
-                    "model_type": meta["model_type"], "tags": tags}
+    result: dict = {
+        "model": name,
+        "family": meta["family"],
+        "exporter": meta["exporter"],
+        "model_type": meta["model_type"],
+        "tags": tags,
+    }
     for backend in args.backends.split(","):
         r = run_backend(name, backend, fp32, meta, data, tags, args)
         result[backend] = r
@@ -236,18 +253,24 @@ def _row(res: dict, backend: str, tag: str) -> str:
     aq = "/".join(str(c[t]["aq"]) if t in c else "-" for t in (tag, "nncf"))
     fmt = {t: f"{n[t]:.2e}" if t in n else "-" for t in (tag, "nncf")}
     nncf_nmse = max(n.get("nncf", 0), 1e-30) if "nncf" in n else None
-    return (f"| {res['model']} | {'ORT' if backend == 'onnx' else 'OV'} | {ok(tag)} / {ok('nncf')} | {aq} | "
-            f"{fmt[tag]} | {fmt['nncf']} | {_ratio(n.get(tag), nncf_nmse)} | "
-            f"{_ratio(ms.get(tag), ms.get('nncf'))} | {_ratio(ms.get(tag), ms.get('fp32'))} | "
-            f"{_ratio(ms.get('nncf'), ms.get('fp32'))} | "
-            f"{qs[tag] or 0:.1f} / {qs['nncf'] or 0:.1f} | {_ratio(qs[tag], qs['nncf'])} |")
+    return (
+        f"| {res['model']} | {'ORT' if backend == 'onnx' else 'OV'} | {ok(tag)} / {ok('nncf')} | {aq} | "
+        f"{fmt[tag]} | {fmt['nncf']} | {_ratio(n.get(tag), nncf_nmse)} | "
+        f"{_ratio(ms.get(tag), ms.get('nncf'))} | {_ratio(ms.get(tag), ms.get('fp32'))} | "
+        f"{_ratio(ms.get('nncf'), ms.get('fp32'))} | "
+        f"{qs[tag] or 0:.1f} / {qs['nncf'] or 0:.1f} | {_ratio(qs[tag], qs['nncf'])} |"
+    )
 
 
 def table(results: list[dict]) -> str:
     """Markdown: one row per model, runtime and rayq variant, ratios against NNCF."""
-    rows = [("| model | runtime | runs rayq / NNCF | act. quantizers rayq/NNCF | NMSE rayq | NMSE NNCF | NMSE ratio | "
-             "latency rayq/NNCF | rayq/FP32 | NNCF/FP32 | quantize s rayq / NNCF | quantize time ratio |"),
-            "|---" * 12 + "|"]
+    rows = [
+        (
+            "| model | runtime | runs rayq / NNCF | act. quantizers rayq/NNCF | NMSE rayq | NMSE NNCF | NMSE ratio | "
+            "latency rayq/NNCF | rayq/FP32 | NNCF/FP32 | quantize s rayq / NNCF | quantize time ratio |"
+        ),
+        "|---" * 12 + "|",
+    ]
     for res in results:
         for backend in BACKENDS:
             if backend in res:
@@ -273,8 +296,12 @@ def main() -> None:
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--work", default="bench/.cache/zoo")
     ap.add_argument("--out", default="")
-    ap.add_argument("--table", nargs="*", metavar="JSON",
-                    help="print the table of saved --out files (merged, in zoo order) and exit")
+    ap.add_argument(
+        "--table",
+        nargs="*",
+        metavar="JSON",
+        help="print the table of saved --out files (merged, in zoo order) and exit",
+    )
     args = ap.parse_args()
     if args.table is not None:
         print(table(merged(args.table)))
@@ -286,8 +313,7 @@ def main() -> None:
         results.append(dict(run_model(m, args), machine=machine(), args=vars(args)))
         if out:  # after every model, replacing its earlier row: a run that stops keeps what it measured
             done = {r["model"] for r in results}
-            out.write_text(json.dumps({"results": [r for r in saved if r["model"] not in done] + results},
-                                      indent=1))
+            out.write_text(json.dumps({"results": [r for r in saved if r["model"] not in done] + results}, indent=1))
     print(table(results))
 
 

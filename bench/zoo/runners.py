@@ -13,9 +13,25 @@ import numpy as np
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 #: The models ``build.py`` builds and ``compare.py`` compares by default, in table order.
-DEFAULT = ("resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_small", "shufflenet_v2_x1_0",
-           "convnext_tiny", "r3d_18", "lraspp_mobilenet_v3", "vit_s_16", "swin_t", "minilm", "gpt_tiny",
-           "crnn_ctc", "vad", "mobilenet_v3_small_dynamo", "gpt_tiny_dynamo", "resnet18_constants")
+DEFAULT = (
+    "resnet18",
+    "densenet121",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x1_0",
+    "convnext_tiny",
+    "r3d_18",
+    "lraspp_mobilenet_v3",
+    "vit_s_16",
+    "swin_t",
+    "minilm",
+    "gpt_tiny",
+    "crnn_ctc",
+    "vad",
+    "mobilenet_v3_small_dynamo",
+    "gpt_tiny_dynamo",
+    "resnet18_constants",
+)
 
 
 def ort_runner(path: str, threads: int) -> Runner:
@@ -54,7 +70,7 @@ def outputs(run: Runner, inputs: list[dict[str, np.ndarray]]) -> np.ndarray:
 def nmse(ref: np.ndarray, got: np.ndarray) -> float:
     """Mean over samples of ``||got - ref||^2 / ||ref||^2``."""
     ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    den = np.maximum((ref ** 2).sum(1), 1e-30)
+    den = np.maximum((ref**2).sum(1), 1e-30)
     return float((((got - ref) ** 2).sum(1) / den).mean())
 
 

@@ -60,13 +60,19 @@ class CRNN(nn.Module):
             layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
             return layers + ([nn.MaxPool2d(pool, pool)] if pool else [])
 
-        self.cnn = nn.Sequential(*conv(1, 32, (2, 2)), *conv(32, 64, (2, 2)), *conv(64, 128, None),
-                                 *conv(128, 128, (2, 1)), *conv(128, 256, (2, 1)), *conv(256, 256, (2, 1)))
+        self.cnn = nn.Sequential(
+            *conv(1, 32, (2, 2)),
+            *conv(32, 64, (2, 2)),
+            *conv(64, 128, None),
+            *conv(128, 128, (2, 1)),
+            *conv(128, 256, (2, 1)),
+            *conv(256, 256, (2, 1)),
+        )
         self.rnn = nn.LSTM(256, hidden, num_layers=2, bidirectional=True)
         self.fc = nn.Linear(2 * hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.cnn(x).squeeze(2).permute(2, 0, 1)   # [W, N, C]
+        f = self.cnn(x).squeeze(2).permute(2, 0, 1)  # [W, N, C]
         y, _ = self.rnn(f)
         return self.fc(y).log_softmax(-1)
 

@@ -68,6 +68,5 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     logits, labels = np.asarray(logits), np.asarray(labels)
     if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
-        raise ValueError(
-            f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
+        raise ValueError(f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
     return float((logits.argmax(axis=1) == labels).mean())

@@ -46,17 +46,22 @@ class DigitsCNN(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32))
         self.skip2 = nn.Conv2d(16, 32, 1)
         self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-                                   nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64))
+        self.conv3 = nn.Sequential(
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+        )
         self.skip3 = nn.Conv2d(32, 64, 1)
-        self.gap = nn.AdaptiveAvgPool2d(1)                   # exports as GlobalAveragePool
+        self.gap = nn.AdaptiveAvgPool2d(1)  # exports as GlobalAveragePool
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = torch.relu(self.conv2(x) + self.skip2(x))        # residual 1: 8x8, 16 -> 32
-        x = self.pool(x)                                     # 4x4
-        x = torch.relu(self.conv3(x) + self.skip3(x))        # residual 2: 4x4, 32 -> 64
+        x = torch.relu(self.conv2(x) + self.skip2(x))  # residual 1: 8x8, 16 -> 32
+        x = self.pool(x)  # 4x4
+        x = torch.relu(self.conv3(x) + self.skip3(x))  # residual 2: 4x4, 32 -> 64
         x = torch.flatten(self.gap(x), 1)
         return self.head(x)
 
@@ -66,10 +71,10 @@ def split_digits():
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    x_rest, x_val, y_rest, y_val = train_test_split(
-        x, y, test_size=N_VALIDATION, stratify=y, random_state=SEED)
+    x_rest, x_val, y_rest, y_val = train_test_split(x, y, test_size=N_VALIDATION, stratify=y, random_state=SEED)
     x_train, x_cal, y_train, _ = train_test_split(
-        x_rest, y_rest, test_size=N_CALIBRATION, stratify=y_rest, random_state=SEED)
+        x_rest, y_rest, test_size=N_CALIBRATION, stratify=y_rest, random_state=SEED
+    )
     return (x_train, y_train), x_cal, (x_val, y_val)
 
 
@@ -102,9 +107,15 @@ def export(model: nn.Module, path: Path) -> None:
     # into the Conv weights in eval mode.
     warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
     torch.onnx.export(
-        model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True,
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        do_constant_folding=True,
     )
 
 
@@ -144,13 +155,22 @@ def main() -> None:
     np.savez_compressed(args.out / "calibration.npz", input=x_cal)
     np.savez_compressed(args.out / "validation.npz", input=x_val, label=y_val)
     write_parquet(x_val, y_val, args.out / "validation.parquet")
-    print(json.dumps({
-        "train_samples": len(x_train), "calibration_samples": len(x_cal),
-        "validation_samples": len(x_val), "epochs": args.epochs,
-        "train_seconds": round(train_s, 1), "torch_threads": torch.get_num_threads(),
-        "val_top1_torch": round(torch_acc, 4), "val_top1_onnxruntime": round(ort_acc, 4),
-        "onnx_bytes": onnx_path.stat().st_size,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "train_samples": len(x_train),
+                "calibration_samples": len(x_cal),
+                "validation_samples": len(x_val),
+                "epochs": args.epochs,
+                "train_seconds": round(train_s, 1),
+                "torch_threads": torch.get_num_threads(),
+                "val_top1_torch": round(torch_acc, 4),
+                "val_top1_onnxruntime": round(ort_acc, 4),
+                "onnx_bytes": onnx_path.stat().st_size,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,20 +49,22 @@ def accuracy(model: Callable[[np.ndarray], Sequence[np.ndarray]], data: Sequence
     return top1(*_logits(model, data, "accuracy"))
 
 
-def _logits(model: Callable[[np.ndarray], Sequence[np.ndarray]], data: Sequence[Any],
-            name: str) -> tuple[np.ndarray, np.ndarray]:
+def _logits(
+    model: Callable[[np.ndarray], Sequence[np.ndarray]], data: Sequence[Any], name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``[N, 10]`` of ``model`` on ``data`` (batches of :data:`BATCH`) and the labels."""
     pairs = [_split(item) for item in data]
     if not pairs:
         raise ValueError(f"{name}() needs at least one validation item")
     images = np.stack([p[0] for p in pairs])
     labels = np.array([p[1] for p in pairs], np.int64)
-    logits = np.concatenate([np.asarray(model(images[i:i + BATCH])[0]) for i in range(0, len(images), BATCH)])
+    logits = np.concatenate([np.asarray(model(images[i : i + BATCH])[0]) for i in range(0, len(images), BATCH)])
     return logits, labels
 
 
-def accuracy_per_item(model: Callable[[np.ndarray], Sequence[np.ndarray]],
-                      data: Sequence[Any]) -> tuple[float, np.ndarray]:
+def accuracy_per_item(
+    model: Callable[[np.ndarray], Sequence[np.ndarray]], data: Sequence[Any]
+) -> tuple[float, np.ndarray]:
     """:func:`accuracy` with per-item values: ``(accuracy, correct)``, ``correct[i]`` 1.0
     when item ``i`` is classified right. The accuracy is their mean, so a search can
     validate candidates in chunks and stop hopeless ones early (``early_stop``).

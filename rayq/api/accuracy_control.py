@@ -76,28 +76,52 @@ def quantize_with_accuracy_control(
     """
     fixed = sorted(set(kwargs) & ({*SearchSpace.model_fields, *SearchOptions.model_fields} - {"early_stop"}))
     if fixed:
-        raise ConfigError(f"quantize_with_accuracy_control does not take {fixed}: it keeps the given preset and "
-                          f"estimator; rayq.search explores them")
-    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS,
-                                   accepts=(Execution,))
+        raise ConfigError(
+            f"quantize_with_accuracy_control does not take {fixed}: it keeps the given preset and "
+            f"estimator; rayq.search explores them"
+        )
+    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS, accepts=(Execution,))
     check_mode(extra.get("mode"))
     restorer = compat.accuracy_restorer_parameters(advanced_accuracy_restorer_parameters)
     adv = compat_advanced(advanced_quantization_parameters, extra.get("disable_bias_correction"))
-    base = QuantPlan.create(preset=preset, model_type=model_type, fast_bias_correction=fast_bias_correction,
-                            target_device=target_device, advanced=adv)
+    base = QuantPlan.create(
+        preset=preset,
+        model_type=model_type,
+        fast_bias_correction=fast_bias_correction,
+        target_device=target_device,
+        advanced=adv,
+    )
     if execution.num_workers is None and restorer.num_ranking_workers:
         execution = execution.replace(num_workers=restorer.num_ranking_workers)
     alphas = (base.smooth_quant_alpha,) if base.model_type == "transformer" else None
-    space = SearchSpace(presets=(base.preset,), estimators=(base.activation_estimator,),
-                        bias_corrections=(base.bias_correction,), smooth_quant_alphas=alphas,
-                        ranking_subset_size=restorer.ranking_subset_size or 300)
+    space = SearchSpace(
+        presets=(base.preset,),
+        estimators=(base.activation_estimator,),
+        bias_corrections=(base.bias_correction,),
+        smooth_quant_alphas=alphas,
+        ranking_subset_size=restorer.ranking_subset_size or 300,
+    )
     options = SearchOptions(n_trials=None, explore=False, finalists=1, early_stop=extra.get("early_stop", True))
     result = search(
-        model, calibration_dataset, validation_dataset, validation_fn, max_drop=max_drop, drop_type=drop_type,
-        output=extra.get("output") or restorer.intermediate_model_dir, space=space, options=options,
-        execution=execution, preset=base.preset, model_type=model_type, convert_to=extra.get("convert_to"),
-        target_device=target_device, subset_size=subset_size, fast_bias_correction=fast_bias_correction,
-        ignored_scope=ignored_scope, advanced_parameters=adv)
+        model,
+        calibration_dataset,
+        validation_dataset,
+        validation_fn,
+        max_drop=max_drop,
+        drop_type=drop_type,
+        output=extra.get("output") or restorer.intermediate_model_dir,
+        space=space,
+        options=options,
+        execution=execution,
+        preset=base.preset,
+        model_type=model_type,
+        convert_to=extra.get("convert_to"),
+        target_device=target_device,
+        subset_size=subset_size,
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=ignored_scope,
+        advanced_parameters=adv,
+    )
     _warn_restored(result, result.n_quantizable)
     return result.model
 
@@ -105,11 +129,18 @@ def quantize_with_accuracy_control(
 def _warn_restored(result: SearchResult, n_ops: int) -> None:
     """NNCF's contract returns the restored model; say when it is hardly INT8 or not faster."""
     if result.status == "budget not met":
-        log.warning("accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate "
-                    "candidate", result.drop, result.max_drop)
+        log.warning(
+            "accuracy budget not met: best drop %.4f > max_drop %.4f; returning the most accurate candidate",
+            result.drop,
+            result.max_drop,
+        )
     if n_ops and len(result.plan.fallback) * 2 > n_ops:
-        log.warning("%d of %d quantizable layers went back to FP32: the returned model is mostly FP32",
-                    len(result.plan.fallback), n_ops)
+        log.warning(
+            "%d of %d quantizable layers went back to FP32: the returned model is mostly FP32",
+            len(result.plan.fallback),
+            n_ops,
+        )
     if result.status == "no_speedup" or (result.speedup_high is not None and result.speedup_high <= 1.0):
-        log.warning("the returned model is not significantly faster than FP32 on %s (%s)", result.target,
-                    result.speedup_text)
+        log.warning(
+            "the returned model is not significantly faster than FP32 on %s (%s)", result.target, result.speedup_text
+        )

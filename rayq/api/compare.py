@@ -47,7 +47,7 @@ def latency_feeds(backend: Backend, model: Any, items: Sequence[Any], batch: int
 
     specs = backend.inputs(model)
     try:
-        feeds = [data_mod.to_feeds(item, specs) for item in items[:max(1, batch)]]
+        feeds = [data_mod.to_feeds(item, specs) for item in items[: max(1, batch)]]
         if len(feeds) > 1:
             data_mod.batch_size_for(feeds, specs, len(feeds))  # DataError for a static batch dim
             feeds = data_mod.batches(feeds, specs, len(feeds))
@@ -56,9 +56,17 @@ def latency_feeds(backend: Backend, model: Any, items: Sequence[Any], batch: int
         raise DataError(f"validation data does not fit the model (latency_batch={batch}): {exc}") from exc
 
 
-def compare(backend: Backend, models: Mapping[str, Any], fn: Callable, items: Sequence[Any],
-            feeds: dict, *, threads: int = 2, runtimes: Sequence[str] | None = None,
-            repeats: int = 50) -> list[Row]:
+def compare(
+    backend: Backend,
+    models: Mapping[str, Any],
+    fn: Callable,
+    items: Sequence[Any],
+    feeds: dict,
+    *,
+    threads: int = 2,
+    runtimes: Sequence[str] | None = None,
+    repeats: int = 50,
+) -> list[Row]:
     """Validate and time each of ``models`` (label -> model) on each runtime.
 
     Example:

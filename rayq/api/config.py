@@ -213,15 +213,24 @@ class SweepConfig:
             raise ConfigError(f"unknown field(s) in sweep defaults: {sorted(unknown)}")
 
     def to_dict(self) -> dict:
-        return {"command": "sweep", "models": [dict(m) for m in self.models], "output": self.output,
-                "defaults": dict(self.defaults), "max_concurrent": self.max_concurrent, "address": self.address}
+        return {
+            "command": "sweep",
+            "models": [dict(m) for m in self.models],
+            "output": self.output,
+            "defaults": dict(self.defaults),
+            "max_concurrent": self.max_concurrent,
+            "address": self.address,
+        }
 
 
 def check_reference(ref: str, name: str) -> None:
     """``module:function`` references are the only way configs name code."""
     module, _, func = ref.partition(":")
-    if not module or not func or not all(p.isidentifier() for p in module.split(".")) or not all(
-        p.isidentifier() for p in func.split(".")
+    if (
+        not module
+        or not func
+        or not all(p.isidentifier() for p in module.split("."))
+        or not all(p.isidentifier() for p in func.split("."))
     ):
         raise ConfigError(f"{name}={ref!r} must be a 'package.module:function' reference")
 
@@ -251,8 +260,9 @@ def build(cls, data: dict) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown {data.get('command', cls.__name__)} config field(s): {unknown}; "
-                          f"valid fields: {sorted(names)}")
+        raise ConfigError(
+            f"unknown {data.get('command', cls.__name__)} config field(s): {unknown}; valid fields: {sorted(names)}"
+        )
     data = dict(data)
     if "ignored_scope" in data:
         data["ignored_scope"] = IgnoredScope.from_dict(data["ignored_scope"])
@@ -304,8 +314,10 @@ def load(path: str, *, command: str | None = None, overrides: dict | None = None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path!r} must be a mapping of field names to values (field: value lines), "
-                          f"not a {type(data).__name__}: {data!r:.80}")
+        raise ConfigError(
+            f"config {path!r} must be a mapping of field names to values (field: value lines), "
+            f"not a {type(data).__name__}: {data!r:.80}"
+        )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(data, command=command)
 

@@ -50,8 +50,11 @@ else:
     OverflowFix = Literal[(*OVERFLOW_FIXES, "first_layer_only")]
     TargetDevice = Literal[TARGET_DEVICES]
 
-Reference = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
-                                           description="a 'package.module:function' reference")]
+Reference = Annotated[
+    str,
+    Strict(),
+    Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="a 'package.module:function' reference"),
+]
 
 
 class _Model(BaseModel):
@@ -136,8 +139,9 @@ class QuantizeModel(_Plan):
 
 
 #: The option fields of a search (:mod:`rayq.api.options`), flat in a config file.
-OPTION_FIELDS: dict[str, Any] = {name: (info.annotation, info)
-                                 for cls in OPTION_CLASSES for name, info in cls.model_fields.items()}
+OPTION_FIELDS: dict[str, Any] = {
+    name: (info.annotation, info) for cls in OPTION_CLASSES for name, info in cls.model_fields.items()
+}
 
 
 class _SearchFields(_Plan):
@@ -150,33 +154,45 @@ class _SearchFields(_Plan):
     max_drop: Annotated[float, Strict(), Field(ge=0)] = 0.01
     drop_type: Literal["absolute", "relative"] = "absolute"
     convert_to: Literal["onnx", "openvino"] | None = Field(
-        None, description="what a framework model is converted to (null: onnx for target onnxruntime, "
-        "else openvino)")
+        None, description="what a framework model is converted to (null: onnx for target onnxruntime, else openvino)"
+    )
 
 
 #: ``rayq search`` (:class:`rayq.api.config.SearchConfig`): the fields above plus every option field.
 SearchModel = create_model(
-    "SearchModel", __base__=_SearchFields, __doc__="``rayq search`` (:class:`rayq.api.config.SearchConfig`).",
-    **OPTION_FIELDS)
+    "SearchModel",
+    __base__=_SearchFields,
+    __doc__="``rayq search`` (:class:`rayq.api.config.SearchConfig`).",
+    **OPTION_FIELDS,
+)
 
 
 #: Sweep ``defaults`` and entries take any search field, each optional.
-_SWEEP_FIELDS: dict[str, Any] = {name: (info.annotation, Field(None, description=info.description))
-                                 for name, info in SearchModel.model_fields.items() if name != "command"}
+_SWEEP_FIELDS: dict[str, Any] = {
+    name: (info.annotation, Field(None, description=info.description))
+    for name, info in SearchModel.model_fields.items()
+    if name != "command"
+}
 if TYPE_CHECKING:  # built at run time from the search fields; a static checker sees their base classes
+
     class SweepDefaultsModel(_Model): ...
 
     class SweepEntryModel(SweepDefaultsModel): ...
 else:
     SweepDefaultsModel = create_model(
-        "SweepDefaultsModel", __base__=_Model,
-        __doc__="``defaults`` of a sweep: any search field, shared by every entry.", **_SWEEP_FIELDS)
+        "SweepDefaultsModel",
+        __base__=_Model,
+        __doc__="``defaults`` of a sweep: any search field, shared by every entry.",
+        **_SWEEP_FIELDS,
+    )
 
     SweepEntryModel = create_model(
-        "SweepEntryModel", __base__=SweepDefaultsModel,
+        "SweepEntryModel",
+        __base__=SweepDefaultsModel,
         __doc__="One ``models`` entry of a sweep: ``model`` or ``glob``, an optional ``name``, search fields.",
         glob=(Str | None, Field(None, description="a pattern of model paths (instead of model)")),
-        name=(Str | None, Field(None, description="the entry's output folder name (default: the file stem)")))
+        name=(Str | None, Field(None, description="the entry's output folder name (default: the file stem)")),
+    )
 
 
 class SweepModel(_Model):
@@ -192,6 +208,7 @@ class SweepModel(_Model):
 
 MODELS: dict[str, type[_Model]] = {"quantize": QuantizeModel, "search": SearchModel, "sweep": SweepModel}
 
+
 def validate(data: Any, command: str) -> dict:
     """Check ``data`` against the schema of ``command``; returns the fields it sets.
 
@@ -200,8 +217,9 @@ def validate(data: Any, command: str) -> dict:
     """
     model = MODELS[command]
     if not isinstance(data, dict):
-        raise ConfigError(f"a {command} config must be a mapping of field names to values, "
-                          f"got {type(data).__name__}: {data!r:.80}")
+        raise ConfigError(
+            f"a {command} config must be a mapping of field names to values, got {type(data).__name__}: {data!r:.80}"
+        )
     try:
         checked = model.model_validate(data)
     except ValidationError as exc:
@@ -227,8 +245,8 @@ def json_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "rayq config",
         "description": "A rayq quantize, search or sweep config (configs/README.md). Generated from "
-                       "rayq.api.config_schema; regenerate with "
-                       "`python -m rayq.api.config_schema > configs/schema.json`.",
+        "rayq.api.config_schema; regenerate with "
+        "`python -m rayq.api.config_schema > configs/schema.json`.",
         "anyOf": variants,
         "$defs": dict(sorted(defs.items())),
     }

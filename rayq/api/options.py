@@ -71,16 +71,16 @@ class Options(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(f"invalid {type(self).__name__}: "
-                              f"{'; '.join(messages(exc.errors(include_url=False), python=True))}") from None
+            raise ConfigError(
+                f"invalid {type(self).__name__}: {'; '.join(messages(exc.errors(include_url=False), python=True))}"
+            ) from None
 
     @model_validator(mode="before")
     @classmethod
     def _plain_values(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        return {k: tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else plain(v)
-                for k, v in data.items()}
+        return {k: tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else plain(v) for k, v in data.items()}
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied, checked like a new object."""
@@ -101,14 +101,18 @@ class SearchSpace(Options):
     """
 
     presets: tuple[Preset, ...] | None = Field(
-        None, description="presets the study may try (null: only `preset` when given, else all)")
+        None, description="presets the study may try (null: only `preset` when given, else all)"
+    )
     estimators: tuple[Estimator, ...] = Field(
-        ("mean_minmax", "minmax", "quantile", "histogram_mse"), description="activation range estimators tried")
+        ("mean_minmax", "minmax", "quantile", "histogram_mse"), description="activation range estimators tried"
+    )
     bias_corrections: tuple[BiasCorrection, ...] = Field(("fast", "none"), description="bias corrections tried")
     smooth_quant_alphas: tuple[Alpha | None, ...] | None = Field(
-        None, description="SmoothQuant alphas tried, transformers only (null: 0.5, 0.8, 0.95)")
+        None, description="SmoothQuant alphas tried, transformers only (null: 0.5, 0.8, 0.95)"
+    )
     ranking_subset_size: PositiveInt = Field(
-        300, description="validation items (those FP32 and INT8 disagree on) that rank fallback groups")
+        300, description="validation items (those FP32 and INT8 disagree on) that rank fallback groups"
+    )
 
     @field_validator("estimators", "bias_corrections")
     @classmethod
@@ -127,14 +131,17 @@ class SearchOptions(Options):
     """
 
     n_trials: PositiveInt | None = Field(
-        32, description="total trials, across resumes (null: no cap, only with explore: false)")
+        32, description="total trials, across resumes (null: no cap, only with explore: false)"
+    )
     seed: Int = Field(0, description="sampler seed: the same seed gives the same plan on any worker count")
     explore: Bool = Field(True, description="let Optuna explore the joint space after the fallback candidates")
     generation_size: PositiveInt = Field(4, description="trials asked from the sampler at once")
     finalists: PositiveInt = Field(4, description="feasible plans timed against each other and FP32 at the end")
     early_stop: Bool = Field(
-        True, description="stop a candidate's validation once its drop is sure to exceed max_drop "
-        "(needs per-item values whose mean is the metric)")
+        True,
+        description="stop a candidate's validation once its drop is sure to exceed max_drop "
+        "(needs per-item values whose mean is the metric)",
+    )
 
     @model_validator(mode="after")
     def _cap(self) -> SearchOptions:
@@ -151,22 +158,26 @@ class Execution(Options):
         True
     """
 
-    target: Runtime | None = Field(
-        None, description="runtime to validate and time on (null: the model's own)")
+    target: Runtime | None = Field(None, description="runtime to validate and time on (null: the model's own)")
     address: Str | None = Field(None, description="Ray cluster to join (null: RAY_ADDRESS, else a local Ray)")
     num_workers: PositiveInt | None = Field(
-        None, description="evaluations at once, as Ray tasks (null: every CPU of the cluster; 1: in-process)")
+        None, description="evaluations at once, as Ray tasks (null: every CPU of the cluster; 1: in-process)"
+    )
     worker_resources: dict[Str, Any] | None = Field(
-        None, description='Ray resources per evaluation task, e.g. {"num_cpus": 2, "num_gpus": 1}')
+        None, description='Ray resources per evaluation task, e.g. {"num_cpus": 2, "num_gpus": 1}'
+    )
     cache: Bool = Field(True, description="reuse and store calibration statistics in the Parquet cache")
     storage: Str | None = Field(
-        None, description="Optuna storage: a journal path or an RDB URL (null: a journal in output)")
+        None, description="Optuna storage: a journal path or an RDB URL (null: a journal in output)"
+    )
     study_name: Str | None = Field(None, description="study name (null: derived from model, data and settings)")
     timeout: Seconds | None = Field(None, description="seconds after which no new generation starts")
     validation_timeout: Seconds | None = Field(
-        None, description="seconds one validation call may take (null: 10x the FP32 validation, at least 60)")
+        None, description="seconds one validation call may take (null: 10x the FP32 validation, at least 60)"
+    )
     latency_threads: Annotated[int, Strict(), Field(ge=0)] = Field(
-        0, description="threads of each latency measurement (0: the runtime's default)")
+        0, description="threads of each latency measurement (0: the runtime's default)"
+    )
 
 
 OPTION_CLASSES: tuple[type[Options], ...] = (SearchSpace, SearchOptions, Execution)
@@ -177,9 +188,15 @@ def field_names(cls: type[Options]) -> tuple[str, ...]:
     return tuple(cls.model_fields)
 
 
-def resolve(space: SearchSpace | None, options: SearchOptions | None, execution: Execution | None,
-            flat: Mapping[str, Any], *, allowed: frozenset[str] = frozenset(),
-            accepts: tuple[type[Options], ...] = OPTION_CLASSES) -> tuple[SearchSpace, SearchOptions, Execution, dict]:
+def resolve(
+    space: SearchSpace | None,
+    options: SearchOptions | None,
+    execution: Execution | None,
+    flat: Mapping[str, Any],
+    *,
+    allowed: frozenset[str] = frozenset(),
+    accepts: tuple[type[Options], ...] = OPTION_CLASSES,
+) -> tuple[SearchSpace, SearchOptions, Execution, dict]:
     """The three option objects, with NNCF-style flat keywords applied on top.
 
     Args:
@@ -218,10 +235,19 @@ def resolve(space: SearchSpace | None, options: SearchOptions | None, execution:
 # -- error messages: one wording for Python objects and config files ------------------------
 
 _EXPECTED = {  # pydantic error type -> what the field expects, in words
-    "int_type": "an integer", "int_parsing": "an integer", "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
-    "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "model_attributes_type": "a mapping", "none_required": "null",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "none_required": "null",
     "string_pattern_mismatch": "a 'package.module:function' reference",
 }
 _UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "tuple", "literal"}
@@ -229,8 +255,13 @@ _UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "tuple", "
 
 def _field_loc(loc: tuple) -> tuple:
     """The error location without pydantic's union-member tags (``str``, ``SweepEntryModel``...)."""
-    return tuple(p for p in loc if not (isinstance(p, str) and (
-        p in _UNION_TAGS or "[" in p or p.endswith("Model") or p.startswith("function-"))))
+    return tuple(
+        p
+        for p in loc
+        if not (
+            isinstance(p, str) and (p in _UNION_TAGS or "[" in p or p.endswith("Model") or p.startswith("function-"))
+        )
+    )
 
 
 def _where(loc: tuple) -> str:
@@ -251,8 +282,12 @@ def _expected(kind: str, msg: str) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
-           "less_than": ("<", "lt")}
+_BOUNDS = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
 
 
 def _say(loc: tuple, want: list[str], value: Any, python: bool) -> str:

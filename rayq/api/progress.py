@@ -104,8 +104,9 @@ class Progress:
             logs.open_bars[0] += 1
         model = logs.current_model()
         desc = f"rayq [{model}] {self.desc}" if model else f"rayq {self.desc}"
-        self._bar = bar_class(total=self.total, desc=desc, unit=self.unit, leave=False, dynamic_ncols=True,
-                              file=sys.stderr)
+        self._bar = bar_class(
+            total=self.total, desc=desc, unit=self.unit, leave=False, dynamic_ncols=True, file=sys.stderr
+        )
         if logs._root_configured():  # the application's console handlers write through tqdm too
             from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -120,8 +121,14 @@ class Progress:
         if self.total and self._enabled:
             frac = self.n / self.total
             if frac >= self._next_log or self.n == self.total:
-                log.info("%s: %d/%d %s%s", self.desc, self.n, self.total, self.unit,
-                         f" ({self.postfix})" if self.postfix else "")
+                log.info(
+                    "%s: %d/%d %s%s",
+                    self.desc,
+                    self.n,
+                    self.total,
+                    self.unit,
+                    f" ({self.postfix})" if self.postfix else "",
+                )
                 self._next_log = frac + self._step
 
     def set_postfix(self, text: str) -> None:
@@ -146,8 +153,15 @@ class Progress:
                 _open_bars -= 1
                 logs.open_bars[0] -= 1
             total = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s %s in %.1f s%s", self.desc, self.n, total, self.unit, self.elapsed,
-                     f" ({self.postfix})" if self.postfix else "")
+            log.info(
+                "%s: %d%s %s in %.1f s%s",
+                self.desc,
+                self.n,
+                total,
+                self.unit,
+                self.elapsed,
+                f" ({self.postfix})" if self.postfix else "",
+            )
 
     def _event(self, state: str) -> None:
         """A structured event for job clients (:mod:`rayq.events`; off unless enabled)."""
@@ -155,8 +169,15 @@ class Progress:
             if getattr(self, "_ended", False):
                 return
             self._ended = True
-        events.emit(self.desc, state, n=self.n, total=self.total, unit=self.unit, postfix=self.postfix,
-                    elapsed=round(self.elapsed, 3))
+        events.emit(
+            self.desc,
+            state,
+            n=self.n,
+            total=self.total,
+            unit=self.unit,
+            postfix=self.postfix,
+            elapsed=round(self.elapsed, 3),
+        )
 
     def __enter__(self) -> Progress:
         return self

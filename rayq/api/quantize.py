@@ -91,22 +91,30 @@ def quantize(
     """
     start = time.perf_counter()
     check_mode(mode)
-    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS,
-                                   accepts=(Execution,))
+    _, _, execution, extra = resolve(None, None, execution, kwargs, allowed=EXTRA_KWARGS, accepts=(Execution,))
     num_workers, convert_to = execution.num_workers, extra.get("convert_to")
     adv = compat_advanced(advanced_parameters, extra.get("disable_bias_correction"))
     ignored_scope = compat.ignored_scope(ignored_scope)
-    plan = QuantPlan.create(preset=preset, model_type=model_type, target_device=target_device,
-                            fast_bias_correction=fast_bias_correction, ignored_scope=ignored_scope, advanced=adv)
+    plan = QuantPlan.create(
+        preset=preset,
+        model_type=model_type,
+        target_device=target_device,
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=ignored_scope,
+        advanced=adv,
+    )
     connect(execution.address)
     start_workers_early(num_workers, None, subset_size=subset_size)
-    session = ModelSession(model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size,
-                           convert_to=convert_to)
+    session = ModelSession(
+        model, calibration_dataset, subset_size=subset_size, batch_size=adv.batch_size, convert_to=convert_to
+    )
     placement = placement_for(session.graph, plan)
-    stats = session.statistics(plan, histograms=needs_histogram(plan.activation_estimator),
-                               num_workers=num_workers, use_cache=execution.cache)
-    qmodel, summary = build_quantized(session.backend, session.model, session.graph, stats, plan,
-                                      placement=placement, batches=session.batches)
+    stats = session.statistics(
+        plan, histograms=needs_histogram(plan.activation_estimator), num_workers=num_workers, use_cache=execution.cache
+    )
+    qmodel, summary = build_quantized(
+        session.backend, session.model, session.graph, stats, plan, placement=placement, batches=session.batches
+    )
     info = session.info
     source = "cached statistics" if info and info.cached else f"calibrated on {session.num_items} items"
     size = f"{_mb(session.backend, session.model)} -> {_mb(session.backend, qmodel)}"

@@ -54,8 +54,15 @@ class ModelSession:
         convert_to: ``"openvino"`` (None) or ``"onnx"``: what a framework model becomes.
     """
 
-    def __init__(self, model: Any, calibration_dataset: Any, *, subset_size: int = 300,
-                 batch_size: int | None = None, convert_to: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        calibration_dataset: Any,
+        *,
+        subset_size: int = 300,
+        batch_size: int | None = None,
+        convert_to: str | None = None,
+    ) -> None:
         if subset_size is not None and (not isinstance(subset_size, int) or subset_size < 1):
             raise ConfigError(f"subset_size={subset_size!r} must be a positive integer")
         convert.check_target(convert_to)
@@ -76,10 +83,17 @@ class ModelSession:
         self.model_fingerprint = self.backend.fingerprint(self.model)
         self.info: CalibrationInfo | None = None
 
-    def statistics(self, plan: QuantPlan, *, histograms: bool, exact_bias: bool | None = None,
-                   num_workers: int | None = None,
-                   use_cache: bool = True, cache_dir: str | None = None,
-                   worker_resources: dict | None = None) -> StatisticSet:
+    def statistics(
+        self,
+        plan: QuantPlan,
+        *,
+        histograms: bool,
+        exact_bias: bool | None = None,
+        num_workers: int | None = None,
+        use_cache: bool = True,
+        cache_dir: str | None = None,
+        worker_resources: dict | None = None,
+    ) -> StatisticSet:
         """Statistics for every plan sharing ``plan``'s model type and ignored scope.
 
         ``histograms`` adds the histogram pass (quantile / histogram_mse estimators);
@@ -87,9 +101,13 @@ class ModelSession:
         when ``plan`` uses it).
         """
         check_workers(num_workers)
-        spec = calibrate.stat_spec(self.graph, placement_for(self.graph, plan), histograms=histograms,
-                                   smooth_quant=plan.model_type == "transformer",
-                                   exact_bias=plan.bias_correction == "exact" if exact_bias is None else exact_bias)
+        spec = calibrate.stat_spec(
+            self.graph,
+            placement_for(self.graph, plan),
+            histograms=histograms,
+            smooth_quant=plan.model_type == "transformer",
+            exact_bias=plan.bias_correction == "exact" if exact_bias is None else exact_bias,
+        )
         key = cache.cache_key(self.model_fingerprint, self.data_fingerprint, spec.key_material(), self.batch_size)
         start = time.perf_counter()
         if use_cache:
@@ -108,8 +126,14 @@ class ModelSession:
                 from rayq.distributed.collect import collect_distributed
 
                 stats, node_ids = collect_distributed(
-                    self.backend.name, self.model, self.batches, spec,
-                    num_workers=workers, resources=worker_resources, on_batch=bar.update)
+                    self.backend.name,
+                    self.model,
+                    self.batches,
+                    spec,
+                    num_workers=workers,
+                    resources=worker_resources,
+                    on_batch=bar.update,
+                )
         self.info = CalibrationInfo(False, time.perf_counter() - start, workers, node_ids, key)
         if use_cache:
             try:
@@ -134,8 +158,10 @@ def resolve_workers(num_workers: int | None, num_batches: int, *, calibration: b
     if num_workers == 1 or num_batches == 1:
         return 1
     if num_workers is None and calibration and _would_start_local_ray() and default_workers() <= SMALL_MACHINE_CPUS:
-        log.info("calibrating in-process: no Ray cluster to join and %d CPUs here (num_workers=N starts "
-                 "a local Ray)", default_workers())
+        log.info(
+            "calibrating in-process: no Ray cluster to join and %d CPUs here (num_workers=N starts a local Ray)",
+            default_workers(),
+        )
         return 1
     from rayq.distributed import cluster
 
@@ -150,8 +176,9 @@ def check_workers(num_workers: Any) -> None:
     Raises:
         ConfigError: anything else (a string, a bool, zero).
     """
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
-                                    or num_workers < 1):
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    ):
         raise ConfigError(f"num_workers={num_workers!r} must be None (every CPU of the cluster) or >= 1")
 
 

@@ -50,9 +50,18 @@ RESULT_FILES = {"search": "result.json", "sweep": "summary.parquet"}
 CLOCK_SLACK_S = 30.0
 
 
-def submit(config: Any = None, /, *, address: str | None = None, working_dir: str | None = None,
-           output: str | None = None, submission_id: str | None = None, excludes: list[str] | None = None,
-           env_vars: dict[str, str] | None = None, **fields: Any) -> SearchJob:
+def submit(
+    config: Any = None,
+    /,
+    *,
+    address: str | None = None,
+    working_dir: str | None = None,
+    output: str | None = None,
+    submission_id: str | None = None,
+    excludes: list[str] | None = None,
+    env_vars: dict[str, str] | None = None,
+    **fields: Any,
+) -> SearchJob:
     """Submit a search (or sweep) to a Ray cluster as a job; returns at once.
 
     Args:
@@ -99,13 +108,19 @@ def submit(config: Any = None, /, *, address: str | None = None, working_dir: st
     job_id = submission_id or f"rayq-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     if not _ID.match(job_id):
         raise ConfigError(f"submission_id={job_id!r} may hold only letters, digits, '_', '-' and '.'")
-    runtime_env = {"working_dir": workdir,
-                   "env_vars": {**(env_vars or {}), CONFIG_ENV: rayq_config.dump(cfg), events.ENV_VAR: "1"}}
+    runtime_env = {
+        "working_dir": workdir,
+        "env_vars": {**(env_vars or {}), CONFIG_ENV: rayq_config.dump(cfg), events.ENV_VAR: "1"},
+    }
     if "://" not in workdir:  # a zip in an object store is taken as it is
         runtime_env["excludes"] = [*DEFAULT_EXCLUDES, *(excludes or [])]
     api = JobApi(address)
-    api.submit(entrypoint=entrypoint(command, job_id), runtime_env=runtime_env, submission_id=job_id,
-               metadata={"rayq.command": command, "rayq.output": cfg.output})
+    api.submit(
+        entrypoint=entrypoint(command, job_id),
+        runtime_env=runtime_env,
+        submission_id=job_id,
+        metadata={"rayq.command": command, "rayq.output": cfg.output},
+    )
     log.info("submitted %s job %s to %s (output %s)", command, job_id, api.address, cfg.output)
     return SearchJob(job_id, api, command=command, output=cfg.output)
 
@@ -130,8 +145,7 @@ def attach(job_id: str, *, address: str | None = None, output: str | None = None
 
     api = JobApi(address)
     meta = api.info(job_id)["metadata"]
-    return SearchJob(job_id, api, command=meta.get("rayq.command", "search"),
-                     output=output or meta.get("rayq.output"))
+    return SearchJob(job_id, api, command=meta.get("rayq.command", "search"), output=output or meta.get("rayq.output"))
 
 
 def entrypoint(command: str, job_id: str) -> str:
@@ -150,13 +164,16 @@ def job_config(config: Any, fields: dict[str, Any], output: str | None) -> Any:
         data = {**(config or {}), **fields}
         fn = data.get("validation_fn")
         if fn is not None and not isinstance(fn, str):
-            raise ConfigError("a job imports validation_fn on the cluster: give it as a 'package.module:function' "
-                              f"string importable from working_dir, not {type(fn).__name__}")
+            raise ConfigError(
+                "a job imports validation_fn on the cluster: give it as a 'package.module:function' "
+                f"string importable from working_dir, not {type(fn).__name__}"
+            )
         command = data.get("command") or ("sweep" if "models" in data else "search")
         cfg = rayq_config.from_dict(data, command=command)
     else:
-        raise ConfigError(f"rayq.submit takes a SearchConfig, SweepConfig, YAML path or dict, not "
-                          f"{type(config).__name__}")
+        raise ConfigError(
+            f"rayq.submit takes a SearchConfig, SweepConfig, YAML path or dict, not {type(config).__name__}"
+        )
     if not isinstance(cfg, (rayq_config.SearchConfig, rayq_config.SweepConfig)):
         raise ConfigError(f"rayq.submit runs 'search' or 'sweep' configs, not {type(cfg).__name__}")
     out = output or cfg.output
@@ -190,9 +207,11 @@ def _check_inputs(cfg: Any, workdir: str) -> None:
     for key in _INPUTS:
         value = getattr(cfg, key)
         if "://" not in value and not os.path.isabs(value) and not os.path.exists(os.path.join(workdir, value)):
-            raise ConfigError(f"{key}={value!r} does not exist in working_dir {workdir}: the job opens relative "
-                              "paths there (use a path relative to working_dir, an absolute path on the cluster "
-                              "nodes, or a URI)")
+            raise ConfigError(
+                f"{key}={value!r} does not exist in working_dir {workdir}: the job opens relative "
+                "paths there (use a path relative to working_dir, an absolute path on the cluster "
+                "nodes, or a URI)"
+            )
     top = cfg.validation_fn.partition(":")[0].split(".")[0]
     if os.path.isdir(os.path.join(workdir, top)) or os.path.isfile(os.path.join(workdir, f"{top}.py")):
         return
@@ -200,11 +219,18 @@ def _check_inputs(cfg: Any, workdir: str) -> None:
     if spec is None:
         from rayq.distributed.cluster import MISSING_MODULE_HINT
 
-        raise ConfigError(f"validation_fn={cfg.validation_fn!r}: module {top!r} is neither in working_dir "
-                          f"{workdir} nor installed here. {MISSING_MODULE_HINT}")
+        raise ConfigError(
+            f"validation_fn={cfg.validation_fn!r}: module {top!r} is neither in working_dir "
+            f"{workdir} nor installed here. {MISSING_MODULE_HINT}"
+        )
     where = spec.origin or next(iter(spec.submodule_search_locations or []), "?")
-    log.warning("validation_fn module %r is not in working_dir %s (found here at %s): the job can import it only "
-                "if it is installed on the cluster's nodes", top, workdir, where)
+    log.warning(
+        "validation_fn module %r is not in working_dir %s (found here at %s): the job can import it only "
+        "if it is installed on the cluster's nodes",
+        top,
+        workdir,
+        where,
+    )
 
 
 class SearchJob:
@@ -323,19 +349,28 @@ class SearchJob:
         try:
             return _load(self.command, self.output)
         except (OutputError, OSError) as exc:  # OSError: a file of the run missing
-            where = "" if "://" in self.output else (
-                " A local output path names a folder on the cluster's nodes: use a shared filesystem or an "
-                "object-store URI to read results from here.")
-            raise SearchError(f"job {self.job_id} ended {status} without a readable result at {self.output}: "
-                              f"{exc}.{where} Last log lines:\n{self.logs(tail=15)}") from exc
+            where = (
+                ""
+                if "://" in self.output
+                else (
+                    " A local output path names a folder on the cluster's nodes: use a shared filesystem or an "
+                    "object-store URI to read results from here."
+                )
+            )
+            raise SearchError(
+                f"job {self.job_id} ended {status} without a readable result at {self.output}: "
+                f"{exc}.{where} Last log lines:\n{self.logs(tail=15)}"
+            ) from exc
 
     def _check_fresh(self, status: str, output: str) -> None:
         started = (self.info().get("start_time") or 0) / 1000
         written = _written_at(output, RESULT_FILES[self.command])
         if started and written is not None and written < started - CLOCK_SLACK_S:
-            raise SearchError(f"job {self.job_id} ended {status}; the result at {output} was written "
-                              f"{started - written:.0f}s before the job started, by an earlier run. Last log "
-                              f"lines:\n{self.logs(tail=15)}")
+            raise SearchError(
+                f"job {self.job_id} ended {status}; the result at {output} was written "
+                f"{started - written:.0f}s before the job started, by an earlier run. Last log "
+                f"lines:\n{self.logs(tail=15)}"
+            )
 
     def stop(self) -> bool:
         """Ask Ray to stop the job; False when it had already ended."""
@@ -350,8 +385,11 @@ def _show(bars: dict, event: dict, progress_cls: type) -> None:
     phase, state, model = str(event["phase"]), event["state"], event.get("model", "")
     desc = f"{model}: {phase}" if model else phase
     if state == "result":
-        log.info("%s: %s", desc, ", ".join(f"{k}={v}" for k, v in event.items()
-                                           if k not in ("phase", "state", "model", "time")))
+        log.info(
+            "%s: %s",
+            desc,
+            ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("phase", "state", "model", "time")),
+        )
         return
     bar = bars.get(desc)
     if bar is None or state == "start":

@@ -41,9 +41,24 @@ log = logging.getLogger(__name__)
 #: A model name usable as a folder name on any file system or object store.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
-SUMMARY_COLUMNS = ["name", "status", "fp32_metric", "int8_metric", "drop", "max_drop", "fp32_latency_ms",
-                   "int8_latency_ms", "speedup", "speedup_low", "speedup_high", "fp32_layers", "n_trials",
-                   "search_seconds", "error", "output"]
+SUMMARY_COLUMNS = [
+    "name",
+    "status",
+    "fp32_metric",
+    "int8_metric",
+    "drop",
+    "max_drop",
+    "fp32_latency_ms",
+    "int8_latency_ms",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "fp32_layers",
+    "n_trials",
+    "search_seconds",
+    "error",
+    "output",
+]
 
 
 def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
@@ -77,9 +92,11 @@ def expand(config: SweepConfig) -> list[tuple[str, SearchConfig]]:
 
 def _check_name(name: object, index: int) -> None:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise ConfigError(f"models[{index}].name={name!r} must be a plain folder name: letters, digits, "
-                          f"'_', '-' and '.', not starting with '.', without '..' (it names the model's "
-                          f"folder under the sweep output)")
+        raise ConfigError(
+            f"models[{index}].name={name!r} must be a plain folder name: letters, digits, "
+            f"'_', '-' and '.', not starting with '.', without '..' (it names the model's "
+            f"folder under the sweep output)"
+        )
 
 
 def _safe_name(stem: str) -> str:
@@ -90,15 +107,32 @@ def _safe_name(stem: str) -> str:
 
 def _row(name: str, out: str, result=None, error: str | None = None, seconds: float = 0.0) -> dict:
     if result is None:
-        return {**{c: None for c in SUMMARY_COLUMNS}, "name": name, "status": "error", "error": error,
-                "search_seconds": seconds, "output": out}
-    return {"name": name, "status": result["status"], "fp32_metric": result["fp32_metric"],
-            "int8_metric": result["metric"], "drop": result["drop"], "max_drop": result["max_drop"],
-            "fp32_latency_ms": result["fp32_latency_ms"], "int8_latency_ms": result["latency_ms"],
-            "speedup": result["speedup"], "speedup_low": result.get("speedup_low"),
-            "speedup_high": result.get("speedup_high"), "fp32_layers": len(result["fallback"]),
-            "n_trials": result["n_trials"],
-            "search_seconds": result["wall_seconds"], "error": None, "output": out}
+        return {
+            **{c: None for c in SUMMARY_COLUMNS},
+            "name": name,
+            "status": "error",
+            "error": error,
+            "search_seconds": seconds,
+            "output": out,
+        }
+    return {
+        "name": name,
+        "status": result["status"],
+        "fp32_metric": result["fp32_metric"],
+        "int8_metric": result["metric"],
+        "drop": result["drop"],
+        "max_drop": result["max_drop"],
+        "fp32_latency_ms": result["fp32_latency_ms"],
+        "int8_latency_ms": result["latency_ms"],
+        "speedup": result["speedup"],
+        "speedup_low": result.get("speedup_low"),
+        "speedup_high": result.get("speedup_high"),
+        "fp32_layers": len(result["fallback"]),
+        "n_trials": result["n_trials"],
+        "search_seconds": result["wall_seconds"],
+        "error": None,
+        "output": out,
+    }
 
 
 def _read_result(out: str) -> dict | None:
@@ -135,7 +169,7 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
 
     def one(name: str, cfg: SearchConfig) -> dict:
         with events.model(name), log_context(name):  # a job client draws each model's bars apart;
-            return _one(name, cfg)                   # every log line of this search names the model
+            return _one(name, cfg)  # every log line of this search names the model
 
     def _one(name: str, cfg: SearchConfig) -> dict:
         out = f"{config.output.rstrip('/')}/{name}"
@@ -154,8 +188,10 @@ def _run_jobs(config: SweepConfig, jobs, num_cpus, search_from_config) -> pd.Dat
             return _row(name, out, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
         return _row(name, out, result.to_dict())
 
-    with Progress("sweep", total=len(jobs), unit="model") as bar, \
-            ThreadPoolExecutor(max_workers=config.max_concurrent) as pool:
+    with (
+        Progress("sweep", total=len(jobs), unit="model") as bar,
+        ThreadPoolExecutor(max_workers=config.max_concurrent) as pool,
+    ):
         futures = {pool.submit(one, name, cfg): name for name, cfg in jobs}
         for fut in as_completed(futures):
             row = fut.result()
@@ -186,7 +222,12 @@ def _markdown(table: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             v = row[c]
-            cells.append("" if v is None or (isinstance(v, float) and v != v) else
-                         f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/"))
+            cells.append(
+                ""
+                if v is None or (isinstance(v, float) and v != v)
+                else f"{v:.4g}"
+                if isinstance(v, float)
+                else str(v).replace("|", "/")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

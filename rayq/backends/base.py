@@ -63,6 +63,8 @@ class StreamedStatRunner:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         return self._run(feeds)
+
+
 #: Runs one batch and returns the model outputs in order.
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -98,8 +100,7 @@ class Backend(Protocol):
     def apply(self, model: Any, recipe: Recipe) -> Any:
         """A new model with ``recipe`` written into it (``model`` is left untouched)."""
 
-    def runner(self, model: Any, *, runtime: str | None = None, device: str = "CPU",
-               num_threads: int = 0) -> Runner:
+    def runner(self, model: Any, *, runtime: str | None = None, device: str = "CPU", num_threads: int = 0) -> Runner:
         """Compile ``model`` on ``runtime`` (default: the backend's first) and return a runner."""
 
     def save(self, model: Any, path: str) -> list[str]:

@@ -46,15 +46,26 @@ TARGETS = ("openvino", "onnx")
 ONNX_OPSET = 17
 
 TORCH_SUFFIXES = (".pt", ".pth", ".torchscript")
-_SUFFIXES = {**dict.fromkeys(TORCH_SUFFIXES, "torch"), ".pb": "tensorflow", ".keras": "tensorflow",
-             ".tflite": "tflite",
-             ".pdmodel": "paddle"}
-_MODULES = {"torch": "torch", "keras": "tensorflow", "tf_keras": "tensorflow", "tensorflow": "tensorflow",
-            "paddle": "paddle"}
+_SUFFIXES = {
+    **dict.fromkeys(TORCH_SUFFIXES, "torch"),
+    ".pb": "tensorflow",
+    ".keras": "tensorflow",
+    ".tflite": "tflite",
+    ".pdmodel": "paddle",
+}
+_MODULES = {
+    "torch": "torch",
+    "keras": "tensorflow",
+    "tf_keras": "tensorflow",
+    "tensorflow": "tensorflow",
+    "paddle": "paddle",
+}
 #: What to install for each framework (the package that must be importable, the command).
-INSTALL = {"torch": ("torch", 'pip install "rayq[torch]"'),
-           "tensorflow": ("tensorflow", 'pip install "rayq[tf]"'),
-           "paddle": ("paddle", "pip install paddlepaddle")}
+INSTALL = {
+    "torch": ("torch", 'pip install "rayq[torch]"'),
+    "tensorflow": ("tensorflow", 'pip install "rayq[tf]"'),
+    "paddle": ("paddle", "pip install paddlepaddle"),
+}
 NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "tflite": "TensorFlow Lite", "paddle": "PaddlePaddle"}
 
 
@@ -94,12 +105,16 @@ def convert(model: Any, example_input: Any = None, *, to: str = "openvino") -> A
     """
     framework = framework_of(model)
     if framework is None:
-        raise ConfigError(f"cannot convert an object of type {type(model).__name__}: expected a PyTorch, "
-                          "TensorFlow, TFLite or PaddlePaddle model")
+        raise ConfigError(
+            f"cannot convert an object of type {type(model).__name__}: expected a PyTorch, "
+            "TensorFlow, TFLite or PaddlePaddle model"
+        )
     check_target(to)
     if to == "onnx" and framework != "torch":
-        raise ConfigError(f"a {NAMES[framework]} model converts to OpenVINO only (convert_to='openvino'); "
-                          "ONNX output is for PyTorch models")
+        raise ConfigError(
+            f"a {NAMES[framework]} model converts to OpenVINO only (convert_to='openvino'); "
+            "ONNX output is for PyTorch models"
+        )
     if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
         raise BackendError(f"model path {str(model)!r} does not exist")
     _require(framework, model)
@@ -173,8 +188,9 @@ def example_from(calibration_dataset: Any, first_item: Any) -> Any:
     drops their batch axis: it is put back (``[1, *row.shape]``). A
     :class:`rayq.Dataset` or iterable item is used as it is (NNCF's convention:
     ``transform_fn`` returns a batch)."""
-    split = isinstance(calibration_dataset, (np.ndarray, str, os.PathLike, dict)) or \
-        type(calibration_dataset).__module__.startswith("ray.data")
+    split = isinstance(calibration_dataset, (np.ndarray, str, os.PathLike, dict)) or type(
+        calibration_dataset
+    ).__module__.startswith("ray.data")
     if not split:
         return first_item
     if isinstance(first_item, dict):
@@ -190,8 +206,9 @@ def _require(framework: str, model: Any) -> None:
         return
     needs = "torch" if framework == "torch" else "tensorflow" if str(model).lower().endswith(".keras") else None
     if needs and not _has(INSTALL[needs][0]):
-        raise ConfigError(f"{str(model)!r} is a {NAMES[framework]} model: converting it needs {needs} "
-                          f"({INSTALL[needs][1]})")
+        raise ConfigError(
+            f"{str(model)!r} is a {NAMES[framework]} model: converting it needs {needs} ({INSTALL[needs][1]})"
+        )
 
 
 def _load_keras(path: str) -> Any:
@@ -225,8 +242,9 @@ def _openvino(model: Any, framework: str, **kwargs: Any) -> Any:
         hint = ""
         if framework == "tensorflow" and not _has("tensorflow"):
             hint = f" (TensorFlow is not installed; some models need it: {INSTALL['tensorflow'][1]})"
-        raise BackendError(f"OpenVINO cannot convert the {NAMES[framework]} model{hint}: "
-                           f"{type(exc).__name__}: {_first_lines(exc)}") from exc
+        raise BackendError(
+            f"OpenVINO cannot convert the {NAMES[framework]} model{hint}: {type(exc).__name__}: {_first_lines(exc)}"
+        ) from exc
 
 
 #: A name OpenVINO made from its process-wide counter (``Multiply_2542``, ``Model3``), also
@@ -286,9 +304,11 @@ def _load_torchscript(torch: Any, path: str) -> Any:
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # RuntimeError from the archive reader
-        raise BackendError(f"{path!r} is not a TorchScript file ({_first_lines(exc, 1)}): save the model with "
-                           "torch.jit.save(torch.jit.trace(model, example), path), or pass the nn.Module itself "
-                           "(rayq does not unpickle torch.save files)") from exc
+        raise BackendError(
+            f"{path!r} is not a TorchScript file ({_first_lines(exc, 1)}): save the model with "
+            "torch.jit.save(torch.jit.trace(model, example), path), or pass the nn.Module itself "
+            "(rayq does not unpickle torch.save files)"
+        ) from exc
 
 
 def _torch_example(torch: Any, value: Any) -> Any:
@@ -314,11 +334,13 @@ def _keyword_inputs(model: Any, example: Any) -> Any:
     params = _input_names(model, 0, fallback=False)
     kept = {k: v for k, v in example.items() if k in params}
     if not kept:
-        raise ConfigError(f"the example input has keys {sorted(example)}, none of them a parameter of the "
-                          f"model's forward{tuple(params)}: name the arrays after them, or give a "
-                          "transform_fn that returns the input tensor(s)")
-    if set(kept) == set(params[:len(kept)]):
-        return tuple(kept[name] for name in params[:len(kept)])
+        raise ConfigError(
+            f"the example input has keys {sorted(example)}, none of them a parameter of the "
+            f"model's forward{tuple(params)}: name the arrays after them, or give a "
+            "transform_fn that returns the input tensor(s)"
+        )
+    if set(kept) == set(params[: len(kept)]):
+        return tuple(kept[name] for name in params[: len(kept)])
     return kept
 
 
@@ -340,19 +362,31 @@ def _torch_onnx(torch: Any, model: Any, example: Any) -> Any:
     import onnx
 
     if _exported(model):  # the TorchScript exporter cannot trace its graph module
-        raise ConfigError("ONNX output is not available for a torch.export.ExportedProgram: pass the "
-                          "nn.Module it was exported from, or convert_to='openvino'")
+        raise ConfigError(
+            "ONNX output is not available for a torch.export.ExportedProgram: pass the "
+            "nn.Module it was exported from, or convert_to='openvino'"
+        )
     args, kwargs = ((), example) if isinstance(example, dict) else (_tuple(example), None)
     names = list(example) if kwargs else _input_names(model, len(args))
     values = list(example.values()) if kwargs else list(args)
     dynamic = {name: {0: "batch"} for name, value in zip(names, values) if getattr(value, "ndim", 0) >= 1}
     buffer = io.BytesIO()
     try:
-        torch.onnx.export(model, args, buffer, kwargs=kwargs, input_names=names, dynamic_axes=dynamic,
-                          opset_version=ONNX_OPSET, dynamo=False)
+        torch.onnx.export(
+            model,
+            args,
+            buffer,
+            kwargs=kwargs,
+            input_names=names,
+            dynamic_axes=dynamic,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     except Exception as exc:  # torch raises RuntimeError / errors.* / TypeError
-        raise BackendError(f"torch.onnx.export cannot export the PyTorch model (opset {ONNX_OPSET}): "
-                           f"{type(exc).__name__}: {_first_lines(exc)}") from exc
+        raise BackendError(
+            f"torch.onnx.export cannot export the PyTorch model (opset {ONNX_OPSET}): "
+            f"{type(exc).__name__}: {_first_lines(exc)}"
+        ) from exc
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -375,8 +409,11 @@ def _input_names(model: Any, n: int, *, fallback: bool = True) -> list[str]:
         params = [a.name for a in schema.arguments[1:]]
     else:
         try:
-            params = [p.name for p in inspect.signature(model.forward).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            params = [
+                p.name
+                for p in inspect.signature(model.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
         except (TypeError, ValueError, AttributeError):
             params = []
     if not fallback or (params and len(params) >= n):

@@ -21,7 +21,8 @@ def check_feeds(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> dict[st
     if missing or extra:
         raise DataError(
             f"data does not match the model inputs: model expects {sorted(expected)}, "
-            f"data provides {sorted(feeds)}" + (f"; missing {missing}" if missing else "")
+            f"data provides {sorted(feeds)}"
+            + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {extra}" if extra else "")
         )
     out = {}
@@ -29,9 +30,7 @@ def check_feeds(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> dict[st
         value = np.asarray(feeds[name])
         if not spec.shape and value.ndim and value.size == 1:
             value = value.reshape(())
-        if value.ndim != len(spec.shape) or any(
-            d is not None and d != v for d, v in zip(spec.shape, value.shape)
-        ):
+        if value.ndim != len(spec.shape) or any(d is not None and d != v for d, v in zip(spec.shape, value.shape)):
             want = tuple("?" if d is None else d for d in spec.shape)
             raise DataError(f"input {name!r}: model expects shape {want}, data has shape {value.shape}")
         if value.dtype != np.dtype(spec.dtype):

@@ -28,8 +28,12 @@ log = logging.getLogger("rayq.cli")
 UNSET = object()
 
 
-def build_config(command: str, config_path: str | None, fields: Mapping[str, Any],
-                 nested: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+def build_config(
+    command: str,
+    config_path: str | None,
+    fields: Mapping[str, Any],
+    nested: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Any:
     """The frozen config of ``command`` from an optional YAML file plus flag values.
 
     Args:
@@ -77,12 +81,30 @@ def add_bias_correction_flags(group: Any) -> None:
     """The three mutually exclusive bias-correction flags of the base plan (dest ``bias_correction``)."""
     bc = group.add_mutually_exclusive_group()
     u = argparse.SUPPRESS
-    bc.add_argument("--fast-bias-correction", dest="bias_correction", action="store_const", const="fast",
-                    default=u, help="fast bias correction (the default)")
-    bc.add_argument("--exact-bias-correction", dest="bias_correction", action="store_const", const="exact",
-                    default=u, help="data-driven bias correction (slower, sometimes more accurate)")
-    bc.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const="none",
-                    default=u, help="no bias correction")
+    bc.add_argument(
+        "--fast-bias-correction",
+        dest="bias_correction",
+        action="store_const",
+        const="fast",
+        default=u,
+        help="fast bias correction (the default)",
+    )
+    bc.add_argument(
+        "--exact-bias-correction",
+        dest="bias_correction",
+        action="store_const",
+        const="exact",
+        default=u,
+        help="data-driven bias correction (slower, sometimes more accurate)",
+    )
+    bc.add_argument(
+        "--no-bias-correction",
+        dest="bias_correction",
+        action="store_const",
+        const="none",
+        default=u,
+        help="no bias correction",
+    )
 
 
 def add_option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
@@ -104,13 +126,20 @@ def add_option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
             kind = _flag_kind(schema[name])
             help_text = f"{info.description} (default: {_shown(info.default)})"
             if kind == "boolean":
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=help_text)
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                )
             else:
                 convert, choices, many = _flag_parser(schema[name])
-                group.add_argument(flag, type=convert, choices=choices, nargs="+" if many else None,
-                                   default=argparse.SUPPRESS, metavar=None if choices else name.upper(),
-                                   help=help_text)
+                group.add_argument(
+                    flag,
+                    type=convert,
+                    choices=choices,
+                    nargs="+" if many else None,
+                    default=argparse.SUPPRESS,
+                    metavar=None if choices else name.upper(),
+                    help=help_text,
+                )
             fields[name] = name
     return fields
 
@@ -200,9 +229,14 @@ def warn_relative_job_output(output: str | None, cwd: str | None = None) -> bool
     cwd = cwd or os.getcwd()
     if RAY_WORKING_DIR_COPY not in cwd.replace(os.sep, "/"):
         return False
-    log.warning("output %r is relative, so this Ray job writes it inside Ray's temporary copy of the working "
-                "dir (%s), not where it was submitted from; give an absolute path (e.g. \"$PWD/%s\" on the "
-                "submitting machine) or a URI such as s3://...", output, os.path.join(cwd, output), output)
+    log.warning(
+        "output %r is relative, so this Ray job writes it inside Ray's temporary copy of the working "
+        'dir (%s), not where it was submitted from; give an absolute path (e.g. "$PWD/%s" on the '
+        "submitting machine) or a URI such as s3://...",
+        output,
+        os.path.join(cwd, output),
+        output,
+    )
     return True
 
 

@@ -25,8 +25,16 @@ USAGE_EXIT = 2
 ERROR_EXIT = 1
 INTERRUPT_EXIT = 130
 #: Errors caused by the user's input: exit code 2. Every other error: exit code 1.
-INPUT_ERRORS = (ConfigError, DataError, InputError, OutputError, FileNotFoundError, PermissionError,
-                IsADirectoryError, NotADirectoryError)
+INPUT_ERRORS = (
+    ConfigError,
+    DataError,
+    InputError,
+    OutputError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,10 +47,16 @@ def _add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     # `rayq quantize -v` both work without one clobbering the other.
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     g = p.add_argument_group("global options")
-    g.add_argument("-v", "--verbose", action="store_true", default=d(False),
-                   help="debug logs (rayq logger) with timestamps on stderr")
-    g.add_argument("-q", "--quiet", action="store_true", default=d(False),
-                   help="only warnings and errors on stderr (no progress)")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=d(False),
+        help="debug logs (rayq logger) with timestamps on stderr",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors on stderr (no progress)"
+    )
     g.add_argument("--debug", action="store_true", default=d(False), help="show full tracebacks on errors")
 
 
@@ -60,16 +74,22 @@ def _subcommand_modules() -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rayq`` parser with every available subcommand."""
-    parser = _Parser(prog="rayq", description="Distributed post-training INT8 quantization on Ray "
-                     "(ONNX and OpenVINO, NNCF-compatible).",
-                     epilog="Start with: rayq quantize --config configs/digits.yaml  (see configs/README.md)")
+    parser = _Parser(
+        prog="rayq",
+        description="Distributed post-training INT8 quantization on Ray (ONNX and OpenVINO, NNCF-compatible).",
+        epilog="Start with: rayq quantize --config configs/digits.yaml  (see configs/README.md)",
+    )
     parser.add_argument("--version", action="version", version=f"rayq {rayq.__version__}")
     _add_global_options(parser, top=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name, module in _subcommand_modules():
-        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
-                           epilog=getattr(module, "EPILOG", None),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         _add_global_options(p, top=False)
         p.set_defaults(_run=module.run, _command=name)

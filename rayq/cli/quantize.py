@@ -63,10 +63,19 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
 #: argparse dest -> QuantizeConfig field (every flag maps to exactly one field).
 FIELDS = {
-    "model": "model", "data": "calibration", "output": "output", "preset": "preset",
-    "target_device": "target_device", "subset_size": "subset_size", "model_type": "model_type",
-    "num_workers": "num_workers", "output_format": "output_format", "address": "address",
-    "validation": "validation", "validation_fn": "validation_fn", "latency_batch": "latency_batch",
+    "model": "model",
+    "data": "calibration",
+    "output": "output",
+    "preset": "preset",
+    "target_device": "target_device",
+    "subset_size": "subset_size",
+    "model_type": "model_type",
+    "num_workers": "num_workers",
+    "output_format": "output_format",
+    "address": "address",
+    "validation": "validation",
+    "validation_fn": "validation_fn",
+    "latency_batch": "latency_batch",
 }
 ADVANCED = {"estimator": "activation_estimator", "overflow_fix": "overflow_fix"}
 SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type": "types"}
@@ -74,58 +83,123 @@ SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS  # "not given" must stay distinguishable from any value
-    p.add_argument("model", nargs="?", default=u, metavar="MODEL",
-                   help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
-                   "folder, .keras or .pb, .tflite, .pdmodel")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=u,
+        metavar="MODEL",
+        help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
+        "folder, .keras or .pb, .tflite, .pdmodel",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
-    io.add_argument("--data", "--calibration", dest="data", default=u, metavar="DATA",
-                    help="calibration data: .npz/.npy/.parquet (config field: calibration)")
-    io.add_argument("--output", "-o", default=u, metavar="OUT",
-                    help="output model path (.onnx/.xml), or a folder for <model>_int8.<ext>")
-    io.add_argument("--output-format", choices=OUTPUT_FORMATS, default=u,
-                    help="format of the saved model (default: from OUT's suffix, else the input's; "
-                    "a converted model: openvino)")
+    io.add_argument(
+        "--data",
+        "--calibration",
+        dest="data",
+        default=u,
+        metavar="DATA",
+        help="calibration data: .npz/.npy/.parquet (config field: calibration)",
+    )
+    io.add_argument(
+        "--output",
+        "-o",
+        default=u,
+        metavar="OUT",
+        help="output model path (.onnx/.xml), or a folder for <model>_int8.<ext>",
+    )
+    io.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default=u,
+        help="format of the saved model (default: from OUT's suffix, else the input's; a converted model: openvino)",
+    )
     io.add_argument("--no-cache", action="store_true", help="do not read or write the statistics cache")
     q = p.add_argument_group("quantization")
-    q.add_argument("--preset", choices=PRESETS, default=u,
-                   help="performance: symmetric activations; mixed: asymmetric (default: by model type)")
+    q.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=u,
+        help="performance: symmetric activations; mixed: asymmetric (default: by model type)",
+    )
     q.add_argument("--subset-size", type=int, default=u, metavar="N", help="calibration items used (default 300)")
     q.add_argument("--model-type", choices=["transformer"], default=u, help="enable transformer rules and SmoothQuant")
     q.add_argument("--target-device", choices=TARGET_DEVICES, default=u, help="NNCF target device (default ANY)")
     add_bias_correction_flags(q)
-    q.add_argument("--estimator", choices=ACTIVATION_ESTIMATORS, default=u,
-                   help="activation range estimator (advanced.activation_estimator)")
+    q.add_argument(
+        "--estimator",
+        choices=ACTIVATION_ESTIMATORS,
+        default=u,
+        help="activation range estimator (advanced.activation_estimator)",
+    )
     q.add_argument("--overflow-fix", choices=OVERFLOW_FIXES, default=u, help="advanced.overflow_fix")
-    q.add_argument("--ignored-scope", nargs="+", action="extend", default=u, metavar="NAME",
-                   help="node names kept in FP32 (ignored_scope.names)")
-    q.add_argument("--ignored-pattern", nargs="+", action="extend", default=u, metavar="REGEX",
-                   help="node-name regexes kept in FP32 (ignored_scope.patterns)")
-    q.add_argument("--ignored-type", nargs="+", action="extend", default=u, metavar="OPTYPE",
-                   help="op types kept in FP32 (ignored_scope.types)")
+    q.add_argument(
+        "--ignored-scope",
+        nargs="+",
+        action="extend",
+        default=u,
+        metavar="NAME",
+        help="node names kept in FP32 (ignored_scope.names)",
+    )
+    q.add_argument(
+        "--ignored-pattern",
+        nargs="+",
+        action="extend",
+        default=u,
+        metavar="REGEX",
+        help="node-name regexes kept in FP32 (ignored_scope.patterns)",
+    )
+    q.add_argument(
+        "--ignored-type",
+        nargs="+",
+        action="extend",
+        default=u,
+        metavar="OPTYPE",
+        help="op types kept in FP32 (ignored_scope.types)",
+    )
     r = p.add_argument_group("execution")
-    r.add_argument("--num-workers", type=int, default=u, metavar="N",
-                   help="calibration workers: 1 = in this process, N > 1 = Ray actors (default: all CPUs)")
-    r.add_argument("--address", default=u, metavar="RAY_ADDRESS",
-                   help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started on demand)")
+    r.add_argument(
+        "--num-workers",
+        type=int,
+        default=u,
+        metavar="N",
+        help="calibration workers: 1 = in this process, N > 1 = Ray actors (default: all CPUs)",
+    )
+    r.add_argument(
+        "--address",
+        default=u,
+        metavar="RAY_ADDRESS",
+        help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started on demand)",
+    )
     v = p.add_argument_group("validation (optional)")
     v.add_argument("--validation", default=u, metavar="DATA", help="validation data (.npz/.npy/.parquet)")
-    v.add_argument("--validation-fn", default=u, metavar="MODULE:FUNCTION",
-                   help="fn(compiled_model, items) -> float, e.g. examples.digits.metric:accuracy")
+    v.add_argument(
+        "--validation-fn",
+        default=u,
+        metavar="MODULE:FUNCTION",
+        help="fn(compiled_model, items) -> float, e.g. examples.digits.metric:accuracy",
+    )
     v.add_argument("--threads", type=int, default=2, metavar="N", help="threads for validation and latency (default 2)")
-    v.add_argument("--latency-batch", type=int, default=u, metavar="N",
-                   help="latency is timed on the first N validation items as one batch (default 1)")
+    v.add_argument(
+        "--latency-batch",
+        type=int,
+        default=u,
+        metavar="N",
+        help="latency is timed on the first N validation items as one batch (default 1)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> QuantizeConfig:
     """The one frozen config, from ``--config`` (if any) with the given flags on top."""
     given = vars(args)
     if args.config is None:
-        missing = [flag for dest, flag in (("model", "MODEL"), ("data", "--data"), ("output", "--output"))
-                   if dest not in given]
+        missing = [
+            flag for dest, flag in (("model", "MODEL"), ("data", "--data"), ("output", "--output")) if dest not in given
+        ]
         if missing:
-            raise ConfigError(f"rayq quantize needs MODEL, --data and --output (or --config FILE); "
-                              f"missing {', '.join(missing)}")
+            raise ConfigError(
+                f"rayq quantize needs MODEL, --data and --output (or --config FILE); missing {', '.join(missing)}"
+            )
     fields = {field: given.get(dest, UNSET) for dest, field in FIELDS.items()}
     if "bias_correction" in given:
         fields["fast_bias_correction"] = BIAS_CORRECTION[given["bias_correction"]]
@@ -152,8 +226,10 @@ def output_path(cfg: QuantizeConfig, backend_name: str) -> tuple[Location, str]:
     if suffix in by_suffix:
         implied = by_suffix[suffix]
         if fmt is not None and fmt != implied:
-            raise ConfigError(f"output={cfg.output!r} ends in {suffix} but output_format={fmt!r}: "
-                              f"use a {SUFFIXES[fmt]} name or an output folder")
+            raise ConfigError(
+                f"output={cfg.output!r} ends in {suffix} but output_format={fmt!r}: "
+                f"use a {SUFFIXES[fmt]} name or an output folder"
+            )
         fmt = implied
     else:
         fmt = fmt or backend_name
@@ -207,17 +283,28 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with Publication.open(target.parent()) as out, ray_scope(cfg.address, cfg.num_workers != 1):
         qmodel = rayq.quantize(
-            model, cfg.calibration, preset=cfg.preset, target_device=cfg.target_device,
-            subset_size=cfg.subset_size, fast_bias_correction=cfg.fast_bias_correction,
-            model_type=cfg.model_type, ignored_scope=cfg.ignored_scope, advanced_parameters=cfg.advanced,
-            num_workers=cfg.num_workers, cache=not args.no_cache)
+            model,
+            cfg.calibration,
+            preset=cfg.preset,
+            target_device=cfg.target_device,
+            subset_size=cfg.subset_size,
+            fast_bias_correction=cfg.fast_bias_correction,
+            model_type=cfg.model_type,
+            ignored_scope=cfg.ignored_scope,
+            advanced_parameters=cfg.advanced,
+            num_workers=cfg.num_workers,
+            cache=not args.no_cache,
+        )
         staged = save(qmodel, backend.name, fmt, out, target.name)
         (out.staging / "config.yaml").write_text(dump(cfg), encoding="utf-8")
         size = file_size([str(out.staging / name) for name in staged])
         written = list(out.publish([*staged, "config.yaml"]).values())
     model_files = written[:-1]
-    print(f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
-          f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}", flush=True)
+    print(
+        f"rayq quantize: {time.perf_counter() - start:.1f}s, {cfg.model} ({mb(file_size(input_files(cfg.model)))})"
+        f" -> {model_files[0]} ({mb(size)}, {fmt}); config {written[-1]}",
+        flush=True,
+    )
     if fn is not None and items is not None and feeds is not None:  # together (config_from_args)
         rows = compare.compare(backend, {"FP32": model, "INT8": qmodel}, fn, items, feeds, threads=args.threads)
         name = getattr(fn, "__name__", "metric")

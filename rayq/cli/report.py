@@ -17,8 +17,10 @@ log = logging.getLogger("rayq.cli")
 def format_table(rows: Sequence[Row], metric_name: str, batch: int = 1) -> str:
     """A plain-text table; INT8 rows also show the metric change and the speed-up vs FP32."""
     width = max(12, len(metric_name))
-    lines = [f"{'runtime':<12} {'model':<5} {metric_name:>{width}} {'change':>8} "
-             f"{'latency ms':>10} {'IQR ms':>8} {'speed-up':>8}"]
+    lines = [
+        f"{'runtime':<12} {'model':<5} {metric_name:>{width}} {'change':>8} "
+        f"{'latency ms':>10} {'IQR ms':>8} {'speed-up':>8}"
+    ]
     base: dict[str, Row] = {}
     for row in rows:
         ref = base.setdefault(row.runtime, row)
@@ -26,12 +28,15 @@ def format_table(rows: Sequence[Row], metric_name: str, batch: int = 1) -> str:
         if row is not ref:
             change = f"{row.metric - ref.metric:+.4f}"
             speed = f"{ref.latency.median_ms / max(row.latency.median_ms, 1e-9):.2f}x"
-        lines.append(f"{row.runtime:<12} {row.label:<5} {row.metric:>{width}.4f} {change:>8} "
-                     f"{row.latency.median_ms:>10.3f} {row.latency.iqr_ms:>8.3f} {speed:>8}")
+        lines.append(
+            f"{row.runtime:<12} {row.label:<5} {row.metric:>{width}.4f} {change:>8} "
+            f"{row.latency.median_ms:>10.3f} {row.latency.iqr_ms:>8.3f} {speed:>8}"
+        )
     if rows:
         lat = rows[0].latency
-        lines.append(f"(latency: median of {lat.repeats} runs after warm-up, batch {batch}, "
-                     f"{lat.threads or 'default'} threads)")
+        lines.append(
+            f"(latency: median of {lat.repeats} runs after warm-up, batch {batch}, {lat.threads or 'default'} threads)"
+        )
     return "\n".join(lines)
 
 
@@ -64,8 +69,10 @@ def run(args) -> int:
     summary = location.child("summary.parquet")
     if location.kind() == "folder" and summary.kind() == "file":
         table = pd.read_parquet(io.BytesIO(summary.read_bytes()))
-        print(f"rayq sweep at {location.uri}: {len(table)} models, {int((table.status == 'met').sum())} met the "
-              f"budget, {int((table.status == 'error').sum())} failed")
+        print(
+            f"rayq sweep at {location.uri}: {len(table)} models, {int((table.status == 'met').sum())} met the "
+            f"budget, {int((table.status == 'error').sum())} failed"
+        )
         print(table.drop(columns=["output"], errors="ignore").to_string(index=False), flush=True)
         return 0
     result = SearchResult.load(args.output)
@@ -74,8 +81,7 @@ def run(args) -> int:
     if len(front.columns):
         if "fallback" in front:  # list<string>: the names, comma-separated
             front["fallback"] = [", ".join(v) if isinstance(v, (list, tuple)) else v for v in front["fallback"]]
-        shown = [c for c in ("number", "speedup", "latency_ms", "metric", "drop", "feasible", "fallback")
-                 if c in front]
+        shown = [c for c in ("number", "speedup", "latency_ms", "metric", "drop", "feasible", "fallback") if c in front]
         print("Pareto front (latency vs metric):")
         print(front[shown].to_string(index=False), flush=True)
     return 0
@@ -88,7 +94,9 @@ def format_result(result: Mapping[str, Any], where: str) -> str:
     metric = f"{result['metric']:.4f}" if result.get("metric") is not None else "n/a"
     drop = f"{result['drop']:.4f}" if result.get("drop") is not None else "n/a"
     fallback = ", ".join(result.get("fallback") or []) or "none"
-    return (f"rayq search at {where}: {result['status']}, {result['n_trials']} trials\n"
-            f"  metric {metric} (FP32 {result['fp32_metric']:.4f}, drop {drop}, max {result['max_drop']} "
-            f"{result['drop_type']}); latency {latency}{speed} on {result['target']}\n"
-            f"  FP32 layers: {fallback}\n  model: {result.get('model_path')}")
+    return (
+        f"rayq search at {where}: {result['status']}, {result['n_trials']} trials\n"
+        f"  metric {metric} (FP32 {result['fp32_metric']:.4f}, drop {drop}, max {result['max_drop']} "
+        f"{result['drop_type']}); latency {latency}{speed} on {result['target']}\n"
+        f"  FP32 layers: {fallback}\n  model: {result.get('model_path')}"
+    )

@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from rayq.distributed.cluster import cluster_cpus, init
 
     given = vars(args)
-    cfg: SweepConfig = build_config("sweep", args.config, {k: given.get(k, UNSET) for k in
-                                                            ("output", "max_concurrent", "address")})
+    cfg: SweepConfig = build_config(
+        "sweep", args.config, {k: given.get(k, UNSET) for k in ("output", "max_concurrent", "address")}
+    )
     if not cfg.output:
         raise ConfigError("a sweep needs an output")
     warn_relative_job_output(cfg.output)
@@ -51,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
         table = run_sweep(cfg, num_cpus=cluster_cpus())
     ok = int((table.status == "met").sum())
     slow = int((table.status == "no_speedup").sum())
-    print(f"rayq sweep: {len(table)} models in {time.perf_counter() - start:.1f}s: {ok} met the budget and beat "
-          f"FP32, {slow} within budget but not significantly faster, "
-          f"{int((table.status == 'error').sum())} failed; summary in {cfg.output}/summary.md")
+    print(
+        f"rayq sweep: {len(table)} models in {time.perf_counter() - start:.1f}s: {ok} met the budget and beat "
+        f"FP32, {slow} within budget but not significantly faster, "
+        f"{int((table.status == 'error').sum())} failed; summary in {cfg.output}/summary.md"
+    )
     print(table.drop(columns=["output"]).to_string(index=False), flush=True)
     return 0 if (table.status != "error").all() else 1

@@ -38,8 +38,10 @@ class AdvancedSmoothQuantParameters:
 
     def __post_init__(self) -> None:
         if self.convolution >= 0:
-            raise ConfigError(f"smooth_quant_alphas.convolution={self.convolution}: rayq applies SmoothQuant to "
-                              "MatMul inputs only; leave it negative (disabled)")
+            raise ConfigError(
+                f"smooth_quant_alphas.convolution={self.convolution}: rayq applies SmoothQuant to "
+                "MatMul inputs only; leave it negative (disabled)"
+            )
         if self.matmul > 1:
             raise ConfigError(f"smooth_quant_alphas.matmul={self.matmul} must be <= 1 (negative disables it)")
 
@@ -58,8 +60,10 @@ class AdvancedBiasCorrectionParameters:
 
     def __post_init__(self) -> None:
         if self.apply_for_all_nodes:
-            raise ConfigError("bias_correction_params.apply_for_all_nodes=True is not supported: rayq corrects "
-                              "the bias of ops that have one")
+            raise ConfigError(
+                "bias_correction_params.apply_for_all_nodes=True is not supported: rayq corrects "
+                "the bias of ops that have one"
+            )
         if self.threshold is not None:
             raise ConfigError("bias_correction_params.threshold is not supported: rayq applies every correction")
 
@@ -95,14 +99,20 @@ class AdvancedAccuracyRestorerParameters:
     def __post_init__(self) -> None:
         object.__setattr__(self, "restore_mode", plain(self.restore_mode))
         if self.max_num_iterations != UNLIMITED:
-            raise ConfigError(f"max_num_iterations={self.max_num_iterations} is not supported: rayq evaluates "
-                              "fallback sets in parallel; bound the time with rayq.search(timeout=...)")
+            raise ConfigError(
+                f"max_num_iterations={self.max_num_iterations} is not supported: rayq evaluates "
+                "fallback sets in parallel; bound the time with rayq.search(timeout=...)"
+            )
         if self.tune_hyperparams:
-            raise ConfigError("tune_hyperparams=True is not supported here: rayq.search() tunes preset, range "
-                              "estimator, bias correction and SmoothQuant alpha together with the fallback set")
+            raise ConfigError(
+                "tune_hyperparams=True is not supported here: rayq.search() tunes preset, range "
+                "estimator, bias correction and SmoothQuant alpha together with the fallback set"
+            )
         if self.restore_mode not in RESTORE_MODES:
-            raise ConfigError(f"restore_mode={self.restore_mode!r} is not supported; rayq reverts whole ops "
-                              f"(choose one of {list(RESTORE_MODES)})")
+            raise ConfigError(
+                f"restore_mode={self.restore_mode!r} is not supported; rayq reverts whole ops "
+                f"(choose one of {list(RESTORE_MODES)})"
+            )
         for name in ("ranking_subset_size", "num_ranking_workers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

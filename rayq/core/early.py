@@ -86,8 +86,12 @@ def t_quantile(confidence: float, df: int) -> float:
     if df < 1:
         return math.inf
     z, v = _Z[confidence], float(df)
-    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
 
 
 def mean_lower_bound(diffs: np.ndarray, population: int, confidence: float = CONFIDENCE) -> float:
@@ -185,5 +189,14 @@ def cannot_beat(cost: float, incumbent_costs: Sequence[float], needed: int) -> b
     return sum(c < cost - COST_TOL for c in incumbent_costs) >= needed
 
 
-__all__ = ["CHUNKS", "CONFIDENCE", "COST_TOL", "MIN_ITEMS", "EarlyStop", "cannot_beat", "chunkable",
-           "mean_lower_bound", "t_quantile"]
+__all__ = [
+    "CHUNKS",
+    "CONFIDENCE",
+    "COST_TOL",
+    "MIN_ITEMS",
+    "EarlyStop",
+    "cannot_beat",
+    "chunkable",
+    "mean_lower_bound",
+    "t_quantile",
+]

@@ -110,9 +110,7 @@ def estimate_range(
 
 def _require_minmax(stats: TensorStatistics, estimator: str) -> tuple[float, float]:
     if not {"min", "max"} <= stats.kinds:
-        raise ValueError(
-            f"tensor {stats.name!r}: estimator {estimator!r} needs the 'min' and 'max' reductions"
-        )
+        raise ValueError(f"tensor {stats.name!r}: estimator {estimator!r} needs the 'min' and 'max' reductions")
     return stats.min, stats.max
 
 
@@ -196,9 +194,7 @@ class _Moments:
         return n, np.maximum(b**2 * n - 2.0 * b * s1 + s2, 0.0)
 
 
-def _mse_range(
-    stats: TensorStatistics, symmetric: bool, unsigned: bool, num_levels: int
-) -> tuple[float, float]:
+def _mse_range(stats: TensorStatistics, symmetric: bool, unsigned: bool, num_levels: int) -> tuple[float, float]:
     """Grid search of the range minimising clipping + rounding error."""
     hist = _require_histogram(stats, "histogram_mse")
     data_lo, data_hi = _data_extent(stats, hist)

@@ -31,8 +31,19 @@ ACTIVATION = "activation"  # Relu, Gelu, Sigmoid, Clip, ...
 OTHER = "other"
 
 METATYPES = (
-    CONV, CONV_TRANSPOSE, MATMUL, ADD, MUL, CONCAT, MAX_POOL, AVG_POOL, SHAPE,
-    SOFTMAX, NORM, ACTIVATION, OTHER,
+    CONV,
+    CONV_TRANSPOSE,
+    MATMUL,
+    ADD,
+    MUL,
+    CONCAT,
+    MAX_POOL,
+    AVG_POOL,
+    SHAPE,
+    SOFTMAX,
+    NORM,
+    ACTIVATION,
+    OTHER,
 )
 WEIGHTED = frozenset({CONV, CONV_TRANSPOSE, MATMUL})
 

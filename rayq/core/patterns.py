@@ -28,8 +28,12 @@ def gate_input(graph: GraphView, node: NodeInfo) -> int | None:
     for i, tensor in enumerate(node.inputs):
         producer = graph.producer(tensor)
         other = node.inputs[1 - i]
-        if producer is not None and producer.op_type in GATES and producer.inputs[0] != other \
-                and not graph.is_constant(other):
+        if (
+            producer is not None
+            and producer.op_type in GATES
+            and producer.inputs[0] != other
+            and not graph.is_constant(other)
+        ):
             return i
     return None
 

@@ -91,8 +91,7 @@ class AdvancedQuantizationParameters:
     batch_size: int | None = None
     disable_bias_correction: bool = False
     smooth_quant_alphas: AdvancedSmoothQuantParameters = field(default_factory=AdvancedSmoothQuantParameters)
-    bias_correction_params: AdvancedBiasCorrectionParameters = field(
-        default_factory=AdvancedBiasCorrectionParameters)
+    bias_correction_params: AdvancedBiasCorrectionParameters = field(default_factory=AdvancedBiasCorrectionParameters)
     quantize_outputs: bool = False
     inplace_statistics: bool = True
     disable_channel_alignment: bool = True
@@ -108,8 +107,10 @@ class AdvancedQuantizationParameters:
         for name, supported in NNCF_FIXED.items():
             if getattr(self, name) != supported:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not supported by rayq (only {supported})")
-        for name, cls in (("smooth_quant_alphas", AdvancedSmoothQuantParameters),
-                          ("bias_correction_params", AdvancedBiasCorrectionParameters)):
+        for name, cls in (
+            ("smooth_quant_alphas", AdvancedSmoothQuantParameters),
+            ("bias_correction_params", AdvancedBiasCorrectionParameters),
+        ):
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, _nested(cls, name, getattr(self, name)))
             elif not isinstance(getattr(self, name), cls):

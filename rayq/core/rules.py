@@ -139,20 +139,29 @@ class Placement:
 
 def _is_float_activation(graph: GraphView, tensor: str) -> bool:
     info = graph.tensors.get(tensor)
-    return (bool(tensor) and info is not None and not info.is_constant and not info.data_independent
-            and info.dtype in _FLOAT)
+    return (
+        bool(tensor)
+        and info is not None
+        and not info.is_constant
+        and not info.data_independent
+        and info.dtype in _FLOAT
+    )
 
 
-def _quantizable(node: NodeInfo, graph: GraphView, model_type: str | None,
-                 se: frozenset[str] = frozenset()) -> str | None:
+def _quantizable(
+    node: NodeInfo, graph: GraphView, model_type: str | None, se: frozenset[str] = frozenset()
+) -> str | None:
     """Return None if ``node`` is quantizable, else the reason it is not."""
     ops = _TRANSFORMER_OPS if model_type == "transformer" else _CNN_OPS
     if node.meta not in ops:
         return "not a quantizable op type"
     if node.name in se:
         return "squeeze-excitation branch stays FP32 ([N, C, 1, 1] tensors: Q/DQ costs more than INT8 saves)"
-    if node.meta == g.MUL and patterns.gate_input(graph, node) is None \
-            and patterns.layer_scale_input(graph, node) is None:
+    if (
+        node.meta == g.MUL
+        and patterns.gate_input(graph, node) is None
+        and patterns.layer_scale_input(graph, node) is None
+    ):
         return "only a gating Mul (x * sigmoid(f(x)), e.g. squeeze-excitation) or a layer scale is quantized"
     acts = [t for t in node.inputs if _is_float_activation(graph, t)]
     if not acts and node.weight_input is None:
@@ -191,8 +200,11 @@ def _feeds_compute(graph: GraphView, tensor: str, ignored: frozenset[str] | set[
 
 def _activation_matmul(graph: GraphView, node: NodeInfo) -> bool:
     """A MatMul of two activations (no constant weight), e.g. attention's Q x K^T."""
-    return (node.meta == g.MATMUL and node.weight_input is None
-            and sum(_is_float_activation(graph, t) for t in node.inputs) == 2)
+    return (
+        node.meta == g.MATMUL
+        and node.weight_input is None
+        and sum(_is_float_activation(graph, t) for t in node.inputs) == 2
+    )
 
 
 def _from_softmax(graph: GraphView, tensor: str) -> bool:
@@ -241,8 +253,11 @@ def _first_layer(graph: GraphView) -> frozenset[str]:
     ``attention_mask``) and integer shape arithmetic would otherwise reach every layer
     of a transformer and put 7-bit weights on all of them.
     """
-    reached = {t for t in graph.inputs if (info := graph.tensors.get(t)) is not None
-               and (info.dtype in _FLOAT or info.dtype in _PIXELS)}
+    reached = {
+        t
+        for t in graph.inputs
+        if (info := graph.tensors.get(t)) is not None and (info.dtype in _FLOAT or info.dtype in _PIXELS)
+    }
     first = set()
     for node in graph.nodes:
         if not any(t in reached for t in node.inputs):
@@ -272,8 +287,9 @@ def _spr_fp32_input(graph: GraphView, node: NodeInfo) -> int | None:
     return acts[1] if readers[0] >= readers[1] else acts[0]
 
 
-def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] = frozenset(),
-          target_device: str = "ANY") -> Placement:
+def place(
+    graph: GraphView, *, model_type: str | None, ignored: frozenset[str] = frozenset(), target_device: str = "ANY"
+) -> Placement:
     """Compute the quantizer placement for ``graph``.
 
     Args:
@@ -325,17 +341,32 @@ def place(graph: GraphView, *, model_type: str | None, ignored: frozenset[str] =
                 if origin is not None and origin != node.outputs[0]:  # values already on its grid
                     concats.setdefault(origin, []).append(node.outputs[0])
         if node.weight_input is not None:
-            weights.append(QuantizerPoint(
-                f"w:{node.name}", node.inputs[node.weight_input], WEIGHT,
-                (Edge(node.name, node.weight_input),), (node.name,), node.weight_axis,
-            ))
+            weights.append(
+                QuantizerPoint(
+                    f"w:{node.name}",
+                    node.inputs[node.weight_input],
+                    WEIGHT,
+                    (Edge(node.name, node.weight_input),),
+                    (node.name,),
+                    node.weight_axis,
+                )
+            )
     groups = _unified_groups(concats)
     points = []
     for t, (e, s) in acts.items():
         members = groups.get(t, ())
-        points.append(QuantizerPoint(
-            f"a:{t}", t, ACTIVATION, tuple(e), tuple(s), unify=members[0] if members else None,
-            symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s), unify_tensors=members))
+        points.append(
+            QuantizerPoint(
+                f"a:{t}",
+                t,
+                ACTIVATION,
+                tuple(e),
+                tuple(s),
+                unify=members[0] if members else None,
+                symmetric=all(_activation_matmul(graph, graph.node(n)) for n in s),
+                unify_tensors=members,
+            )
+        )
     return Placement(tuple(ops), tuple(points + weights), tuple(skipped), _first_layer(graph))
 
 

@@ -32,9 +32,38 @@ SPEEDUP_MARGIN = 0.03
 CONFIDENCE = 0.95
 
 # Student t quantiles (two-sided 95 %) by degrees of freedom; 1.96 beyond the table.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile(df: int) -> float:
@@ -82,16 +111,25 @@ class Interval:
         return self.faster(margin) or self.slower(margin) or self.tied(margin)
 
     def inverse(self) -> Interval:
-        return Interval(1.0 / self.estimate, 1.0 / self.high if self.high else math.inf,
-                        1.0 / self.low if self.low else math.inf, self.rounds)
+        return Interval(
+            1.0 / self.estimate,
+            1.0 / self.high if self.high else math.inf,
+            1.0 / self.low if self.low else math.inf,
+            self.rounds,
+        )
 
     def text(self) -> str:
         """``1.23x [1.18, 1.29]``."""
         return f"{self.estimate:.2f}x [{self.low:.2f}, {self.high:.2f}]"
 
     def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds,
-                "confidence": CONFIDENCE}
+        return {
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "rounds": self.rounds,
+            "confidence": CONFIDENCE,
+        }
 
 
 def ratio_interval(slow: Sequence[float], fast: Sequence[float]) -> Interval:

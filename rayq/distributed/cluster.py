@@ -20,7 +20,8 @@ MISSING_MODULE_HINT = (
     "The module holding validation_fn must be importable on every Ray node: with rayq.submit(...) put it "
     "under working_dir (that folder is uploaded; references like 'examples.digits.metric:accuracy' are "
     "relative to it); with rayq.init('ray://...') run from the project folder (rayq uploads the current "
-    "directory) or pass runtime_env={'working_dir': '<project folder>'}; or install it on the nodes.")
+    "directory) or pass runtime_env={'working_dir': '<project folder>'}; or install it on the nodes."
+)
 #: Ray Client's head sometimes loses the per-client server it just started (a gRPC
 #: "epoll_wait: Bad file descriptor" in its child, about 1 connection in 10 on Ray 2.60);
 #: the connection is then simply tried again, at most this many times in all.
@@ -64,8 +65,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
     if address and address.startswith("ray://") and "runtime_env" not in kwargs:
         # Ray Client workers do not see this machine's files: ship the project folder
         opts["runtime_env"] = {"working_dir": os.getcwd(), "excludes": list(DEFAULT_EXCLUDES)}
-        log.info("uploading the working directory %s to the cluster (runtime_env working_dir; pass "
-                 "runtime_env=... to rayq.init to choose)", os.getcwd())
+        log.info(
+            "uploading the working directory %s to the cluster (runtime_env working_dir; pass "
+            "runtime_env=... to rayq.init to choose)",
+            os.getcwd(),
+        )
     try:
         with _quiet_like_rayq():
             if address and address.startswith("ray://"):
@@ -79,8 +83,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs) -
                     ray.init(address="local", num_cpus=num_cpus, **opts)
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors...
         where = f"at {address!r}" if address else "locally"
-        hint = " (the working_dir upload is limited to 512 MiB zipped: pass runtime_env={'working_dir': ..., " \
-            "'excludes': [...]})" if "runtime_env" in opts and "size" in str(exc).lower() else ""
+        hint = (
+            " (the working_dir upload is limited to 512 MiB zipped: pass runtime_env={'working_dir': ..., "
+            "'excludes': [...]})"
+            if "runtime_env" in opts and "size" in str(exc).lower()
+            else ""
+        )
         raise ClusterError(f"cannot start or reach a Ray cluster {where}: {exc}{hint}") from exc
     if opts.get("log_to_driver"):
         _worker_logs_to_stderr()
@@ -98,8 +106,12 @@ def _client_connect(ray, address: str, opts: dict) -> None:
         except Exception as exc:
             if attempt == CLIENT_CONNECT_ATTEMPTS or not any(m in str(exc) for m in _CLIENT_TRANSIENT):
                 raise
-            log.info("the Ray Client server at %s failed to start (attempt %d of %d); connecting again",
-                     address, attempt, CLIENT_CONNECT_ATTEMPTS)
+            log.info(
+                "the Ray Client server at %s failed to start (attempt %d of %d); connecting again",
+                address,
+                attempt,
+                CLIENT_CONNECT_ATTEMPTS,
+            )
             with contextlib.suppress(Exception):
                 ray.shutdown()
             time.sleep(1.0 * attempt)
@@ -140,8 +152,9 @@ def _worker_logs_to_stderr() -> None:
         ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
         dispatcher = ray_worker.global_worker_stdstream_dispatcher  # worker output: a bound handler
         dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("ray_print_logs", functools.partial(ray_worker.print_to_stdstream,
-                                                                   ignore_prefix=ignore_prefix))
+        dispatcher.add_handler(
+            "ray_print_logs", functools.partial(ray_worker.print_to_stdstream, ignore_prefix=ignore_prefix)
+        )
     except (ImportError, AttributeError) as exc:  # a Ray without these internals
         log.debug("Ray worker logs stay on stdout: %s", exc)
 
@@ -188,8 +201,10 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc}; is it running and is the "
-                           "address right? (RAY_ADDRESS, rayq.init(address=...), --address)") from exc
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address!r}: {exc}; is it running and is the "
+            "address right? (RAY_ADDRESS, rayq.init(address=...), --address)"
+        ) from exc
 
 
 def cluster_cpus() -> int:
@@ -229,10 +244,14 @@ def resource_bundle(resources: dict) -> dict:
     resource dict, the way nodes report theirs."""
     unknown = set(resources) - {"num_cpus", "num_gpus", "memory", "resources"}
     if unknown:
-        raise ConfigError(f"unsupported worker resources {sorted(unknown)}; use num_cpus, num_gpus, memory "
-                          "and resources={...}")
-    bundle = {key: resources[opt] for opt, key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory"))
-              if resources.get(opt)}
+        raise ConfigError(
+            f"unsupported worker resources {sorted(unknown)}; use num_cpus, num_gpus, memory and resources={{...}}"
+        )
+    bundle = {
+        key: resources[opt]
+        for opt, key in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory"))
+        if resources.get(opt)
+    }
     bundle.update({k: v for k, v in (resources.get("resources") or {}).items() if v})
     return bundle
 
@@ -250,11 +269,16 @@ def worker_nodes(resources: dict, what: str, timeout_s: float) -> list[str]:
     here = ray.get_runtime_context().get_node_id()
     deadline = time.monotonic() + timeout_s
     while True:
-        nodes = [n["NodeID"] for n in ray.nodes()
-                 if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items())]
+        nodes = [
+            n["NodeID"]
+            for n in ray.nodes()
+            if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items())
+        ]
         if nodes:
             return sorted(nodes, key=lambda n: n != here)
         if time.monotonic() > deadline:
-            raise ClusterError(f"no node of the cluster can run {what} with {resources} (waited "
-                               f"{timeout_s}s); cluster resources: {ray.cluster_resources()}")
+            raise ClusterError(
+                f"no node of the cluster can run {what} with {resources} (waited "
+                f"{timeout_s}s); cluster resources: {ray.cluster_resources()}"
+            )
         time.sleep(1.0)

@@ -39,6 +39,7 @@ IDLE_RELEASE_S = 10.0  # a worker process drops a resident model unused for this
 
 # -- worker side ------------------------------------------------------------------------
 
+
 @dataclass
 class _Resident:
     """One calibration call's state inside a worker process."""
@@ -75,10 +76,16 @@ def calibrate_chunk(call: Call, batches: Sequence[Batch], edges_box: list | None
     kind = None if edges is None else tuple(edges)
     if kind not in res.runners:
         requests = calibrate.pass_requests(res.spec, edges)
-        res.runners[kind] = (res.backend.stat_runner(res.model, requests, num_threads=call.threads)
-                             if requests else None)
-    stats = calibrate.collect(res.backend, res.model, batches, res.spec, num_threads=call.threads,
-                              histogram_edges=edges, runner=res.runners[kind])
+        res.runners[kind] = res.backend.stat_runner(res.model, requests, num_threads=call.threads) if requests else None
+    stats = calibrate.collect(
+        res.backend,
+        res.model,
+        batches,
+        res.spec,
+        num_threads=call.threads,
+        histogram_edges=edges,
+        runner=res.runners[kind],
+    )
     resident.touch(call.token)
     return stats.to_arrays(), node_id()
 
@@ -92,6 +99,7 @@ def _warm(backend_name: str | None) -> int:
 
 
 # -- driver side ------------------------------------------------------------------------
+
 
 def start_workers(num_workers: int, resources: dict | None = None, backend_name: str | None = None) -> list:
     """Have Ray start ``num_workers`` worker processes for this job now (a tiny task
@@ -136,20 +144,28 @@ class ShardedCalibration:
         task: the remote function that runs a chunk (tests inject failures here).
     """
 
-    def __init__(self, backend_name: str, model: Any, spec: StatSpec, batches: Sequence[Batch], *,
-                 num_workers: int, resources: dict, task: Callable | None = None) -> None:
+    def __init__(
+        self,
+        backend_name: str,
+        model: Any,
+        spec: StatSpec,
+        batches: Sequence[Batch],
+        *,
+        num_workers: int,
+        resources: dict,
+        task: Callable | None = None,
+    ) -> None:
         import ray
 
         self.batches = batches
         self.chunk_size = _chunk_size(len(batches), num_workers)
         workers = min(num_workers, -(-len(batches) // self.chunk_size))
-        self.pool = TaskPool(task or calibrate_chunk, workers=workers, resources=resources,
-                             what="a calibration worker")
-        self.call = Call.start(backend_name, model, ray.put(spec),
-                               threads=int(self.pool.resources.get("num_cpus", 1)))
+        self.pool = TaskPool(task or calibrate_chunk, workers=workers, resources=resources, what="a calibration worker")
+        self.call = Call.start(backend_name, model, ray.put(spec), threads=int(self.pool.resources.get("num_cpus", 1)))
 
-    def run_pass(self, edges: dict | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, set[str]]:
+    def run_pass(
+        self, edges: dict | None = None, on_batch: Callable[[int], None] | None = None
+    ) -> tuple[StatisticSet, set[str]]:
         """One pass over every chunk, W at a time: merged statistics and the nodes that
         computed them. Statistics already merged are kept when a worker dies (Ray re-runs
         its chunk)."""
@@ -177,9 +193,16 @@ class ShardedCalibration:
         self.call.end()
 
 
-def collect_distributed(backend_name: str, model: Any, batches: Sequence[Batch], spec: StatSpec, *,
-                        num_workers: int, resources: dict | None = None,
-                        on_batch: Callable[[int], None] | None = None) -> tuple[StatisticSet, list[str]]:
+def collect_distributed(
+    backend_name: str,
+    model: Any,
+    batches: Sequence[Batch],
+    spec: StatSpec,
+    *,
+    num_workers: int,
+    resources: dict | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[StatisticSet, list[str]]:
     """Calibrate on ``num_workers`` Ray workers; returns merged statistics and the ids of
     the nodes that computed them.
 

@@ -61,6 +61,7 @@ TASK_START_GRACE_S = 10.0
 
 # -- worker side ------------------------------------------------------------------------
 
+
 def _plan(plan_json: str | None) -> QuantPlan | None:
     return None if plan_json is None else QuantPlan.from_json(plan_json)
 
@@ -68,13 +69,19 @@ def _plan(plan_json: str | None) -> QuantPlan | None:
 def _describe(ev: CandidateEvaluator) -> dict:
     import ray
 
-    return {"node_id": node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": ev.device,
-            "threads": ev.threads, **ev.backend.describe(ev.runtime, ev.device)}
+    return {
+        "node_id": node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "device": ev.device,
+        "threads": ev.threads,
+        **ev.backend.describe(ev.runtime, ev.device),
+    }
 
 
 _VERBS: dict[str, Callable] = {
-    "metric": lambda ev, plan, indices, stop=None: (ev.fp32_metric(indices) if plan is None
-                                                    else ev.metric(_plan(plan), indices, stop)),
+    "metric": lambda ev, plan, indices, stop=None: (
+        ev.fp32_metric(indices) if plan is None else ev.metric(_plan(plan), indices, stop)
+    ),
     "latency": lambda ev, plan: ev.latency(_plan(plan)),
     "output_error": lambda ev, plan: ev.output_error(_plan(plan)),
     "compare_latency": lambda ev, plans: ev.compare_latency([_plan(p) for p in plans]),
@@ -86,8 +93,9 @@ def _load(call: Call) -> CandidateEvaluator:
     import ray
 
     stats_arrays, items, fn, kwargs = ray.get(call.state)
-    return CandidateEvaluator(call.backend, shipping.receive(call.model), StatisticSet.from_arrays(stats_arrays),
-                              items, fn, **kwargs)
+    return CandidateEvaluator(
+        call.backend, shipping.receive(call.model), StatisticSet.from_arrays(stats_arrays), items, fn, **kwargs
+    )
 
 
 def evaluate(call: Call, verb: str, args: tuple) -> tuple[Any, str]:
@@ -122,6 +130,7 @@ class BoundWorker:
 
 # -- driver side ------------------------------------------------------------------------
 
+
 def _put_state(stats_arrays: dict, items: list, fn: Callable, kwargs: dict):
     """The evaluator's state (all but the model) in the object store; a part Ray cannot
     serialise (a validation function holding a lock or an open session) is named in a
@@ -135,9 +144,11 @@ def _put_state(stats_arrays: dict, items: list, fn: Callable, kwargs: dict):
             try:
                 ray.cloudpickle.dumps(value)
             except Exception as inner:
-                raise ConfigError(f"{what} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); "
-                                  "define it at module level without open handles or locks, or evaluate "
-                                  "in-process with num_workers=1") from exc
+                raise ConfigError(
+                    f"{what} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); "
+                    "define it at module level without open handles or locks, or evaluate "
+                    "in-process with num_workers=1"
+                ) from exc
         raise ClusterError(f"cannot put the evaluator state into Ray's object store: {exc}") from exc
 
 
@@ -153,8 +164,11 @@ def _validation_kwargs(kwargs: dict, resources: dict, backend_name: str) -> dict
         if device is not None:
             kwargs = {**kwargs, "device": device}  # accuracy on the GPU; latency stays on the target
         else:
-            log.warning("GPU workers validate %s models on %s on CPU (it cannot use the CUDA GPUs Ray "
-                        "assigns)", backend_name, runtime)
+            log.warning(
+                "GPU workers validate %s models on %s on CPU (it cannot use the CUDA GPUs Ray assigns)",
+                backend_name,
+                runtime,
+            )
     return kwargs
 
 
@@ -183,10 +197,21 @@ class RayEvaluatorPool:
             the bound workers cannot be placed within ``PLACEMENT_TIMEOUT_S``.
     """
 
-    def __init__(self, *, num_workers: int, resources: dict | None, backend_name: str, model: Any,
-                 stats: StatisticSet, items: list, validation_fn: Callable, kwargs: dict,
-                 task: Callable | None = None, bind_processes: bool | None = None,
-                 timeout: ValidationTimeout | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_workers: int,
+        resources: dict | None,
+        backend_name: str,
+        model: Any,
+        stats: StatisticSet,
+        items: list,
+        validation_fn: Callable,
+        kwargs: dict,
+        task: Callable | None = None,
+        bind_processes: bool | None = None,
+        timeout: ValidationTimeout | None = None,
+    ) -> None:
         import ray
 
         self.workers = max(1, num_workers)
@@ -222,17 +247,21 @@ class RayEvaluatorPool:
         opts = dict(self.pool.resources, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         pin = [{"scheduling_strategy": NodeAffinitySchedulingStrategy(n, soft=True)} for n in self.nodes]
         # Any: Ray's stubs type an actor's methods as plain functions (no ``.remote``)
-        actors: list[Any] = [cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote()
-                             for i in range(self.workers)]
+        actors: list[Any] = [
+            cls.options(**opts, **(pin[i] if i < len(pin) else {})).remote() for i in range(self.workers)
+        ]
         self._new_bound = lambda node: cls.options(  # a replacement for a killed worker, on its node
-            **opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+            **opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
+        ).remote()
         try:
             nodes = ray.get([a.node_id.remote() for a in actors], timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
             for a in actors:
                 ray.kill(a)
-            raise ClusterError(f"could not place {self.workers} evaluator workers with {self.pool.resources} "
-                               f"within {PLACEMENT_TIMEOUT_S}s; free resources: {ray.available_resources()}") from exc
+            raise ClusterError(
+                f"could not place {self.workers} evaluator workers with {self.pool.resources} "
+                f"within {PLACEMENT_TIMEOUT_S}s; free resources: {ray.available_resources()}"
+            ) from exc
         self._bound = list(zip(actors, nodes))
         self.nodes = [n for n in self.nodes if n in nodes] + sorted(set(nodes) - set(self.nodes))
 
@@ -259,8 +288,9 @@ class RayEvaluatorPool:
         if share == 1:
             return self.pool.submit(self.call.for_task(), verb, args, node=node)
         cpus = min(self._node_cpus, self.pool.resources.get("num_cpus", 1) * share)
-        return self.pool.submit(self.call.for_task(max(self.call.threads, int(cpus))), verb, args, node=node,
-                                num_cpus=cpus)
+        return self.pool.submit(
+            self.call.for_task(max(self.call.threads, int(cpus))), verb, args, node=node, num_cpus=cpus
+        )
 
     def _result(self, ref, what: str) -> Any:
         if ref in self._busy:
@@ -275,8 +305,9 @@ class RayEvaluatorPool:
         share = max(1, self.workers // max(1, len(args)))  # fewer plans than workers: more CPUs each
         deadline = None if limit is None else limit + TASK_START_GRACE_S
         with GATE.evaluating():
-            for i, ref, late in self.pool.imap(range(len(args)), lambda i: self._submit(verb, args[i], share=share),
-                                               deadline_s=deadline):
+            for i, ref, late in self.pool.imap(
+                range(len(args)), lambda i: self._submit(verb, args[i], share=share), deadline_s=deadline
+            ):
                 if late is None:
                     results[i] = self._result(ref, verb)
                 else:
@@ -298,15 +329,18 @@ class RayEvaluatorPool:
             ray.cancel(ref, force=True, recursive=True)
         key = "fp32" if plan_json is None else QuantPlan.from_json(plan_json).key()
         log.warning("validation of %s timed out after %.1f s; its worker was killed and is replaced", key, seconds)
-        return CandidateMetric(key, None, None, seconds,
-                               timeout_message(self._fn_name, limit, "on a Ray worker, which was replaced"))
+        return CandidateMetric(
+            key, None, None, seconds, timeout_message(self._fn_name, limit, "on a Ray worker, which was replaced")
+        )
 
-    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None,
-                   stop: EarlyStop | None = None) -> list[CandidateMetric]:
+    def map_metric(
+        self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None, stop: EarlyStop | None = None
+    ) -> list[CandidateMetric]:
         """Metric of each plan (None: FP32) on all items or ``indices``; with ``stop``,
         candidates are validated in chunks and stopped early (:mod:`rayq.core.early`)."""
-        out = self._map("metric", [(None if p is None else p.to_json(), indices, stop) for p in plans],
-                        limit=self.timeout.limit())
+        out = self._map(
+            "metric", [(None if p is None else p.to_json(), indices, stop) for p in plans], limit=self.timeout.limit()
+        )
         observe_fp32(self.timeout, plans, indices, out)
         return out
 
@@ -335,8 +369,7 @@ class RayEvaluatorPool:
         """Latencies of ``plans`` measured against each other (interleaved) on the first
         node (the driver's, when it can run a worker)."""
         with GATE.measuring():
-            ref = self._submit("compare_latency", ([None if p is None else p.to_json() for p in plans],),
-                               self.nodes[0])
+            ref = self._submit("compare_latency", ([None if p is None else p.to_json() for p in plans],), self.nodes[0])
             return self._result(ref, "latency runoff")
 
     def describe(self) -> list[dict]:

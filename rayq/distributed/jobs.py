@@ -31,8 +31,10 @@ def _hint(text: str) -> str:
     if "no module named" in low:
         return " " + MISSING_MODULE_HINT
     if "size" in low and ("exceed" in low or "too large" in low or "limit" in low):
-        return (" The working_dir package is too large (Ray's limit is 512 MiB, zipped): list large files and "
-                "folders in excludes=[...] or a .rayignore file in working_dir.")
+        return (
+            " The working_dir package is too large (Ray's limit is 512 MiB, zipped): list large files and "
+            "folders in excludes=[...] or a .rayignore file in working_dir."
+        )
     return ""
 
 
@@ -45,7 +47,8 @@ def cluster_error(what: str, exc: BaseException) -> ClusterError:
             f"{what}: the job server refused this client ({text.splitlines()[0]}). The cluster uses token "
             f"authentication (RAY_AUTH_MODE here: {mode}): export RAY_AUTH_MODE=token before Ray is first used "
             "in this process, with the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
-            "~/.ray/auth_token (`ray get-auth-token` on the head prints it).")
+            "~/.ray/auth_token (`ray get-auth-token` on the head prints it)."
+        )
     return ClusterError(f"{what}: {' '.join(text.split())}.{_hint(text)}")
 
 
@@ -63,18 +66,29 @@ class JobApi:
             self._client = JobSubmissionClient(address)
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError (bad address)
             where = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-            raise cluster_error(f"cannot connect to the Ray job server at {where!r} (the dashboard address, "
-                                "e.g. http://127.0.0.1:8265)", exc) from exc
+            raise cluster_error(
+                f"cannot connect to the Ray job server at {where!r} (the dashboard address, "
+                "e.g. http://127.0.0.1:8265)",
+                exc,
+            ) from exc
         self.address = self._client.get_address()
 
-    def submit(self, *, entrypoint: str, runtime_env: dict, submission_id: str, metadata: dict[str, str],
-               agent_wait_s: float = AGENT_WAIT_S) -> str:
+    def submit(
+        self,
+        *,
+        entrypoint: str,
+        runtime_env: dict,
+        submission_id: str,
+        metadata: dict[str, str],
+        agent_wait_s: float = AGENT_WAIT_S,
+    ) -> str:
         """Submit a job (uploads ``runtime_env['working_dir']``); returns its submission id."""
         deadline = time.monotonic() + agent_wait_s
         while True:
             try:
-                return self._client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                               submission_id=submission_id, metadata=metadata)
+                return self._client.submit_job(
+                    entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id, metadata=metadata
+                )
             except Exception as exc:
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(2.0)
@@ -95,9 +109,14 @@ class JobApi:
             info = self._client.get_job_info(job_id)
         except Exception as exc:
             raise cluster_error(f"cannot read job {job_id!r} at {self.address}", exc) from exc
-        return {"entrypoint": info.entrypoint, "metadata": dict(info.metadata or {}),
-                "message": info.message, "status": str(getattr(info.status, "value", info.status)),
-                "start_time": info.start_time, "end_time": info.end_time}
+        return {
+            "entrypoint": info.entrypoint,
+            "metadata": dict(info.metadata or {}),
+            "message": info.message,
+            "status": str(getattr(info.status, "value", info.status)),
+            "start_time": info.start_time,
+            "end_time": info.end_time,
+        }
 
     def logs(self, job_id: str) -> str:
         """Everything the job's entrypoint wrote so far (stdout and stderr)."""

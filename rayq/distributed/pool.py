@@ -105,8 +105,9 @@ def translate(exc: BaseException, what: str) -> RayqError:
         return cause
     missing = re.search(r"No module named '([\w.]+)'", str(exc))
     if missing:  # e.g. a RaySystemError: the worker could not unpickle the validation function
-        return ClusterError(f"{what} failed: a Ray worker cannot import module {missing.group(1)!r}. "
-                            f"{MISSING_MODULE_HINT}")
+        return ClusterError(
+            f"{what} failed: a Ray worker cannot import module {missing.group(1)!r}. {MISSING_MODULE_HINT}"
+        )
     if cause is None and _is_death(exc):  # WorkerCrashedError, NodeDiedError, RayActorError, ObjectLostError...
         return ClusterError(f"{what} failed: its worker died {MAX_RETRIES + 1} times: {exc}")
     return ClusterError(f"{what} failed: {exc}")
@@ -140,7 +141,7 @@ class TaskPool:
         self.what = what
         self.workers = max(1, workers)
         self.resources = dict(resources)
-        self.nodes = worker_nodes(self.resources, what, PLACEMENT_TIMEOUT_S)[:self.workers]
+        self.nodes = worker_nodes(self.resources, what, PLACEMENT_TIMEOUT_S)[: self.workers]
         self.remote = fn if hasattr(fn, "options") else ray.remote(fn)
         self.node_ids: list[str] = []  # nodes that ran this pool's tasks, in first-seen order
         self._unvisited = list(self.nodes)
@@ -178,8 +179,9 @@ class TaskPool:
         """The value of a finished task (see :meth:`outcome`)."""
         return self.outcome(ref, what)[0]
 
-    def imap(self, jobs: Iterable[T], submit: Callable[[T], Any], *,
-             deadline_s: float | None = None) -> Iterator[tuple[T, Any, float | None]]:
+    def imap(
+        self, jobs: Iterable[T], submit: Callable[[T], Any], *, deadline_s: float | None = None
+    ) -> Iterator[tuple[T, Any, float | None]]:
         """Submit ``jobs`` (read lazily) at most W at a time; yield ``(job, ref, late)`` as
         each task finishes, where ``late`` is None, or the seconds a task has run when it
         passed ``deadline_s`` (the caller decides what to do with it)."""
@@ -216,6 +218,10 @@ class TaskPool:
             if done:
                 return done[0], None
             if wait >= PLACEMENT_TIMEOUT_S:
-                log.warning("no task of %s finished in %ds; %d waiting; free resources: %s", self.what,
-                            PLACEMENT_TIMEOUT_S, len(pending), ray.available_resources())
-
+                log.warning(
+                    "no task of %s finished in %ds; %d waiting; free resources: %s",
+                    self.what,
+                    PLACEMENT_TIMEOUT_S,
+                    len(pending),
+                    ray.available_resources(),
+                )

@@ -57,8 +57,9 @@ class Shipment:
     chunks: tuple[tuple[Any, ...], ...] | None = None
 
 
-def ship(backend_name: str, model: Any, token: str, *, copy: bool | None = None,
-         by_value_max: int | None = None) -> Shipment:
+def ship(
+    backend_name: str, model: Any, token: str, *, copy: bool | None = None, by_value_max: int | None = None
+) -> Shipment:
     """Put ``model`` (a backend model, or its ``to_bytes()``) where workers can load it.
 
     Args:
@@ -108,8 +109,10 @@ def receive(shipment: Shipment) -> Any:
     folder = shipment.folder if shipment.folder and _is_done(shipment.folder, shipment.token) else None
     if folder is None:
         if shipment.chunks is None:
-            raise ClusterError(f"the model folder {shipment.folder!r} written by the driver is not readable on "
-                               f"node {ray.get_runtime_context().get_node_id()[:12]} (not the driver's host?)")
+            raise ClusterError(
+                f"the model folder {shipment.folder!r} written by the driver is not readable on "
+                f"node {ray.get_runtime_context().get_node_id()[:12]} (not the driver's host?)"
+            )
         folder = _materialise(shipment)
     return backend.load(os.path.join(folder, shipment.files[0][0]))
 

@@ -41,15 +41,21 @@ class BuildSummary:
         for _, reason in self.fp32_ops:
             reasons[reason] = reasons.get(reason, 0) + 1
         kept = "".join(f"; {n} ops left FP32: {reason}" for reason, n in reasons.items())
-        return (f"{len(self.quantized_ops)} ops quantized ({self.activation_quantizers} activation, "
-                f"{self.weight_quantizers} weight quantizers), {self.smoothed} SmoothQuant scales, "
-                f"{self.bias_corrected} biases corrected{kept or '; no weighted op left FP32'}")
+        return (
+            f"{len(self.quantized_ops)} ops quantized ({self.activation_quantizers} activation, "
+            f"{self.weight_quantizers} weight quantizers), {self.smoothed} SmoothQuant scales, "
+            f"{self.bias_corrected} biases corrected{kept or '; no weighted op left FP32'}"
+        )
 
 
 def placement_for(graph: GraphView, plan: QuantPlan) -> Placement:
     """The placement for ``plan``'s model type and ignored scope."""
-    return place(graph, model_type=plan.model_type, ignored=resolve_ignored(plan.ignored_scope, graph),
-                 target_device=plan.target_device)
+    return place(
+        graph,
+        model_type=plan.model_type,
+        ignored=resolve_ignored(plan.ignored_scope, graph),
+        target_device=plan.target_device,
+    )
 
 
 def _stats(stats: StatisticSet, tensor: str):
@@ -61,8 +67,9 @@ def _stats(stats: StatisticSet, tensor: str):
 def _smoothing(graph: GraphView, point: QuantizerPoint, edges, stats: StatisticSet, alpha: float) -> np.ndarray | None:
     """SmoothQuant scales s (x / s, W * s) for a point feeding only weighted MatMuls, else None."""
     ops = [graph.node(e.node) for e in edges]
-    if not ops or any(n.meta != g.MATMUL or n.weight_input is None or e.index == n.weight_input
-                      for n, e in zip(ops, edges)):
+    if not ops or any(
+        n.meta != g.MATMUL or n.weight_input is None or e.index == n.weight_input for n, e in zip(ops, edges)
+    ):
         return None
     s = stats[point.tensor] if point.tensor in stats else None  # noqa: SIM401 (StatisticSet has no get())
     if s is None or getattr(s, "channel_min", None) is None:
@@ -91,8 +98,10 @@ def _act_params(point, stats, plan: QuantPlan, smooth_scale: np.ndarray | None) 
         hi = float(np.max(s.channel_max / smooth_scale))
     else:  # a unified-scale group: the joint range of its Concat outputs
         unsigned = symmetric and all(s.min >= 0 for s in group)
-        ranges = [estimate_range(s, plan.activation_estimator, symmetric=symmetric, unsigned=unsigned,
-                                 quantile=plan.quantile) for s in group]
+        ranges = [
+            estimate_range(s, plan.activation_estimator, symmetric=symmetric, unsigned=unsigned, quantile=plan.quantile)
+            for s in group
+        ]
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     return activation_params(lo, hi, symmetric=symmetric)
 
@@ -128,7 +137,7 @@ def _bias_shift(node: NodeInfo, dw: np.ndarray, mean: np.ndarray) -> np.ndarray 
         shift = np.empty(dsum.shape[0])
         for gi in range(groups):
             rows = slice(gi * per_group, (gi + 1) * per_group)
-            shift[rows] = dsum[rows] @ mean[gi * cin_g:(gi + 1) * cin_g]
+            shift[rows] = dsum[rows] @ mean[gi * cin_g : (gi + 1) * cin_g]
         return shift
     if node.meta == g.MATMUL and dw.ndim == 2 and dw.shape[node.weight_in_axis] == mean.size:  # type: ignore[index]  # weighted op
         return np.tensordot(mean, dw, axes=([0], [node.weight_in_axis]))  # type: ignore[list-item]  # weighted op
@@ -150,16 +159,21 @@ def make_recipe(graph: GraphView, placement: Placement, stats: StatisticSet, pla
             for e in edges:
                 smooth[e.node] = scale
         params = _act_params(point, stats, plan, scale)
-        activations.append(ActivationQuant(point.tensor, edges, params,
-                                           None if scale is None else (1.0 / scale).astype(np.float32)))
+        activations.append(
+            ActivationQuant(point.tensor, edges, params, None if scale is None else (1.0 / scale).astype(np.float32))
+        )
     weights, biases = [], {}
     for point, edges in active:
         if point.kind == ACTIVATION:
             continue
         node = graph.node(point.serves[0])
         w = _scaled_weight(node, graph, smooth)
-        bits = 7 if plan.overflow_fix == "enable" or (
-            plan.overflow_fix == "first_layer" and node.name in placement.first_layer) else 8
+        bits = (
+            7
+            if plan.overflow_fix == "enable"
+            or (plan.overflow_fix == "first_layer" and node.name in placement.first_layer)
+            else 8
+        )
         params = weight_params(w, node.weight_axis if plan.per_channel else None, bits=bits)
         values = quantize(w, params)
         weights.append(WeightQuant(node.name, point.tensor, edges[0], values, params))
@@ -210,8 +224,16 @@ def _weighted_levels(graph: GraphView, names) -> dict[str, int]:
     return levels
 
 
-def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats: StatisticSet,
-                plan: QuantPlan, batches: Sequence[Batch], num_threads: int) -> Recipe:
+def _exact_bias(
+    backend: Backend,
+    model,
+    graph: GraphView,
+    recipe: Recipe,
+    stats: StatisticSet,
+    plan: QuantPlan,
+    batches: Sequence[Batch],
+    num_threads: int,
+) -> Recipe:
     """Cancel the per-channel mean output error measured on calibration data.
 
     One sweep corrects the layers level by level (a level's inputs only depend on
@@ -229,8 +251,10 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
         if out is None:
             continue
         if out not in stats or stats[out].channel_mean is None:
-            raise CalibrationError(f"exact bias correction needs the FP32 output means of {node.name!r}; "
-                                   "these statistics were collected without them (exact_bias=False)")
+            raise CalibrationError(
+                f"exact bias correction needs the FP32 output means of {node.name!r}; "
+                "these statistics were collected without them (exact_bias=False)"
+            )
         bias = _bias_value(graph, node)
         if bias is None or np.size(bias) != np.size(stats[out].channel_mean):  # type: ignore[arg-type]  # checked above
             continue  # a bias broadcast over the channels (Gemm's C of shape [1]) cannot take a per-channel shift
@@ -240,8 +264,9 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
     sweep = [[n for n in targets if levels[n] == lv] for lv in sorted(set(levels.values()))]
     refine = [list(targets)] * max(0, plan.bias_correction_iterations - 1)
     for names in sweep + refine:
-        current = Recipe(recipe.activations, recipe.weights,
-                         {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops)
+        current = Recipe(
+            recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops
+        )
         requests = [StatRequest(targets[n][0], ("ch_mean",), targets[n][1]) for n in names]
         measured = StatisticSet()
         runner = backend.stat_runner(backend.apply(model, current), requests, num_threads=num_threads)
@@ -251,13 +276,22 @@ def _exact_bias(backend: Backend, model, graph: GraphView, recipe: Recipe, stats
             out, _, fp32_mean = targets[n]
             err = fp32_mean - measured[out].channel_mean  # type: ignore[operator]  # measured with ch_mean
             biases[n] = biases[n] + err.reshape(biases[n].shape)
-    return Recipe(recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()},
-                  recipe.fp32_ops)
+    return Recipe(
+        recipe.activations, recipe.weights, {n: b.astype(np.float32) for n, b in biases.items()}, recipe.fp32_ops
+    )
 
 
-def build_quantized(backend: Backend, model, graph: GraphView, stats: StatisticSet, plan: QuantPlan, *,
-                    placement: Placement | None = None, batches: Sequence[Batch] | None = None,
-                    num_threads: int = 0):
+def build_quantized(
+    backend: Backend,
+    model,
+    graph: GraphView,
+    stats: StatisticSet,
+    plan: QuantPlan,
+    *,
+    placement: Placement | None = None,
+    batches: Sequence[Batch] | None = None,
+    num_threads: int = 0,
+):
     """Build the quantized model for ``plan``.
 
     Args:

@@ -120,8 +120,9 @@ def load(key: str, directory: str | None = None, *, tensors: Iterable[str] = ())
         if stored.decode() != digest(rows):
             raise _Stale("its content does not match the digest stored with it (edited or damaged)")
         arrays: dict[str, dict[str, np.ndarray]] = {}
-        for name, field, dtype, shape, data in zip(rows["tensor"], rows["field"], rows["dtype"], rows["shape"],
-                                                   rows["data"]):
+        for name, field, dtype, shape, data in zip(
+            rows["tensor"], rows["field"], rows["dtype"], rows["shape"], rows["data"]
+        ):
             arrays.setdefault(name, {})[field] = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
         missing = sorted(set(tensors) - set(arrays))
         if missing:

@@ -53,8 +53,9 @@ def _channel_axis(node) -> int:
     return 1 if node.meta in (g.CONV, g.CONV_TRANSPOSE) else -1
 
 
-def stat_spec(graph: GraphView, placement: Placement, *, histograms: bool, smooth_quant: bool,
-              exact_bias: bool = False) -> StatSpec:
+def stat_spec(
+    graph: GraphView, placement: Placement, *, histograms: bool, smooth_quant: bool, exact_bias: bool = False
+) -> StatSpec:
     """Statistics needed by any plan built on ``placement`` (``smooth_quant``: per-channel
     min/max of MatMul inputs too)."""
     wanted: dict[str, tuple[list[str], int | None]] = {}
@@ -200,13 +201,19 @@ def attach_histograms(stats: StatisticSet, hist: StatisticSet) -> StatisticSet:
     return stats
 
 
-def collect_local(backend: Backend, model, batches: Sequence[Batch], spec: StatSpec, *,
-                  num_threads: int = 0, on_batch: Callable[[int], None] | None = None) -> StatisticSet:
+def collect_local(
+    backend: Backend,
+    model,
+    batches: Sequence[Batch],
+    spec: StatSpec,
+    *,
+    num_threads: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> StatisticSet:
     """Both passes in this process (used for ``num_workers=1`` and inside actors)."""
     stats = collect(backend, model, batches, spec, num_threads=num_threads, on_batch=on_batch)
     if spec.histogram_tensors:
         edges = histogram_edges(stats, spec)
-        hist = collect(backend, model, batches, spec, num_threads=num_threads, on_batch=on_batch,
-                       histogram_edges=edges)
+        hist = collect(backend, model, batches, spec, num_threads=num_threads, on_batch=on_batch, histogram_edges=edges)
         attach_histograms(stats, hist)
     return stats

@@ -89,11 +89,23 @@ class CandidateEvaluator:
         latency_threads: Threads the latency measurement pins (0: runtime default).
     """
 
-    def __init__(self, backend_name: str, model: Any, stats: StatisticSet, validation_items: Sequence[Any],
-                 validation_fn: Callable | None, *, runtime: str, device: str = "CPU",
-                 latency_feeds: dict[str, np.ndarray] | None = None,
-                 calibration_batches: Sequence[Batch] = (), threads: int = 0, latency_threads: int = 0,
-                 latency_repeats: int = 30, latency_device: str = "CPU") -> None:
+    def __init__(
+        self,
+        backend_name: str,
+        model: Any,
+        stats: StatisticSet,
+        validation_items: Sequence[Any],
+        validation_fn: Callable | None,
+        *,
+        runtime: str,
+        device: str = "CPU",
+        latency_feeds: dict[str, np.ndarray] | None = None,
+        calibration_batches: Sequence[Batch] = (),
+        threads: int = 0,
+        latency_threads: int = 0,
+        latency_repeats: int = 30,
+        latency_device: str = "CPU",
+    ) -> None:
         self.backend = get_backend(backend_name)
         self.model = model
         self.graph = self.backend.graph(model)
@@ -124,9 +136,16 @@ class CandidateEvaluator:
         pkey = (plan.model_type, plan.ignored_scope, plan.target_device)
         if pkey not in self._placements:
             self._placements[pkey] = placement_for(self.graph, plan)
-        model, _ = build_quantized(self.backend, self.model, self.graph, self.stats, plan,
-                                   placement=self._placements[pkey], batches=self.batches,
-                                   num_threads=self.threads)
+        model, _ = build_quantized(
+            self.backend,
+            self.model,
+            self.graph,
+            self.stats,
+            plan,
+            placement=self._placements[pkey],
+            batches=self.batches,
+            num_threads=self.threads,
+        )
         self._built[key] = model
         while len(self._built) > 4:
             self._built.popitem(last=False)
@@ -146,8 +165,9 @@ class CandidateEvaluator:
     def fp32_metric(self, indices: Sequence[int] | None = None) -> CandidateMetric:
         return self._metric("fp32", self.model, indices)
 
-    def metric(self, plan: QuantPlan, indices: Sequence[int] | None = None,
-               stop: EarlyStop | None = None) -> CandidateMetric:
+    def metric(
+        self, plan: QuantPlan, indices: Sequence[int] | None = None, stop: EarlyStop | None = None
+    ) -> CandidateMetric:
         """Validate ``plan`` on all items (or ``indices``); failures become an error string.
 
         With ``stop`` (and all items), validate in its chunks and stop once the drop's
@@ -157,13 +177,15 @@ class CandidateEvaluator:
             model = self.build(plan)
         except Exception as exc:  # a plan that cannot be built is a failed trial, not a crash
             log.warning("building plan %s failed: %s", plan.key(), exc)
-            return CandidateMetric(plan.key(), None, None, time.perf_counter() - start,
-                                   f"build failed: {type(exc).__name__}: {exc}")
+            return CandidateMetric(
+                plan.key(), None, None, time.perf_counter() - start, f"build failed: {type(exc).__name__}: {exc}"
+            )
         result = self._metric(plan.key(), model, indices, stop)
         return replace(result, seconds=time.perf_counter() - start)
 
-    def _metric(self, key: str, model: Any, indices: Sequence[int] | None,
-                stop: EarlyStop | None = None) -> CandidateMetric:
+    def _metric(
+        self, key: str, model: Any, indices: Sequence[int] | None, stop: EarlyStop | None = None
+    ) -> CandidateMetric:
         start = time.perf_counter()
         items = self.items if indices is None else [self.items[i] for i in indices]
         try:
@@ -193,10 +215,15 @@ class CandidateEvaluator:
             values[chunk] = m.per_item
             seen = np.concatenate([seen, chunk])
             if stop.should_stop(seen, values[seen]):
-                return CandidateMetric(key, float(np.mean(values[seen])), None, time.perf_counter() - start,
-                                       early_stopped=True, items_seen=len(seen))
-        return CandidateMetric(key, float(np.mean(values)), values, time.perf_counter() - start,
-                               items_seen=len(values))
+                return CandidateMetric(
+                    key,
+                    float(np.mean(values[seen])),
+                    None,
+                    time.perf_counter() - start,
+                    early_stopped=True,
+                    items_seen=len(seen),
+                )
+        return CandidateMetric(key, float(np.mean(values)), values, time.perf_counter() - start, items_seen=len(values))
 
     def output_error(self, plan: QuantPlan | None, max_batches: int = 4) -> float:
         """NMSE of the plan's outputs vs FP32 on the first calibration batches."""
@@ -214,8 +241,9 @@ class CandidateEvaluator:
         if plan is None and self._fp32_runner is not None:
             return self._fp32_runner
         model = self.model if plan is None else self.build(plan)
-        run = self.backend.runner(model, runtime=self.runtime, device=self.latency_device,
-                                  num_threads=self.latency_threads)
+        run = self.backend.runner(
+            model, runtime=self.runtime, device=self.latency_device, num_threads=self.latency_threads
+        )
         if plan is None:
             self._fp32_runner = run
         return run
@@ -226,8 +254,13 @@ class CandidateEvaluator:
 
     def latency(self, plan: QuantPlan | None) -> Latency:
         """Measured latency of ``plan`` (None: the FP32 model) on one batch."""
-        times = time_runner(self._latency_runner(plan), self._latency_feeds, warmup=5,
-                            repeats=self.latency_repeats, min_seconds=LATENCY_MIN_SECONDS)
+        times = time_runner(
+            self._latency_runner(plan),
+            self._latency_feeds,
+            warmup=5,
+            repeats=self.latency_repeats,
+            min_seconds=LATENCY_MIN_SECONDS,
+        )
         return summarize(times, self.runtime, self.latency_threads)
 
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list[Latency]:
@@ -236,12 +269,16 @@ class CandidateEvaluator:
         plans) and the runtime settings it was measured with."""
         runs = [self._latency_runner(p) for p in plans]
         rounds = INTERLEAVED_ROUNDS
-        times = time_rounds(runs, self._latency_feeds, warmup=5, rounds=rounds,
-                            block=max(1, -(-self.latency_repeats // rounds)),
-                            min_seconds=INTERLEAVED_MIN_SECONDS / rounds)
+        times = time_rounds(
+            runs,
+            self._latency_feeds,
+            warmup=5,
+            rounds=rounds,
+            block=max(1, -(-self.latency_repeats // rounds)),
+            min_seconds=INTERLEAVED_MIN_SECONDS / rounds,
+        )
         settings = runtime_settings(self.runtime, self.latency_threads, self.latency_device)
-        return [summarize([x for r in t for x in r], self.runtime, self.latency_threads, t, settings)
-                for t in times]
+        return [summarize([x for r in t for x in r], self.runtime, self.latency_threads, t, settings) for t in times]
 
 
 class LocalEvaluatorPool:

@@ -83,8 +83,10 @@ def as_dataset(data: Any) -> Dataset:
         return Dataset(_split_columns(data, "dict"))
     if isinstance(data, Iterable):
         return Dataset(data)
-    raise DataError(f"unsupported dataset type {type(data).__name__}: pass a rayq.Dataset, an array, "
-                    "a .npz/.npy/.parquet path or a ray.data.Dataset")
+    raise DataError(
+        f"unsupported dataset type {type(data).__name__}: pass a rayq.Dataset, an array, "
+        "a .npz/.npy/.parquet path or a ray.data.Dataset"
+    )
 
 
 def load_path(path: Path) -> Sequence[Any]:
@@ -132,9 +134,11 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
         try:
             columns[name] = values.reshape((rows, *shape))
         except ValueError as exc:
-            raise DataError(f"Parquet column {name!r} of {str(path)!r}: {values.size} values do not fit "
-                            f"{rows} rows of shape {shape} (ragged rows, or a wrong 'rayq.shape.{name}' "
-                            f"metadata entry)") from exc
+            raise DataError(
+                f"Parquet column {name!r} of {str(path)!r}: {values.size} values do not fit "
+                f"{rows} rows of shape {shape} (ragged rows, or a wrong 'rayq.shape.{name}' "
+                f"metadata entry)"
+            ) from exc
     return columns
 
 
@@ -305,9 +309,10 @@ def batches(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], batch_si
         return feeds
     out = []
     for start in range(0, len(feeds), batch_size):
-        chunk = feeds[start:start + batch_size]
-        out.append({s.name: np.concatenate([f[s.name] for f in chunk], axis=0) if s.shape else chunk[0][s.name]
-                    for s in specs})
+        chunk = feeds[start : start + batch_size]
+        out.append(
+            {s.name: np.concatenate([f[s.name] for f in chunk], axis=0) if s.shape else chunk[0][s.name] for s in specs}
+        )
     return out
 
 
@@ -322,8 +327,10 @@ def batch_size_for(feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], r
     item shapes, or is a scalar (0-d) input with the same value in every item."""
     if requested is not None:
         if requested > 1 and not _batchable(feeds, specs):
-            raise DataError("batch_size > 1 needs a dynamic batch dimension, equally shaped items "
-                            "and the same value of every scalar input in all items")
+            raise DataError(
+                "batch_size > 1 needs a dynamic batch dimension, equally shaped items "
+                "and the same value of every scalar input in all items"
+            )
         return requested
     return AUTO_BATCH if _batchable(feeds, specs) else 1
 

@@ -40,12 +40,15 @@ class ValidationTimeout:
     fp32_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float))
-                                         or not self.seconds > 0):
+        if self.seconds is not None and (
+            isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float)) or not self.seconds > 0
+        ):
             from rayq.errors import ConfigError
 
-            raise ConfigError(f"validation_timeout={self.seconds!r} must be a number of seconds > 0 "
-                              "(or None: 10x the FP32 validation time, at least 60 s)")
+            raise ConfigError(
+                f"validation_timeout={self.seconds!r} must be a number of seconds > 0 "
+                "(or None: 10x the FP32 validation time, at least 60 s)"
+            )
 
     def limit(self) -> float:
         """Seconds the next validation call may take."""
@@ -59,8 +62,10 @@ class ValidationTimeout:
 def timeout_message(fn: Callable | str, limit: float, where: str) -> str:
     """The error of a timed-out validation call (trial tables show it; it starts with ``timeout``)."""
     name = fn if isinstance(fn, str) else _name(fn)
-    return (f"timeout: validation function {name} did not return within {limit:g} s ({where}; "
-            "set validation_timeout to allow longer)")
+    return (
+        f"timeout: validation function {name} did not return within {limit:g} s ({where}; "
+        "set validation_timeout to allow longer)"
+    )
 
 
 def _call_with_timeout(fn: Callable, args: tuple, timeout: float) -> Any:
@@ -96,8 +101,7 @@ class Metric:
     per_item: np.ndarray | None = None
 
 
-def validation_model(backend: Any, model: Any, *, runtime: str | None, device: str = "CPU",
-                     threads: int = 0) -> Any:
+def validation_model(backend: Any, model: Any, *, runtime: str | None, device: str = "CPU", threads: int = 0) -> Any:
     """What a validation function receives for ``model``, as NNCF passes it.
 
     A backend with a ``compiled_model`` method hands over the runtime's own object
@@ -185,12 +189,15 @@ def _per_item_values(fn: Callable, values: Any, data: Any) -> np.ndarray:
     try:
         per_item = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"validation function {_name(fn)} returned per-item values that are not numbers: "
-                        f"{exc}") from exc
+        raise DataError(
+            f"validation function {_name(fn)} returned per-item values that are not numbers: {exc}"
+        ) from exc
     if hasattr(data, "__len__") and len(per_item) != len(data):
-        raise DataError(f"validation function {_name(fn)} returned {len(per_item)} per-item values for "
-                        f"{len(data)} items; return (metric, per_item_values) with one value per item, "
-                        "or the metric alone")
+        raise DataError(
+            f"validation function {_name(fn)} returned {len(per_item)} per-item values for "
+            f"{len(data)} items; return (metric, per_item_values) with one value per item, "
+            "or the metric alone"
+        )
     return per_item
 
 

@@ -46,8 +46,9 @@ class Latency:
         return asdict(self)
 
 
-def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats: int = 50,
-                min_seconds: float = 0.0) -> list[float]:
+def time_runner(
+    run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats: int = 50, min_seconds: float = 0.0
+) -> list[float]:
     """Call ``run(feeds)`` ``warmup`` times, then time at least ``repeats`` calls (ms)."""
     for _ in range(warmup):
         run(feeds)
@@ -60,8 +61,15 @@ def time_runner(run, feeds: dict[str, np.ndarray], *, warmup: int = 10, repeats:
     return times
 
 
-def time_rounds(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 3,
-                block: int = 10, min_seconds: float = 0.0) -> list[list[list[float]]]:
+def time_rounds(
+    runs: list,
+    feeds: dict[str, np.ndarray],
+    *,
+    warmup: int = 5,
+    rounds: int = 3,
+    block: int = 10,
+    min_seconds: float = 0.0,
+) -> list[list[list[float]]]:
     """:func:`time_interleaved`, keeping the rounds apart: ``[runner][round] -> times (ms)``.
 
     A round's medians of two runners form one independent ratio sample
@@ -74,8 +82,15 @@ def time_rounds(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, ro
     return times
 
 
-def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 5, rounds: int = 3,
-                     block: int = 10, min_seconds: float = 0.0) -> list[list[float]]:
+def time_interleaved(
+    runs: list,
+    feeds: dict[str, np.ndarray],
+    *,
+    warmup: int = 5,
+    rounds: int = 3,
+    block: int = 10,
+    min_seconds: float = 0.0,
+) -> list[list[float]]:
     """Time several runners against each other: each round gives every runner a turn of
     ``warmup`` untimed then ``block`` timed calls, in an order that rotates by round, so
     drift of the machine (load, clocks, neighbours) falls on all of them alike. Turns,
@@ -87,13 +102,17 @@ def time_interleaved(runs: list, feeds: dict[str, np.ndarray], *, warmup: int = 
     return [[t for block_times in r for t in block_times] for r in per_round]
 
 
-def summarize(times: list[float], runtime: str, threads: int, rounds: list[list[float]] | None = None,
-              settings: dict | None = None) -> Latency:
+def summarize(
+    times: list[float],
+    runtime: str,
+    threads: int,
+    rounds: list[list[float]] | None = None,
+    settings: dict | None = None,
+) -> Latency:
     """Median, IQR and minimum of ``times``; with ``rounds``, each round's median too."""
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     medians = tuple(statistics.median(r) for r in rounds or ())
-    return Latency(statistics.median(times), q[2] - q[0], min(times), len(times), runtime, threads,
-                   medians, settings)
+    return Latency(statistics.median(times), q[2] - q[0], min(times), len(times), runtime, threads, medians, settings)
 
 
 def cpu_model() -> str:
@@ -124,14 +143,24 @@ def runtime_settings(runtime: str, threads: int, device: str = "CPU") -> dict:
         >>> runtime_settings("openvino", 2)["precision_hint"]
         'f32'
     """
-    out = {"runtime": runtime, "device": device, "threads": int(threads) or "runtime default",
-           "cpu": cpu_model(), "logical_cpus": os.cpu_count()}
+    out = {
+        "runtime": runtime,
+        "device": device,
+        "threads": int(threads) or "runtime default",
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+    }
     if runtime == "onnxruntime":
         import onnxruntime
 
-        out.update(version=onnxruntime.__version__, execution_provider="CPUExecutionProvider",
-                   graph_optimization_level="ORT_ENABLE_ALL", execution_mode="ORT_SEQUENTIAL",
-                   inter_op_threads=1 if threads else "runtime default", precision_hint="fp32 (model's types)")
+        out.update(
+            version=onnxruntime.__version__,
+            execution_provider="CPUExecutionProvider",
+            graph_optimization_level="ORT_ENABLE_ALL",
+            execution_mode="ORT_SEQUENTIAL",
+            inter_op_threads=1 if threads else "runtime default",
+            precision_hint="fp32 (model's types)",
+        )
     elif runtime == "openvino":
         import openvino
 
@@ -139,8 +168,17 @@ def runtime_settings(runtime: str, threads: int, device: str = "CPU") -> dict:
     return out
 
 
-def measure_latency(backend: Backend, model, feeds: dict[str, np.ndarray], *, runtime: str | None = None,
-                    device: str = "CPU", threads: int = 0, warmup: int = 10, repeats: int = 50) -> Latency:
+def measure_latency(
+    backend: Backend,
+    model,
+    feeds: dict[str, np.ndarray],
+    *,
+    runtime: str | None = None,
+    device: str = "CPU",
+    threads: int = 0,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> Latency:
     """Compile ``model`` on ``runtime`` and measure one batch's latency.
 
     Example:

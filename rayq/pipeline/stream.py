@@ -126,8 +126,11 @@ class _Spool:
 
 def _replayable(dataset: Any) -> bool:
     """True when reading the dataset again is free and gives the same items."""
-    return (isinstance(dataset, data.Dataset) and dataset._transform is None
-            and isinstance(dataset._source, (np.ndarray, data.NpyRows, data.ColumnRows, list, tuple)))
+    return (
+        isinstance(dataset, data.Dataset)
+        and dataset._transform is None
+        and isinstance(dataset._source, (np.ndarray, data.NpyRows, data.ColumnRows, list, tuple))
+    )
 
 
 class BatchStream(Sequence):
@@ -152,8 +155,9 @@ class BatchStream(Sequence):
         (2, 10, [8, 2])
     """
 
-    def __init__(self, dataset: Any, specs: list[InputSpec], *, subset_size: int | None,
-                 batch_size: int | None) -> None:
+    def __init__(
+        self, dataset: Any, specs: list[InputSpec], *, subset_size: int | None, batch_size: int | None
+    ) -> None:
         self.specs = specs
         self._dataset, self._subset = dataset, subset_size
         self._spool = None if _replayable(dataset) else _Spool(specs)
@@ -165,8 +169,10 @@ class BatchStream(Sequence):
         self.num_items = scan.count
         self.fingerprint = scan.hash.hexdigest()
         if batch_size is not None and batch_size > 1 and not scan.batchable:
-            raise DataError("batch_size > 1 needs a dynamic batch dimension, equally shaped items "
-                            "and the same value of every scalar input in all items")
+            raise DataError(
+                "batch_size > 1 needs a dynamic batch dimension, equally shaped items "
+                "and the same value of every scalar input in all items"
+            )
         self.batch_size = batch_size if batch_size is not None else (data.AUTO_BATCH if scan.batchable else 1)
         self._len = -(-self.num_items // max(1, self.batch_size))
 

@@ -11,5 +11,19 @@ from rayq.storage.location import Location, check_output, copy_dir_to, download,
 from rayq.storage.lock import LOCK_NAME, Holder, OutputLock, check_free, holder_of
 from rayq.storage.publish import Publication, read_marker
 
-__all__ = ["Location", "resolve", "check_output", "copy_dir_to", "upload", "download", "local_dir_for",
-           "Publication", "read_marker", "OutputLock", "Holder", "holder_of", "check_free", "LOCK_NAME"]
+__all__ = [
+    "Location",
+    "resolve",
+    "check_output",
+    "copy_dir_to",
+    "upload",
+    "download",
+    "local_dir_for",
+    "Publication",
+    "read_marker",
+    "OutputLock",
+    "Holder",
+    "holder_of",
+    "check_free",
+    "LOCK_NAME",
+]

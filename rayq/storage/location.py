@@ -112,8 +112,10 @@ def resolve(uri: str | os.PathLike | Location) -> Location:
     try:
         fs_, path = pafs.FileSystem.from_uri(text)
     except Exception as exc:  # ArrowInvalid (unknown scheme), OSError (no JVM, no region)...
-        raise OutputError(f"cannot open the output location {text!r}: {_first_line(exc)} (use a local path, "
-                          f"file:///abs/path or a URI pyarrow.fs supports: s3://, gs://, abfs://, hdfs://)") from exc
+        raise OutputError(
+            f"cannot open the output location {text!r}: {_first_line(exc)} (use a local path, "
+            f"file:///abs/path or a URI pyarrow.fs supports: s3://, gs://, abfs://, hdfs://)"
+        ) from exc
     if isinstance(fs_, pafs.LocalFileSystem):
         path = os.path.abspath(path)
     return Location(text, fs_, path)

@@ -72,8 +72,13 @@ class Holder:
 def _parse(data: bytes) -> Holder | None:
     try:
         raw = json.loads(data.decode())
-        return Holder(str(raw["host"]), int(raw["pid"]), str(raw["started"]), str(raw.get("command", "")),
-                      str(raw.get("token", "")))
+        return Holder(
+            str(raw["host"]),
+            int(raw["pid"]),
+            str(raw["started"]),
+            str(raw.get("command", "")),
+            str(raw.get("token", "")),
+        )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 
@@ -88,8 +93,13 @@ class OutputLock:
 
     def __init__(self, output: str | Location, *, command: str = "") -> None:
         self.location = resolve(output)
-        self.holder = Holder(socket.gethostname(), os.getpid(),
-                             datetime.now(UTC).isoformat(timespec="seconds"), command, uuid.uuid4().hex)
+        self.holder = Holder(
+            socket.gethostname(),
+            os.getpid(),
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            command,
+            uuid.uuid4().hex,
+        )
         self._fd: int | None = None
         self._held = False
 
@@ -99,8 +109,7 @@ class OutputLock:
         try:
             self.location.fs.create_dir(self.location.path, recursive=True)
         except OSError as exc:
-            raise OutputError(f"cannot write to the output folder {self.location.uri!r}: "
-                              f"{_first_line(exc)}") from exc
+            raise OutputError(f"cannot write to the output folder {self.location.uri!r}: {_first_line(exc)}") from exc
         if self.location.local:
             self._acquire_file(os.path.join(self.location.local, LOCK_NAME))
         else:
@@ -174,8 +183,10 @@ class OutputLock:
 
 def busy_error(location: Location, holder: Holder | None, where: str) -> OutputError:
     who = holder.describe() if holder else "a run that is starting"
-    return OutputError(f"the output folder {location.uri!r} is in use by another run ({who}); wait for "
-                       f"it to finish or choose another output (lock: {where})")
+    return OutputError(
+        f"the output folder {location.uri!r} is in use by another run ({who}); wait for "
+        f"it to finish or choose another output (lock: {where})"
+    )
 
 
 def check_free(output: str | Location) -> None:

@@ -77,8 +77,9 @@ class Publication:
             for name in order:
                 self._move(name, remote_staging)
         except OSError as exc:
-            raise OutputError(f"cannot publish {name!r} to {self.location.uri!r}: {_first_line(exc)}; "
-                              f"the run there is incomplete") from exc
+            raise OutputError(
+                f"cannot publish {name!r} to {self.location.uri!r}: {_first_line(exc)}; the run there is incomplete"
+            ) from exc
         finally:
             if remote_staging is not None:
                 with contextlib.suppress(OSError):
@@ -140,8 +141,11 @@ def read_marker(output: str | Location, marker: str = "result.json", *, what: st
     if location.child(marker).kind() == "file":
         return location.child(marker).read_bytes()
     holder = holder_of(location)
-    why = (f"it is still running ({holder.describe()})" if holder is not None else
-           "it was interrupted or failed while saving; rerun the same command to resume and finish it")
+    why = (
+        f"it is still running ({holder.describe()})"
+        if holder is not None
+        else "it was interrupted or failed while saving; rerun the same command to resume and finish it"
+    )
     raise OutputError(f"the {what} at {location.uri!r} is incomplete ({marker} is missing): {why}")
 
 

@@ -47,8 +47,15 @@ KNOWN_BROKEN_STORAGES: tuple[str, ...] = ()  # storage modes rayq cannot yet qua
 ALL_STORAGES = STABLE_STORAGES + KNOWN_BROKEN_STORAGES
 BATCH = "batch"
 
-__all__ = ["ALL_STORAGES", "Chooser", "FuzzCase", "KNOWN_BROKEN_STORAGES", "RandomChooser",
-           "STABLE_STORAGES", "random_case"]
+__all__ = [
+    "ALL_STORAGES",
+    "Chooser",
+    "FuzzCase",
+    "KNOWN_BROKEN_STORAGES",
+    "RandomChooser",
+    "STABLE_STORAGES",
+    "random_case",
+]
 
 
 class Chooser(Protocol):
@@ -135,8 +142,9 @@ class Tensor:
 class Builder:
     """Accumulates nodes, constants and the pool of activations of one model."""
 
-    def __init__(self, chooser: Chooser, opset: int, storages: Sequence[str], batch: int,
-                 dynamic: bool = False) -> None:
+    def __init__(
+        self, chooser: Chooser, opset: int, storages: Sequence[str], batch: int, dynamic: bool = False
+    ) -> None:
         self.ch = chooser
         self.dynamic = dynamic
         self.opset = opset
@@ -174,8 +182,11 @@ class Builder:
         value: np.ndarray = np.asarray(values, dtype=dtype)
         name = self.name("c")
         if self.ch.choice((False, True)):
-            self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("Constant"),
-                                               value=numpy_helper.from_array(value, name)))
+            self.nodes.append(
+                helper.make_node(
+                    "Constant", [], [name], name=self.name("Constant"), value=numpy_helper.from_array(value, name)
+                )
+            )
         else:
             self.inits.append(numpy_helper.from_array(value, name))
         return name
@@ -190,13 +201,15 @@ class Builder:
             return self.shared[key]
         name = self.name(kind[0] + "w")
         if mode == "constant":
-            self.nodes.append(helper.make_node("Constant", [], [name], name=self.name("Constant"),
-                                               value=numpy_helper.from_array(value, name)))
+            self.nodes.append(
+                helper.make_node(
+                    "Constant", [], [name], name=self.name("Constant"), value=numpy_helper.from_array(value, name)
+                )
+            )
         elif mode == "fp16_cast":
             half = self.name(kind[0] + "h")
             self.inits.append(numpy_helper.from_array(value.astype(np.float16), half))
-            self.nodes.append(helper.make_node("Cast", [half], [name], name=self.name("Cast"),
-                                               to=TensorProto.FLOAT))
+            self.nodes.append(helper.make_node("Cast", [half], [name], name=self.name("Cast"), to=TensorProto.FLOAT))
         else:
             self.inits.append(numpy_helper.from_array(value, name))
             self.shared[key] = name
@@ -249,8 +262,13 @@ def _add_input(b: Builder, dynamic: bool, kinds: dict, inputs: list) -> None:
     b.pool.append(Tensor(name, shape))
 
 
-def random_case(chooser: Chooser, *, storages: Sequence[str] = STABLE_STORAGES, max_steps: int = 8,
-                opsets: tuple[int, int] = (MIN_OPSET, MAX_OPSET)) -> FuzzCase:
+def random_case(
+    chooser: Chooser,
+    *,
+    storages: Sequence[str] = STABLE_STORAGES,
+    max_steps: int = 8,
+    opsets: tuple[int, int] = (MIN_OPSET, MAX_OPSET),
+) -> FuzzCase:
     """Draw one valid FP32 model.
 
     Args:
@@ -278,18 +296,20 @@ def random_case(chooser: Chooser, *, storages: Sequence[str] = STABLE_STORAGES, 
     return _finish(b, chooser, opset, dynamic, kinds, inputs)
 
 
-def _finish(b: Builder, chooser: Chooser, opset: int, dynamic: bool, kinds: dict,
-            inputs: list) -> FuzzCase:
+def _finish(b: Builder, chooser: Chooser, opset: int, dynamic: bool, kinds: dict, inputs: list) -> FuzzCase:
     inner = [t for t in b.pool if t.name not in kinds]
     outs = [t for t in inner if t.name not in b.consumed]
     extra = [t for t in inner if t.name in b.consumed]
     if len(extra) > 0 and chooser.choice((False, False, True)):  # an output that also feeds other nodes
         outs.append(chooser.choice(extra))
     batch_dim = BATCH if dynamic else b.batch
-    outputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, [batch_dim, *t.shape[1:]])
-               for t in outs]
+    outputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, [batch_dim, *t.shape[1:]]) for t in outs]
     graph = helper.make_graph(b.nodes, "fuzz", inputs, outputs, b.inits)
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="rayq.testing.fuzz",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="rayq.testing.fuzz",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
     return FuzzCase(model, opset, b.batch, dynamic, tuple(b.steps), tuple(sorted(b.used_storages)), kinds)

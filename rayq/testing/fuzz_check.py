@@ -46,8 +46,18 @@ RUNTIME_GAPS = {
 _MOVES = frozenset({"Split", "Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
-__all__ = ["NMSE_BOUND", "RUNTIME_GAPS", "Outcome", "activation_matmul", "check_case", "cpu_has_vnni", "draw_options",
-           "nmse", "run_model", "runtime_gap"]
+__all__ = [
+    "NMSE_BOUND",
+    "RUNTIME_GAPS",
+    "Outcome",
+    "activation_matmul",
+    "check_case",
+    "cpu_has_vnni",
+    "draw_options",
+    "nmse",
+    "run_model",
+    "runtime_gap",
+]
 
 
 @dataclass
@@ -79,8 +89,11 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runtime: str
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
+    compiled = core.compile_model(
+        core.read_model(model=model.SerializeToString(), weights=b""),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2},
+    )
     result = compiled(feeds)
     return [np.asarray(result[o]) for o in compiled.outputs]
 
@@ -121,8 +134,7 @@ def _fp32(case: FuzzCase, feeds: list[dict]) -> tuple[dict | None, Outcome | Non
         if a.shape != b.shape or nmse(a, b) > 1e-5:
             # a runtime gap, not a generator bug: e.g. OpenVINO 2026.4 computes ReduceMean(last axis)
             # + Add(per-channel constant) wrongly in FP32 for batch > 1 (tests/fuzz/test_regressions.py)
-            return None, Outcome("skipped:fp32_runtimes_disagree",
-                                 f"{a.shape} vs {b.shape}, NMSE {nmse(a, b):.3g}")
+            return None, Outcome("skipped:fp32_runtimes_disagree", f"{a.shape} vs {b.shape}, NMSE {nmse(a, b):.3g}")
     return refs, None
 
 
@@ -133,22 +145,32 @@ def _quantize(case: FuzzCase, calibration: list[dict], options: dict):
     # measures rounding (the default mean-of-batch estimator clips the largest items by design)
     params = rayq.AdvancedQuantizationParameters(overflow_fix="enable", activation_estimator="minmax")
     try:
-        return rayq.quantize(case.model, rayq.Dataset(calibration), num_workers=1, cache=False,
-                             subset_size=len(calibration), advanced_parameters=params, **options), None
+        return rayq.quantize(
+            case.model,
+            rayq.Dataset(calibration),
+            num_workers=1,
+            cache=False,
+            subset_size=len(calibration),
+            advanced_parameters=params,
+            **options,
+        ), None
     except rayq.RayqError as exc:
         return None, Outcome(f"rayq_error:{type(exc).__name__}", str(exc).splitlines()[0][:300])
     except Exception as exc:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
-        return None, Outcome(f"crash:{type(exc).__name__}", f"{where}: {str(exc).splitlines()[0][:300]}"
-                             if str(exc) else where)
+        return None, Outcome(
+            f"crash:{type(exc).__name__}", f"{where}: {str(exc).splitlines()[0][:300]}" if str(exc) else where
+        )
 
 
 def draw_options(chooser) -> dict:
     """Random ``rayq.quantize`` keyword arguments: preset, model type, bias correction."""
-    return {"preset": chooser.choice((None, "performance", "mixed")),
-            "model_type": chooser.choice((None, "transformer")),
-            "fast_bias_correction": chooser.choice((True, False, None))}
+    return {
+        "preset": chooser.choice((None, "performance", "mixed")),
+        "model_type": chooser.choice((None, "transformer")),
+        "fast_bias_correction": chooser.choice((True, False, None)),
+    }
 
 
 def runtime_gap(model: onnx.ModelProto) -> str | None:
@@ -185,8 +207,9 @@ def cpu_has_vnni() -> bool:
 
 def activation_matmul(model: onnx.ModelProto) -> bool:
     """True if a MatMul multiplies two computed tensors (attention ``Q @ K^T``, ``P @ V``)."""
-    constant = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                            for o in n.output}
+    constant = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     return any(n.op_type == "MatMul" and not constant.intersection(n.input) for n in model.graph.node)
 
 
@@ -198,8 +221,14 @@ def _ov_nmse_unreliable(model: onnx.ModelProto) -> bool:
     return activation_matmul(model) and not cpu_has_vnni()
 
 
-def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: int = 8, n_test: int = 2,
-               nmse_bound: float = NMSE_BOUND) -> Outcome:
+def check_case(
+    case: FuzzCase,
+    options: dict | None = None,
+    *,
+    n_calibration: int = 8,
+    n_test: int = 2,
+    nmse_bound: float = NMSE_BOUND,
+) -> Outcome:
     """Quantize ``case`` with ``rayq.quantize(**options)`` and check the result on both runtimes.
 
     Example:
@@ -230,11 +259,15 @@ def check_case(case: FuzzCase, options: dict | None = None, *, n_calibration: in
             return Outcome(f"output:{runtime}", str(exc).splitlines()[0][:300])
         for ref_feed, out_feed in zip(refs[runtime], outs):
             if [r.shape for r in ref_feed] != [o.shape for o in out_feed]:
-                return Outcome(f"output:shape:{runtime}", f"{[r.shape for r in ref_feed]} vs "
-                                                           f"{[o.shape for o in out_feed]}")
-        errors[runtime] = max(_floored_nmse(np.concatenate([f[i].ravel() for f in refs[runtime]]),
-                                            np.concatenate([f[i].ravel() for f in outs]))
-                              for i in range(len(outs[0])))
+                return Outcome(
+                    f"output:shape:{runtime}", f"{[r.shape for r in ref_feed]} vs {[o.shape for o in out_feed]}"
+                )
+        errors[runtime] = max(
+            _floored_nmse(
+                np.concatenate([f[i].ravel() for f in refs[runtime]]), np.concatenate([f[i].ravel() for f in outs])
+            )
+            for i in range(len(outs[0]))
+        )
     bounded = {k: v for k, v in errors.items() if not (k == "openvino" and _ov_nmse_unreliable(case.model))}
     worst = max(bounded, key=lambda k: bounded[k])
     if not errors[worst] <= nmse_bound:

@@ -45,8 +45,9 @@ def conv(b: Builder, x: Tensor) -> Tensor | None:
     inputs = [x.name, b.weight((cout, c // groups, k, k), c // groups * k * k)]
     if b.ch.choice((True, True, False)):
         inputs.append(b.bias(cout))
-    return b.emit("Conv", inputs, shape, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
-                  dilations=[d, d], group=groups)
+    return b.emit(
+        "Conv", inputs, shape, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, dilations=[d, d], group=groups
+    )
 
 
 def conv_transpose(b: Builder, x: Tensor) -> Tensor | None:
@@ -94,8 +95,11 @@ def resize(b: Builder, x: Tensor) -> Tensor | None:
     if mode == "nearest":
         attrs = b.ch.choice(({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, {}))
     else:
-        attrs = {"coordinate_transformation_mode": b.ch.choice(("half_pixel", "align_corners", "asymmetric",
-                                                                 "pytorch_half_pixel"))}
+        attrs = {
+            "coordinate_transformation_mode": b.ch.choice(
+                ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel")
+            )
+        }
     return b.emit("Resize", [x.name, "", _scales(b, scale)], shape, mode=mode, **attrs)
 
 
@@ -112,8 +116,9 @@ def batch_norm(b: Builder, x: Tensor) -> Tensor | None:
         return None
     c = x.shape[1]
     mean = b.floats(0.1 * b.rng.standard_normal(c), "bias")
-    return b.emit("BatchNormalization", [x.name, b.positive((c,)), b.bias(c), mean, b.positive((c,))],
-                  x.shape, epsilon=1e-5)
+    return b.emit(
+        "BatchNormalization", [x.name, b.positive((c,)), b.bias(c), mean, b.positive((c,))], x.shape, epsilon=1e-5
+    )
 
 
 def layer_norm(b: Builder, x: Tensor) -> Tensor | None:
@@ -173,8 +178,11 @@ def gemm(b: Builder, x: Tensor) -> Tensor | None:
 
 
 def unary(b: Builder, x: Tensor) -> Tensor | None:
-    ops = ["Relu", "Relu", "Sigmoid", "Tanh", "Erf"] + (["HardSwish"] * 2 if b.opset >= 14 else []) \
-        + (["Gelu"] * 4 if b.opset >= 20 else [])  # the opset-gated ones are rarer: drawn more often
+    ops = (
+        ["Relu", "Relu", "Sigmoid", "Tanh", "Erf"]
+        + (["HardSwish"] * 2 if b.opset >= 14 else [])
+        + (["Gelu"] * 4 if b.opset >= 20 else [])
+    )  # the opset-gated ones are rarer: drawn more often
     op = b.ch.choice(ops)
     attrs = {"approximate": b.ch.choice(("none", "tanh"))} if op == "Gelu" else {}
     return b.emit(op, [x.name], x.shape, **attrs)
@@ -203,8 +211,7 @@ def binary_const(b: Builder, x: Tensor) -> Tensor | None:
 
 def binary_activations(b: Builder, x: Tensor) -> Tensor | None:
     def broadcasts(t: Tensor) -> bool:
-        return t.rank == x.rank and t.shape[0] == x.shape[0] and all(
-            d == e or d == 1 for d, e in zip(t.shape, x.shape))
+        return t.rank == x.rank and t.shape[0] == x.shape[0] and all(d == e or d == 1 for d, e in zip(t.shape, x.shape))
 
     y = b.pick(broadcasts)
     if y is None:
@@ -218,8 +225,12 @@ def concat(b: Builder, x: Tensor) -> Tensor | None:
     if x.rank < 2:
         return None
     axis = b.ch.integer(1, x.rank - 1)
-    y = b.pick(lambda t: t.rank == x.rank and all(
-        d == e for i, (d, e) in enumerate(zip(t.shape, x.shape)) if i != axis)) or x
+    y = (
+        b.pick(
+            lambda t: t.rank == x.rank and all(d == e for i, (d, e) in enumerate(zip(t.shape, x.shape)) if i != axis)
+        )
+        or x
+    )
     shape = list(x.shape)
     shape[axis] += y.shape[axis]
     if not b.fits(shape):
@@ -253,7 +264,7 @@ def slice_(b: Builder, x: Tensor) -> Tensor | None:
     d = x.shape[axis]
     start, step = b.ch.integer(0, d - 1), b.ch.choice((1, 1, 2))
     end = b.ch.choice((d, -1 if start < d - 1 else d, 2**62))
-    length = len(range(d)[start:min(end, d):step])
+    length = len(range(d)[start : min(end, d) : step])
     if length < 1:
         return None
     axis_value = b.ch.choice((axis, axis - x.rank))
@@ -306,7 +317,7 @@ def squeeze_unsqueeze(b: Builder, x: Tensor) -> Tensor | None:
     ones = [a for a in range(1, x.rank) if x.shape[a] == 1]
     if ones and x.rank > 2 and b.ch.choice((True, False)):
         axis = b.ch.choice(ones)
-        shape = x.shape[:axis] + x.shape[axis + 1:]
+        shape = x.shape[:axis] + x.shape[axis + 1 :]
         return b.emit("Squeeze", [x.name, b.ints([b.ch.choice((axis, axis - x.rank))])], shape)
     if x.rank >= 4:
         return None
@@ -351,9 +362,9 @@ def gather(b: Builder, x: Tensor) -> Tensor | None:
     d = x.shape[axis]
     if x.rank >= 3 and b.ch.choice((True, False)):  # a scalar index drops the axis (a CLS token)
         index = b.ints(np.array(b.ch.integer(-d, d - 1)))
-        return b.emit("Gather", [x.name, index], x.shape[:axis] + x.shape[axis + 1:], axis=axis)
+        return b.emit("Gather", [x.name, index], x.shape[:axis] + x.shape[axis + 1 :], axis=axis)
     indices = [b.ch.integer(-d, d - 1) for _ in range(b.ch.integer(1, 4))]
-    shape = x.shape[:axis] + (len(indices),) + x.shape[axis + 1:]
+    shape = x.shape[:axis] + (len(indices),) + x.shape[axis + 1 :]
     return b.emit("Gather", [x.name, b.ints(indices)], shape, axis=axis)
 
 
@@ -367,13 +378,31 @@ def where(b: Builder, x: Tensor) -> Tensor | None:
 
 
 EMITTERS = {
-    "Conv": conv, "ConvTranspose": conv_transpose, "Pool": pool, "Resize": resize,
-    "BatchNormalization": batch_norm, "LayerNormalization": layer_norm, "MatMulWeight": matmul_weight,
-    "MatMulActivations": matmul_activations, "Gemm": gemm, "Unary": unary, "Softmax": softmax,
-    "BinaryConst": binary_const, "BinaryActivations": binary_activations, "Concat": concat,
-    "Split": split, "Slice": slice_, "Reshape": reshape, "DynamicFlatten": dynamic_flatten,
-    "Transpose": transpose, "Flatten": flatten, "SqueezeUnsqueeze": squeeze_unsqueeze,
-    "ReduceMean": reduce_mean, "Pad": pad, "Gather": gather, "Where": where,
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Pool": pool,
+    "Resize": resize,
+    "BatchNormalization": batch_norm,
+    "LayerNormalization": layer_norm,
+    "MatMulWeight": matmul_weight,
+    "MatMulActivations": matmul_activations,
+    "Gemm": gemm,
+    "Unary": unary,
+    "Softmax": softmax,
+    "BinaryConst": binary_const,
+    "BinaryActivations": binary_activations,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Reshape": reshape,
+    "DynamicFlatten": dynamic_flatten,
+    "Transpose": transpose,
+    "Flatten": flatten,
+    "SqueezeUnsqueeze": squeeze_unsqueeze,
+    "ReduceMean": reduce_mean,
+    "Pad": pad,
+    "Gather": gather,
+    "Where": where,
 }
 #: the ops rayq quantizes are drawn three times as often, so most models hold some
 _NAMES = tuple(EMITTERS) + ("Conv", "MatMulWeight", "Gemm", "ConvTranspose", "MatMulActivations") * 2

@@ -30,7 +30,13 @@ IR_VERSION = 8
 BATCH = "batch"
 
 __all__ = [
-    "labeled_inputs", "mlp", "random_inputs", "resnet50_like", "resnet_like", "sensitive_mlp", "transformer_block",
+    "labeled_inputs",
+    "mlp",
+    "random_inputs",
+    "resnet50_like",
+    "resnet_like",
+    "sensitive_mlp",
+    "transformer_block",
 ]
 
 
@@ -55,9 +61,7 @@ class _Graph:
 
     def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs) -> str:
         out = output or self.name(op_type.lower())
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs)
-        )
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
         return out
 
     def rename_output(self, old: str, new: str) -> None:
@@ -76,14 +80,23 @@ class _Graph:
     def bias(self, n: int, scale: float = 0.05) -> np.ndarray:
         return (scale * self.rng.standard_normal(n)).astype(np.float32)
 
-    def conv(self, x: str, cin: int, cout: int, k: int, *, stride: int = 1,
-             relu: bool = True, gain: float = 2.0, output: str | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int,
+        *,
+        stride: int = 1,
+        relu: bool = True,
+        gain: float = 2.0,
+        output: str | None = None,
+    ) -> str:
         """Conv with bias (BatchNorm folded), optional Relu."""
         w = self.const("conv_w", self.weight((cout, cin, k, k), cin * k * k, gain))
         b = self.const("conv_b", self.bias(cout))
         pad = k // 2
-        y = self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride],
-                    pads=[pad] * 4)
+        y = self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
         return self.op("Relu", [y], output) if relu else y
 
     def linear(self, x: str, fin: int, fout: int, *, gain: float = 1.0) -> str:
@@ -92,18 +105,16 @@ class _Graph:
         y = self.op("MatMul", [x, self.const("linear_w", w)])
         return self.op("Add", [y, self.const("linear_b", self.bias(fout))])
 
-    def gemm(self, x: str, fin: int, fout: int, *, output: str | None = None,
-             gain: float = 2.0) -> str:
+    def gemm(self, x: str, fin: int, fout: int, *, output: str | None = None, gain: float = 2.0) -> str:
         w = self.const("fc_w", self.weight((fout, fin), fin, gain))
         b = self.const("fc_b", self.bias(fout))
         return self.op("Gemm", [x, w, b], output, transB=1)
 
-    def model(self, inputs: Sequence[onnx.ValueInfoProto],
-              outputs: Sequence[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
+    def model(
+        self, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto], name: str
+    ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, list(inputs), list(outputs), self.inits)
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rayq.testing"
-        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rayq.testing")
         model.ir_version = IR_VERSION
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
@@ -126,8 +137,7 @@ def _basic_block(g: _Graph, x: str, cin: int, cout: int, stride: int) -> str:
     h = g.conv(x, cin, cout, 3, stride=stride)
     # Small gain on the last conv of the branch keeps the residual sum in range.
     h = g.conv(h, cout, cout, 3, relu=False, gain=0.5)
-    short = x if (stride == 1 and cin == cout) else g.conv(x, cin, cout, 1, stride=stride,
-                                                           relu=False, gain=1.0)
+    short = x if (stride == 1 and cin == cout) else g.conv(x, cin, cout, 1, stride=stride, relu=False, gain=1.0)
     return g.op("Relu", [g.op("Add", [h, short])])
 
 
@@ -138,9 +148,15 @@ def _inception(g: _Graph, x: str, channels: int) -> str:
     return g.op("Concat", [a, b], axis=1)
 
 
-def resnet_like(*, input_shape: Sequence[int] = (3, 32, 32), widths: Sequence[int] = (16, 32),
-                blocks_per_stage: int = 1, num_classes: int = 10, with_concat: bool = True,
-                seed: int = 0) -> onnx.ModelProto:
+def resnet_like(
+    *,
+    input_shape: Sequence[int] = (3, 32, 32),
+    widths: Sequence[int] = (16, 32),
+    blocks_per_stage: int = 1,
+    num_classes: int = 10,
+    with_concat: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """A small ResNet: stem, residual stages, an inception-style Concat, GAP and Gemm.
 
     Stem ``Conv3x3+Relu+MaxPool2``; each stage has ``blocks_per_stage`` basic blocks
@@ -185,13 +201,13 @@ def _bottleneck(g: _Graph, x: str, cin: int, mid: int, stride: int) -> str:
     h = g.conv(x, cin, mid, 1)
     h = g.conv(h, mid, mid, 3, stride=stride)
     h = g.conv(h, mid, cout, 1, relu=False, gain=0.25)
-    short = x if (stride == 1 and cin == cout) else g.conv(x, cin, cout, 1, stride=stride,
-                                                           relu=False, gain=1.0)
+    short = x if (stride == 1 and cin == cout) else g.conv(x, cin, cout, 1, stride=stride, relu=False, gain=1.0)
     return g.op("Relu", [g.op("Add", [h, short])])
 
 
-def resnet50_like(*, input_shape: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
-                  seed: int = 0) -> onnx.ModelProto:
+def resnet50_like(
+    *, input_shape: Sequence[int] = (3, 224, 224), num_classes: int = 1000, seed: int = 0
+) -> onnx.ModelProto:
     """A ResNet-50-shaped graph (v1.5 bottlenecks ``[3, 4, 6, 3]``, 64..2048 channels).
 
     Random weights (about 25.5 M parameters, ~100 MB); meant for latency benchmarks,
@@ -213,8 +229,9 @@ def resnet50_like(*, input_shape: Sequence[int] = (3, 224, 224), num_classes: in
     g = _Graph(seed)
     x_info, y_info = _image_io(input_shape, num_classes)
     w = g.const("conv_w", g.weight((64, input_shape[0], 7, 7), input_shape[0] * 49))
-    x = g.op("Conv", ["input", w, g.const("conv_b", g.bias(64))], kernel_shape=[7, 7],
-             strides=[2, 2], pads=[3, 3, 3, 3])
+    x = g.op(
+        "Conv", ["input", w, g.const("conv_b", g.bias(64))], kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3]
+    )
     x = g.op("Relu", [x])
     x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     cin = 64
@@ -233,9 +250,12 @@ def _layer_norm(g: _Graph, x: str, hidden: int, outlier_channels: int) -> str:
         idx = g.rng.choice(hidden, size=outlier_channels, replace=False)
         scale[idx] *= 20.0
     bias = 0.05 * g.rng.standard_normal(hidden)
-    return g.op("LayerNormalization", [x, g.const("ln_scale", scale.astype(np.float32)),
-                                       g.const("ln_bias", bias.astype(np.float32))],
-                axis=-1, epsilon=1e-5)
+    return g.op(
+        "LayerNormalization",
+        [x, g.const("ln_scale", scale.astype(np.float32)), g.const("ln_bias", bias.astype(np.float32))],
+        axis=-1,
+        epsilon=1e-5,
+    )
 
 
 def _attention(g: _Graph, x: str, seq: int, hidden: int, heads: int, mask: str | None) -> str:
@@ -245,8 +265,7 @@ def _attention(g: _Graph, x: str, seq: int, hidden: int, heads: int, mask: str |
     q = g.op("Transpose", [q], perm=[0, 2, 1, 3])
     k = g.op("Transpose", [k], perm=[0, 2, 3, 1])
     v = g.op("Transpose", [v], perm=[0, 2, 1, 3])
-    scores = g.op("Div", [g.op("MatMul", [q, k]),
-                          g.const("sqrt_d", np.array(math.sqrt(d), dtype=np.float32))])
+    scores = g.op("Div", [g.op("MatMul", [q, k]), g.const("sqrt_d", np.array(math.sqrt(d), dtype=np.float32))])
     if mask is not None:
         scores = g.op("Add", [scores, mask])
     ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
@@ -263,10 +282,10 @@ def _gelu(g: _Graph, x: str) -> str:
     return g.op("Mul", [g.op("Mul", [x, e]), g.const("half", np.array(0.5, dtype=f))])
 
 
-def _encoder_layer(g: _Graph, x: str, seq: int, hidden: int, heads: int, ffn: int,
-                   mask: str | None, outliers: int) -> str:
-    x = _layer_norm(g, g.op("Add", [_attention(g, x, seq, hidden, heads, mask), x]),
-                    hidden, outliers)
+def _encoder_layer(
+    g: _Graph, x: str, seq: int, hidden: int, heads: int, ffn: int, mask: str | None, outliers: int
+) -> str:
+    x = _layer_norm(g, g.op("Add", [_attention(g, x, seq, hidden, heads, mask), x]), hidden, outliers)
     h = g.linear(_gelu(g, g.linear(x, hidden, ffn, gain=2.0)), ffn, hidden)
     return _layer_norm(g, g.op("Add", [h, x]), hidden, outliers)
 
@@ -279,10 +298,18 @@ def _additive_mask(g: _Graph) -> str:
     return g.op("Unsqueeze", [m, g.const("axes", np.array([1, 2], dtype=np.int64))])
 
 
-def transformer_block(*, seq_len: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 128,
-                      layers: int = 1, vocab: int | None = None,
-                      with_attention_mask: bool = False, outlier_channels: int = 0,
-                      seed: int = 0) -> onnx.ModelProto:
+def transformer_block(
+    *,
+    seq_len: int = 16,
+    hidden: int = 64,
+    heads: int = 4,
+    ffn: int = 128,
+    layers: int = 1,
+    vocab: int | None = None,
+    with_attention_mask: bool = False,
+    outlier_channels: int = 0,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """Post-LN encoder layer(s) in the shape ``torch.onnx.export`` gives a BERT layer.
 
     Q/K/V ``MatMul+Add``, ``Reshape/Transpose`` to heads, ``MatMul`` QK^T, ``Div`` by
@@ -318,19 +345,16 @@ def transformer_block(*, seq_len: int = 16, hidden: int = 64, heads: int = 4, ff
     inputs = []
     if vocab is None:
         x = "input"
-        inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT,
-                                                    [BATCH, seq_len, hidden]))
+        inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [BATCH, seq_len, hidden]))
     else:
-        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                                    [BATCH, seq_len]))
+        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, seq_len]))
         table = (0.5 * g.rng.standard_normal((vocab, hidden))).astype(np.float32)
         x = g.op("Gather", [g.const("embedding", table), "input_ids"])
         pos = (0.1 * g.rng.standard_normal((seq_len, hidden))).astype(np.float32)
         x = _layer_norm(g, g.op("Add", [x, g.const("position", pos)]), hidden, 0)
     mask = None
     if with_attention_mask:
-        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                                    [BATCH, seq_len]))
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, seq_len]))
         mask = _additive_mask(g)
     for _ in range(layers):
         x = _encoder_layer(g, x, seq_len, hidden, heads, ffn, mask, outlier_channels)
@@ -339,8 +363,9 @@ def transformer_block(*, seq_len: int = 16, hidden: int = 64, heads: int = 4, ff
     return g.model(inputs, [out], "transformer_block")
 
 
-def mlp(*, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10,
-        op: str = "Gemm", seed: int = 0) -> onnx.ModelProto:
+def mlp(
+    *, in_features: int = 64, hidden: Sequence[int] = (128,), num_classes: int = 10, op: str = "Gemm", seed: int = 0
+) -> onnx.ModelProto:
     """A tiny MLP: ``(Gemm|MatMul+Add) + Relu`` per hidden layer, then a linear classifier.
 
     Args:
@@ -394,8 +419,10 @@ def _shape(vi: onnx.ValueInfoProto, batch: int, dims: Mapping[str, int]) -> tupl
         elif dim.dim_param == BATCH or axis == 0:
             shape.append(batch)
         else:
-            raise DataError(f"input {vi.name!r}: no size for dimension {dim.dim_param!r} "
-                            f"(axis {axis}); pass dims={{{dim.dim_param!r}: ...}}")
+            raise DataError(
+                f"input {vi.name!r}: no size for dimension {dim.dim_param!r} "
+                f"(axis {axis}); pass dims={{{dim.dim_param!r}: ...}}"
+            )
     return tuple(shape)
 
 
@@ -414,8 +441,9 @@ def _feed(model, vi, shape, rng) -> np.ndarray:
     return rng.integers(0, high, size=shape).astype(dtype)
 
 
-def random_inputs(model: onnx.ModelProto, n: int, *, batch: int = 1, seed: int = 0,
-                  dims: Mapping[str, int] | None = None) -> list[dict[str, np.ndarray]]:
+def random_inputs(
+    model: onnx.ModelProto, n: int, *, batch: int = 1, seed: int = 0, dims: Mapping[str, int] | None = None
+) -> list[dict[str, np.ndarray]]:
     """Make ``n`` seeded feeds that match the model's graph inputs.
 
     Float inputs are standard normal; ``*mask*`` integer inputs are right-padded 0/1
@@ -444,12 +472,12 @@ def random_inputs(model: onnx.ModelProto, n: int, *, batch: int = 1, seed: int =
     init_names = {t.name for t in model.graph.initializer}
     infos = [vi for vi in model.graph.input if vi.name not in init_names]
     shapes = {vi.name: _shape(vi, batch, dims or {}) for vi in infos}
-    return [{vi.name: _feed(model, vi, shapes[vi.name], rng) for vi in infos}
-            for _ in range(n)]
+    return [{vi.name: _feed(model, vi, shapes[vi.name], rng) for vi in infos} for _ in range(n)]
 
 
-def sensitive_mlp(*, in_features: int = 16, hidden: int = 32, num_classes: int = 4, outlier_gain: float = 300.0,
-                  seed: int = 0) -> onnx.ModelProto:
+def sensitive_mlp(
+    *, in_features: int = 16, hidden: int = 32, num_classes: int = 4, outlier_gain: float = 300.0, seed: int = 0
+) -> onnx.ModelProto:
     """An MLP whose second layer is genuinely sensitive to INT8 activations.
 
     Hidden channel 0 is scaled up by ``outlier_gain`` in the first Gemm and scaled

@@ -55,8 +55,9 @@ CHOICE_ATTR = "rayq.choice"
 class Pool(Protocol):
     size: int
 
-    def map_metric(self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None,
-                   stop: EarlyStop | None = None) -> list: ...
+    def map_metric(
+        self, plans: Sequence[QuantPlan | None], indices: list[int] | None = None, stop: EarlyStop | None = None
+    ) -> list: ...
     def map_output_error(self, plans: Sequence[QuantPlan | None]) -> list[float]: ...
     def map_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
     def compare_latency(self, plans: Sequence[QuantPlan | None]) -> list: ...
@@ -102,8 +103,9 @@ class PoolEvaluator:
         else:
             metrics = self.pool.map_metric(list(plans), None, stop=self.stop)
         ok = [i for i, m in enumerate(metrics) if m.error is None and not getattr(m, "early_stopped", False)]
-        self.per_item.update((plans[i].key(), metrics[i].per_item) for i in ok
-                             if getattr(metrics[i], "per_item", None) is not None)
+        self.per_item.update(
+            (plans[i].key(), metrics[i].per_item) for i in ok if getattr(metrics[i], "per_item", None) is not None
+        )
         fp32, latencies = None, {}
         if ok:
             fp32, *measured = self.pool.compare_latency([None, *(plans[i] for i in ok)])
@@ -117,10 +119,21 @@ class PoolEvaluator:
         drop = compute_drop(self.fp32, m.value, self.drop_type)
         if getattr(m, "early_stopped", False):  # infeasible, not timed
             saved = self.stop.n_items - int(m.items_seen) if self.stop is not None else 0
-            return EvalResult(plan.key(), m.value, drop, None, None, "ok", None, m.seconds,
-                              early_stopped=True, items_saved=saved)
-        return EvalResult(plan.key(), m.value, drop, lat.median_ms, lat.iqr_ms, "ok", None, m.seconds,
-                          fp32.median_ms, _speedup(fp32, lat))
+            return EvalResult(
+                plan.key(), m.value, drop, None, None, "ok", None, m.seconds, early_stopped=True, items_saved=saved
+            )
+        return EvalResult(
+            plan.key(),
+            m.value,
+            drop,
+            lat.median_ms,
+            lat.iqr_ms,
+            "ok",
+            None,
+            m.seconds,
+            fp32.median_ms,
+            _speedup(fp32, lat),
+        )
 
 
 def _speedup(fp32, lat) -> tuple[float, float, float] | None:
@@ -142,8 +155,9 @@ def ranking_subset(fp32_items: np.ndarray | None, int8_items: np.ndarray | None,
     return sorted(int(i) for i in chosen)
 
 
-def score_groups(pool: Pool, base: QuantPlan, ops: Sequence[str], subset: list[int] | None,
-                 use_metric: bool) -> dict[str, float]:
+def score_groups(
+    pool: Pool, base: QuantPlan, ops: Sequence[str], subset: list[int] | None, use_metric: bool
+) -> dict[str, float]:
     """Harm of each fallback group: how much reverting it alone recovers."""
     plans = [base.with_fallback([op]) for op in ops]
     if use_metric:
@@ -164,9 +178,16 @@ def _done(records: Sequence[TrialRecord]) -> int:
 class AccuracyControl:
     """One search over a prepared pool. ``run()`` returns the chosen record and all records."""
 
-    def __init__(self, pool: Pool, base: QuantPlan, ops: Sequence[str], space: SearchSpace,
-                 settings: SearchSettings, on_trial: Callable[[TrialRecord], None] | None = None,
-                 shares: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        base: QuantPlan,
+        ops: Sequence[str],
+        space: SearchSpace,
+        settings: SearchSettings,
+        on_trial: Callable[[TrialRecord], None] | None = None,
+        shares: dict[str, float] | None = None,
+    ) -> None:
         if settings.n_trials is None and settings.explore:
             raise SearchError("n_trials=None (no cap) needs explore=False: exploration needs a trial budget")
         self.pool, self.base, self.ops, self.space0, self.s = pool, base, list(ops), space, settings
@@ -187,10 +208,22 @@ class AccuracyControl:
         return self.s.n_trials is None or _done(records) < self.s.n_trials
 
     def _driver(self, space: SearchSpace, n_trials: int, evaluator) -> SearchDriver:
-        return SearchDriver(space, self.base, evaluator, max_drop=self.s.max_drop, n_trials=self._cap(n_trials),
-                            timeout=self.s.timeout, generation_size=self.s.generation_size, seed=self.s.seed,
-                            storage=self.storage, study_name=self.s.study_name, sampler=self.s.sampler,
-                            on_trial=self.on_trial, cost=self._cost, screen=self.screen)
+        return SearchDriver(
+            space,
+            self.base,
+            evaluator,
+            max_drop=self.s.max_drop,
+            n_trials=self._cap(n_trials),
+            timeout=self.s.timeout,
+            generation_size=self.s.generation_size,
+            seed=self.s.seed,
+            storage=self.storage,
+            study_name=self.s.study_name,
+            sampler=self.s.sampler,
+            on_trial=self.on_trial,
+            cost=self._cost,
+            screen=self.screen,
+        )
 
     def _cost(self, plan: QuantPlan) -> float:
         return fp32_fraction(plan.fallback, self.shares)
@@ -223,18 +256,24 @@ class AccuracyControl:
         needed = self._needed()
         if not needed or not plans:
             return [None] * len(plans)
-        incumbents = selection.finalists(earlier, ops=self.ops, base=self.base, shares=self.shares,
-                                         size=len(earlier))
+        incumbents = selection.finalists(earlier, ops=self.ops, base=self.base, shares=self.shares, size=len(earlier))
         costs = [self._cost(r.plan) for r in incumbents]
         items = len(self.fp32.per_item) if self.fp32 is not None and self.fp32.per_item is not None else 0
         out: list[EvalResult | None] = []
         for p in plans:
             skip = cannot_beat(self._cost(p), costs, needed) and self._bisection_safe(p, earlier)
-            out.append(EvalResult(p.key(), None, None, None, None, "ok", early_stopped=True, items_saved=items)
-                       if skip else None)
+            out.append(
+                EvalResult(p.key(), None, None, None, None, "ok", early_stopped=True, items_saved=items)
+                if skip
+                else None
+            )
         if any(out):
-            log.info("%d of %d candidate(s) not validated: %d feasible trial(s) are cheaper already",
-                     sum(r is not None for r in out), len(plans), len(incumbents))
+            log.info(
+                "%d of %d candidate(s) not validated: %d feasible trial(s) are cheaper already",
+                sum(r is not None for r in out),
+                len(plans),
+                len(incumbents),
+            )
         return out
 
     def _bisection_safe(self, plan: QuantPlan, earlier: Sequence[TrialRecord]) -> bool:
@@ -286,8 +325,11 @@ class AccuracyControl:
             int8_per_item = self.pool.map_metric([self.base], None)[0].per_item
         subset = ranking_subset(self._fp32()[1], int8_per_item, self.s.ranking_subset)
         use_metric = subset is not None
-        log.info("ranking %d fallback groups on %s", len(self.ops),
-                 f"{len(subset)} disagreeing items" if subset is not None else "output error")
+        log.info(
+            "ranking %d fallback groups on %s",
+            len(self.ops),
+            f"{len(subset)} disagreeing items" if subset is not None else "output error",
+        )
         self.scores = score_groups(self.pool, self.base, self.ops, subset, use_metric)
         self.basis = basis = "metric" if use_metric else "output_error"
         ranking = rank_groups(self.scores, self.ops)
@@ -302,11 +344,16 @@ class AccuracyControl:
         fp32, per_item = self._fp32()
         n = 0 if per_item is None else len(per_item)
         if not chunkable(fp32, per_item, n):
-            log.info("early stopping off: the validation function %s", "returns no per-item values"
-                     if per_item is None else "returns a metric that is not the mean of its per-item values")
+            log.info(
+                "early stopping off: the validation function %s",
+                "returns no per-item values"
+                if per_item is None
+                else "returns a metric that is not the mean of its per-item values",
+            )
             return None
-        return EarlyStop(np.asarray(per_item, np.float64), float(fp32), self.s.max_drop,
-                         self.s.drop_type, seed=self.s.seed)
+        return EarlyStop(
+            np.asarray(per_item, np.float64), float(fp32), self.s.max_drop, self.s.drop_type, seed=self.s.seed
+        )
 
     def run(self) -> tuple[TrialRecord | None, str, list[TrialRecord]]:
         if self.fp32 is None:
@@ -349,16 +396,30 @@ class AccuracyControl:
         study = optuna.load_study(study_name=self.s.study_name, storage=self.storage)
         if choice.record is not None:
             study.set_user_attr(CHOSEN_ATTR, choice.record.number)
-            study.set_user_attr(CHOICE_ATTR, {
-                "status": choice.status, "plan_key": choice.record.plan.key(), "margin": choice.margin,
-                "speedup": None if choice.speedup is None else choice.speedup.to_dict(),
-                "finalists": [r.number for r in choice.finalists], "rounds": choice.rounds, "clear": choice.clear})
+            study.set_user_attr(
+                CHOICE_ATTR,
+                {
+                    "status": choice.status,
+                    "plan_key": choice.record.plan.key(),
+                    "margin": choice.margin,
+                    "speedup": None if choice.speedup is None else choice.speedup.to_dict(),
+                    "finalists": [r.number for r in choice.finalists],
+                    "rounds": choice.rounds,
+                    "clear": choice.clear,
+                },
+            )
         return choice.record, choice.status, list(choice.records)
 
     def _choose(self, records: Sequence[TrialRecord]) -> selection.Choice:
-        return selection.choose(records, self.pool.compare_latency, ops=self.ops, base=self.base,
-                                shares=self.shares, max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
-                                size=self.s.finalists)
+        return selection.choose(
+            records,
+            self.pool.compare_latency,
+            ops=self.ops,
+            base=self.base,
+            shares=self.shares,
+            max_seconds=self.s.runoff_seconds or selection.RUNOFF_SECONDS,
+            size=self.s.finalists,
+        )
 
     def _most_accurate_completed(self, choice: selection.Choice) -> selection.Choice:
         """No finalist beats FP32, so the answer is the most accurate feasible trial: the
@@ -369,8 +430,11 @@ class AccuracyControl:
         best = selection.most_accurate([r for r in records if r.feasible], self.ops, self.base) or choice.record
         if best.number == choice.record.number:
             return replace(choice, records=tuple(records))
-        iv = None if best.speedup is None else Interval(best.speedup, best.speedup_low or math.nan,
-                                                         best.speedup_high or math.nan, 0)
+        iv = (
+            None
+            if best.speedup is None
+            else Interval(best.speedup, best.speedup_low or math.nan, best.speedup_high or math.nan, 0)
+        )
         return replace(choice, record=best, records=tuple(records), speedup=iv)
 
     def _completed(self, records: Sequence[TrialRecord], skipped_only: bool = False) -> list[TrialRecord]:
@@ -383,8 +447,11 @@ class AccuracyControl:
         still marked ``early_stopped`` but with ``validation_items_saved=0``.
         ``skipped_only``: only the trials :meth:`screen` skipped (no metric).
         """
-        stopped = [r for r in records if r.early_stopped and (r.metric is None if skipped_only
-                                                              else r.validation_items_saved or r.metric is None)]
+        stopped = [
+            r
+            for r in records
+            if r.early_stopped and (r.metric is None if skipped_only else r.validation_items_saved or r.metric is None)
+        ]
         results = PoolEvaluator(self.pool, self._fp32()[0], self.s.drop_type).evaluate([r.plan for r in stopped])
         done = {}
         for r, full in zip(stopped, results):
@@ -392,10 +459,19 @@ class AccuracyControl:
                 continue
             est, low, high = full.speedup or (None, None, None)
             done[r.number] = replace(
-                r, metric=full.metric, drop=full.drop, latency_ms=full.latency_ms,
-                latency_spread_ms=full.latency_spread_ms, fp32_latency_ms=full.fp32_latency_ms, speedup_est=est,
-                speedup_low=low, speedup_high=high, validation_items_saved=0,
-                feasible=within_budget(full.drop, self.s.max_drop), eval_seconds=r.eval_seconds + full.eval_seconds)
+                r,
+                metric=full.metric,
+                drop=full.drop,
+                latency_ms=full.latency_ms,
+                latency_spread_ms=full.latency_spread_ms,
+                fp32_latency_ms=full.fp32_latency_ms,
+                speedup_est=est,
+                speedup_low=low,
+                speedup_high=high,
+                validation_items_saved=0,
+                feasible=within_budget(full.drop, self.s.max_drop),
+                eval_seconds=r.eval_seconds + full.eval_seconds,
+            )
         log.info("validated the %d early-stopped trial(s) whole for the answer", len(done))
         return [done.get(r.number, r) for r in records]
 

@@ -74,9 +74,22 @@ from rayq.tuning.storage import open_storage
 
 logger = logging.getLogger(__name__)
 
-_RESULT_KEYS = ("status", "metric", "drop", "latency_ms", "latency_spread_ms", "error", "eval_seconds", "constraint",
-                "fp32_latency_ms", "speedup", "speedup_low", "speedup_high", "early_stopped",
-                "validation_items_saved")
+_RESULT_KEYS = (
+    "status",
+    "metric",
+    "drop",
+    "latency_ms",
+    "latency_spread_ms",
+    "error",
+    "eval_seconds",
+    "constraint",
+    "fp32_latency_ms",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "early_stopped",
+    "validation_items_saved",
+)
 _DONE = (TrialState.COMPLETE, TrialState.FAIL)
 _PENDING = (TrialState.RUNNING, TrialState.WAITING)
 #: Statuses of the trials that count: evaluated (or reused) plans. Older rayq versions
@@ -208,36 +221,49 @@ class SearchDriver:
             study.tell(trial, state=TrialState.FAIL)
         numbers = sorted(t.number for t in trials)
         if numbers:
-            logger.warning("discarded trial(s) %s of study %r: its n_trials=%d is reached", numbers,
-                           self.study_name, self.n_trials)
+            logger.warning(
+                "discarded trial(s) %s of study %r: its n_trials=%d is reached", numbers, self.study_name, self.n_trials
+            )
         return numbers
 
     # -- study setup -----------------------------------------------------------------
 
     def _open_study(self) -> optuna.Study:
         try:
-            study = optuna.create_study(storage=self._storage, study_name=self.study_name, direction="minimize",
-                                        sampler=TrialSeededSampler(self.sampler, self.seed, self.generation_size),
-                                        load_if_exists=True)
+            study = optuna.create_study(
+                storage=self._storage,
+                study_name=self.study_name,
+                direction="minimize",
+                sampler=TrialSeededSampler(self.sampler, self.seed, self.generation_size),
+                load_if_exists=True,
+            )
         except Exception as exc:  # optuna/storage errors: translate at the boundary
             raise SearchError(f"cannot open study {self.study_name!r}: {exc}") from exc
-        expected = {"max_drop": self.max_drop, "space": self.space.choices_fingerprint(),
-                    "base_plan": self.base_plan.key()}
+        expected = {
+            "max_drop": self.max_drop,
+            "space": self.space.choices_fingerprint(),
+            "base_plan": self.base_plan.key(),
+        }
         recorded = study.user_attrs
         for name, value in expected.items():
             if name not in recorded:
                 study.set_user_attr(name, value)
             elif recorded[name] != value:
-                raise ConfigError(f"study {self.study_name!r} was run with {name}={recorded[name]!r}, "
-                                  f"not {value!r}; use another study name to start afresh")
+                raise ConfigError(
+                    f"study {self.study_name!r} was run with {name}={recorded[name]!r}, "
+                    f"not {value!r}; use another study name to start afresh"
+                )
         return study
 
     def _orphans(self, study: optuna.Study) -> deque[FrozenTrial]:
         """Trials a stopped driver left running, oldest first: the next generation takes them over."""
         running = sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
         if running:
-            logger.warning("study %r has trial(s) %s left in flight by a stopped driver; evaluating them first",
-                           self.study_name, [t.number for t in running])
+            logger.warning(
+                "study %r has trial(s) %s left in flight by a stopped driver; evaluating them first",
+                self.study_name,
+                [t.number for t in running],
+            )
         return deque(running)
 
     def _enqueue(self, study: optuna.Study, items: Sequence[tuple[dict, str]]) -> None:
@@ -252,8 +278,7 @@ class SearchDriver:
                 logger.debug("plan %s is already in study %r; not enqueued", key, self.study_name)
                 continue
             if room <= 0:
-                logger.info("study %r is full (n_trials=%d): seed %s not enqueued", self.study_name,
-                            self.n_trials, key)
+                logger.info("study %r is full (n_trials=%d): seed %s not enqueued", self.study_name, self.n_trials, key)
                 continue
             study.enqueue_trial(params, user_attrs={"source": source, "enqueued_key": key})
             known.add(key)
@@ -261,8 +286,9 @@ class SearchDriver:
 
     # -- one generation --------------------------------------------------------------
 
-    def _rest_of_generation(self, study: optuna.Study, orphans: deque[FrozenTrial],
-                            size: int) -> tuple[int, list[int] | None]:
+    def _rest_of_generation(
+        self, study: optuna.Study, orphans: deque[FrozenTrial], size: int
+    ) -> tuple[int, list[int] | None]:
         """Size and tag of what is left of the generation a stopped driver had in flight.
 
         Every trial carries its generation's tag ``[first trial number, size]``. A
@@ -275,8 +301,10 @@ class SearchDriver:
         tag = next((t.user_attrs["generation"] for t in orphans if "generation" in t.user_attrs), None)
         if tag is None:
             return size, None
-        told = sum(t.user_attrs.get("generation") == tag and t.user_attrs.get("status") in _COUNTED
-                   for t in study.get_trials(deepcopy=False, states=_DONE))
+        told = sum(
+            t.user_attrs.get("generation") == tag and t.user_attrs.get("status") in _COUNTED
+            for t in study.get_trials(deepcopy=False, states=_DONE)
+        )
         return max(1, min(int(tag[1]) - told, size)), list(tag)
 
     def _ask(self, study: optuna.Study, orphans: deque[FrozenTrial]) -> optuna.Trial:
@@ -286,8 +314,14 @@ class SearchDriver:
             return optuna.Trial(study, orphans.popleft()._trial_id)
         return study.ask()
 
-    def _generation(self, study: optuna.Study, size: int, cache: dict[str, dict],
-                    orphans: deque[FrozenTrial], tag: list[int] | None = None) -> None:
+    def _generation(
+        self,
+        study: optuna.Study,
+        size: int,
+        cache: dict[str, dict],
+        orphans: deque[FrozenTrial],
+        tag: list[int] | None = None,
+    ) -> None:
         trials: list[optuna.Trial] = []
         try:
             plans = []
@@ -303,8 +337,11 @@ class SearchDriver:
             results = self._evaluate(fresh, lambda: self._before(study, first))
         except BaseException:
             # The trials stay RUNNING: re-running the search takes them over and tells them.
-            logger.warning("search stopped with trial(s) %s of study %r in flight; re-run it to finish them",
-                           [t.number for t in trials], self.study_name)
+            logger.warning(
+                "search stopped with trial(s) %s of study %r in flight; re-run it to finish them",
+                [t.number for t in trials],
+                self.study_name,
+            )
             raise
         records = []
         for trial, plan in zip(trials, plans):
@@ -314,8 +351,14 @@ class SearchDriver:
             cache[key] = attrs
             records.append(self._tell(study, trial, attrs, reused))
         for record in records:
-            logger.info("trial %d (%s): %s, latency %s, drop %s", record.number, record.source,
-                        record.status, _g(record.latency_ms, " ms"), _g(record.drop))
+            logger.info(
+                "trial %d (%s): %s, latency %s, drop %s",
+                record.number,
+                record.source,
+                record.status,
+                _g(record.latency_ms, " ms"),
+                _g(record.drop),
+            )
             if self.on_trial is not None:
                 self.on_trial(record)
 
@@ -345,8 +388,10 @@ class SearchDriver:
         out = {}
         for plan, result in zip(plans, results):
             if result.plan_key != plan.key():
-                raise SearchError(f"the evaluator returned a result for plan {result.plan_key} "
-                                  f"in the place of plan {plan.key()}; results must keep the plans' order")
+                raise SearchError(
+                    f"the evaluator returned a result for plan {result.plan_key} "
+                    f"in the place of plan {plan.key()}; results must keep the plans' order"
+                )
             out[plan.key()] = self._result_attrs(result)
         return out
 
@@ -356,22 +401,36 @@ class SearchDriver:
 
         status, error = r.status, r.error
         if status == "ok":
-            needed = (() if r.early_stopped and r.metric is None else  # skipped: nothing measured
-                      (("metric", r.metric), ("drop", r.drop))) + (() if r.early_stopped else
-                                                                  (("latency_ms", r.latency_ms),))
+            needed = (
+                ()
+                if r.early_stopped and r.metric is None
+                # skipped: nothing measured
+                else (("metric", r.metric), ("drop", r.drop))
+            ) + (() if r.early_stopped else (("latency_ms", r.latency_ms),))
             bad = [n for n, v in needed if finite(v) is None]
             if bad:
                 status, error = "failed", f"the evaluation returned no finite {', '.join(bad)}"
         elif status != "failed":
             status, error = "failed", f"unknown evaluation status {r.status!r}: {r.error}"
         attrs: dict[str, Any] = {
-            "status": status, "metric": finite(r.metric), "drop": finite(r.drop),
-            "latency_ms": finite(r.latency_ms), "latency_spread_ms": finite(r.latency_spread_ms),
-            "error": error, "eval_seconds": float(r.eval_seconds), "constraint": None,
-            "fp32_latency_ms": finite(r.fp32_latency_ms)}
+            "status": status,
+            "metric": finite(r.metric),
+            "drop": finite(r.drop),
+            "latency_ms": finite(r.latency_ms),
+            "latency_spread_ms": finite(r.latency_spread_ms),
+            "error": error,
+            "eval_seconds": float(r.eval_seconds),
+            "constraint": None,
+            "fp32_latency_ms": finite(r.fp32_latency_ms),
+        }
         est, low, high = r.speedup if r.speedup is not None else (None, None, None)
-        attrs.update(speedup=finite(est), speedup_low=finite(low), speedup_high=finite(high),
-                     early_stopped=bool(r.early_stopped), validation_items_saved=int(r.items_saved))
+        attrs.update(
+            speedup=finite(est),
+            speedup_low=finite(low),
+            speedup_high=finite(high),
+            early_stopped=bool(r.early_stopped),
+            validation_items_saved=int(r.items_saved),
+        )
         if status == "ok":
             drop = attrs["drop"]
             feasible = within_budget(drop, self.max_drop) and not r.early_stopped
@@ -423,13 +482,27 @@ class SearchDriver:
             return None
         stopped = bool(a.get("early_stopped"))
         feasible = a["status"] == "ok" and within_budget(a.get("drop"), self.max_drop) and not stopped
-        return TrialRecord(t.number, plan, a.get("metric"), a.get("drop"), a.get("latency_ms"),
-                           a.get("latency_spread_ms"), a["status"], a.get("error"), feasible,
-                           a.get("source", "sampler"), bool(a.get("reused", False)),
-                           float(a.get("eval_seconds") or 0.0), fp32_latency_ms=a.get("fp32_latency_ms"),
-                           cost=a.get("cost"), speedup_est=a.get("speedup"), speedup_low=a.get("speedup_low"),
-                           speedup_high=a.get("speedup_high"), early_stopped=stopped,
-                           validation_items_saved=int(a.get("validation_items_saved") or 0))
+        return TrialRecord(
+            t.number,
+            plan,
+            a.get("metric"),
+            a.get("drop"),
+            a.get("latency_ms"),
+            a.get("latency_spread_ms"),
+            a["status"],
+            a.get("error"),
+            feasible,
+            a.get("source", "sampler"),
+            bool(a.get("reused", False)),
+            float(a.get("eval_seconds") or 0.0),
+            fp32_latency_ms=a.get("fp32_latency_ms"),
+            cost=a.get("cost"),
+            speedup_est=a.get("speedup"),
+            speedup_low=a.get("speedup_low"),
+            speedup_high=a.get("speedup_high"),
+            early_stopped=stopped,
+            validation_items_saved=int(a.get("validation_items_saved") or 0),
+        )
 
     def _outcome(self, study: optuna.Study) -> DriverOutcome:
         """The outcome over the first ``n_trials`` counted trials: what this driver's run produced,
@@ -441,8 +514,12 @@ class SearchDriver:
             assert best is not None, "a met budget has a cheapest feasible trial"
             logger.info("cheapest feasible: trial %d, cost %.4f, drop %.5f", best.number, best.cost, best.drop)
         else:
-            logger.warning("no INT8 trial of %d met max_drop=%g; the smallest drop is %s",
-                           len(records), self.max_drop, "n/a" if best is None else _g(best.drop))
+            logger.warning(
+                "no INT8 trial of %d met max_drop=%g; the smallest drop is %s",
+                len(records),
+                self.max_drop,
+                "n/a" if best is None else _g(best.drop),
+            )
         return DriverOutcome(best, status, records, self.study_name, self.max_drop, len(self.space.ranking))
 
 

@@ -168,14 +168,27 @@ def _float(value: Any) -> float:
 
 def _record_row(r: TrialRecord, chosen: int | None = None, n_quantizable: int = 0) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "number": r.number, "status": r.status, "source": r.source, "feasible": r.feasible,
-        "reused": r.reused, "metric": _float(r.metric), "drop": _float(r.drop),
-        "latency_ms": _float(r.latency_ms), "latency_spread_ms": _float(r.latency_spread_ms),
-        "fp32_latency_ms": _float(r.fp32_latency_ms), "speedup": _float(r.speedup),
-        "speedup_low": _float(r.speedup_low), "speedup_high": _float(r.speedup_high), "cost": _float(r.cost),
-        "error": r.error, "eval_seconds": float(r.eval_seconds), "remeasured": r.remeasured,
-        "chosen": chosen is not None and r.number == chosen, "plan_key": r.plan.key(),
-        "early_stopped": bool(r.early_stopped), "validation_items_saved": int(r.validation_items_saved),
+        "number": r.number,
+        "status": r.status,
+        "source": r.source,
+        "feasible": r.feasible,
+        "reused": r.reused,
+        "metric": _float(r.metric),
+        "drop": _float(r.drop),
+        "latency_ms": _float(r.latency_ms),
+        "latency_spread_ms": _float(r.latency_spread_ms),
+        "fp32_latency_ms": _float(r.fp32_latency_ms),
+        "speedup": _float(r.speedup),
+        "speedup_low": _float(r.speedup_low),
+        "speedup_high": _float(r.speedup_high),
+        "cost": _float(r.cost),
+        "error": r.error,
+        "eval_seconds": float(r.eval_seconds),
+        "remeasured": r.remeasured,
+        "chosen": chosen is not None and r.number == chosen,
+        "plan_key": r.plan.key(),
+        "early_stopped": bool(r.early_stopped),
+        "validation_items_saved": int(r.validation_items_saved),
         "int8": not n_quantizable or len(set(r.plan.fallback)) < n_quantizable,
     }
     plan = r.plan.to_dict()
@@ -270,8 +283,9 @@ def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
         ok = ok[ok["speedup"].notna()].assign(_speed=lambda f: -f["speedup"])
     else:
         ok = ok.assign(_speed=ok["latency_ms"])
-    ok = ok.sort_values(["_speed", "metric", "number"], ascending=[True, False, True],
-                        kind="mergesort").drop(columns="_speed")
+    ok = ok.sort_values(["_speed", "metric", "number"], ascending=[True, False, True], kind="mergesort").drop(
+        columns="_speed"
+    )
     keep, best = [], -math.inf
     for index, metric in zip(ok.index, ok["metric"]):
         if metric > best:

@@ -90,20 +90,35 @@ def plot_pareto(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if speed and {"speedup_low", "speedup_high"} <= set(ok):
-        err = [(ok[x] - ok[bound]).abs().replace(math.inf, math.nan).fillna(0.0)
-               for bound in ("speedup_low", "speedup_high")]
+        err = [
+            (ok[x] - ok[bound]).abs().replace(math.inf, math.nan).fillna(0.0)
+            for bound in ("speedup_low", "speedup_high")
+        ]
         ax.errorbar(ok[x], ok["metric"], xerr=err, fmt="none", ecolor="tab:blue", alpha=0.35, lw=2, zorder=1)
     if (~feasible).any():  # the legend names only what is drawn
-        ax.scatter(ok.loc[~feasible, x], ok.loc[~feasible, "metric"], c="lightgrey",
-                   edgecolors="grey", label="over budget", zorder=2)
+        ax.scatter(
+            ok.loc[~feasible, x],
+            ok.loc[~feasible, "metric"],
+            c="lightgrey",
+            edgecolors="grey",
+            label="over budget",
+            zorder=2,
+        )
     if feasible.any():
-        ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue",
-                   label="within budget", zorder=3)
+        ax.scatter(ok.loc[feasible, x], ok.loc[feasible, "metric"], c="tab:blue", label="within budget", zorder=3)
     _draw_front(ax, pareto, x, speed)
     picked = ok[ok["number"] == chosen] if chosen is not None and "number" in ok else ok.iloc[:0]
     if len(picked):
-        ax.scatter(picked[x], picked["metric"], marker="*", s=220, c="tab:red", edgecolors="black",
-                   label=f"chosen (trial {chosen})", zorder=5)
+        ax.scatter(
+            picked[x],
+            picked["metric"],
+            marker="*",
+            s=220,
+            c="tab:red",
+            edgecolors="black",
+            label=f"chosen (trial {chosen})",
+            zorder=5,
+        )
     if speed:
         ax.axvline(1.0, c="black", ls=":", lw=1)
     fp32 = fp32_metric if fp32_metric is not None else _fp32_from_frame(ok, drop_type)
@@ -112,8 +127,7 @@ def plot_pareto(
         budget = _budget_metric(fp32, max_drop, drop_type)
         ax.axhline(fp32, c="black", ls=":", lw=1, label=f"FP32 ({fp32:.4g})")
         if speed:  # FP32 itself: speed-up 1 at its metric
-            ax.scatter([1.0], [fp32], marker="D", s=50, c="white", edgecolors="black", label="FP32 model",
-                       zorder=4)
+            ax.scatter([1.0], [fp32], marker="D", s=50, c="white", edgecolors="black", label="FP32 model", zorder=4)
         ax.axhline(budget, c="tab:red", ls="--", lw=1, label=f"budget (max_drop={max_drop:g}, {drop_type})")
         levels += [fp32, budget]
     else:
@@ -137,8 +151,18 @@ def _draw_front(ax, pareto: pd.DataFrame, x: str, speed: bool) -> None:
         return
     front = front.sort_values(x, ascending=not speed)
     label = "Pareto front" if len(front) > 1 else "Pareto front (1 trial)"
-    ax.step(front[x], front["metric"], where="post", c="tab:orange", marker="o", mfc="none", ms=14, mew=2,
-            label=label, zorder=6)
+    ax.step(
+        front[x],
+        front["metric"],
+        where="post",
+        c="tab:orange",
+        marker="o",
+        mfc="none",
+        ms=14,
+        mew=2,
+        label=label,
+        zorder=6,
+    )
 
 
 def _metric_limits(ax, levels: list[float]) -> None:

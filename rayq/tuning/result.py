@@ -22,8 +22,17 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 #: Fields of ``result.json`` that older runs may lack (their defaults apply).
-_OPTIONAL_FIELDS = ("speedup", "speedup_low", "speedup_high", "speedup_margin", "chosen_trial",
-                    "n_quantizable", "message", "latency_settings", "decision")
+_OPTIONAL_FIELDS = (
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "speedup_margin",
+    "chosen_trial",
+    "n_quantizable",
+    "message",
+    "latency_settings",
+    "decision",
+)
 
 
 @dataclass
@@ -116,18 +125,36 @@ class SearchResult:
     def to_dict(self) -> dict:
         """The scalar results (what ``result.json`` holds)."""
         return {
-            "status": self.status, "plan": self.plan.to_dict(), "plan_key": self.plan.key(),
-            "fp32_metric": self.fp32_metric, "metric": self.metric, "drop": self.drop,
-            "max_drop": self.max_drop, "drop_type": self.drop_type, "latency_ms": self.latency_ms,
-            "latency_spread_ms": self.latency_spread_ms, "fp32_latency_ms": self.fp32_latency_ms,
-            "speedup": self.speedup, "speedup_low": self.speedup_low, "speedup_high": self.speedup_high,
-            "speedup_confidence": 0.95, "speedup_margin": self.speedup_margin, "chosen_trial": self.chosen_trial,
+            "status": self.status,
+            "plan": self.plan.to_dict(),
+            "plan_key": self.plan.key(),
+            "fp32_metric": self.fp32_metric,
+            "metric": self.metric,
+            "drop": self.drop,
+            "max_drop": self.max_drop,
+            "drop_type": self.drop_type,
+            "latency_ms": self.latency_ms,
+            "latency_spread_ms": self.latency_spread_ms,
+            "fp32_latency_ms": self.fp32_latency_ms,
+            "speedup": self.speedup,
+            "speedup_low": self.speedup_low,
+            "speedup_high": self.speedup_high,
+            "speedup_confidence": 0.95,
+            "speedup_margin": self.speedup_margin,
+            "chosen_trial": self.chosen_trial,
             "n_quantizable": self.n_quantizable,
-            "message": self.message, "decision": self.decision, "latency_settings": self.latency_settings,
-            "target": self.target, "fallback": list(self.plan.fallback),
-            "n_trials": len(self.trials), "wall_seconds": self.wall_seconds,
-            "cpu_seconds": self.cpu_seconds, "ranking": self.ranking, "model_path": self.model_path,
-            "study_name": self.study_name, "worker_nodes": self.worker_nodes,
+            "message": self.message,
+            "decision": self.decision,
+            "latency_settings": self.latency_settings,
+            "target": self.target,
+            "fallback": list(self.plan.fallback),
+            "n_trials": len(self.trials),
+            "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "ranking": self.ranking,
+            "model_path": self.model_path,
+            "study_name": self.study_name,
+            "worker_nodes": self.worker_nodes,
         }
 
     def plot(self, path: str | None = None):
@@ -135,8 +162,15 @@ class SearchResult:
         from rayq.tuning.plot import plot_pareto
 
         _register_notebook_png()
-        return plot_pareto(self.trials, self.pareto, max_drop=self.max_drop, fp32_metric=self.fp32_metric,
-                           drop_type=self.drop_type, path=path, chosen=self.chosen_trial)
+        return plot_pareto(
+            self.trials,
+            self.pareto,
+            max_drop=self.max_drop,
+            fp32_metric=self.fp32_metric,
+            drop_type=self.drop_type,
+            path=path,
+            chosen=self.chosen_trial,
+        )
 
     def save(self, uri: str, files: dict[str, str] | None = None) -> dict[str, str]:
         """Publish model, ``trials.parquet``, ``pareto.parquet``, ``pareto.png``,
@@ -167,11 +201,11 @@ class SearchResult:
                 (out.staging / name).write_text(text, encoding="utf-8")
             model = out.location.child(staged[0])
             self.model_path = model.local if out.location.local else model.uri
-            (out.staging / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str),
-                                                   encoding="utf-8")
+            (out.staging / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str), encoding="utf-8")
             written = out.publish([*names, *(files or {}), RESULT_FILE])
-        log.info("saved %s to %s", ", ".join(n for n in written if n != RESULT_FILE),
-                 out.location.local or out.location.uri)
+        log.info(
+            "saved %s to %s", ", ".join(n for n in written if n != RESULT_FILE), out.location.local or out.location.uri
+        )
         return written
 
     @classmethod
@@ -190,28 +224,44 @@ class SearchResult:
 
         location = resolve(uri)
         data = json.loads(read_marker(location, RESULT_FILE).decode())
-        frames = {name: tables.read_parquet(location.child(f"{name}.parquet").read_bytes())
-                  for name in ("trials", "pareto")}
+        frames = {
+            name: tables.read_parquet(location.child(f"{name}.parquet").read_bytes()) for name in ("trials", "pareto")
+        }
         sensitivity = location.child("sensitivity.parquet")
         if sensitivity.kind() == "file":
             frames["sensitivity"] = tables.read_parquet(sensitivity.read_bytes())
         return cls(
-            model=_load_model(location, data["model_path"]), plan=QuantPlan.from_dict(data["plan"]),
-            status=data["status"], fp32_metric=data["fp32_metric"], metric=data["metric"], drop=data["drop"],
-            max_drop=data["max_drop"], drop_type=data["drop_type"], latency_ms=data["latency_ms"],
-            latency_spread_ms=data["latency_spread_ms"], fp32_latency_ms=data["fp32_latency_ms"],
-            target=data["target"], trials=frames["trials"], pareto=frames["pareto"],
-            wall_seconds=data["wall_seconds"], cpu_seconds=data["cpu_seconds"], ranking=list(data["ranking"]),
-            model_path=data["model_path"], study_name=data.get("study_name", ""),
+            model=_load_model(location, data["model_path"]),
+            plan=QuantPlan.from_dict(data["plan"]),
+            status=data["status"],
+            fp32_metric=data["fp32_metric"],
+            metric=data["metric"],
+            drop=data["drop"],
+            max_drop=data["max_drop"],
+            drop_type=data["drop_type"],
+            latency_ms=data["latency_ms"],
+            latency_spread_ms=data["latency_spread_ms"],
+            fp32_latency_ms=data["fp32_latency_ms"],
+            target=data["target"],
+            trials=frames["trials"],
+            pareto=frames["pareto"],
+            wall_seconds=data["wall_seconds"],
+            cpu_seconds=data["cpu_seconds"],
+            ranking=list(data["ranking"]),
+            model_path=data["model_path"],
+            study_name=data.get("study_name", ""),
             worker_nodes=data.get("worker_nodes", {}),
             **({"sensitivity": frames["sensitivity"]} if "sensitivity" in frames else {}),
-            **{k: data[k] for k in _OPTIONAL_FIELDS if k in data})
+            **{k: data[k] for k in _OPTIONAL_FIELDS if k in data},
+        )
 
     def __repr__(self) -> str:
         lat = f"{self.latency_ms:.3f} ms" if self.latency_ms else "n/a"
-        return (f"SearchResult(status={self.status!r}, metric={self.metric}, drop={self.drop}, "
-                f"latency={lat}, speedup={self.speedup_text}, fallback={list(self.plan.fallback)}, "
-                f"trials={len(self.trials)})")
+        return (
+            f"SearchResult(status={self.status!r}, metric={self.metric}, drop={self.drop}, "
+            f"latency={lat}, speedup={self.speedup_text}, fallback={list(self.plan.fallback)}, "
+            f"trials={len(self.trials)})"
+        )
 
 
 def _register_notebook_png() -> None:

@@ -53,8 +53,9 @@ def make_sampler(kind: str, seed: int, generation_size: int = 4) -> optuna.sampl
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
         if kind == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=max(8, 2 * generation_size), seed=seed,
-                                                 constraints_func=constraints)
+            return optuna.samplers.NSGAIISampler(
+                population_size=max(8, 2 * generation_size), seed=seed, constraints_func=constraints
+            )
         if kind == "tpe":
             return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
     raise ConfigError(f"sampler={kind!r} is not valid; choose one of {list(SAMPLERS)}")
@@ -79,26 +80,27 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
     def _seeded(self, number: int, name: str = "") -> optuna.samplers.BaseSampler:
         words = [self.seed, int(number), zlib.crc32(name.encode())]
-        return make_sampler(self.kind, int(np.random.SeedSequence(words).generate_state(1)[0]),
-                            self.generation_size)
+        return make_sampler(self.kind, int(np.random.SeedSequence(words).generate_state(1)[0]), self.generation_size)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._base.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self._seeded(trial.number).sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self._seeded(trial.number, param_name).sample_independent(study, trial, param_name,
-                                                                         param_distribution)
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._seeded(trial.number, param_name).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._base.before_trial(study, trial)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         self._base.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

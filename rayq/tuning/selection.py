@@ -104,8 +104,14 @@ def most_accurate(records: Sequence[TrialRecord], ops: Sequence[str], base: Quan
     return min(pool, key=lambda r: (r.drop, tie_key(r.plan, base), r.number), default=None)
 
 
-def finalists(records: Sequence[TrialRecord], *, ops: Sequence[str], base: QuantPlan,
-              shares: Mapping[str, float] | None = None, size: int = FINALISTS) -> list[TrialRecord]:
+def finalists(
+    records: Sequence[TrialRecord],
+    *,
+    ops: Sequence[str],
+    base: QuantPlan,
+    shares: Mapping[str, float] | None = None,
+    size: int = FINALISTS,
+) -> list[TrialRecord]:
     """The feasible INT8 trials to time, one per :func:`speed_key`, cheapest first."""
     groups: dict[tuple, TrialRecord] = {}
     for r in sorted(_feasible(records, ops), key=lambda r: (tie_key(r.plan, base), r.number)):
@@ -114,8 +120,9 @@ def finalists(records: Sequence[TrialRecord], *, ops: Sequence[str], base: Quant
     return ordered[:size]
 
 
-def provisional(records: Sequence[TrialRecord], *, ops: Sequence[str], base: QuantPlan,
-                shares: Mapping[str, float] | None = None) -> tuple[TrialRecord | None, str]:
+def provisional(
+    records: Sequence[TrialRecord], *, ops: Sequence[str], base: QuantPlan, shares: Mapping[str, float] | None = None
+) -> tuple[TrialRecord | None, str]:
     """The choice before any runoff: the cheapest feasible INT8 trial (``"met"``),
     else the most accurate (``"budget not met"``)."""
     top = finalists(records, ops=ops, base=base, shares=shares, size=1)
@@ -162,18 +169,23 @@ class Verdict:
     clear: bool
 
 
-def decide(rounds: Rounds, entrants: Sequence[TrialRecord], base: QuantPlan,
-           margin: float = SPEEDUP_MARGIN) -> Verdict:
+def decide(rounds: Rounds, entrants: Sequence[TrialRecord], base: QuantPlan, margin: float = SPEEDUP_MARGIN) -> Verdict:
     """Apply rules 4 and 5 of the module docstring to ``rounds``."""
     vs = {r.number: rounds.interval(None, r.number) for r in entrants}
     qualified = [r for r in entrants if vs[r.number].faster(margin)]
     if not qualified:  # clear once no finalist could still reach 1 + margin
         return Verdict(None, vs, all(vs[r.number].high <= 1.0 + margin for r in entrants))
-    unbeaten = [r for r in qualified
-                if not any(rounds.interval(r.number, d.number).faster(margin) for d in qualified if d is not r)]
+    unbeaten = [
+        r
+        for r in qualified
+        if not any(rounds.interval(r.number, d.number).faster(margin) for d in qualified if d is not r)
+    ]
     winner = min(unbeaten or qualified, key=lambda r: (tie_key(r.plan, base), r.number))
-    clear = all(rounds.interval(winner.number, d.number).decided(margin) or vs[d.number].high <= 1.0 + margin
-                for d in entrants if d is not winner)
+    clear = all(
+        rounds.interval(winner.number, d.number).decided(margin) or vs[d.number].high <= 1.0 + margin
+        for d in entrants
+        if d is not winner
+    )
     return Verdict(winner, vs, clear)
 
 
@@ -196,8 +208,9 @@ def rounds_needed(iv: Interval, margin: float = SPEEDUP_MARGIN) -> float:
     return math.inf if distance <= 1e-9 else float(math.ceil(iv.rounds * (half / distance) ** 2 - 1e-9))
 
 
-def open_pairs(rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord],
-               margin: float = SPEEDUP_MARGIN) -> list[list[Interval]]:
+def open_pairs(
+    rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord], margin: float = SPEEDUP_MARGIN
+) -> list[list[Interval]]:
     """The comparisons that keep ``verdict`` from being clear: for each, the intervals of
     which any one, once decided, settles it (see :func:`decide`)."""
     edge = 1.0 + margin
@@ -205,24 +218,30 @@ def open_pairs(rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord]
     if verdict.winner is None:
         return [[vs[r.number]] for r in entrants if vs[r.number].high > edge]
     w = verdict.winner.number
-    return [[rounds.interval(w, d.number), vs[d.number]] for d in entrants
-            if d.number != w and not rounds.interval(w, d.number).decided(margin) and vs[d.number].high > edge]
+    return [
+        [rounds.interval(w, d.number), vs[d.number]]
+        for d in entrants
+        if d.number != w and not rounds.interval(w, d.number).decided(margin) and vs[d.number].high > edge
+    ]
 
 
-def futile(rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord], margin: float,
-           rounds_left: float) -> bool:
+def futile(
+    rounds: Rounds, verdict: Verdict, entrants: Sequence[TrialRecord], margin: float, rounds_left: float
+) -> bool:
     """True when no open comparison (:func:`open_pairs`) is projected to be decided
     within ``rounds_left`` more rounds (:func:`rounds_needed`): more rounds would be
     spent for a verdict that the tie-break gives anyway."""
     pairs = open_pairs(rounds, verdict, entrants, margin)
-    return bool(pairs) and all(min(rounds_needed(iv, margin) - iv.rounds for iv in pair) > rounds_left
-                               for pair in pairs)
+    return bool(pairs) and all(
+        min(rounds_needed(iv, margin) - iv.rounds for iv in pair) > rounds_left for pair in pairs
+    )
 
 
 def _pruned(rounds: Rounds, active: list[TrialRecord], margin: float) -> list[TrialRecord]:
     """Drop finalists significantly slower than another one still timed."""
-    return [r for r in active
-            if not any(rounds.interval(r.number, d.number).faster(margin) for d in active if d is not r)]
+    return [
+        r for r in active if not any(rounds.interval(r.number, d.number).faster(margin) for d in active if d is not r)
+    ]
 
 
 @dataclass(frozen=True)
@@ -262,15 +281,25 @@ class Choice:
         if self.status == "met":
             return f"trial {self.record.number} is significantly faster than FP32 on {target}{sp}"
         if self.status == "no_speedup":
-            return (f"no candidate within the budget is significantly faster (by > {self.margin:.0%}) than FP32 "
-                    f"on {target}; returning the most accurate quantized model, trial {self.record.number}{sp}")
+            return (
+                f"no candidate within the budget is significantly faster (by > {self.margin:.0%}) than FP32 "
+                f"on {target}; returning the most accurate quantized model, trial {self.record.number}{sp}"
+            )
         return f"no INT8 trial met the accuracy budget; returning the most accurate, trial {self.record.number}"
 
 
-def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[str], base: QuantPlan,
-           shares: Mapping[str, float] | None = None, margin: float = SPEEDUP_MARGIN,
-           max_seconds: float = RUNOFF_SECONDS, max_calls: int = RUNOFF_CALLS,
-           size: int = FINALISTS) -> Choice:
+def choose(
+    records: Sequence[TrialRecord],
+    measure: Measure,
+    *,
+    ops: Sequence[str],
+    base: QuantPlan,
+    shares: Mapping[str, float] | None = None,
+    margin: float = SPEEDUP_MARGIN,
+    max_seconds: float = RUNOFF_SECONDS,
+    max_calls: int = RUNOFF_CALLS,
+    size: int = FINALISTS,
+) -> Choice:
     """The search's answer among ``records`` (see the module docstring).
 
     Args:
@@ -303,8 +332,10 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
         if verdict.clear or calls >= max_calls or elapsed >= max_seconds:
             break
         per_round = elapsed / len(rounds.rows)
-        left = min((max_calls - calls) * len(rounds.rows) / calls,
-                   (max_seconds - elapsed) / per_round if per_round > 0 else math.inf)
+        left = min(
+            (max_calls - calls) * len(rounds.rows) / calls,
+            (max_seconds - elapsed) / per_round if per_round > 0 else math.inf,
+        )
         if futile(rounds, verdict, entrants, margin, left):
             break
         active = _pruned(rounds, active, margin)
@@ -318,27 +349,56 @@ def choose(records: Sequence[TrialRecord], measure: Measure, *, ops: Sequence[st
         chosen, status = fallback, "no_speedup"
     chosen = retimed.get(chosen.number, chosen)
     speedup = verdict.vs_fp32.get(chosen.number) or _interval_of(chosen)
-    out = Choice(chosen, status, speedup, tuple(retimed.values()), all_records, len(rounds.rows),
-                 time.monotonic() - started, verdict.clear, rounds.median(None), settings, margin)
-    log.info("runoff: %d rounds in %.1f s (%s): %s", out.rounds, out.seconds,
-             "clear" if out.clear else "undecided within the caps: those pairs tie",
-             "; ".join(f"trial {n} {iv.text()}" for n, iv in verdict.vs_fp32.items()))
+    out = Choice(
+        chosen,
+        status,
+        speedup,
+        tuple(retimed.values()),
+        all_records,
+        len(rounds.rows),
+        time.monotonic() - started,
+        verdict.clear,
+        rounds.median(None),
+        settings,
+        margin,
+    )
+    log.info(
+        "runoff: %d rounds in %.1f s (%s): %s",
+        out.rounds,
+        out.seconds,
+        "clear" if out.clear else "undecided within the caps: those pairs tie",
+        "; ".join(f"trial {n} {iv.text()}" for n, iv in verdict.vs_fp32.items()),
+    )
     return out
 
 
 def _retimed(r: TrialRecord, rounds: Rounds, iv: Interval) -> TrialRecord:
-    return replace(r, latency_ms=rounds.median(r.number), fp32_latency_ms=rounds.median(None), remeasured=True,
-                   latency_spread_ms=rounds.spread(r.number), speedup_est=iv.estimate, speedup_low=iv.low,
-                   speedup_high=iv.high)
+    return replace(
+        r,
+        latency_ms=rounds.median(r.number),
+        fp32_latency_ms=rounds.median(None),
+        remeasured=True,
+        latency_spread_ms=rounds.spread(r.number),
+        speedup_est=iv.estimate,
+        speedup_low=iv.low,
+        speedup_high=iv.high,
+    )
 
 
 def _same_graph(r: TrialRecord, timed: TrialRecord | None) -> TrialRecord:
     """A trial running a finalist's graph takes the finalist's runoff timing."""
     if timed is None:
         return r
-    return replace(r, latency_ms=timed.latency_ms, fp32_latency_ms=timed.fp32_latency_ms, remeasured=True,
-                   latency_spread_ms=timed.latency_spread_ms, speedup_est=timed.speedup_est,
-                   speedup_low=timed.speedup_low, speedup_high=timed.speedup_high)
+    return replace(
+        r,
+        latency_ms=timed.latency_ms,
+        fp32_latency_ms=timed.fp32_latency_ms,
+        remeasured=True,
+        latency_spread_ms=timed.latency_spread_ms,
+        speedup_est=timed.speedup_est,
+        speedup_low=timed.speedup_low,
+        speedup_high=timed.speedup_high,
+    )
 
 
 def _interval_of(r: TrialRecord) -> Interval | None:
@@ -349,6 +409,22 @@ def _interval_of(r: TrialRecord) -> Interval | None:
     return Interval(r.speedup, low, high, 0)
 
 
-__all__ = ["FINALISTS", "RUNOFF_SECONDS", "STATUSES", "Choice", "Rounds", "Verdict", "choose", "decide",
-           "finalists", "futile", "is_int8", "most_accurate", "open_pairs", "provisional", "rounds_needed",
-           "speed_key", "tie_key"]
+__all__ = [
+    "FINALISTS",
+    "RUNOFF_SECONDS",
+    "STATUSES",
+    "Choice",
+    "Rounds",
+    "Verdict",
+    "choose",
+    "decide",
+    "finalists",
+    "futile",
+    "is_int8",
+    "most_accurate",
+    "open_pairs",
+    "provisional",
+    "rounds_needed",
+    "speed_key",
+    "tie_key",
+]

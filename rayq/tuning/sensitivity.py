@@ -56,8 +56,9 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def sensitivity_frame(ranking: Sequence[str], scores: Mapping[str, float], basis: str | None,
-                      fallback: Sequence[str] = ()) -> pd.DataFrame:
+def sensitivity_frame(
+    ranking: Sequence[str], scores: Mapping[str, float], basis: str | None, fallback: Sequence[str] = ()
+) -> pd.DataFrame:
     """One row per fallback group, most harmful first: ``rank`` (1 = most harmful),
     ``layer``, ``score`` (NaN: failed or unknown), ``basis`` and ``fallback`` (kept
     FP32 in the chosen plan).
@@ -67,11 +68,12 @@ def sensitivity_frame(ranking: Sequence[str], scores: Mapping[str, float], basis
         [True, False]
     """
     kept = set(fallback)
-    rows = [{"rank": i + 1, "layer": name, "score": _nan(scores.get(name)), "basis": basis,
-             "fallback": name in kept} for i, name in enumerate(ranking)]
+    rows = [
+        {"rank": i + 1, "layer": name, "score": _nan(scores.get(name)), "basis": basis, "fallback": name in kept}
+        for i, name in enumerate(ranking)
+    ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame.astype({"rank": "int64", "layer": "string", "score": "float64", "basis": "string",
-                         "fallback": "bool"})
+    return frame.astype({"rank": "int64", "layer": "string", "score": "float64", "basis": "string", "fallback": "bool"})
 
 
 def _nan(value: float | None) -> float:
@@ -93,8 +95,11 @@ def plot_sensitivity(frame: pd.DataFrame, path: str | os.PathLike | None = None)
     ax.set_yticks(list(range(len(shown))), [str(n) for n in shown["layer"]], fontsize="small")
     ax.invert_yaxis()
     basis = shown["basis"].iloc[0] if len(shown) else None
-    ax.set_xlabel("metric recovered by keeping the layer FP32" if basis == "metric"
-                  else "output error removed by keeping the layer FP32")
+    ax.set_xlabel(
+        "metric recovered by keeping the layer FP32"
+        if basis == "metric"
+        else "output error removed by keeping the layer FP32"
+    )
     more = f" (top {PLOT_LIMIT} of {len(frame)})" if len(frame) > PLOT_LIMIT else ""
     ax.set_title(f"per-layer sensitivity{more}; red: FP32 in the chosen model")
     ax.axvline(0.0, c="black", lw=0.8)

@@ -232,8 +232,12 @@ class SearchSpace:
         if k > self._max_k:
             raise ConfigError(f"fallback {list(fallback)} needs k={k} > max_fallback={self.max_fallback}")
         if k != len(fallback):
-            logger.info("fallback %s is not a top-k prefix; using k=%d (reverts %d more group(s))",
-                        list(fallback), k, k - len(fallback))
+            logger.info(
+                "fallback %s is not a top-k prefix; using k=%d (reverts %d more group(s))",
+                list(fallback),
+                k,
+                k - len(fallback),
+            )
         return k
 
 

@@ -70,8 +70,10 @@ def _open_rdb(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
                 continue
             scheme = url.split("://", 1)[0]
             if isinstance(exc, (ModuleNotFoundError, sqlalchemy.exc.ArgumentError)):  # unknown dialect or driver
-                raise ConfigError(f"storage: cannot open the {scheme}:// RDB storage (unknown database or its "
-                                  f"driver is not installed): {exc}") from exc
+                raise ConfigError(
+                    f"storage: cannot open the {scheme}:// RDB storage (unknown database or its "
+                    f"driver is not installed): {exc}"
+                ) from exc
             raise SearchError(f"cannot open the {scheme}:// RDB storage: {exc}") from exc
     raise SearchError(f"cannot open the RDB storage {url!r}")
 

@@ -28,9 +28,15 @@ import pyarrow.parquet as pq
 from rayq.core.plan import QuantPlan
 
 STRINGS = pa.list_(pa.string())
-SCOPE = pa.struct([("names", STRINGS), ("patterns", STRINGS), ("types", STRINGS),
-                   ("subgraphs", pa.list_(pa.struct([("inputs", STRINGS), ("outputs", STRINGS)]))),
-                   ("validate", pa.bool_())])
+SCOPE = pa.struct(
+    [
+        ("names", STRINGS),
+        ("patterns", STRINGS),
+        ("types", STRINGS),
+        ("subgraphs", pa.list_(pa.struct([("inputs", STRINGS), ("outputs", STRINGS)]))),
+        ("validate", pa.bool_()),
+    ]
+)
 
 
 def _field_type(annotation: str) -> pa.DataType:
@@ -50,10 +56,20 @@ PLAN = pa.struct(list(PLAN_FIELDS.items()))
 
 #: Trial columns that are not plan fields; any other column is float64.
 COLUMNS = {
-    "number": pa.int64(), "status": pa.string(), "source": pa.string(), "feasible": pa.bool_(),
-    "reused": pa.bool_(), "error": pa.string(), "remeasured": pa.bool_(), "chosen": pa.bool_(),
-    "plan_key": pa.string(), "int8": pa.bool_(), "n_fallback": pa.int64(), "plan": PLAN,
-    "early_stopped": pa.bool_(), "validation_items_saved": pa.int64(),
+    "number": pa.int64(),
+    "status": pa.string(),
+    "source": pa.string(),
+    "feasible": pa.bool_(),
+    "reused": pa.bool_(),
+    "error": pa.string(),
+    "remeasured": pa.bool_(),
+    "chosen": pa.bool_(),
+    "plan_key": pa.string(),
+    "int8": pa.bool_(),
+    "n_fallback": pa.int64(),
+    "plan": PLAN,
+    "early_stopped": pa.bool_(),
+    "validation_items_saved": pa.int64(),
     **PLAN_FIELDS,
 }
 
@@ -88,8 +104,11 @@ def text_as_objects(frame: pd.DataFrame) -> pd.DataFrame:
     NaN for some, object for all-None columns), so a frame compares equal to its Parquet copy."""
     for name in frame.columns:
         if COLUMNS.get(str(name)) == pa.string():
-            frame[name] = pd.Series([None if v is None or (isinstance(v, float) and v != v) else v
-                                     for v in frame[name]], dtype=object, index=frame.index)
+            frame[name] = pd.Series(
+                [None if v is None or (isinstance(v, float) and v != v) else v for v in frame[name]],
+                dtype=object,
+                index=frame.index,
+            )
     return frame
 
 
@@ -108,5 +127,14 @@ def plan_of(row: Any) -> QuantPlan:
     return QuantPlan.from_dict(_plain(row["plan"]))
 
 
-__all__ = ["COLUMNS", "PLAN", "SCOPE", "plan_of", "read_parquet", "schema_for", "text_as_objects", "to_arrow",
-           "write_parquet"]
+__all__ = [
+    "COLUMNS",
+    "PLAN",
+    "SCOPE",
+    "plan_of",
+    "read_parquet",
+    "schema_for",
+    "text_as_objects",
+    "to_arrow",
+    "write_parquet",
+]

@@ -19,8 +19,11 @@ from rayq.cli import search as cli_search
 from rayq.cli.main import build_parser
 
 #: search() argument -> config file field, where the names differ (NNCF's names in Python).
-PYTHON_NAMES = {"calibration_dataset": "calibration", "validation_dataset": "validation",
-                "advanced_parameters": "advanced"}
+PYTHON_NAMES = {
+    "calibration_dataset": "calibration",
+    "validation_dataset": "validation",
+    "advanced_parameters": "advanced",
+}
 #: Python-only arguments: the option objects themselves and the CLI's extra result files.
 PYTHON_ONLY = {"space", "options", "execution", "output_files"}
 OPTION_FIELDS = {name for cls in OPTION_CLASSES for name in cls.model_fields}
@@ -68,8 +71,12 @@ def test_defaults_are_declared_once():
 
 def test_flat_keywords_land_on_their_object_and_win():
     space, options, execution, rest = resolve(
-        SearchSpace(presets=("mixed",)), SearchOptions(n_trials=4, seed=2), None,
-        {"seed": 7, "num_workers": 1, "estimators": ["minmax"], "preset": "mixed"}, allowed=frozenset({"preset"}))
+        SearchSpace(presets=("mixed",)),
+        SearchOptions(n_trials=4, seed=2),
+        None,
+        {"seed": 7, "num_workers": 1, "estimators": ["minmax"], "preset": "mixed"},
+        allowed=frozenset({"preset"}),
+    )
     assert (space.presets, space.estimators) == (("mixed",), ("minmax",))
     assert (options.n_trials, options.seed) == (4, 7)
     assert execution == Execution(num_workers=1)
@@ -98,10 +105,32 @@ def test_options_are_frozen_and_checked_on_replace():
 
 def test_cli_flags_build_the_option_objects():
     args = build_parser().parse_args(
-        ["search", "m.onnx", "--data", "c.npz", "--validation", "v.npz", "--validation-fn", "pkg.m:acc",
-         "--presets", "mixed", "performance", "--smooth-quant-alphas", "0.5", "none", "--n-trials", "5",
-         "--no-cache", "--no-early-stop", "--worker-resources", '{"num_cpus": 1}', "--latency-threads", "2",
-         "--exact-bias-correction"])
+        [
+            "search",
+            "m.onnx",
+            "--data",
+            "c.npz",
+            "--validation",
+            "v.npz",
+            "--validation-fn",
+            "pkg.m:acc",
+            "--presets",
+            "mixed",
+            "performance",
+            "--smooth-quant-alphas",
+            "0.5",
+            "none",
+            "--n-trials",
+            "5",
+            "--no-cache",
+            "--no-early-stop",
+            "--worker-resources",
+            '{"num_cpus": 1}',
+            "--latency-threads",
+            "2",
+            "--exact-bias-correction",
+        ]
+    )
     cfg = cli_search.config_from_args(args)
     assert cfg.space.presets == ("mixed", "performance") and cfg.space.smooth_quant_alphas == (0.5, None)
     assert (cfg.options.n_trials, cfg.options.early_stop) == (5, False)
@@ -110,8 +139,9 @@ def test_cli_flags_build_the_option_objects():
 
 
 def test_config_file_fields_build_the_same_objects_as_python():
-    cfg = from_dict({**DIGITS, "command": "search", "latency_threads": 3, "cache": False, "finalists": 2,
-                     "ranking_subset_size": 50})
+    cfg = from_dict(
+        {**DIGITS, "command": "search", "latency_threads": 3, "cache": False, "finalists": 2, "ranking_subset_size": 50}
+    )
     assert cfg.execution == Execution(latency_threads=3, cache=False)
     assert cfg.options == SearchOptions(finalists=2)
     assert cfg.space == SearchSpace(ranking_subset_size=50)

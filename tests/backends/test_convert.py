@@ -23,14 +23,27 @@ def _instance(module: str):
     return type("Model", (), {"__module__": module})()
 
 
-@pytest.mark.parametrize("model, framework", [
-    ("m.pt", "torch"), ("m.PTH", "torch"), ("m.torchscript", "torch"), ("m.pb", "tensorflow"),
-    ("m.keras", "tensorflow"), ("m.tflite", "tflite"), ("m.pdmodel", "paddle"), ("m.onnx", None), ("m.xml", None),
-    ("m.h5", None),
-    (_instance("torch.nn.modules.container"), "torch"),
-    (_instance("keras.src.models.sequential"), "tensorflow"),
-    (_instance("tf_keras.models"), "tensorflow"), (_instance("paddle.nn"), "paddle"), (_instance("onnx"), None),
-    (42, None)])
+@pytest.mark.parametrize(
+    "model, framework",
+    [
+        ("m.pt", "torch"),
+        ("m.PTH", "torch"),
+        ("m.torchscript", "torch"),
+        ("m.pb", "tensorflow"),
+        ("m.keras", "tensorflow"),
+        ("m.tflite", "tflite"),
+        ("m.pdmodel", "paddle"),
+        ("m.onnx", None),
+        ("m.xml", None),
+        ("m.h5", None),
+        (_instance("torch.nn.modules.container"), "torch"),
+        (_instance("keras.src.models.sequential"), "tensorflow"),
+        (_instance("tf_keras.models"), "tensorflow"),
+        (_instance("paddle.nn"), "paddle"),
+        (_instance("onnx"), None),
+        (42, None),
+    ],
+)
 def test_framework_is_told_by_type_module_or_suffix(model, framework):
     assert convert.framework_of(model) == framework
 
@@ -49,10 +62,12 @@ def test_saved_model_folder_is_tensorflow(tmp_path):
 
 
 def test_onnx_and_openvino_models_load_without_importing_any_framework():
-    code = (f"import json, sys, numpy as np; from rayq.api.session import ModelSession; "
-            f"s = ModelSession({str(DIGITS / 'digits_cnn.onnx')!r}, "
-            f"np.load({str(DIGITS / 'calibration.npz')!r})['input'], subset_size=4); "
-            "print(json.dumps([s.backend.name, sorted(sys.modules)]))")
+    code = (
+        f"import json, sys, numpy as np; from rayq.api.session import ModelSession; "
+        f"s = ModelSession({str(DIGITS / 'digits_cnn.onnx')!r}, "
+        f"np.load({str(DIGITS / 'calibration.npz')!r})['input'], subset_size=4); "
+        "print(json.dumps([s.backend.name, sorted(sys.modules)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     backend, modules = json.loads(out.stdout.strip().splitlines()[-1])
     assert backend == "onnx"
@@ -79,9 +94,14 @@ def test_onnx_output_is_for_pytorch_only(tmp_path):
         convert.convert(str(path), to="onnx")
 
 
-@pytest.mark.parametrize("call", [lambda: convert.convert("m.pt", to="tf"),
-                                  lambda: convert.prepare("m.onnx", None, "ir"),
-                                  lambda: rayq.quantize(str(DIGITS / "digits_cnn.onnx"), [], convert_to="ir")])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: convert.convert("m.pt", to="tf"),
+        lambda: convert.prepare("m.onnx", None, "ir"),
+        lambda: rayq.quantize(str(DIGITS / "digits_cnn.onnx"), [], convert_to="ir"),
+    ],
+)
 def test_unknown_convert_target_is_a_config_error(call):
     with pytest.raises(rayq.ConfigError, match="convert_to="):
         call()

@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.fixture(scope="module")
 def harness():
-    sys.path.insert(0, str(BENCH))      # bench/ scripts import it as a top-level package
+    sys.path.insert(0, str(BENCH))  # bench/ scripts import it as a top-level package
     try:
         yield importlib.import_module("harness")
     finally:
@@ -30,17 +30,19 @@ def test_alternate_swaps_the_order_every_pair_and_reports_medians(harness):
         def run():
             calls.append(name)
             return {"s": next(values[name])}
+
         return run
 
     seen = []
-    pairs = harness.alternate({"a": side("a"), "b": side("b")}, 3, value=lambda r: r["s"],
-                              on_result=lambda s, i, r: seen.append((s, i)))
+    pairs = harness.alternate(
+        {"a": side("a"), "b": side("b")}, 3, value=lambda r: r["s"], on_result=lambda s, i, r: seen.append((s, i))
+    )
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert pairs.order == calls and seen[:3] == [("a", 0), ("b", 0), ("b", 1)]
     assert pairs.values == {"a": [10.0, 12.0, 11.0], "b": [5.0, 9.0, 4.0]}
     assert pairs.median("a") == 11.0 and pairs.median("b") == 5.0
     assert pairs.ratios == pytest.approx([0.5, 0.75, 4 / 11])
-    assert pairs.ratio_median == pytest.approx(0.5)   # median of per-pair ratios, not 5 / 11
+    assert pairs.ratio_median == pytest.approx(0.5)  # median of per-pair ratios, not 5 / 11
     summary = pairs.summary(lambda r: r["s"] * 2)
     assert summary["a"] == 22.0 and summary["ratio_median"] == pytest.approx(0.5)
     d = pairs.to_dict()
@@ -69,9 +71,11 @@ def test_interleaved_latency_uses_rayqs_rotating_turns(harness):
 def test_parse_cpus_and_cpu_flags(harness):
     assert harness.parse_cpus("0-2,5") == [0, 1, 2, 5]
     assert harness.parse_cpus(None) == sorted(__import__("os").sched_getaffinity(0))
-    text = ("processor : 0\nmodel name : Test CPU\nphysical id : 0\ncore id : 0\nflags : fpu avx2 avx512f "
-            "avx512_vnni amx_tile\n\nprocessor : 1\nmodel name : Test CPU\nphysical id : 0\ncore id : 0\n"
-            "flags : fpu avx2 avx512f avx512_vnni amx_tile\n")
+    text = (
+        "processor : 0\nmodel name : Test CPU\nphysical id : 0\ncore id : 0\nflags : fpu avx2 avx512f "
+        "avx512_vnni amx_tile\n\nprocessor : 1\nmodel name : Test CPU\nphysical id : 0\ncore id : 0\n"
+        "flags : fpu avx2 avx512f avx512_vnni amx_tile\n"
+    )
     info = harness.cpu_info(text)
     assert info["model"] == "Test CPU" and info["physical_cores"] == 1
     assert info["isa"]["avx512_vnni"] and info["isa"]["amx_tile"] and not info["isa"]["amx_int8"]
@@ -94,8 +98,9 @@ def test_run_job_reads_the_result_line_and_reports_failures(harness, tmp_path):
     assert ok["wall_s"] > 0 and ok["peak_rss_mb"] > 1
     bad = harness.run_job([sys.executable, "-c", "raise SystemExit(3)"], log=tmp_path / "bad.log", quiet=True)
     assert bad["error"] == "exit code 3" and bad["result"] is None
-    slow = harness.run_job([sys.executable, "-c", "import time; time.sleep(30)"], log=tmp_path / "slow.log",
-                           timeout=0.5, quiet=True)
+    slow = harness.run_job(
+        [sys.executable, "-c", "import time; time.sleep(30)"], log=tmp_path / "slow.log", timeout=0.5, quiet=True
+    )
     assert slow["timed_out"] and slow["error"] == "timed out" and slow["wall_s"] < 20
 
 

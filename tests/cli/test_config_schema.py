@@ -20,8 +20,10 @@ from rayq.core.scope import IgnoredScope
 from .conftest import CALIBRATION, MODEL, ROOT, VALIDATION, one_error_line
 
 Q = f"command: quantize\nmodel: {MODEL}\ncalibration: {CALIBRATION}\noutput: OUT/m.onnx\n"
-S = (f"command: search\nmodel: {MODEL}\ncalibration: {CALIBRATION}\nvalidation: {VALIDATION}\n"
-     "validation_fn: examples.digits.metric:accuracy\noutput: OUT/search\n")
+S = (
+    f"command: search\nmodel: {MODEL}\ncalibration: {CALIBRATION}\nvalidation: {VALIDATION}\n"
+    "validation_fn: examples.digits.metric:accuracy\noutput: OUT/search\n"
+)
 W = "command: sweep\noutput: OUT/sweep\n"
 
 #: name -> (command, YAML text, expected message fragment); every one is exit code 2.
@@ -31,8 +33,11 @@ BAD = {
     "file is a number": ("search", "42\n", "not a int"),
     "command not a string": ("quantize", Q.replace("command: quantize", "command: [quantize]"), "'command'"),
     "advanced is a number": ("quantize", Q + "advanced: 5\n", "advanced: expected a mapping, got 5 (int)"),
-    "ignored_scope is a list": ("quantize", Q + "ignored_scope: [a, b]\n",
-                                "ignored_scope: expected a mapping, got ['a', 'b'] (list)"),
+    "ignored_scope is a list": (
+        "quantize",
+        Q + "ignored_scope: [a, b]\n",
+        "ignored_scope: expected a mapping, got ['a', 'b'] (list)",
+    ),
     "subset_size is a word": ("quantize", Q + "subset_size: ten\n", "subset_size: expected an integer, got 'ten'"),
     "subset_size is a float": ("quantize", Q + "subset_size: 1.5\n", "subset_size: expected an integer, got 1.5"),
     "subset_size is zero": ("quantize", Q + "subset_size: 0\n", "subset_size: expected a number greater than"),
@@ -40,8 +45,11 @@ BAD = {
     "preset unknown": ("quantize", Q + "preset: fast\n", "preset: expected 'performance' or 'mixed', got 'fast'"),
     "preset is a list": ("quantize", Q + "preset: [mixed]\n", "preset: expected"),
     "target_device unknown": ("quantize", Q + "target_device: TPU\n", "target_device: expected"),
-    "fast_bias_correction word": ("quantize", Q + "fast_bias_correction: maybe\n",
-                                  "fast_bias_correction: expected true or false, got 'maybe'"),
+    "fast_bias_correction word": (
+        "quantize",
+        Q + "fast_bias_correction: maybe\n",
+        "fast_bias_correction: expected true or false, got 'maybe'",
+    ),
     "model_type unknown": ("quantize", Q + "model_type: cnn\n", "model_type: expected 'transformer'"),
     "model is a number": ("quantize", Q.replace(f"model: {MODEL}", "model: 5"), "model: expected a string, got 5"),
     "output missing": ("quantize", Q.replace("output: OUT/m.onnx\n", ""), "output: required field missing"),
@@ -49,26 +57,56 @@ BAD = {
     "latency_batch word": ("quantize", Q + "latency_batch: many\n", "latency_batch: expected an integer"),
     "output_format unknown": ("quantize", Q + "output_format: tflite\n", "output_format: expected"),
     "advanced unknown field": ("quantize", Q + "advanced: {speed: 1}\n", "unknown field 'advanced.speed'"),
-    "advanced.quantile word": ("quantize", Q + "advanced: {quantile: small}\n",
-                               "advanced.quantile: expected a number, got 'small'"),
-    "advanced.quantile range": ("quantize", Q + "advanced: {quantile: 0.7}\n",
-                                "advanced.quantile: expected a number less"),
-    "advanced.estimator unknown": ("quantize", Q + "advanced: {activation_estimator: median}\n",
-                                   "advanced.activation_estimator: expected"),
-    "advanced.per_channel word": ("quantize", Q + "advanced: {per_channel: 'no'}\n",
-                                  "advanced.per_channel: expected true or false, got 'no'"),
-    "advanced.batch_size bool": ("quantize", Q + "advanced: {batch_size: true}\n",
-                                 "advanced.batch_size: expected an integer, got True"),
-    "ignored names a string": ("quantize", Q + "ignored_scope: {names: conv1}\n",
-                               "ignored_scope.names: expected a list, got 'conv1'"),
-    "ignored names numbers": ("quantize", Q + "ignored_scope: {names: [1]}\n",
-                              "ignored_scope.names[0]: expected a string, got 1"),
-    "ignored subgraph inputs": ("quantize", Q + "ignored_scope: {subgraphs: [{inputs: a, outputs: [b]}]}\n",
-                                "ignored_scope.subgraphs[0].inputs: expected a list"),
-    "ignored validate word": ("quantize", Q + "ignored_scope: {validate: sometimes}\n",
-                              "ignored_scope.validate: expected true or false"),
-    "validation_fn code": ("quantize", Q + "validation_fn: \"os.system('x')\"\n",
-                           "validation_fn: expected a 'package.module:function' reference"),
+    "advanced.quantile word": (
+        "quantize",
+        Q + "advanced: {quantile: small}\n",
+        "advanced.quantile: expected a number, got 'small'",
+    ),
+    "advanced.quantile range": (
+        "quantize",
+        Q + "advanced: {quantile: 0.7}\n",
+        "advanced.quantile: expected a number less",
+    ),
+    "advanced.estimator unknown": (
+        "quantize",
+        Q + "advanced: {activation_estimator: median}\n",
+        "advanced.activation_estimator: expected",
+    ),
+    "advanced.per_channel word": (
+        "quantize",
+        Q + "advanced: {per_channel: 'no'}\n",
+        "advanced.per_channel: expected true or false, got 'no'",
+    ),
+    "advanced.batch_size bool": (
+        "quantize",
+        Q + "advanced: {batch_size: true}\n",
+        "advanced.batch_size: expected an integer, got True",
+    ),
+    "ignored names a string": (
+        "quantize",
+        Q + "ignored_scope: {names: conv1}\n",
+        "ignored_scope.names: expected a list, got 'conv1'",
+    ),
+    "ignored names numbers": (
+        "quantize",
+        Q + "ignored_scope: {names: [1]}\n",
+        "ignored_scope.names[0]: expected a string, got 1",
+    ),
+    "ignored subgraph inputs": (
+        "quantize",
+        Q + "ignored_scope: {subgraphs: [{inputs: a, outputs: [b]}]}\n",
+        "ignored_scope.subgraphs[0].inputs: expected a list",
+    ),
+    "ignored validate word": (
+        "quantize",
+        Q + "ignored_scope: {validate: sometimes}\n",
+        "ignored_scope.validate: expected true or false",
+    ),
+    "validation_fn code": (
+        "quantize",
+        Q + "validation_fn: \"os.system('x')\"\n",
+        "validation_fn: expected a 'package.module:function' reference",
+    ),
     "presets a string": ("search", S + "presets: performance\n", "presets: expected a list, got 'performance'"),
     "presets unknown": ("search", S + "presets: [performance, turbo]\n", "presets[1]: expected"),
     "estimators a string": ("search", S + "estimators: minmax\n", "estimators: expected a list, got 'minmax'"),
@@ -87,21 +125,34 @@ BAD = {
     "sweep models a string": ("sweep", W + "models: a.onnx\n", "models: expected a list"),
     "sweep models empty": ("sweep", W + "models: []\n", "models: expected a list with at least 1 item"),
     "sweep entry a number": ("sweep", W + "models: [5]\n", "models[0]: expected a string or a mapping, got 5"),
-    "sweep entry field type": ("sweep", W + "models: [{model: a.onnx, max_drop: big}]\n",
-                               "models[0].max_drop: expected a number, got 'big'"),
-    "sweep entry unknown field": ("sweep", W + "models: [{model: a.onnx, colour: red}]\n",
-                                  "unknown field 'models[0].colour'"),
-    "sweep defaults type": ("sweep", W + "models: [a.onnx]\ndefaults: {n_trials: many}\n",
-                            "defaults.n_trials: expected an integer, got 'many'"),
+    "sweep entry field type": (
+        "sweep",
+        W + "models: [{model: a.onnx, max_drop: big}]\n",
+        "models[0].max_drop: expected a number, got 'big'",
+    ),
+    "sweep entry unknown field": (
+        "sweep",
+        W + "models: [{model: a.onnx, colour: red}]\n",
+        "unknown field 'models[0].colour'",
+    ),
+    "sweep defaults type": (
+        "sweep",
+        W + "models: [a.onnx]\ndefaults: {n_trials: many}\n",
+        "defaults.n_trials: expected an integer, got 'many'",
+    ),
     "sweep defaults a list": ("sweep", W + "models: [a.onnx]\ndefaults: [a]\n", "defaults: expected a mapping"),
-    "sweep max_concurrent bool": ("sweep", W + "models: [a.onnx]\nmax_concurrent: true\n",
-                                  "max_concurrent: expected an integer, got True"),
+    "sweep max_concurrent bool": (
+        "sweep",
+        W + "models: [a.onnx]\nmax_concurrent: true\n",
+        "max_concurrent: expected an integer, got True",
+    ),
 }
 
 
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command gets past its config."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("a bad config must be refused before any work")
 
@@ -140,17 +191,26 @@ def test_valid_configs_build_the_same_objects(tmp_path):
     text = Q.replace("OUT", str(tmp_path)) + (
         "subset_size: 64\nnum_workers: 2\npreset: mixed\nfast_bias_correction: null\n"
         "ignored_scope: {names: [a], types: [Softmax], subgraphs: [{inputs: [x], outputs: [y]}], validate: false}\n"
-        "advanced: {activation_estimator: quantile, quantile: 0.001, smooth_quant_alpha: 1, batch_size: 4}\n")
+        "advanced: {activation_estimator: quantile, quantile: 0.001, smooth_quant_alpha: 1, batch_size: 4}\n"
+    )
     path = tmp_path / "ok.yaml"
     path.write_text(text)
     cfg = rayq.api.config.load(str(path), command="quantize")
     assert cfg == QuantizeConfig(
-        model=str(MODEL), calibration=str(CALIBRATION), output=f"{tmp_path}/m.onnx", subset_size=64, num_workers=2,
-        preset="mixed", fast_bias_correction=None,
-        ignored_scope=IgnoredScope(names=("a",), types=("Softmax",), subgraphs=({"inputs": ["x"], "outputs": ["y"]},),
-                                   validate=False),
-        advanced=AdvancedQuantizationParameters(activation_estimator="quantile", quantile=0.001,
-                                                smooth_quant_alpha=1.0, batch_size=4))
+        model=str(MODEL),
+        calibration=str(CALIBRATION),
+        output=f"{tmp_path}/m.onnx",
+        subset_size=64,
+        num_workers=2,
+        preset="mixed",
+        fast_bias_correction=None,
+        ignored_scope=IgnoredScope(
+            names=("a",), types=("Softmax",), subgraphs=({"inputs": ["x"], "outputs": ["y"]},), validate=False
+        ),
+        advanced=AdvancedQuantizationParameters(
+            activation_estimator="quantile", quantile=0.001, smooth_quant_alpha=1.0, batch_size=4
+        ),
+    )
     text = S.replace("OUT", str(tmp_path)) + "presets: [mixed]\nmax_drop: 1\n"
     search = rayq.api.config.from_dict(yaml.safe_load(text))
     assert search.presets == ("mixed",) and search.max_drop == 1.0 and isinstance(search, SearchConfig)
@@ -168,22 +228,34 @@ def test_bundled_configs_are_valid(name):
 def test_published_schema_is_generated_from_the_models():
     committed = (ROOT / "configs" / "schema.json").read_text()
     assert committed == config_schema.json_schema_text(), (
-        "configs/schema.json is stale: python -m rayq.api.config_schema > configs/schema.json")
+        "configs/schema.json is stale: python -m rayq.api.config_schema > configs/schema.json"
+    )
 
 
 def test_published_schema_rejects_what_the_loader_rejects():
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "configs" / "schema.json").read_text())
-    for case in ("subset_size is a word", "num_workers is a bool", "presets a string", "ignored_scope is a list",
-                 "advanced is a number", "unknown field"):
+    for case in (
+        "subset_size is a word",
+        "num_workers is a bool",
+        "presets a string",
+        "ignored_scope is a list",
+        "advanced is a number",
+        "unknown field",
+    ):
         _, text, _ = BAD[case]
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(yaml.safe_load(text.replace("OUT", "/tmp")), schema)
 
 
-@pytest.mark.parametrize(("model", "cls"), [(config_schema.QuantizeModel, QuantizeConfig),
-                                            (config_schema.SearchModel, SearchConfig),
-                                            (config_schema.AdvancedModel, AdvancedQuantizationParameters)])
+@pytest.mark.parametrize(
+    ("model", "cls"),
+    [
+        (config_schema.QuantizeModel, QuantizeConfig),
+        (config_schema.SearchModel, SearchConfig),
+        (config_schema.AdvancedModel, AdvancedQuantizationParameters),
+    ],
+)
 def test_schema_fields_and_defaults_match_the_config_objects(model, cls):
     """The schema documents the config objects: the same fields with the same defaults."""
     names = {f.name for f in fields(cls)}
@@ -202,8 +274,17 @@ def test_validation_timeout_flag(tmp_path, capsys, no_work):
     from rayq.cli.main import build_parser
     from rayq.cli.search import config_from_args
 
-    argv = ["search", str(MODEL), "--data", str(CALIBRATION), "--validation", str(VALIDATION),
-            "--validation-fn", "examples.digits.metric:accuracy", "--validation-timeout"]
+    argv = [
+        "search",
+        str(MODEL),
+        "--data",
+        str(CALIBRATION),
+        "--validation",
+        str(VALIDATION),
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+        "--validation-timeout",
+    ]
     assert config_from_args(build_parser().parse_args([*argv, "2.5"])).validation_timeout == 2.5
     assert main([*argv, "0", "-q"]) == 2
     assert "validation_timeout: expected a number greater than 0" in one_error_line(capsys.readouterr().err)

@@ -35,19 +35,66 @@ def test_version(capsys):
 
 
 def test_every_flag_maps_to_its_config_field():
-    args = build_parser().parse_args([
-        "quantize", "m.onnx", "--data", "c.npz", "-o", "o.xml", "--preset", "mixed", "--subset-size", "7",
-        "--num-workers", "3", "--model-type", "transformer", "--target-device", "CPU", "--exact-bias-correction",
-        "--ignored-scope", "a", "b", "--ignored-pattern", "x.*", "--ignored-type", "Softmax", "--ignored-type", "Add",
-        "--estimator", "histogram_mse", "--overflow-fix", "enable", "--output-format", "openvino",
-        "--address", "ray://head:10001", "--validation", "v.npz", "--validation-fn", "pkg.mod:fn"])
+    args = build_parser().parse_args(
+        [
+            "quantize",
+            "m.onnx",
+            "--data",
+            "c.npz",
+            "-o",
+            "o.xml",
+            "--preset",
+            "mixed",
+            "--subset-size",
+            "7",
+            "--num-workers",
+            "3",
+            "--model-type",
+            "transformer",
+            "--target-device",
+            "CPU",
+            "--exact-bias-correction",
+            "--ignored-scope",
+            "a",
+            "b",
+            "--ignored-pattern",
+            "x.*",
+            "--ignored-type",
+            "Softmax",
+            "--ignored-type",
+            "Add",
+            "--estimator",
+            "histogram_mse",
+            "--overflow-fix",
+            "enable",
+            "--output-format",
+            "openvino",
+            "--address",
+            "ray://head:10001",
+            "--validation",
+            "v.npz",
+            "--validation-fn",
+            "pkg.mod:fn",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg == QuantizeConfig(
-        model="m.onnx", calibration="c.npz", output="o.xml", preset="mixed", subset_size=7, num_workers=3,
-        model_type="transformer", target_device="CPU", fast_bias_correction=False,
+        model="m.onnx",
+        calibration="c.npz",
+        output="o.xml",
+        preset="mixed",
+        subset_size=7,
+        num_workers=3,
+        model_type="transformer",
+        target_device="CPU",
+        fast_bias_correction=False,
         ignored_scope=IgnoredScope(names=("a", "b"), patterns=("x.*",), types=("Softmax", "Add")),
         advanced=AdvancedQuantizationParameters(activation_estimator="histogram_mse", overflow_fix="enable"),
-        output_format="openvino", address="ray://head:10001", validation="v.npz", validation_fn="pkg.mod:fn")
+        output_format="openvino",
+        address="ray://head:10001",
+        validation="v.npz",
+        validation_fn="pkg.mod:fn",
+    )
 
 
 def test_global_options_before_or_after_the_command():
@@ -61,9 +108,27 @@ def test_subprocess_python_m(tmp_path):
     env = {**os.environ, "RAYQ_PROGRESS": "off"}
     out = tmp_path / "sub" / "m.onnx"
     proc = subprocess.run(
-        [sys.executable, "-m", "rayq.cli.main", "quantize", str(MODEL), "--data", str(CALIBRATION),
-         "-o", str(out), "--num-workers", "1", "--subset-size", "32"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "rayq.cli.main",
+            "quantize",
+            str(MODEL),
+            "--data",
+            str(CALIBRATION),
+            "-o",
+            str(out),
+            "--num-workers",
+            "1",
+            "--subset-size",
+            "32",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and (out.parent / "config.yaml").is_file()
     assert proc.stdout.startswith("rayq quantize:")
@@ -71,8 +136,9 @@ def test_subprocess_python_m(tmp_path):
 
 
 def test_python_m_rayq_runs_the_cli():
-    proc = subprocess.run([sys.executable, "-m", "rayq", "--version"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rayq", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "rayq" in proc.stdout + proc.stderr
     bare = subprocess.run([sys.executable, "-m", "rayq"], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -81,12 +147,27 @@ def test_python_m_rayq_runs_the_cli():
 
 @pytest.mark.skipif(shutil.which("rayq") is None, reason="console script not installed")
 def test_console_script_error_exit_code(tmp_path):
-    proc = subprocess.run(["rayq", "quantize", str(tmp_path / "missing.onnx"), "--data", str(CALIBRATION),
-                           "-o", str(tmp_path / "o"), "--num-workers", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            "rayq",
+            "quantize",
+            str(tmp_path / "missing.onnx"),
+            "--data",
+            str(CALIBRATION),
+            "-o",
+            str(tmp_path / "o"),
+            "--num-workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"rayq: error: model file {str(tmp_path / 'missing.onnx')!r} "
-                                                "does not exist"]
+    assert proc.stderr.strip().splitlines() == [
+        f"rayq: error: model file {str(tmp_path / 'missing.onnx')!r} does not exist"
+    ]
 
 
 # -- configs/ --------------------------------------------------------------------------

@@ -19,13 +19,29 @@ from rayq.cli.main import main
 
 from .conftest import CALIBRATION, MODEL, ROOT, VALIDATION, one_error_line
 
-SEARCH = ["search", str(MODEL), "--data", str(CALIBRATION), "--validation", str(VALIDATION), "--validation-fn",
-          "examples.digits.metric:accuracy", "--n-trials", "2", "--num-workers", "1", "--subset-size", "32", "-q"]
+SEARCH = [
+    "search",
+    str(MODEL),
+    "--data",
+    str(CALIBRATION),
+    "--validation",
+    str(VALIDATION),
+    "--validation-fn",
+    "examples.digits.metric:accuracy",
+    "--n-trials",
+    "2",
+    "--num-workers",
+    "1",
+    "--subset-size",
+    "32",
+    "-q",
+]
 
 
 @pytest.fixture
 def no_search_work(monkeypatch):
     """Fail the test if a search starts calibrating (or starting workers)."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("the search must not start for a bad output")
 
@@ -36,8 +52,20 @@ def no_search_work(monkeypatch):
 def test_quantize_to_a_file_uri_writes_that_file_not_a_local_file_colon_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     target = tmp_path / "abs" / "m.onnx"
-    code = main(["quantize", str(MODEL), "--data", str(CALIBRATION), "-o", f"file://{target}",
-                 "--num-workers", "1", "--subset-size", "16"])
+    code = main(
+        [
+            "quantize",
+            str(MODEL),
+            "--data",
+            str(CALIBRATION),
+            "-o",
+            f"file://{target}",
+            "--num-workers",
+            "1",
+            "--subset-size",
+            "16",
+        ]
+    )
     assert code == 0
     onnx.checker.check_model(onnx.load(str(target)))
     assert (target.parent / "config.yaml").is_file()
@@ -45,12 +73,15 @@ def test_quantize_to_a_file_uri_writes_that_file_not_a_local_file_colon_folder(t
     assert f"-> file://{target}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("output, fragment", [
-    ("foo://bucket/run", "cannot open the output location 'foo://bucket/run'"),
-    ("s3:/bucket/run", "missing '/'"),
-    ("{file}", "is an existing file"),
-    ("{file}/sub", "is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "output, fragment",
+    [
+        ("foo://bucket/run", "cannot open the output location 'foo://bucket/run'"),
+        ("s3:/bucket/run", "missing '/'"),
+        ("{file}", "is an existing file"),
+        ("{file}/sub", "is a file, not a folder"),
+    ],
+)
 def test_search_output_is_checked_before_any_work(output, fragment, tmp_path, capsys, no_search_work):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -74,8 +105,7 @@ time.sleep(600)
 """
 
 
-def test_second_search_into_a_held_folder_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys,
-                                                                                     monkeypatch):
+def test_second_search_into_a_held_folder_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
@@ -107,9 +137,18 @@ def test_two_searches_share_an_rdb_storage_with_different_study_names(tmp_path):
 
     def one(name: str) -> None:
         try:
-            results[name] = rayq.search(str(MODEL), str(CALIBRATION), str(VALIDATION), _accuracy(), n_trials=2,
-                                        num_workers=1, subset_size=32, storage=storage, study_name=name,
-                                        output=str(tmp_path / name))
+            results[name] = rayq.search(
+                str(MODEL),
+                str(CALIBRATION),
+                str(VALIDATION),
+                _accuracy(),
+                n_trials=2,
+                num_workers=1,
+                subset_size=32,
+                storage=storage,
+                study_name=name,
+                output=str(tmp_path / name),
+            )
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -137,7 +176,8 @@ def test_sweep_names_that_leave_the_sweep_folder_are_rejected_before_ray(name, t
     monkeypatch.setattr(cluster, "init", lambda *a, **k: pytest.fail("Ray started for a bad sweep"))
     out = tmp_path / "deep" / "sweep"
     cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         command: sweep
         output: {out}
         defaults:
@@ -147,7 +187,8 @@ def test_sweep_names_that_leave_the_sweep_folder_are_rejected_before_ray(name, t
         models:
           - model: {MODEL}
             name: {name!r}
-        """))
+        """)
+    )
     assert main(["sweep", "--config", str(cfg), "-q"]) == 2
     assert "must be a plain folder name" in one_error_line(capsys.readouterr().err)
     assert sorted(os.listdir(tmp_path)) == ["sweep.yaml"]
@@ -159,8 +200,11 @@ def test_sweep_names_from_file_names_become_safe_folder_names(tmp_path):
 
     for stem in ("my model", "a..b", "-dash"):
         (tmp_path / f"{stem}.onnx").write_bytes(b"")
-    cfg = SweepConfig(output=str(tmp_path / "o"), models=({"glob": f"{tmp_path}/*.onnx"},),
-                      defaults={"calibration": "c.npz", "validation": "v.npz", "validation_fn": "m:f"})
+    cfg = SweepConfig(
+        output=str(tmp_path / "o"),
+        models=({"glob": f"{tmp_path}/*.onnx"},),
+        defaults={"calibration": "c.npz", "validation": "v.npz", "validation_fn": "m:f"},
+    )
     assert sorted(n for n, _ in expand(cfg)) == ["_dash", "a__b", "my_model"]
 
 
@@ -173,8 +217,20 @@ def test_quantize_to_an_object_store_uploads_and_writes_nothing_locally(tmp_path
     store = pafs._MockFileSystem()
     monkeypatch.setattr(quantize, "resolve", lambda uri: Location(uri, store, uri.split("://", 1)[1]))
     monkeypatch.chdir(tmp_path)
-    code = main(["quantize", str(MODEL), "--data", str(CALIBRATION), "-o", "mock://bucket/run/",
-                 "--num-workers", "1", "--subset-size", "16"])
+    code = main(
+        [
+            "quantize",
+            str(MODEL),
+            "--data",
+            str(CALIBRATION),
+            "-o",
+            "mock://bucket/run/",
+            "--num-workers",
+            "1",
+            "--subset-size",
+            "16",
+        ]
+    )
     assert code == 0
     names = sorted(i.base_name for i in store.get_file_info(pafs.FileSelector("bucket/run")))
     assert names == ["config.yaml", "digits_cnn_int8.onnx"]  # no staging prefix left behind
@@ -191,6 +247,10 @@ def test_relative_output_of_a_ray_job_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="rayq.cli"):
         assert warn_relative_job_output("runs/x", job_dir)
     assert "Ray's temporary copy" in caplog.text and f"{job_dir}/runs/x" in caplog.text
-    for output, cwd in (("/abs/runs/x", job_dir), ("s3://bucket/x", job_dir), ("runs/x", str(tmp_path)),
-                        (None, job_dir)):
+    for output, cwd in (
+        ("/abs/runs/x", job_dir),
+        ("s3://bucket/x", job_dir),
+        ("runs/x", str(tmp_path)),
+        (None, job_dir),
+    ):
         assert not warn_relative_job_output(output, cwd), (output, cwd)

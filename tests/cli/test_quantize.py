@@ -56,8 +56,9 @@ def test_quantize_by_flags_writes_valid_model_and_config(tmp_path, capsys):
     stdout = capsys.readouterr().out
     summary = [line for line in stdout.splitlines() if line.startswith("rayq quantize:")]
     assert len(summary) == 1
-    assert re.search(r"\d+\.\ds, .*digits_cnn\.onnx \(0\.\d\d MB\) -> .*digits_int8\.onnx \(0\.\d\d MB, onnx\)",
-                     summary[0])
+    assert re.search(
+        r"\d+\.\ds, .*digits_cnn\.onnx \(0\.\d\d MB\) -> .*digits_int8\.onnx \(0\.\d\d MB, onnx\)", summary[0]
+    )
 
 
 def test_output_folder_gets_model_named_after_input(tmp_path):
@@ -68,28 +69,47 @@ def test_output_folder_gets_model_named_after_input(tmp_path):
 
 def test_quantize_by_config_and_flags_override(tmp_path):
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "command": "quantize",
-        "model": str(MODEL),
-        "calibration": str(CALIBRATION),
-        "output": str(tmp_path / "from_file" / "m.onnx"),
-        "preset": "performance",
-        "subset_size": 32,
-        "num_workers": 1,
-        "advanced": {"activation_estimator": "minmax", "overflow_fix": "enable"},
-        "ignored_scope": {"names": ["/head/Gemm"], "types": ["Add"]},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "command": "quantize",
+                "model": str(MODEL),
+                "calibration": str(CALIBRATION),
+                "output": str(tmp_path / "from_file" / "m.onnx"),
+                "preset": "performance",
+                "subset_size": 32,
+                "num_workers": 1,
+                "advanced": {"activation_estimator": "minmax", "overflow_fix": "enable"},
+                "ignored_scope": {"names": ["/head/Gemm"], "types": ["Add"]},
+            }
+        )
+    )
     out = tmp_path / "from_flags" / "m.onnx"
-    code = main(["quantize", "--config", str(config), "--preset", "mixed", "--overflow-fix", "disable",
-                 "--no-bias-correction", "--ignored-type", "MaxPool", "-o", str(out), "-q"])
+    code = main(
+        [
+            "quantize",
+            "--config",
+            str(config),
+            "--preset",
+            "mixed",
+            "--overflow-fix",
+            "disable",
+            "--no-bias-correction",
+            "--ignored-type",
+            "MaxPool",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 0
     assert out.is_file() and not (tmp_path / "from_file").exists()
     cfg = _saved_config(out.parent)
-    assert cfg.preset == "mixed"                                   # flag wins
-    assert cfg.subset_size == 32 and cfg.num_workers == 1          # file kept
-    assert cfg.advanced.activation_estimator == "minmax"           # sibling sub-field kept
-    assert cfg.advanced.overflow_fix == "disable"                  # sub-field overridden
-    assert cfg.fast_bias_correction is None                        # explicit "none" overrides
+    assert cfg.preset == "mixed"  # flag wins
+    assert cfg.subset_size == 32 and cfg.num_workers == 1  # file kept
+    assert cfg.advanced.activation_estimator == "minmax"  # sibling sub-field kept
+    assert cfg.advanced.overflow_fix == "disable"  # sub-field overridden
+    assert cfg.fast_bias_correction is None  # explicit "none" overrides
     assert cfg.ignored_scope.names == ("/head/Gemm",) and cfg.ignored_scope.types == ("MaxPool",)
     # the saved config reproduces the run
     assert main(["quantize", "--config", str(out.parent / "config.yaml"), "-q"]) == 0
@@ -113,14 +133,30 @@ def test_openvino_input_model(tmp_path):
     import openvino as ov
 
     ov.save_model(ov.Core().read_model(str(MODEL)), str(tmp_path / "fp32.xml"), compress_to_fp16=False)
-    assert main(["quantize", str(tmp_path / "fp32.xml"), "--data", str(CALIBRATION),
-                 "-o", str(tmp_path / "q"), *FAST, "-q"]) == 0
+    assert (
+        main(
+            ["quantize", str(tmp_path / "fp32.xml"), "--data", str(CALIBRATION), "-o", str(tmp_path / "q"), *FAST, "-q"]
+        )
+        == 0
+    )
     assert (tmp_path / "q" / "fp32_int8.xml").is_file()
 
 
 def test_validation_prints_fp32_and_int8_metrics(tmp_path, capsys):
-    code = main(["quantize", "--config", "configs/digits.yaml", "--num-workers", "1",
-                 "-o", str(tmp_path / "digits"), "--threads", "1", "-q"])
+    code = main(
+        [
+            "quantize",
+            "--config",
+            "configs/digits.yaml",
+            "--num-workers",
+            "1",
+            "-o",
+            str(tmp_path / "digits"),
+            "--threads",
+            "1",
+            "-q",
+        ]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     rows = {}

@@ -29,10 +29,28 @@ def in_repo(monkeypatch):
 
 def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
     out = tmp_path / "s"
-    code = main(["search", f"{DIGITS}/digits_cnn.onnx", "--data", f"{DIGITS}/calibration.npz",
-                 "--validation", f"{DIGITS}/validation.npz", "--validation-fn", "examples.digits.metric:accuracy",
-                 "--max-drop", "0.01", "--n-trials", "4", "--num-workers", "1", "--subset-size", "64",
-                 "--output", str(out)])
+    code = main(
+        [
+            "search",
+            f"{DIGITS}/digits_cnn.onnx",
+            "--data",
+            f"{DIGITS}/calibration.npz",
+            "--validation",
+            f"{DIGITS}/validation.npz",
+            "--validation-fn",
+            "examples.digits.metric:accuracy",
+            "--max-drop",
+            "0.01",
+            "--n-trials",
+            "4",
+            "--num-workers",
+            "1",
+            "--subset-size",
+            "64",
+            "--output",
+            str(out),
+        ]
+    )
     result = json.loads((out / "result.json").read_text())
     # INT8 on the digits CNN may or may not be significantly faster than FP32 on this CPU
     assert (code, result["status"]) in ((0, "met"), (3, "no_speedup"))
@@ -52,13 +70,16 @@ def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
 
 
 def test_search_config_errors_are_one_line_exit_2(tmp_path, in_repo, capsys):
-    cfg = _write(tmp_path / "bad.yaml", f"""\
+    cfg = _write(
+        tmp_path / "bad.yaml",
+        f"""\
         command: search
         model: {DIGITS}/digits_cnn.onnx
         calibration: {DIGITS}/calibration.npz
         validation: {DIGITS}/validation.npz
         validation_fn: "os.system('echo pwned')"
-        """)
+        """,
+    )
     assert main(["search", "--config", cfg]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "module:function" in err[0]
@@ -66,7 +87,9 @@ def test_search_config_errors_are_one_line_exit_2(tmp_path, in_repo, capsys):
 
 def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
     out = tmp_path / "sweep"
-    cfg = _write(tmp_path / "sweep.yaml", f"""\
+    cfg = _write(
+        tmp_path / "sweep.yaml",
+        f"""\
         command: sweep
         output: {out}
         max_concurrent: 2
@@ -82,7 +105,8 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
             name: good
           - model: {tmp_path}/missing.onnx
             name: broken
-        """)
+        """,
+    )
     assert main(["sweep", "--config", cfg]) == 1  # one model failed, the other finished
     err = capsys.readouterr().err
     assert "rayq: [good] trial 0 (seed)" in err and "rayq: error: [broken] sweep: failed:" in err
@@ -109,13 +133,41 @@ def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_r
     from rayq.tuning.result import SearchResult
 
     def fake(cfg, status, low):
-        return SearchResult(None, QuantPlan(fallback=("a",)), status, 0.9, 0.9, 0.0, 0.01, "absolute", 1.0, None,
-                            1.0, "openvino", pd.DataFrame(), pd.DataFrame(), 1.0, 1.0, speedup=low + 0.05,
-                            speedup_low=low, speedup_high=low + 0.1, chosen_trial=4, n_quantizable=10,
-                            message=f"because {status}")
+        return SearchResult(
+            None,
+            QuantPlan(fallback=("a",)),
+            status,
+            0.9,
+            0.9,
+            0.0,
+            0.01,
+            "absolute",
+            1.0,
+            None,
+            1.0,
+            "openvino",
+            pd.DataFrame(),
+            pd.DataFrame(),
+            1.0,
+            1.0,
+            speedup=low + 0.05,
+            speedup_low=low,
+            speedup_high=low + 0.1,
+            chosen_trial=4,
+            n_quantizable=10,
+            message=f"because {status}",
+        )
 
-    args = ["search", f"{DIGITS}/digits_cnn.onnx", "--data", f"{DIGITS}/calibration.npz", "--validation",
-            f"{DIGITS}/validation.npz", "--validation-fn", "examples.digits.metric:accuracy"]
+    args = [
+        "search",
+        f"{DIGITS}/digits_cnn.onnx",
+        "--data",
+        f"{DIGITS}/calibration.npz",
+        "--validation",
+        f"{DIGITS}/validation.npz",
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+    ]
     for status, low, code in (("no_speedup", 0.95, 3), ("met", 1.2, 0), ("budget not met", 1.2, 3)):
         monkeypatch.setattr(rayq.api.search, "search_from_config", lambda cfg, s=status, lo=low: fake(cfg, s, lo))
         assert main(args) == code

@@ -28,9 +28,18 @@ RAY_CLIENT = [""]  # the head's Ray Client address, set by the fixture
 def head_node():
     """One node (2 CPUs), dashboard and job server on 127.0.0.1, RAY_AUTH_MODE=token."""
     dash, agent, client = (_free_port() for _ in range(3))
-    with local_head("jobs", token_env(), ["--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                                          f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
-                                          f"--ray-client-server-port={client}"]):
+    with local_head(
+        "jobs",
+        token_env(),
+        [
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--ray-client-server-port={client}",
+        ],
+    ):
         RAY_CLIENT[0] = f"ray://127.0.0.1:{client}"
         yield _wait_for_job_server(f"http://127.0.0.1:{dash}")
 
@@ -56,9 +65,15 @@ def test_submit_follow_wait_result_attach(head_node, tmp_path, monkeypatch, capl
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.chdir(ROOT)  # a notebook in the project folder: working_dir defaults to it
     out = tmp_path / "out"
-    job = rayq.submit("configs/search_digits.yaml", address=head_node, output=str(out), n_trials=2,
-                      num_workers=2, subset_size=64, env_vars={"PYTHONPATH": str(ROOT),
-                                                              "RAYQ_CACHE_DIR": str(tmp_path / "cache")})
+    job = rayq.submit(
+        "configs/search_digits.yaml",
+        address=head_node,
+        output=str(out),
+        n_trials=2,
+        num_workers=2,
+        subset_size=64,
+        env_vars={"PYTHONPATH": str(ROOT), "RAYQ_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert job.job_id.startswith("rayq-search-") and job.output == str(out)
 
     lines = list(job.logs(follow=True, poll=0.5))  # ends when the job has ended
@@ -66,8 +81,13 @@ def test_submit_follow_wait_result_attach(head_node, tmp_path, monkeypatch, capl
     seen = [e for e in map(events.parse, lines) if e is not None]
     assert status in ("SUCCEEDED", "FAILED"), "\n".join(lines[-40:])
     phases = {(e["phase"], e["state"]) for e in seen}
-    assert {("calibration", "start"), ("calibration", "end"), ("search", "start"), ("search", "end"),
-            ("search", "result")} <= phases, sorted(phases)
+    assert {
+        ("calibration", "start"),
+        ("calibration", "end"),
+        ("search", "start"),
+        ("search", "end"),
+        ("search", "result"),
+    } <= phases, sorted(phases)
     trials = [e for e in seen if e["phase"] == "search" and e["state"] in ("update", "end")]
     assert trials[-1]["n"] == trials[-1]["total"] == 2
 
@@ -92,8 +112,9 @@ def test_a_client_without_token_mode_gets_a_clear_error(head_node, tmp_path):
     # Ray reads RAY_AUTH_MODE once per process: ask from a fresh one without it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))  # no ~/.ray/auth_token either
-    code = (f"import rayq\ntry:\n    rayq.attach('x', address={head_node!r})\n"
-            "except rayq.ClusterError as e:\n    print(e)")
+    code = (
+        f"import rayq\ntry:\n    rayq.attach('x', address={head_node!r})\nexcept rayq.ClusterError as e:\n    print(e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "refused this client" in out.stdout and "export RAY_AUTH_MODE=token" in out.stdout, out
     assert len(out.stdout.strip().splitlines()) == 1, out.stdout  # one line, not Ray's paragraph
@@ -104,9 +125,14 @@ def test_a_failing_job_reports_its_logs(head_node, tmp_path, monkeypatch):
     work = tmp_path / "work"
     shutil.copytree(ROOT / "examples", work / "examples")
     (work / "examples" / "digits" / "validation.npz").write_bytes(b"not an npz file")
-    job = rayq.submit(str(ROOT / "configs" / "search_digits.yaml"),
-                      address=head_node, working_dir=str(work), output=str(tmp_path / "out"), n_trials=1,
-                      env_vars={"PYTHONPATH": str(ROOT)})
+    job = rayq.submit(
+        str(ROOT / "configs" / "search_digits.yaml"),
+        address=head_node,
+        working_dir=str(work),
+        output=str(tmp_path / "out"),
+        n_trials=1,
+        env_vars={"PYTHONPATH": str(ROOT)},
+    )
     with pytest.raises(rayq.SearchError, match="ended FAILED without a readable result") as info:
         job.result(timeout=120)
     assert "rayq: error:" in str(info.value)  # the CLI's one-line error, from the job's logs
@@ -126,14 +152,16 @@ except Exception as exc:
 """
 
 
-@pytest.mark.parametrize("extra, expected", [("", "imported my_metrics"),
-                                             (", runtime_env={}", "failed: no module my_metrics")])
+@pytest.mark.parametrize(
+    "extra, expected", [("", "imported my_metrics"), (", runtime_env={}", "failed: no module my_metrics")]
+)
 def test_ray_client_uploads_the_current_directory_by_default(head_node, tmp_path, extra, expected):
     project = tmp_path / "project"
     project.mkdir()
     (project / "my_metrics.py").write_text("def accuracy(model, items):\n    return 1.0\n")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
     code = RAY_CLIENT_SCRIPT.format(address=RAY_CLIENT[0], extra=extra)
-    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True, timeout=180
+    )
     assert expected in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]

@@ -38,8 +38,7 @@ def _ray() -> str:
 
 def _start(args: list[str], env: dict) -> int:
     """Run ``ray start`` in its own session so its daemons can be stopped by group."""
-    proc = subprocess.run(["setsid", _ray(), "start", *args], env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(["setsid", _ray(), "start", *args], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.returncode
 
@@ -58,8 +57,17 @@ def local_head(tag: str, env: dict, args: list[str]) -> Iterator[tuple[int, str]
     gcs = _free_port()
     before = _pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")
     try:
-        _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
-                "--disable-usage-stats", *args], env)
+        _start(
+            [
+                "--head",
+                f"--port={gcs}",
+                "--node-ip-address=127.0.0.1",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+                *args,
+            ],
+            env,
+        )
         yield gcs, temp_dir
     finally:
         _stop(lambda: (_pgids(temp_dir) | _pgids(f"127.0.0.1:{gcs}")) - before)
@@ -77,11 +85,28 @@ def token_env(**extra: str) -> dict:
 def two_node_cluster(tmp_path):
     env = token_env()
     dash, agent, agent2 = (_free_port() for _ in range(3))
-    with local_head("2node", env, ["--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                                   f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}"]) as (gcs, _):
-        _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                f"--dashboard-agent-listen-port={agent2}", '--resources={"second_node": 1}',
-                "--disable-usage-stats"], env)
+    with local_head(
+        "2node",
+        env,
+        [
+            "--num-cpus=1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+        ],
+    ) as (gcs, _):
+        _start(
+            [
+                f"--address=127.0.0.1:{gcs}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                f"--dashboard-agent-listen-port={agent2}",
+                '--resources={"second_node": 1}',
+                "--disable-usage-stats",
+            ],
+            env,
+        )
         yield f"http://127.0.0.1:{dash}", env
 
 
@@ -133,22 +158,29 @@ def test_search_job_runs_on_both_nodes(two_node_cluster, tmp_path, monkeypatch):
     workdir.mkdir()
     out = tmp_path / "out"
     digits = ROOT / "examples" / "digits"
-    (workdir / "search.yaml").write_text(textwrap.dedent(f"""\
+    (workdir / "search.yaml").write_text(
+        textwrap.dedent(f"""\
         command: search
-        model: {digits / 'digits_cnn.onnx'}
-        calibration: {digits / 'calibration.npz'}
-        validation: {digits / 'validation.npz'}
+        model: {digits / "digits_cnn.onnx"}
+        calibration: {digits / "calibration.npz"}
+        validation: {digits / "validation.npz"}
         validation_fn: examples.digits.metric:accuracy
         max_drop: 0.01
         n_trials: 4
         num_workers: 2
         subset_size: 128
         output: {out}
-        """))
+        """)
+    )
     client = _client(address)
-    job = _submit(client, entrypoint="rayq search --config search.yaml",
-                  runtime_env={"working_dir": str(workdir),
-                               "env_vars": {"PYTHONPATH": str(ROOT), "RAYQ_CACHE_DIR": str(tmp_path / "c")}})
+    job = _submit(
+        client,
+        entrypoint="rayq search --config search.yaml",
+        runtime_env={
+            "working_dir": str(workdir),
+            "env_vars": {"PYTHONPATH": str(ROOT), "RAYQ_CACHE_DIR": str(tmp_path / "c")},
+        },
+    )
     deadline = time.monotonic() + 600
     while not client.get_job_status(job).is_terminal():
         assert time.monotonic() < deadline, "job did not finish in 10 minutes"

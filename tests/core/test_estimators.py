@@ -141,8 +141,7 @@ def test_constant_tensors_give_positive_width(value, estimator, symmetric, unsig
 @settings(max_examples=40, deadline=None, database=None)
 @given(
     st.data(),
-    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 30)),
-               elements=st.floats(-1e6, 1e6, width=32)),
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 30)), elements=st.floats(-1e6, 1e6, width=32)),
 )
 def test_every_range_contains_zero_and_has_the_mode_shape(data, x):
     s = TensorStatistics("t")

@@ -42,7 +42,7 @@ def test_topk_default_spread():
     assert sizes[0] == 1 and sizes[-1] == 20 and len(sets) == 8
     assert sizes == sorted(set(sizes))
     assert all(list(s) == sorted(s) for s in sets)
-    assert sets[2] == tuple(sorted(ranking[:sizes[2]]))
+    assert sets[2] == tuple(sorted(ranking[: sizes[2]]))
     assert [len(s) for s in topk_candidates(ranking[:5])] == [1, 2, 3, 4, 5]
     assert len(topk_candidates(ranking, max_candidates=3)) == 3
     assert topk_candidates([]) == []
@@ -95,7 +95,9 @@ def test_bisect_finds_smallest_feasible_k(n, data):
 
 
 def test_core_modules_do_not_import_optuna():
-    code = ("import sys, rayq.core.fallback, rayq.core.accuracy; "
-            "bad = {'optuna', 'ray', 'onnx', 'onnxruntime', 'openvino'} & set(sys.modules); "
-            "assert not bad, bad")
+    code = (
+        "import sys, rayq.core.fallback, rayq.core.accuracy; "
+        "bad = {'optuna', 'ray', 'onnx', 'onnxruntime', 'openvino'} & set(sys.modules); "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -112,13 +112,17 @@ def test_first_layer_follows_uint8_pixels_through_cast():
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT, name="cast"),
-         helper.make_node("Conv", ["x", "w"], ["y"], name="conv0"),
-         helper.make_node("Relu", ["y"], ["z"], name="relu"),
-         helper.make_node("Conv", ["z", "w2"], ["out"], name="conv1")],
-        "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
+        [
+            helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT, name="cast"),
+            helper.make_node("Conv", ["x", "w"], ["y"], name="conv0"),
+            helper.make_node("Relu", ["y"], ["z"], name="relu"),
+            helper.make_node("Conv", ["z", "w2"], ["out"], name="conv1"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [w, numpy_helper.from_array(np.ones((2, 4, 3, 3), np.float32), "w2")])
+        [w, numpy_helper.from_array(np.ones((2, 4, 3, 3), np.float32), "w2")],
+    )
     p = _placement(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert p.first_layer == frozenset({"conv0"})
 
@@ -130,21 +134,27 @@ def _graph(nodes, inits, *, channels=4, size=8, out_channels=2):
     rng = np.random.default_rng(0)
     init = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name) for name, shape in inits.items()]
     graph = helper.make_graph(
-        [helper.make_node(op, i, o, name=o[0], **attrs) for op, i, o, attrs in nodes], "g",
+        [helper.make_node(op, i, o, name=o[0], **attrs) for op, i, o, attrs in nodes],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_channels, size, size])], init)
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, out_channels, size, size])],
+        init,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _dense_block():
     # x -> conv a -> ya; c1 = Concat(x, ya) -> conv b -> yb; c2 = Concat(x, ya, yb) -> conv out
-    return _graph([
-        ("Conv", ["x", "wa"], ["ya"], {}),
-        ("Concat", ["x", "ya"], ["c1"], {"axis": 1}),
-        ("Conv", ["c1", "wb"], ["yb"], {}),
-        ("Concat", ["x", "ya", "yb"], ["c2"], {"axis": 1}),
-        ("Conv", ["c2", "wc"], ["out"], {}),
-    ], {"wa": (4, 4, 1, 1), "wb": (4, 8, 1, 1), "wc": (2, 12, 1, 1)})
+    return _graph(
+        [
+            ("Conv", ["x", "wa"], ["ya"], {}),
+            ("Concat", ["x", "ya"], ["c1"], {"axis": 1}),
+            ("Conv", ["c1", "wb"], ["yb"], {}),
+            ("Concat", ["x", "ya", "yb"], ["c2"], {"axis": 1}),
+            ("Conv", ["c2", "wc"], ["out"], {}),
+        ],
+        {"wa": (4, 4, 1, 1), "wb": (4, 8, 1, 1), "wc": (2, 12, 1, 1)},
+    )
 
 
 def test_a_tensor_read_by_several_concats_gets_one_quantizer():
@@ -180,19 +190,21 @@ def test_dense_block_builds_one_qdq_per_tensor_with_one_scale():
 
 def _se_block():
     # stem conv -> swish (x * sigmoid(x)) -> squeeze-excitation -> projection conv
-    return _graph([
-        ("Conv", ["x", "w0"], ["y"], {}),
-        ("Sigmoid", ["y"], ["ys"], {}),
-        ("Mul", ["y", "ys"], ["x1"], {}),  # swish: an activation, not a gate
-        ("GlobalAveragePool", ["x1"], ["p"], {}),
-        ("Conv", ["p", "ws1", "bs1"], ["s1"], {}),
-        ("Relu", ["s1"], ["r"], {}),
-        ("Conv", ["r", "ws2", "bs2"], ["s2"], {}),
-        ("HardSigmoid", ["s2"], ["gate"], {}),
-        ("Mul", ["x1", "gate"], ["m"], {}),
-        ("Conv", ["m", "w1"], ["out"], {}),
-    ], {"w0": (4, 4, 1, 1), "ws1": (2, 4, 1, 1), "bs1": (2,), "ws2": (4, 2, 1, 1), "bs2": (4,),
-        "w1": (2, 4, 1, 1)})
+    return _graph(
+        [
+            ("Conv", ["x", "w0"], ["y"], {}),
+            ("Sigmoid", ["y"], ["ys"], {}),
+            ("Mul", ["y", "ys"], ["x1"], {}),  # swish: an activation, not a gate
+            ("GlobalAveragePool", ["x1"], ["p"], {}),
+            ("Conv", ["p", "ws1", "bs1"], ["s1"], {}),
+            ("Relu", ["s1"], ["r"], {}),
+            ("Conv", ["r", "ws2", "bs2"], ["s2"], {}),
+            ("HardSigmoid", ["s2"], ["gate"], {}),
+            ("Mul", ["x1", "gate"], ["m"], {}),
+            ("Conv", ["m", "w1"], ["out"], {}),
+        ],
+        {"w0": (4, 4, 1, 1), "ws1": (2, 4, 1, 1), "bs1": (2,), "ws2": (4, 2, 1, 1), "bs2": (4,), "w1": (2, 4, 1, 1)},
+    )
 
 
 def test_squeeze_excitation_quantizes_the_gating_mul_not_the_branch_convs():
@@ -211,8 +223,9 @@ def test_squeeze_excitation_quantizes_the_gating_mul_not_the_branch_convs():
 
 def _on_runtime(view, runtime):
     """The same graph view, read as a backend for ``runtime`` would report it."""
-    return g.GraphView(list(view.nodes), dict(view.tensors), list(view.inputs), list(view.outputs),
-                       view.constant, runtime=runtime)
+    return g.GraphView(
+        list(view.nodes), dict(view.tensors), list(view.inputs), list(view.outputs), view.constant, runtime=runtime
+    )
 
 
 def test_squeeze_excitation_branch_is_quantized_on_openvino_only():
@@ -246,14 +259,17 @@ def test_default_mode_quantizes_the_attention_probabilities_matmul_symmetrically
 
 def test_layer_scale_behind_a_transpose_is_quantized_not_one_fused_to_its_conv():
     # ConvNeXt: conv -> bias -> Transpose -> gamma * x -> residual Add; and conv -> gamma * x
-    model = _graph([
-        ("Conv", ["x", "w0", "b0"], ["y"], {}),
-        ("Transpose", ["y"], ["t"], {"perm": [0, 1, 3, 2]}),
-        ("Mul", ["gamma", "t"], ["s"], {}),
-        ("Add", ["s", "x"], ["r"], {}),
-        ("Conv", ["r", "w1"], ["c"], {}),
-        ("Mul", ["c", "gamma"], ["out"], {}),
-    ], {"w0": (4, 4, 1, 1), "b0": (4,), "gamma": (1, 4, 1, 1), "w1": (2, 4, 1, 1)})
+    model = _graph(
+        [
+            ("Conv", ["x", "w0", "b0"], ["y"], {}),
+            ("Transpose", ["y"], ["t"], {"perm": [0, 1, 3, 2]}),
+            ("Mul", ["gamma", "t"], ["s"], {}),
+            ("Add", ["s", "x"], ["r"], {}),
+            ("Conv", ["r", "w1"], ["c"], {}),
+            ("Mul", ["c", "gamma"], ["out"], {}),
+        ],
+        {"w0": (4, 4, 1, 1), "b0": (4,), "gamma": (1, 4, 1, 1), "w1": (2, 4, 1, 1)},
+    )
     p = _placement(model)
     assert "s" in p.ops and "out" not in p.ops
     scale = next(q for q in p.points if "s" in q.serves)
@@ -266,22 +282,31 @@ def _shuffle_block():
     # one half goes to the next Concat as is, the other through a Conv
     from onnx import numpy_helper
 
-    model = _graph([
-        ("Conv", ["x", "wa"], ["ya"], {}),
-        ("Relu", ["ya"], ["ra"], {}),
-        ("Concat", ["x", "ra"], ["c1"], {"axis": 1}),
-        ("Reshape", ["c1", "shape5"], ["r5"], {}),
-        ("Transpose", ["r5"], ["t5"], {"perm": [0, 2, 1, 3, 4]}),
-        ("Reshape", ["t5", "shape4"], ["s"], {}),
-        ("Slice", ["s", "start0", "mid", "axis1"], ["sl0"], {}),
-        ("Slice", ["s", "mid", "end", "axis1"], ["sl1"], {}),
-        ("Conv", ["sl1", "wb"], ["yb"], {}),
-        ("Relu", ["yb"], ["rb"], {}),
-        ("Concat", ["sl0", "rb"], ["c2"], {"axis": 1}),
-        ("Conv", ["c2", "wc"], ["out"], {}),
-    ], {"wa": (4, 4, 1, 1), "wb": (4, 4, 1, 1), "wc": (2, 8, 1, 1)})
-    for name, value in {"shape5": [1, 2, 4, 8, 8], "shape4": [1, 8, 8, 8], "start0": [0], "mid": [4],
-                        "end": [8], "axis1": [1]}.items():
+    model = _graph(
+        [
+            ("Conv", ["x", "wa"], ["ya"], {}),
+            ("Relu", ["ya"], ["ra"], {}),
+            ("Concat", ["x", "ra"], ["c1"], {"axis": 1}),
+            ("Reshape", ["c1", "shape5"], ["r5"], {}),
+            ("Transpose", ["r5"], ["t5"], {"perm": [0, 2, 1, 3, 4]}),
+            ("Reshape", ["t5", "shape4"], ["s"], {}),
+            ("Slice", ["s", "start0", "mid", "axis1"], ["sl0"], {}),
+            ("Slice", ["s", "mid", "end", "axis1"], ["sl1"], {}),
+            ("Conv", ["sl1", "wb"], ["yb"], {}),
+            ("Relu", ["yb"], ["rb"], {}),
+            ("Concat", ["sl0", "rb"], ["c2"], {"axis": 1}),
+            ("Conv", ["c2", "wc"], ["out"], {}),
+        ],
+        {"wa": (4, 4, 1, 1), "wb": (4, 4, 1, 1), "wc": (2, 8, 1, 1)},
+    )
+    for name, value in {
+        "shape5": [1, 2, 4, 8, 8],
+        "shape4": [1, 8, 8, 8],
+        "start0": [0],
+        "mid": [4],
+        "end": [8],
+        "axis1": [1],
+    }.items():
         model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
     return model
 
@@ -304,11 +329,15 @@ def test_a_concat_whose_output_only_leaves_the_model_stays_fp32():
     # to what the model returns and gains no INT8 op (zoo: Silero-style VAD, 1.32x NNCF)
     from onnx import TensorProto, helper
 
-    model = _graph([
-        ("Conv", ["x", "wa"], ["ya"], {}),
-        ("Concat", ["ya", "x"], ["state"], {"axis": 1}),
-        ("Reshape", ["state", "shape"], ["out"], {}),
-    ], {"wa": (4, 4, 1, 1)}, out_channels=8)
+    model = _graph(
+        [
+            ("Conv", ["x", "wa"], ["ya"], {}),
+            ("Concat", ["ya", "x"], ["state"], {"axis": 1}),
+            ("Reshape", ["state", "shape"], ["out"], {}),
+        ],
+        {"wa": (4, 4, 1, 1)},
+        out_channels=8,
+    )
     model.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [4], [1, 8, 8, 8]))
     p = _placement(model)
     assert p.ops == ("ya",)

@@ -26,8 +26,15 @@ def no_sleep(monkeypatch):
 
 
 def test_a_failed_client_server_start_is_tried_again():
-    ray = FlakyRay([ConnectionAbortedError("Initialization failure from server: RuntimeError: Starting Ray "
-                                           "client server failed. See ray_client_server_23001.err")] * 2)
+    ray = FlakyRay(
+        [
+            ConnectionAbortedError(
+                "Initialization failure from server: RuntimeError: Starting Ray "
+                "client server failed. See ray_client_server_23001.err"
+            )
+        ]
+        * 2
+    )
     cluster._client_connect(ray, "ray://h:10001", {})
     assert (ray.inits, ray.shutdowns) == (3, 2)
 

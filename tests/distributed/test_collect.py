@@ -52,10 +52,17 @@ def test_chunks_shrink_to_keep_every_worker_busy():
 def test_distributed_statistics_equal_in_process(ray_cluster, setup, workers):
     session, spec, local = setup
     seen = []
-    stats, nodes = dc.collect_distributed("onnx", session.model, session.batches, spec,
-                                          num_workers=workers, resources={"num_cpus": 0.25}, on_batch=seen.append)
+    stats, nodes = dc.collect_distributed(
+        "onnx",
+        session.model,
+        session.batches,
+        spec,
+        num_workers=workers,
+        resources={"num_cpus": 0.25},
+        on_batch=seen.append,
+    )
     _arrays_equal(stats.to_arrays(), local)
-    assert len(nodes) == 1                        # one local node
+    assert len(nodes) == 1  # one local node
     assert sum(seen) == 2 * len(session.batches)  # both passes report every batch once
 
 
@@ -73,24 +80,31 @@ def test_worker_processes_are_reused_and_drop_ended_calls(ray_cluster, setup):
 
     seen, held, calls = [], [], []
     for _ in range(2):
-        shards = dc.ShardedCalibration("onnx", session.model, spec, session.batches, num_workers=2,
-                                       resources={"num_cpus": 0.25}, task=where)
+        shards = dc.ShardedCalibration(
+            "onnx", session.model, spec, session.batches, num_workers=2, resources={"num_cpus": 0.25}, task=where
+        )
         _, procs = shards.run_pass()
         seen.append({p.split(":")[0] for p in procs})
         held.append([p.split(":")[1].split(",") for p in procs])
         calls.append(shards.call.token)
         assert all(h[-1] == calls[-1] for h in held[-1])  # the most recent resident call: this one
         resident.end(calls[-1])  # as collect_distributed does when it returns
-    assert seen[0] & seen[1]                                  # warm processes were reused
-    assert all(calls[0] not in h for h in held[1])             # the ended call's model was dropped
+    assert seen[0] & seen[1]  # warm processes were reused
+    assert all(calls[0] not in h for h in held[1])  # the ended call's model was dropped
 
 
 def test_unplaceable_workers_raise_a_cluster_error(ray_cluster, setup, monkeypatch):
     session, spec, _ = setup
     monkeypatch.setattr(dpool, "PLACEMENT_TIMEOUT_S", 2)
     with pytest.raises(rayq.ClusterError, match="no node of the cluster can run a calibration worker"):
-        dc.collect_distributed("onnx", session.model, session.batches, spec,
-                               num_workers=2, resources={"num_cpus": 1, "resources": {"no_such_node": 1}})
+        dc.collect_distributed(
+            "onnx",
+            session.model,
+            session.batches,
+            spec,
+            num_workers=2,
+            resources={"num_cpus": 1, "resources": {"no_such_node": 1}},
+        )
     with pytest.raises(rayq.ConfigError, match="unsupported worker resources"):
         resource_bundle({"num_cpus": 1, "accelerator": "x"})
 
@@ -115,8 +129,9 @@ def test_dead_worker_chunks_are_rerun_and_nothing_is_lost(ray_cluster, setup, tm
         return dies_once(marker, call, batches, edges_box)
 
     task = ray.remote(body)
-    shards = dc.ShardedCalibration("onnx", session.model, spec, session.batches,
-                                   num_workers=2, resources={"num_cpus": 0.25}, task=task)
+    shards = dc.ShardedCalibration(
+        "onnx", session.model, spec, session.batches, num_workers=2, resources={"num_cpus": 0.25}, task=task
+    )
     first, _ = shards.run_pass()
     hist, _ = shards.run_pass(calibrate.histogram_edges(first, spec))
     calibrate.attach_histograms(first, hist)
@@ -132,6 +147,6 @@ def test_workers_start_early_only_when_joining_a_cluster(ray_cluster, monkeypatc
     refs = session_mod.start_workers_early(3, {"num_cpus": 0.25}, subset_size=300)
     assert len(refs) == 3 and all(isinstance(p, int) for p in ray.get(refs, timeout=120))
     assert len(session_mod.start_workers_early(8, {"num_cpus": 0.25}, subset_size=2)) == 2  # <= one per item
-    assert session_mod.start_workers_early(1, None, subset_size=300) == []                 # in-process
+    assert session_mod.start_workers_early(1, None, subset_size=300) == []  # in-process
     monkeypatch.setattr(session_mod, "_would_start_local_ray", lambda: True)
     assert session_mod.start_workers_early(None, None, subset_size=300) == []  # Ray pre-starts its own

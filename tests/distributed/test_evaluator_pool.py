@@ -48,8 +48,15 @@ def problem():
 def _pool(problem, **opts) -> RayEvaluatorPool:
     session, _, stats, items, kwargs = problem
     opts = {"num_workers": 2, "resources": None, **opts}
-    return RayEvaluatorPool(backend_name="onnx", model=session.model, stats=stats,
-                            items=items, validation_fn=pair_accuracy, kwargs=kwargs, **opts)
+    return RayEvaluatorPool(
+        backend_name="onnx",
+        model=session.model,
+        stats=stats,
+        items=items,
+        validation_fn=pair_accuracy,
+        kwargs=kwargs,
+        **opts,
+    )
 
 
 def test_ray_pool_matches_local_pool(ray_cluster, problem):
@@ -68,14 +75,16 @@ def test_ray_pool_matches_local_pool(ray_cluster, problem):
             # The turns last >= 0.1 s of wall time. On a CPU where the model runs in ~10 us
             # the timer's own overhead is a large part of each repeat, so the summed medians
             # fall short of it; there the time floor shows as many more repeats than 30.
-            assert len(runoff) == 3 and all(t.repeats >= 30 and (t.repeats * t.median_ms >= 50 or t.repeats >= 300)
-                                            for t in runoff)
+            assert len(runoff) == 3 and all(
+                t.repeats >= 30 and (t.repeats * t.median_ms >= 50 or t.repeats >= 300) for t in runoff
+            )
             assert all(np.isfinite(t.median_ms) and t.median_ms > 0 for t in runoff)
         assert remote.map_output_error([plan])[0] == pytest.approx(local.map_output_error([plan])[0])
         info = remote.describe()
         assert {i["node_id"] for i in info} == set(remote.node_ids) and len(remote.node_ids) == 1
-        assert all(i["gpu_ids"] == [] and i["device"] == "CPU" and i["providers"] == ["CPUExecutionProvider"]
-                   for i in info)
+        assert all(
+            i["gpu_ids"] == [] and i["device"] == "CPU" and i["providers"] == ["CPUExecutionProvider"] for i in info
+        )
         assert {i["threads"] for i in info} == {1}  # one thread per reserved CPU, not every core
     finally:
         remote.close()
@@ -177,9 +186,16 @@ def test_unserialisable_validation_fn_is_named(ray_cluster, problem):
 
     session, _, stats, items, kwargs = problem
     with pytest.raises(rayq.ConfigError, match="validation_fn cannot be sent to Ray workers.*num_workers=1"):
-        RayEvaluatorPool(num_workers=2, resources=None, backend_name="onnx",
-                         model=session.model, stats=stats, items=items,
-                         validation_fn=locked_accuracy, kwargs=kwargs)
+        RayEvaluatorPool(
+            num_workers=2,
+            resources=None,
+            backend_name="onnx",
+            model=session.model,
+            stats=stats,
+            items=items,
+            validation_fn=locked_accuracy,
+            kwargs=kwargs,
+        )
 
 
 def test_fewer_plans_than_workers_get_the_idle_workers_cpus(ray_cluster, problem):

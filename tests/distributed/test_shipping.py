@@ -45,8 +45,10 @@ def test_external_data_save_leaves_the_model_whole(tmp_path):
     assert os.path.getsize(written[1]) > 10_000  # the weights went to the data file
     assert backend.fingerprint(model) == before
     assert backend.fingerprint(backend.load(written[0])) == before
-    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(written[0], load_external_data=False)
-               .graph.initializer)
+    assert any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.load(written[0], load_external_data=False).graph.initializer
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,9 @@ def calib():
     model = resnet_like(input_shape=(3, 16, 16), widths=(8, 16), blocks_per_stage=1)
     x = np.random.default_rng(3).normal(size=(64, 3, 16, 16)).astype(np.float32)
     session = ModelSession(model, x, subset_size=64, batch_size=8)
-    spec = calibrate.stat_spec(session.graph, placement_for(session.graph, rayq.QuantPlan.create()),
-                               histograms=False, smooth_quant=False)
+    spec = calibrate.stat_spec(
+        session.graph, placement_for(session.graph, rayq.QuantPlan.create()), histograms=False, smooth_quant=False
+    )
     local = calibrate.collect_local(session.backend, session.model, session.batches, spec)
     return session, spec, local.to_arrays()
 
@@ -63,13 +66,14 @@ def calib():
 @pytest.mark.parametrize("route", ["path", "chunks"])
 def test_large_model_route_gives_the_same_statistics(ray_cluster, calib, monkeypatch, route):
     session, spec, local = calib
-    monkeypatch.setattr(shipping, "BY_VALUE_MAX_BYTES", 0)   # every model ships as files
-    monkeypatch.setattr(shipping, "CHUNK_BYTES", 4096)       # many chunks per file
+    monkeypatch.setattr(shipping, "BY_VALUE_MAX_BYTES", 0)  # every model ships as files
+    monkeypatch.setattr(shipping, "CHUNK_BYTES", 4096)  # many chunks per file
     monkeypatch.setattr(reader, "fits_in_memory_proto", lambda proto: False)  # saved with external data
     if route == "chunks":
         monkeypatch.setattr(shipping, "_single_host", lambda: False)  # as if the workers were on other hosts
-    shards = dc.ShardedCalibration("onnx", session.model, spec, session.batches, num_workers=2,
-                                   resources={"num_cpus": 0.25})
+    shards = dc.ShardedCalibration(
+        "onnx", session.model, spec, session.batches, num_workers=2, resources={"num_cpus": 0.25}
+    )
     shipment = shards.call.model
     try:
         assert shipment.data is None and shipment.files[0][0] == "model.onnx" and len(shipment.files) == 2
@@ -85,8 +89,9 @@ def test_large_model_route_gives_the_same_statistics(ray_cluster, calib, monkeyp
         assert not os.path.exists(shipment.folder)  # removed when the call ended
     else:
         assert os.path.isfile(os.path.join(shipping.node_copy(shipment.token), shipping._DONE))
-        dc.collect_distributed("onnx", session.model, session.batches, spec, num_workers=2,
-                               resources={"num_cpus": 0.25})  # its tasks carry the ended call's token
+        dc.collect_distributed(
+            "onnx", session.model, session.batches, spec, num_workers=2, resources={"num_cpus": 0.25}
+        )  # its tasks carry the ended call's token
         assert not os.path.exists(shipping.node_copy(shipment.token))  # the node's copy was dropped
 
 
@@ -100,8 +105,16 @@ def test_evaluators_load_a_model_shipped_as_files(ray_cluster, monkeypatch):
     stats = session.statistics(plan, histograms=False, num_workers=1)
     items, kwargs = list(zip(x[32:], y[32:])), {"runtime": "onnxruntime", "calibration_batches": session.batches}
     local = CandidateEvaluator("onnx", session.model, stats, items, pair_accuracy, **kwargs)
-    pool = RayEvaluatorPool(num_workers=2, resources={"num_cpus": 0.5}, backend_name="onnx", model=session.model,
-                            stats=stats, items=items, validation_fn=pair_accuracy, kwargs=kwargs)
+    pool = RayEvaluatorPool(
+        num_workers=2,
+        resources={"num_cpus": 0.5},
+        backend_name="onnx",
+        model=session.model,
+        stats=stats,
+        items=items,
+        validation_fn=pair_accuracy,
+        kwargs=kwargs,
+    )
     try:
         assert pool.call.model.chunks is not None
         values = [m.value for m in pool.map_metric([None, plan])]
@@ -125,6 +138,7 @@ def test_distributed_never_names_a_runtime_or_a_backend():
     import rayq.distributed
 
     folder = pathlib.Path(rayq.distributed.__file__).parent
-    named = {p.name: re.findall(r"onnxruntime|openvino|\bort\b|[\"']onnx[\"']", p.read_text())
-             for p in folder.glob("*.py")}
+    named = {
+        p.name: re.findall(r"onnxruntime|openvino|\bort\b|[\"']onnx[\"']", p.read_text()) for p in folder.glob("*.py")
+    }
     assert not {k: v for k, v in named.items() if v}

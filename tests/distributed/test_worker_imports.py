@@ -28,10 +28,12 @@ def test_translated_errors_name_the_missing_module_and_the_fix():
 
 def test_a_driver_only_validation_module_gives_a_clear_error(ray_cluster, tmp_path, monkeypatch):
     # the module exists only on this process's sys.path, added after Ray started
-    (tmp_path / "driver_only_metrics.py").write_text(textwrap.dedent("""\
+    (tmp_path / "driver_only_metrics.py").write_text(
+        textwrap.dedent("""\
         def accuracy(model, items):
             return 1.0
-        """))
+        """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     fn = importlib.import_module("driver_only_metrics").accuracy
     model = sensitive_mlp()
@@ -39,9 +41,16 @@ def test_a_driver_only_validation_module_gives_a_clear_error(ray_cluster, tmp_pa
     session = ModelSession(model, x[:32], subset_size=32)
     plan = rayq.QuantPlan.create()
     stats = session.statistics(plan, histograms=False, num_workers=1)
-    pool = RayEvaluatorPool(backend_name="onnx", model=session.model, stats=stats,
-                            items=list(zip(x[32:], y[32:])), validation_fn=fn, num_workers=1, resources=None,
-                            kwargs={"runtime": "onnxruntime", "calibration_batches": session.batches})
+    pool = RayEvaluatorPool(
+        backend_name="onnx",
+        model=session.model,
+        stats=stats,
+        items=list(zip(x[32:], y[32:])),
+        validation_fn=fn,
+        num_workers=1,
+        resources=None,
+        kwargs={"runtime": "onnxruntime", "calibration_batches": session.batches},
+    )
     try:
         with pytest.raises(rayq.ClusterError, match="cannot import module 'driver_only_metrics'.*working_dir"):
             pool.map_metric([None])

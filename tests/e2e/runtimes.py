@@ -35,8 +35,11 @@ def run_ov(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     ov = pytest.importorskip("openvino")
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
-                                  {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(model=model.SerializeToString(), weights=b""),
+        "CPU",
+        {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"},
+    )
     result = compiled(feeds)
     return [np.asarray(result[o]) for o in compiled.outputs]
 

@@ -43,8 +43,7 @@ def _raises(error: type, fragment: str, model=MODEL, data=None, **kwargs) -> ray
 # --------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("content", [b"this is not a model\n", bytes(range(256)) * 4],
-                         ids=["text", "binary"])
+@pytest.mark.parametrize("content", [b"this is not a model\n", bytes(range(256)) * 4], ids=["text", "binary"])
 def test_corrupt_model_file(tmp_path, calib, content):
     path = tmp_path / "broken.onnx"
     path.write_bytes(content)
@@ -78,11 +77,15 @@ def test_wrong_input_name(calib):
     _raises(rayq.DataError, "do not include the model input 'input'", data=[{"pixels": x} for x in calib])
 
 
-@pytest.mark.parametrize("shape, fragment", [
-    ((16, 3, 8, 8), "model expects shape ('?', 1, 8, 8), data has shape (1, 3, 8, 8)"),
-    ((16, 64), "data has shape (64,)"),
-    ((16, 1, 1, 1, 8, 8), "data has shape (1, 1, 1, 8, 8)"),
-], ids=["channels", "flat", "rank"])
+@pytest.mark.parametrize(
+    "shape, fragment",
+    [
+        ((16, 3, 8, 8), "model expects shape ('?', 1, 8, 8), data has shape (1, 3, 8, 8)"),
+        ((16, 64), "data has shape (64,)"),
+        ((16, 1, 1, 1, 8, 8), "data has shape (1, 1, 1, 8, 8)"),
+    ],
+    ids=["channels", "flat", "rank"],
+)
 def test_wrong_shape(shape, fragment):
     _raises(rayq.DataError, fragment, data=np.zeros(shape, np.float32))
 
@@ -99,8 +102,7 @@ def test_wrong_dtype_and_non_numeric_items(calib):
     _raises(rayq.DataError, "model expects shape", data=["a", "b"])
 
 
-@pytest.mark.parametrize("data", [[], np.zeros((0, 1, 8, 8), np.float32), iter(())],
-                         ids=["list", "array", "generator"])
+@pytest.mark.parametrize("data", [[], np.zeros((0, 1, 8, 8), np.float32), iter(())], ids=["list", "array", "generator"])
 def test_empty_dataset(data):
     _raises(rayq.DataError, "the dataset is empty", data=data)
 
@@ -133,13 +135,16 @@ def test_subset_size_larger_than_data_warns_and_uses_all(calib, caplog):
 # --------------------------------------------------------------------------------------
 # the arguments
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"preset": "fast"}, "preset='fast' is not valid"),
-    ({"model_type": "llm"}, "model_type='llm' is not valid"),
-    ({"target_device": "TPU"}, "target_device='TPU' is not valid"),
-    ({"subset_size": 0}, "subset_size=0 must be a positive integer"),
-    ({"num_workers": 0}, "num_workers=0 must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"preset": "fast"}, "preset='fast' is not valid"),
+        ({"model_type": "llm"}, "model_type='llm' is not valid"),
+        ({"target_device": "TPU"}, "target_device='TPU' is not valid"),
+        ({"subset_size": 0}, "subset_size=0 must be a positive integer"),
+        ({"num_workers": 0}, "num_workers=0 must be"),
+    ],
+)
 def test_invalid_arguments(calib, kwargs, fragment):
     _raises(rayq.ConfigError, fragment, data=calib, **kwargs)
 
@@ -151,13 +156,21 @@ def test_invalid_advanced_parameters():
         rayq.AdvancedQuantizationParameters(overflow_fix="yes")
 
 
-@pytest.mark.parametrize("scope, fragment", [
-    (rayq.IgnoredScope(names=["/conv2/Conv"]), "ignored_scope name '/conv2/Conv' matches no node; close names: "
-                                               "['/conv2/conv2.0/Conv'"),
-    (rayq.IgnoredScope(patterns=[r"/conv9/.*"]), "ignored_scope pattern '/conv9/.*' matches no node; close names"),
-    (rayq.IgnoredScope(types=["Softmax"]), "ignored_scope type 'Softmax' matches no node; types in the model: "
-                                           "['Add', 'Conv'"),
-], ids=["name", "pattern", "type"])
+@pytest.mark.parametrize(
+    "scope, fragment",
+    [
+        (
+            rayq.IgnoredScope(names=["/conv2/Conv"]),
+            "ignored_scope name '/conv2/Conv' matches no node; close names: ['/conv2/conv2.0/Conv'",
+        ),
+        (rayq.IgnoredScope(patterns=[r"/conv9/.*"]), "ignored_scope pattern '/conv9/.*' matches no node; close names"),
+        (
+            rayq.IgnoredScope(types=["Softmax"]),
+            "ignored_scope type 'Softmax' matches no node; types in the model: ['Add', 'Conv'",
+        ),
+    ],
+    ids=["name", "pattern", "type"],
+)
 def test_ignored_scope_rule_matching_nothing(calib, scope, fragment):
     _raises(rayq.ConfigError, fragment, data=calib, ignored_scope=scope)
 
@@ -174,15 +187,21 @@ def _per_head_model() -> onnx.ModelProto:
     """``MatMul`` with a 2-D weight (quantized), then a per-head ``MatMul`` whose weight is
     a 3-D constant ``[heads, d, e]``: no per-channel weight quantizer fits it."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["input", "w_in"], ["h"], name="proj"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w_heads"], ["out"], name="per_head_matmul")]
+    nodes = [
+        helper.make_node("MatMul", ["input", "w_in"], ["h"], name="proj"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w_heads"], ["out"], name="per_head_matmul"),
+    ]
     graph = helper.make_graph(
-        nodes, "per_head",
+        nodes,
+        "per_head",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4, 3, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4, 3, 6])],
-        [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_in"),
-         numpy_helper.from_array(rng.standard_normal((4, 8, 6)).astype(np.float32), "w_heads")])
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_in"),
+            numpy_helper.from_array(rng.standard_normal((4, 8, 6)).astype(np.float32), "w_heads"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -231,11 +250,14 @@ def test_unreachable_cluster_address_fails_fast():
 # --------------------------------------------------------------------------------------
 # outputs and stored runs
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("output, fragment", [
-    ("foo://bucket/run", "cannot open the output location"),
-    ("s3:/bucket/run", "missing '/'"),
-    ("{file}", "is an existing file"),
-])
+@pytest.mark.parametrize(
+    "output, fragment",
+    [
+        ("foo://bucket/run", "cannot open the output location"),
+        ("s3:/bucket/run", "missing '/'"),
+        ("{file}", "is an existing file"),
+    ],
+)
 def test_search_output_errors_come_before_calibration(tmp_path, calib, monkeypatch, output, fragment):
     from rayq.api import search as search_api
 
@@ -245,11 +267,14 @@ def test_search_output_errors_come_before_calibration(tmp_path, calib, monkeypat
         rayq.search(MODEL, calib, calib, lambda m, d: 1.0, num_workers=1, output=output.format(file=tmp_path / "f"))
 
 
-@pytest.mark.parametrize("setup, fragment", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "incomplete (result.json is missing)"),
-    (lambda p: p.write_text("x"), "it is a file"),
-])
+@pytest.mark.parametrize(
+    "setup, fragment",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "incomplete (result.json is missing)"),
+        (lambda p: p.write_text("x"), "it is a file"),
+    ],
+)
 def test_loading_a_missing_or_incomplete_run(tmp_path, setup, fragment):
     setup(tmp_path / "run")
     with pytest.raises(rayq.OutputError) as info:

@@ -35,8 +35,9 @@ MAX_NMSE_OV_ACTIVATION_MATMUL = {"causal_attention": 0.2}
 
 def quantize(model: onnx.ModelProto, items, **kwargs) -> onnx.ModelProto:
     adv = rayq.AdvancedQuantizationParameters(overflow_fix="enable")
-    return rayq.quantize(model, items, subset_size=len(items), num_workers=1, cache=False,
-                         advanced_parameters=adv, **kwargs)
+    return rayq.quantize(
+        model, items, subset_size=len(items), num_workers=1, cache=False, advanced_parameters=adv, **kwargs
+    )
 
 
 def conv3d_net():
@@ -49,8 +50,10 @@ def conv3d_net():
     b.op("GlobalAveragePool", ["a"], "p")
     b.op("Flatten", ["p"], "f")
     b.op("Gemm", ["f", b.w(4, 8), b.w(4, scale=0.1)], "y", transB=1)
-    model = b.model([helper.make_tensor_value_info("x", T.FLOAT, ["N", 2, 4, 8, 8])],
-                    [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4])])
+    model = b.model(
+        [helper.make_tensor_value_info("x", T.FLOAT, ["N", 2, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+    )
     return model, list(_images(16, (1, 2, 4, 8, 8))), {"x": _images(2, (2, 4, 8, 8), seed=21)}
 
 
@@ -59,16 +62,23 @@ def bilstm_ctc_head():
     LSTM (stays FP32) -> Transpose/Reshape -> MatMul -> LogSoftmax, time-major."""
     b = _B(22)
     b.op("MatMul", ["x", b.w(12, 16, scale=0.3)], "f")
-    lstm = helper.make_node("LSTM", ["f", b.w(2, 32, 16, scale=0.2), b.w(2, 32, 8, scale=0.2),
-                                     b.w(2, 64, scale=0.1)], ["h", "", ""], name="lstm",
-                            hidden_size=8, direction="bidirectional")
-    b.nodes.append(lstm)                                                 # h: [T, 2, N, 8]
+    lstm = helper.make_node(
+        "LSTM",
+        ["f", b.w(2, 32, 16, scale=0.2), b.w(2, 32, 8, scale=0.2), b.w(2, 64, scale=0.1)],
+        ["h", "", ""],
+        name="lstm",
+        hidden_size=8,
+        direction="bidirectional",
+    )
+    b.nodes.append(lstm)  # h: [T, 2, N, 8]
     b.op("Transpose", ["h"], "ht", perm=[0, 2, 1, 3])
     b.op("Reshape", ["ht", b.const("shape", np.array([0, 0, 16], np.int64))], "hr")
     b.op("MatMul", ["hr", b.w(16, 6, scale=0.3)], "logits")
     b.op("LogSoftmax", ["logits"], "y", axis=-1)
-    model = b.model([helper.make_tensor_value_info("x", T.FLOAT, [5, 1, 12])],
-                    [helper.make_tensor_value_info("y", T.FLOAT, [5, 1, 6])])
+    model = b.model(
+        [helper.make_tensor_value_info("x", T.FLOAT, [5, 1, 12])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [5, 1, 6])],
+    )
     return model, list(_images(16, (5, 1, 12))), {"x": _images(1, (5, 1, 12), seed=22)[0]}
 
 
@@ -88,8 +98,10 @@ def causal_attention():
     b.op("Softmax", ["sm"], "p", axis=-1)
     b.op("MatMul", ["p", v], "o")
     b.op("MatMul", ["o", b.w(16, 8, scale=0.3)], "y")
-    model = b.model([helper.make_tensor_value_info("ids", T.INT64, ["N", 6])],
-                    [helper.make_tensor_value_info("y", T.FLOAT, ["N", 6, 8])])
+    model = b.model(
+        [helper.make_tensor_value_info("ids", T.INT64, ["N", 6])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["N", 6, 8])],
+    )
     rng = np.random.default_rng(23)
     items = [rng.integers(0, 50, (1, 6), dtype=np.int64) for _ in range(16)]
     return model, items, {"ids": rng.integers(0, 50, (2, 6), dtype=np.int64)}

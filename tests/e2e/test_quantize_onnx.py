@@ -230,10 +230,21 @@ def test_attention_scores_matmul_inputs_are_symmetric_int8_in_mixed_preset(encod
         assert n.op_type == "DequantizeLinear"
         return prods[n.input[0]].input[0]
 
-    scores = [n for n in encoder_int8.graph.node if n.op_type == "MatMul"
-              and all(dequantized(encoder_int8, t) for t in n.input) and not any(
-                  t in initializers(encoder_int8) or (prods.get(t) and prods[t].op_type == "DequantizeLinear"
-                  and prods[t].input[0] in initializers(encoder_int8)) for t in n.input)]
+    scores = [
+        n
+        for n in encoder_int8.graph.node
+        if n.op_type == "MatMul"
+        and all(dequantized(encoder_int8, t) for t in n.input)
+        and not any(
+            t in initializers(encoder_int8)
+            or (
+                prods.get(t)
+                and prods[t].op_type == "DequantizeLinear"
+                and prods[t].input[0] in initializers(encoder_int8)
+            )
+            for t in n.input
+        )
+    ]
     assert len(scores) == 1
     qk = {quantizer_input(t) for t in scores[0].input}
     assert len(qk) == 2
@@ -252,8 +263,15 @@ def test_transformer_output_close_to_fp32(encoder, encoder_int8, runtime):
 
 def test_smoothquant_reduces_error_with_outlier_channels(encoder, encoder_int8):
     model, calib, val, ref = encoder
-    plain = rayq.quantize(model, calib, subset_size=32, model_type="transformer", num_workers=1, cache=False,
-                          advanced_parameters=rayq.AdvancedQuantizationParameters(smooth_quant_alpha=-1))
+    plain = rayq.quantize(
+        model,
+        calib,
+        subset_size=32,
+        model_type="transformer",
+        num_workers=1,
+        cache=False,
+        advanced_parameters=rayq.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
+    )
     assert not any(n.output[0].endswith("/rayq_smoothed") for n in plain.graph.node)
     with_sq, without = nmse(ref, run_ort(encoder_int8, val)), nmse(ref, run_ort(plain, val))
     assert with_sq < 0.9 * without, (with_sq, without)  # measured 0.0022 vs 0.0030
@@ -280,11 +298,15 @@ def test_mixed_preset_is_asymmetric_uint8(cnn):
     assert nmse(ref, run_ort(q, val)) < 0.01
 
 
-@pytest.mark.parametrize("scope, expect_fp32", [
-    (rayq.IgnoredScope(names=["Conv_0"]), ["Conv_0"]),
-    (rayq.IgnoredScope(patterns=["Add_.*"]), ["Add_0", "Add_1"]),
-    (rayq.IgnoredScope(types=["Gemm"]), ["Gemm_0"]),
-], ids=["name", "pattern", "type"])
+@pytest.mark.parametrize(
+    "scope, expect_fp32",
+    [
+        (rayq.IgnoredScope(names=["Conv_0"]), ["Conv_0"]),
+        (rayq.IgnoredScope(patterns=["Add_.*"]), ["Add_0", "Add_1"]),
+        (rayq.IgnoredScope(types=["Gemm"]), ["Gemm_0"]),
+    ],
+    ids=["name", "pattern", "type"],
+)
 def test_ignored_scope_keeps_nodes_fp32(cnn, scope, expect_fp32):
     model, calib, val, ref = cnn
     q = _check(rayq.quantize(model, calib, subset_size=32, ignored_scope=scope, num_workers=1, cache=False))
@@ -302,11 +324,18 @@ def test_ignored_scope_keeps_nodes_fp32(cnn, scope, expect_fp32):
 def test_ignored_scope_matching_nothing_lists_close_names(cnn):
     model, calib, _, _ = cnn
     with pytest.raises(rayq.ConfigError, match=r"matches no node.*close names.*Conv_1"):
-        rayq.quantize(model, calib, subset_size=8, ignored_scope=rayq.IgnoredScope(names=["conv_1"]),
-                      num_workers=1, cache=False)
+        rayq.quantize(
+            model, calib, subset_size=8, ignored_scope=rayq.IgnoredScope(names=["conv_1"]), num_workers=1, cache=False
+        )
     # validate=False accepts it
-    rayq.quantize(model, calib, subset_size=8, num_workers=1, cache=False,
-                  ignored_scope=rayq.IgnoredScope(names=["conv_1"], validate=False))
+    rayq.quantize(
+        model,
+        calib,
+        subset_size=8,
+        num_workers=1,
+        cache=False,
+        ignored_scope=rayq.IgnoredScope(names=["conv_1"], validate=False),
+    )
 
 
 @pytest.mark.parametrize("estimator", ["minmax", "mean_minmax", "quantile", "histogram_mse"])
@@ -316,8 +345,9 @@ def test_range_estimators(cnn, cnn_int8, estimator):
     q = _check(rayq.quantize(model, calib, subset_size=32, advanced_parameters=adv, num_workers=1, cache=False))
     assert nmse(ref, run_ort(q, val)) < 0.01  # measured 5e-5 .. 1.4e-3
     scales = {n.input[0]: initializers(q)[n.input[1]] for n in q.graph.node if n.op_type == "QuantizeLinear"}
-    default = {n.input[0]: initializers(cnn_int8)[n.input[1]] for n in cnn_int8.graph.node
-               if n.op_type == "QuantizeLinear"}
+    default = {
+        n.input[0]: initializers(cnn_int8)[n.input[1]] for n in cnn_int8.graph.node if n.op_type == "QuantizeLinear"
+    }
     assert scales.keys() == default.keys()
     if estimator != "mean_minmax":  # the default: every other estimator gives other ranges
         assert any(scales[k] != default[k] for k in scales)
@@ -338,8 +368,7 @@ def test_bias_correction_variants(cnn):
     # measured (minmax): none 1.0e-4, exact 4.9e-5, fast 4.6e-5
     assert exact < 0.8 * none, (exact, none)
     assert fast < none, (fast, none)
-    biases = [{t: v for t, v in initializers(q).items() if v.dtype == np.int32}
-              for q in (q_none, q_exact, q_fast)]
+    biases = [{t: v for t, v in initializers(q).items() if v.dtype == np.int32} for q in (q_none, q_exact, q_fast)]
     assert biases[0].keys() == biases[1].keys()
     assert any(not np.array_equal(biases[0][k], biases[1][k]) for k in biases[0])
 
@@ -351,8 +380,11 @@ def test_exact_bias_correction_with_default_estimator(cnn):
 
 
 def _weight_ranges(q, model):
-    return {n.name: int(np.abs(weight_of(q, n.name)[0].astype(np.int32)).max())
-            for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    return {
+        n.name: int(np.abs(weight_of(q, n.name)[0].astype(np.int32)).max())
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm")
+    }
 
 
 @pytest.mark.parametrize("overflow_fix", ["first_layer", "enable", "disable"])
@@ -394,21 +426,33 @@ def _position_embedding_model():
 
     rng = np.random.default_rng(0)
     c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
-    inits = [c("table", rng.normal(size=(64, 16)).astype(np.float32)), c("arange", np.arange(64, dtype=np.int64)),
-             c("one", np.array(1, np.int64)), c("zero1", np.array([0], np.int64)), c("axes0", np.array([0], np.int64)),
-             c("w1", rng.normal(size=(16, 32)).astype(np.float32)),
-             c("w2", rng.normal(size=(32, 4)).astype(np.float32))]
-    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
-             helper.make_node("Gather", ["shape", "one"], ["seq"], name="seq", axis=0),
-             helper.make_node("Unsqueeze", ["seq", "axes0"], ["seq1"], name="unsq"),
-             helper.make_node("Slice", ["arange", "zero1", "seq1"], ["pos_ids"], name="slice"),
-             helper.make_node("Gather", ["table", "pos_ids"], ["pos"], name="pos_gather", axis=0),
-             helper.make_node("Add", ["x", "pos"], ["h"], name="pos_add"),
-             helper.make_node("MatMul", ["h", "w1"], ["a"], name="mm1"),
-             helper.make_node("Relu", ["a"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 4])], inits)
+    inits = [
+        c("table", rng.normal(size=(64, 16)).astype(np.float32)),
+        c("arange", np.arange(64, dtype=np.int64)),
+        c("one", np.array(1, np.int64)),
+        c("zero1", np.array([0], np.int64)),
+        c("axes0", np.array([0], np.int64)),
+        c("w1", rng.normal(size=(16, 32)).astype(np.float32)),
+        c("w2", rng.normal(size=(32, 4)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "one"], ["seq"], name="seq", axis=0),
+        helper.make_node("Unsqueeze", ["seq", "axes0"], ["seq1"], name="unsq"),
+        helper.make_node("Slice", ["arange", "zero1", "seq1"], ["pos_ids"], name="slice"),
+        helper.make_node("Gather", ["table", "pos_ids"], ["pos"], name="pos_gather", axis=0),
+        helper.make_node("Add", ["x", "pos"], ["h"], name="pos_add"),
+        helper.make_node("MatMul", ["h", "w1"], ["a"], name="mm1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pos",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 4])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -432,21 +476,30 @@ def test_token_matmul_add_biases_are_int32_so_ort_fuses_qgemm(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32) * 0.3, n)
-             for n, s in (("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 8)), ("b2", (8,)))]
-    graph = helper.make_graph([
-        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
-        helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
-        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
-        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
-        helper.make_node("Add", ["m2", "b2"], ["y"], name="fc2_bias"),
-    ], "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=s).astype(np.float32) * 0.3, n)
+        for n, s in (("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 8)), ("b2", (8,)))
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+            helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+            helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+            helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
+            helper.make_node("Add", ["m2", "b2"], ["y"], name="fc2_bias"),
+        ],
+        "tokens",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     calib = [{"x": rng.normal(size=(1, 8, 16)).astype(np.float32)} for _ in range(16)]
     q = _check(rayq.quantize(model, rayq.Dataset(calib), subset_size=16, num_workers=1, cache=False))
     assert sorted(n for n, v in initializers(q).items() if v.dtype == np.int32 and n.endswith("bias32_q")) == [
-        "fc1/rayq_bias32_q", "fc2/rayq_bias32_q"]
+        "fc1/rayq_bias32_q",
+        "fc2/rayq_bias32_q",
+    ]
     path = str(tmp_path / "opt.onnx")
     assert nmse(run_ort(model, calib[0]), run_ort(q, calib[0], optimized_path=path)) < 0.02
     ops = op_counts(onnx.load(path))

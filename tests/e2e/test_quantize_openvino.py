@@ -57,8 +57,15 @@ def test_missing_bin_is_a_clear_error(digits_ir, tmp_path):
 def test_onnx_search_targets_openvino(tmp_path):
     from examples.digits.metric import accuracy
 
-    result = rayq.search(str(MODEL), load_calibration()[:64], "examples/digits/validation.npz", accuracy,
-                         target="openvino", n_trials=3, num_workers=1)
+    result = rayq.search(
+        str(MODEL),
+        load_calibration()[:64],
+        "examples/digits/validation.npz",
+        accuracy,
+        target="openvino",
+        n_trials=3,
+        num_workers=1,
+    )
     # within budget; "no_speedup" where OpenVINO INT8 is not significantly faster on this CPU
     assert result.target == "openvino" and result.status in ("met", "no_speedup")
     assert result.latency_settings["runtime"] == "openvino"

@@ -119,8 +119,24 @@ def test_cli_quantizes_a_torchscript_file_to_onnx(net, calib, torchscript, tmp_p
     data = tmp_path / "calib.npz"
     np.savez(data, x=calib, label=np.arange(len(calib)))  # rows are dicts: "x" feeds forward(x)
     out = tmp_path / "out" / "net_int8.onnx"
-    assert main(["quantize", str(torchscript), "--data", str(data), "--output", str(out),
-                 "--num-workers", "1", "--subset-size", "32", "-q"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(torchscript),
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--num-workers",
+                "1",
+                "--subset-size",
+                "32",
+                "-q",
+            ]
+        )
+        == 0
+    )
     q = onnx.load(str(out))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
     _close_to_fp32(run_ort(q, {"x": calib[:16]})[0], _reference(net, calib[:16]))
@@ -137,8 +153,7 @@ def test_accuracy_control_takes_a_module_and_validates_the_converted_model(net, 
         out = model(x)[0]  # an OVDict or a list: output 0 either way
         return float((np.asarray(out).argmax(1) == _reference(net, x).argmax(1)).mean())
 
-    q = rayq.quantize_with_accuracy_control(net, calib, list(calib[:16]), accuracy, max_drop=0.5, target=target,
-                                            **FAST)
+    q = rayq.quantize_with_accuracy_control(net, calib, list(calib[:16]), accuracy, max_drop=0.5, target=target, **FAST)
     assert isinstance(q, kind)  # target onnxruntime: converted to ONNX without convert_to
     assert seen == {"CompiledModel"}  # openvino's, or rayq's wrapper of the ModelProto
 

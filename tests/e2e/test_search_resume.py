@@ -31,10 +31,25 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
 N_TRIALS = 12
 COMMAND = [
-    sys.executable, "-m", "rayq.cli.main", "search", str(DIGITS / "digits_cnn.onnx"),
-    "--data", str(DIGITS / "calibration.npz"), "--validation", str(DIGITS / "validation.npz"),
-    "--validation-fn", "tests.e2e.digits_metric:true_class_probability", "--max-drop", "0.0002",
-    "--n-trials", str(N_TRIALS), "--num-workers", "1", "--seed", "0",
+    sys.executable,
+    "-m",
+    "rayq.cli.main",
+    "search",
+    str(DIGITS / "digits_cnn.onnx"),
+    "--data",
+    str(DIGITS / "calibration.npz"),
+    "--validation",
+    str(DIGITS / "validation.npz"),
+    "--validation-fn",
+    "tests.e2e.digits_metric:true_class_probability",
+    "--max-drop",
+    "0.0002",
+    "--n-trials",
+    str(N_TRIALS),
+    "--num-workers",
+    "1",
+    "--seed",
+    "0",
 ]
 RANKING_ATTR = "rayq.ranking"
 RUNNING, FINISHED = 0, (1, 2, 3)  # optuna TrialState values as the journal writes them
@@ -69,8 +84,7 @@ def trials_in_flight(ops: list[dict]) -> bool:
 
 
 def run(out: Path, env: dict) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*COMMAND, "-o", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*COMMAND, "-o", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     return proc
 
@@ -104,9 +118,12 @@ def study_of(out: Path) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
-    return {**os.environ, "RAYQ_PROGRESS": "off", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "RAYQ_CACHE_DIR": str(tmp_path_factory.mktemp("resume-cache"))}
+    return {
+        **os.environ,
+        "RAYQ_PROGRESS": "off",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "RAYQ_CACHE_DIR": str(tmp_path_factory.mktemp("resume-cache")),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,12 @@ def slow_cnn(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def rayq_env(tmp_path: Path) -> dict:
-    env = {**os.environ, "RAYQ_CACHE_DIR": str(tmp_path / "cache"), "RAYQ_PROGRESS": "off",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "RAYQ_CACHE_DIR": str(tmp_path / "cache"),
+        "RAYQ_PROGRESS": "off",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -94,8 +98,14 @@ def run_rayq(args: list[str], env: dict, *, kill: str | None = None, timeout: fl
 
 
 def _run_once(args: list[str], env: dict, kill: str | None, timeout: float):
-    proc = subprocess.Popen([sys.executable, "-m", "rayq", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayq", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     killer = Killer(proc.pid, kill).start() if kill else None
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -25,12 +25,16 @@ DIGITS = ROOT / "examples" / "digits"
 @pytest.fixture()
 def cluster_with_worker_group(tmp_path):
     """(GCS address, env, process group of the worker node)."""
-    env = token_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                    RAYQ_CACHE_DIR=str(tmp_path / "cache"), RAYQ_PROGRESS="off")
+    env = token_env(
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        RAYQ_CACHE_DIR=str(tmp_path / "cache"),
+        RAYQ_PROGRESS="off",
+    )
     with local_head("faults", env, ["--num-cpus=1", "--include-dashboard=false"]) as (gcs, temp_dir):
         head = _pgids(f"127.0.0.1:{gcs}") | _pgids(temp_dir)
-        _start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                "--disable-usage-stats"], env)
+        _start(
+            [f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"], env
+        )
         worker = (_pgids(f"127.0.0.1:{gcs}") | _pgids(temp_dir)) - head
         assert len(worker) == 1, worker
         yield f"127.0.0.1:{gcs}", env, worker.pop()
@@ -66,16 +70,37 @@ def _kill_node(pgid: int) -> None:
 def test_search_finishes_when_the_worker_node_dies(cluster_with_worker_group, tmp_path, moment):
     address, env, worker_group = cluster_with_worker_group
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "rayq", "search", str(DIGITS / "digits_cnn.onnx"), "--data",
-            str(DIGITS / "calibration.npz"), "--validation", str(DIGITS / "validation.npz"), "--validation-fn",
-            "examples.digits.metric:accuracy", "-o", str(out), "--num-workers", "2", "--n-trials", "4",
-            "--subset-size", "256", "--address", address, "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "rayq",
+        "search",
+        str(DIGITS / "digits_cnn.onnx"),
+        "--data",
+        str(DIGITS / "calibration.npz"),
+        "--validation",
+        str(DIGITS / "validation.npz"),
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+        "-o",
+        str(out),
+        "--num-workers",
+        "2",
+        "--n-trials",
+        "4",
+        "--subset-size",
+        "256",
+        "--address",
+        address,
+        "-q",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 300
         while not any(cmdline(p).startswith(moment) for p in _node_processes(worker_group)):
-            assert proc.poll() is None, f"the search ended before {moment} ran on the worker node: " + \
-                proc.communicate()[1][-3000:]
+            assert proc.poll() is None, (
+                f"the search ended before {moment} ran on the worker node: " + proc.communicate()[1][-3000:]
+            )
             assert time.monotonic() < deadline, f"{moment} never ran on the worker node"
             time.sleep(0.02)
         _kill_node(worker_group)  # the whole node: raylet, agents, workers

@@ -29,10 +29,28 @@ REAP_BOUND_S = 90.0
 
 
 def _search_args(out: Path) -> list[str]:
-    return [sys.executable, "-m", "rayq", "search", str(DIGITS / "digits_cnn.onnx"), "--data",
-            str(DIGITS / "calibration.npz"), "--validation", str(DIGITS / "validation.npz"), "--validation-fn",
-            "examples.digits.metric:accuracy", "-o", str(out), "--num-workers", "2", "--n-trials", "4",
-            "--subset-size", "64", "-q"]
+    return [
+        sys.executable,
+        "-m",
+        "rayq",
+        "search",
+        str(DIGITS / "digits_cnn.onnx"),
+        "--data",
+        str(DIGITS / "calibration.npz"),
+        "--validation",
+        str(DIGITS / "validation.npz"),
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+        "-o",
+        str(out),
+        "--num-workers",
+        "2",
+        "--n-trials",
+        "4",
+        "--subset-size",
+        "64",
+        "-q",
+    ]
 
 
 class Watcher:
@@ -81,8 +99,14 @@ def _env(tmp_path: Path) -> dict:
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, Watcher]:
-    proc = subprocess.Popen(_search_args(tmp_path / "out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(tmp_path), cwd=ROOT)
+    proc = subprocess.Popen(
+        _search_args(tmp_path / "out"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+        cwd=ROOT,
+    )
     return proc, Watcher(proc.pid)
 
 

@@ -18,9 +18,25 @@ SAME = ["number", "status", "source", "feasible", "metric", "drop", "plan_key"]
 
 
 def _search(out) -> list[str]:
-    return ["search", str(DIGITS / "digits_cnn.onnx"), "--data", str(DIGITS / "calibration.npz"), "--validation",
-            str(DIGITS / "validation.npz"), "--validation-fn", "examples.digits.metric:accuracy", "-o", str(out),
-            "--num-workers", "2", "--n-trials", "4", "--subset-size", "64", "-q"]
+    return [
+        "search",
+        str(DIGITS / "digits_cnn.onnx"),
+        "--data",
+        str(DIGITS / "calibration.npz"),
+        "--validation",
+        str(DIGITS / "validation.npz"),
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+        "-o",
+        str(out),
+        "--num-workers",
+        "2",
+        "--n-trials",
+        "4",
+        "--subset-size",
+        "64",
+        "-q",
+    ]
 
 
 def test_killed_evaluation_worker_gives_the_same_trials(tmp_path):

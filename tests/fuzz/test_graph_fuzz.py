@@ -27,12 +27,16 @@ from rayq.testing.fuzz_check import check_case, draw_options
 
 pytest.importorskip("openvino")
 
-_COMMON = dict(deadline=None, database=None, derandomize=True, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON = dict(
+    deadline=None,
+    database=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("rayq-fuzz-ci", max_examples=100, **_COMMON)
 settings.register_profile("rayq-fuzz-long", max_examples=2000, **_COMMON)
 PROFILE = settings.get_profile(f"rayq-fuzz-{os.environ.get('RAYQ_FUZZ_PROFILE', 'ci')}")
-
 
 
 class HypothesisChooser:
@@ -53,16 +57,19 @@ def _check(data: st.DataObject, storages) -> None:
     case = random_case(chooser, storages=storages)
     options = draw_options(chooser)
     outcome = check_case(case, options)
-    event(outcome.kind if outcome.skipped is None else f"{outcome.kind}, quantized model not run on OpenVINO: "
-                                                       f"{outcome.skipped}")  # fuzz_check.RUNTIME_GAPS
+    event(
+        outcome.kind
+        if outcome.skipped is None
+        else f"{outcome.kind}, quantized model not run on OpenVINO: {outcome.skipped}"
+    )  # fuzz_check.RUNTIME_GAPS
     assume(not outcome.kind.startswith("skipped:"))  # the runtimes disagree on the FP32 model
-    assert outcome.ok, (f"{outcome.kind}: {outcome.detail}\n{case.describe()}\noptions {options}\n"
-                        f"{onnx.printer.to_text(case.model.graph)}")
+    assert outcome.ok, (
+        f"{outcome.kind}: {outcome.detail}\n{case.describe()}\noptions {options}\n"
+        f"{onnx.printer.to_text(case.model.graph)}"
+    )
 
 
 @given(data=st.data())
 @PROFILE
 def test_random_graph_quantizes_and_runs_close_to_fp32(data):
     _check(data, STABLE_STORAGES)
-
-

@@ -28,7 +28,7 @@ MAX_DROP = 0.02
 # -- the user's data pipeline, as in NNCF's docs -------------------------------------------
 def make_loader(images: np.ndarray, labels: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """A minimal data loader: a re-iterable list of ``(images, labels)`` batches."""
-    return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
 def transform_fn(data_item):
@@ -112,9 +112,14 @@ def test_basic_quantize_onnx(loaders):
     calibration_loader, validation_loader = loaders
     model = onnx.load(str(MODEL))
     calibration_dataset = nncf.Dataset(calibration_loader, transform_fn)
-    quantized_model = nncf.quantize(model, calibration_dataset, preset=nncf.QuantizationPreset.MIXED,
-                                    target_device=nncf.TargetDevice.CPU, subset_size=100,
-                                    fast_bias_correction=True)
+    quantized_model = nncf.quantize(
+        model,
+        calibration_dataset,
+        preset=nncf.QuantizationPreset.MIXED,
+        target_device=nncf.TargetDevice.CPU,
+        subset_size=100,
+        fast_bias_correction=True,
+    )
 
     assert isinstance(quantized_model, onnx.ModelProto)
     assert any(n.op_type == "QuantizeLinear" for n in quantized_model.graph.node)
@@ -180,11 +185,17 @@ def test_openvino_validation_gets_a_compiled_model(loaders, ov_model_path, tmp_p
         return validate_openvino(model, validation_loader)
 
     nncf.quantize_with_accuracy_control(
-        ov.Core().read_model(ov_model_path), nncf.Dataset(calibration_loader, transform_fn),
-        nncf.Dataset(validation_loader, transform_fn), recording_validate, max_drop=MAX_DROP,
-        drop_type="absolute", subset_size=100,
+        ov.Core().read_model(ov_model_path),
+        nncf.Dataset(calibration_loader, transform_fn),
+        nncf.Dataset(validation_loader, transform_fn),
+        recording_validate,
+        max_drop=MAX_DROP,
+        drop_type="absolute",
+        subset_size=100,
         advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
-            num_ranking_workers=1, intermediate_model_dir=str(tmp_path / "run")))
+            num_ranking_workers=1, intermediate_model_dir=str(tmp_path / "run")
+        ),
+    )
     assert seen_models and all(isinstance(m, ov.CompiledModel) for m in seen_models)
     m = seen_models[-1]
     images = validation_loader[0][0]

@@ -29,8 +29,9 @@ def digits():
 
 def _quantize(digits, **kwargs) -> onnx.ModelProto:
     model, calib = digits
-    return nncf.quantize(model, nncf.Dataset(list(calib[:, None])), subset_size=64, num_workers=1, cache=False,
-                         **kwargs)
+    return nncf.quantize(
+        model, nncf.Dataset(list(calib[:, None])), subset_size=64, num_workers=1, cache=False, **kwargs
+    )
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -50,11 +51,18 @@ def test_enum_members_match_nncf(name):
 
 
 def test_enum_and_plain_string_give_the_same_plan():
-    a = QuantPlan.create(preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
-                         target_device=nncf.TargetDevice.CPU,
-                         advanced=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.FIRST_LAYER))
-    b = QuantPlan.create(preset="mixed", model_type="transformer", target_device="CPU",
-                         advanced=nncf.AdvancedQuantizationParameters(overflow_fix="first_layer_only"))
+    a = QuantPlan.create(
+        preset=nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER,
+        target_device=nncf.TargetDevice.CPU,
+        advanced=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.FIRST_LAYER),
+    )
+    b = QuantPlan.create(
+        preset="mixed",
+        model_type="transformer",
+        target_device="CPU",
+        advanced=nncf.AdvancedQuantizationParameters(overflow_fix="first_layer_only"),
+    )
     assert a == b and a.key() == b.key() and type(a.preset) is str
 
 
@@ -74,8 +82,9 @@ def test_disable_bias_correction(digits):
     default = biases(_quantize(digits, mode=nncf.QuantizationMode.INT8))
     none = biases(_quantize(digits, fast_bias_correction=None))
     keyword = biases(_quantize(digits, disable_bias_correction=True))
-    advanced = biases(_quantize(digits, advanced_parameters=nncf.AdvancedQuantizationParameters(
-        disable_bias_correction=True)))
+    advanced = biases(
+        _quantize(digits, advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True))
+    )
     assert default.keys() == none.keys() == keyword.keys() == advanced.keys()
     assert any(not np.array_equal(default[k], none[k]) for k in default)
     assert all(np.array_equal(none[k], keyword[k]) and np.array_equal(none[k], advanced[k]) for k in none)
@@ -89,11 +98,14 @@ def test_smooth_quant_alphas_set_the_transformer_alpha():
         nncf.AdvancedSmoothQuantParameters(convolution=0.5)
 
 
-@pytest.mark.parametrize("kwargs, field_name", [
-    ({"max_num_iterations": 3}, "max_num_iterations"),
-    ({"tune_hyperparams": True}, "tune_hyperparams"),
-    ({"restore_mode": "only_activations"}, "restore_mode"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field_name",
+    [
+        ({"max_num_iterations": 3}, "max_num_iterations"),
+        ({"tune_hyperparams": True}, "tune_hyperparams"),
+        ({"restore_mode": "only_activations"}, "restore_mode"),
+    ],
+)
 def test_accuracy_restorer_parameters_rayq_cannot_honour(kwargs, field_name):
     with pytest.raises(nncf.ConfigError, match=field_name):
         nncf.AdvancedAccuracyRestorerParameters(**kwargs)
@@ -111,8 +123,9 @@ class AdvancedQuantizationParameters:
 
 
 def test_duck_typed_nncf_parameters_are_converted_field_by_field():
-    adv = advanced_parameters(AdvancedQuantizationParameters(overflow_fix="first_layer_only",
-                                                             disable_bias_correction=True))
+    adv = advanced_parameters(
+        AdvancedQuantizationParameters(overflow_fix="first_layer_only", disable_bias_correction=True)
+    )
     assert isinstance(adv, nncf.AdvancedQuantizationParameters)
     assert adv.overflow_fix == "first_layer" and adv.disable_bias_correction
     with pytest.raises(nncf.ConfigError, match="quantize_outputs"):
@@ -130,16 +143,21 @@ def test_real_nncf_objects_are_converted(digits):
     # the failure: a raw AttributeError on activation_estimator
     q = _quantize(digits, advanced_parameters=real.AdvancedQuantizationParameters())
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
-    adv = advanced_parameters(real.AdvancedQuantizationParameters(
-        overflow_fix=real.OverflowFix.DISABLE, smooth_quant_alphas=real.AdvancedSmoothQuantParameters(matmul=0.6),
-        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+    adv = advanced_parameters(
+        real.AdvancedQuantizationParameters(
+            overflow_fix=real.OverflowFix.DISABLE,
+            smooth_quant_alphas=real.AdvancedSmoothQuantParameters(matmul=0.6),
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+        )
+    )
     assert (adv.overflow_fix, adv.activation_estimator, adv.smooth_quant_alphas.matmul) == ("disable", "minmax", 0.6)
     with pytest.raises(nncf.ConfigError, match="quantize_outputs"):
         advanced_parameters(real.AdvancedQuantizationParameters(quantize_outputs=True))
     with pytest.raises(nncf.ConfigError, match="max_num_iterations"):
         compat.accuracy_restorer_parameters(real.AdvancedAccuracyRestorerParameters(max_num_iterations=2))
-    restorer = compat.accuracy_restorer_parameters(real.AdvancedAccuracyRestorerParameters(
-        ranking_subset_size=20, num_ranking_workers=1))
+    restorer = compat.accuracy_restorer_parameters(
+        real.AdvancedAccuracyRestorerParameters(ranking_subset_size=20, num_ranking_workers=1)
+    )
     assert (restorer.ranking_subset_size, restorer.num_ranking_workers) == (20, 1)
 
 
@@ -160,8 +178,11 @@ def test_real_nncf_ignored_scope_keeps_nodes_fp32(digits):
 
 # -- target_device ---------------------------------------------------------------------------------
 def _weight_ranges(q, model):
-    return {n.name: int(np.abs(weight_of(q, n.name)[0].astype(np.int32)).max())
-            for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    return {
+        n.name: int(np.abs(weight_of(q, n.name)[0].astype(np.int32)).max())
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm")
+    }
 
 
 def _quantized_add_inputs(q) -> list[int]:
@@ -176,13 +197,16 @@ def test_target_devices_any_cpu_gpu_npu_give_the_same_int8_scheme(digits):
 def test_cpu_spr_uses_full_8bit_weights_and_leaves_one_add_input_fp32(digits):
     model = digits[0]
     any_q, spr = _quantize(digits, target_device="ANY"), _quantize(digits, target_device=nncf.TargetDevice.CPU_SPR)
-    assert min(_weight_ranges(any_q, model).values()) <= 63      # first layer: 7-bit (overflow fix)
-    assert set(_weight_ranges(spr, model).values()) == {127}     # CPU_SPR: AMX/VNNI do not saturate
+    assert min(_weight_ranges(any_q, model).values()) <= 63  # first layer: 7-bit (overflow fix)
+    assert set(_weight_ranges(spr, model).values()) == {127}  # CPU_SPR: AMX/VNNI do not saturate
     assert _quantized_add_inputs(any_q) == [2, 2]
     assert _quantized_add_inputs(spr) == [1, 1]
-    explicit = _quantize(digits, target_device="CPU_SPR",
-                         advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix="first_layer"))
-    assert min(_weight_ranges(explicit, model).values()) <= 63    # an explicit overflow fix wins
+    explicit = _quantize(
+        digits,
+        target_device="CPU_SPR",
+        advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix="first_layer"),
+    )
+    assert min(_weight_ranges(explicit, model).values()) <= 63  # an explicit overflow fix wins
 
 
 def test_unknown_target_device_is_a_config_error(digits):
@@ -196,8 +220,14 @@ def test_cpu_spr_on_openvino_drops_one_fake_quantize_per_residual_add(digits):
     ov_model = ov.convert_model(str(MODEL))
 
     def fake_quantizes(device):
-        q = nncf.quantize(ov_model, nncf.Dataset(list(calib[:, None])), target_device=device, subset_size=64,
-                          num_workers=1, cache=False)
+        q = nncf.quantize(
+            ov_model,
+            nncf.Dataset(list(calib[:, None])),
+            target_device=device,
+            subset_size=64,
+            num_workers=1,
+            cache=False,
+        )
         return sum(op.get_type_name() == "FakeQuantize" for op in q.get_ops())
 
     adds = sum(n.op_type == "Add" for n in model.graph.node)

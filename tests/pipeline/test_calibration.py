@@ -127,8 +127,9 @@ def test_other_subset_or_data_misses_the_cache(cnn, runners):
 def test_other_model_or_statistic_set_misses_the_cache(cnn, runners):
     model, calib = cnn
     _quantize(model, calib)
-    _quantize(model, calib, advanced_parameters=rayq.AdvancedQuantizationParameters(
-        activation_estimator="histogram_mse"))  # needs histograms: a second pass
+    _quantize(
+        model, calib, advanced_parameters=rayq.AdvancedQuantizationParameters(activation_estimator="histogram_mse")
+    )  # needs histograms: a second pass
     assert runners.calls == 1 + 2
     _quantize(resnet_like(with_concat=True, seed=1), calib)  # other weights
     assert runners.calls == 4
@@ -149,8 +150,7 @@ def test_corrupt_cache_file_is_ignored(cnn, runners, rayq_cache_dir, caplog, dam
     first = _quantize(model, calib)
     (path,) = rayq_cache_dir.glob("*.parquet")
     data = path.read_bytes()
-    path.write_bytes({"garbage": b"not parquet at all" * 10, "truncated": data[: len(data) // 2],
-                      "empty": b""}[damage])
+    path.write_bytes({"garbage": b"not parquet at all" * 10, "truncated": data[: len(data) // 2], "empty": b""}[damage])
     with caplog.at_level(logging.WARNING):
         second = _quantize(model, calib)
     assert runners.calls == 2, "a corrupt cache entry must be recomputed"
@@ -199,8 +199,8 @@ def test_default_workers_calibrate_in_process_on_a_small_machine_without_ray(mon
     started = []
     monkeypatch.setattr("rayq.distributed.cluster.init", lambda *a, **k: started.append(1))
     monkeypatch.setattr("rayq.distributed.cluster.cluster_cpus", lambda: 16)
-    assert session_mod.resolve_workers(None, 10) == 10                    # evaluators: Ray
-    assert session_mod.resolve_workers(3, 10, calibration=True) == 3      # explicit: Ray
+    assert session_mod.resolve_workers(None, 10) == 10  # evaluators: Ray
+    assert session_mod.resolve_workers(3, 10, calibration=True) == 3  # explicit: Ray
     monkeypatch.setattr(session_mod, "default_workers", lambda: 16)
     assert session_mod.resolve_workers(None, 10, calibration=True) == 10  # a bigger machine: Ray
     assert len(started) == 3

@@ -46,8 +46,7 @@ def _write_parquet(path: Path, images: np.ndarray, labels: np.ndarray | None = N
     columns = {"input": pa.array(list(flat), type=pa.list_(pa.float32()))}
     if labels is not None:
         columns["label"] = pa.array(labels)
-    table = pa.table(columns).replace_schema_metadata(
-        {"rayq.shape.input": ",".join(str(d) for d in images.shape[1:])})
+    table = pa.table(columns).replace_schema_metadata({"rayq.shape.input": ",".join(str(d) for d in images.shape[1:])})
     pq.write_table(table, str(path))
 
 
@@ -85,7 +84,7 @@ def test_parquet_directory(calib, reference, tmp_path):
     folder = tmp_path / "calib_parts"
     folder.mkdir()
     _write_parquet(folder / "part-0.parquet", calib[: N // 2])
-    _write_parquet(folder / "part-1.parquet", calib[N // 2:])
+    _write_parquet(folder / "part-1.parquet", calib[N // 2 :])
     _same(str(folder), reference)
 
 
@@ -99,12 +98,16 @@ def test_bundled_validation_parquet_matches_npz():
 
 
 def test_parquet_without_shape_metadata_and_ragged_rows(tmp_path):
-    pq.write_table(pa.table({"input": pa.array([[1.0, 2.0], [3.0, 4.0]], type=pa.list_(pa.float32()))}),
-                   str(tmp_path / "flat.parquet"))
+    pq.write_table(
+        pa.table({"input": pa.array([[1.0, 2.0], [3.0, 4.0]], type=pa.list_(pa.float32()))}),
+        str(tmp_path / "flat.parquet"),
+    )
     items = data.load_path(tmp_path / "flat.parquet")
     assert items[1]["input"].tolist() == [3.0, 4.0]
-    pq.write_table(pa.table({"input": pa.array([[1.0, 2.0], [3.0]], type=pa.list_(pa.float32()))}),
-                   str(tmp_path / "ragged.parquet"))
+    pq.write_table(
+        pa.table({"input": pa.array([[1.0, 2.0], [3.0]], type=pa.list_(pa.float32()))}),
+        str(tmp_path / "ragged.parquet"),
+    )
     with pytest.raises(rayq.DataError, match="ragged"):
         data.load_path(tmp_path / "ragged.parquet")
 
@@ -164,24 +167,29 @@ def two_inputs():
 
 
 def _quantize_two(model, dataset):
-    return rayq.quantize(model, dataset, subset_size=12, model_type="transformer", num_workers=1,
-                         cache=False).SerializeToString()
+    return rayq.quantize(
+        model, dataset, subset_size=12, model_type="transformer", num_workers=1, cache=False
+    ).SerializeToString()
 
 
 def test_multi_input_dict_and_tuple_items(two_inputs):
     model, feeds = two_inputs
     as_dicts = _quantize_two(model, feeds)
     as_tuples = _quantize_two(model, [(f["input"], f["attention_mask"]) for f in feeds])
-    reordered = _quantize_two(model, [{"attention_mask": f["attention_mask"], "input": f["input"],
-                                       "label": 1} for f in feeds])  # extra keys are ignored
+    reordered = _quantize_two(
+        model, [{"attention_mask": f["attention_mask"], "input": f["input"], "label": 1} for f in feeds]
+    )  # extra keys are ignored
     transformed = _quantize_two(model, rayq.Dataset(feeds, lambda f: (f["input"], f["attention_mask"])))
     assert as_dicts == as_tuples == reordered == transformed
 
 
 def test_multi_input_npz_columns(two_inputs, tmp_path):
     model, feeds = two_inputs
-    np.savez(tmp_path / "calib.npz", input=np.stack([f["input"] for f in feeds]),
-             attention_mask=np.stack([f["attention_mask"] for f in feeds]))
+    np.savez(
+        tmp_path / "calib.npz",
+        input=np.stack([f["input"] for f in feeds]),
+        attention_mask=np.stack([f["attention_mask"] for f in feeds]),
+    )
     assert _quantize_two(model, str(tmp_path / "calib.npz")) == _quantize_two(model, feeds)
 
 

@@ -21,7 +21,7 @@ def _spans(gate: MeasurementGate, plan: list[tuple[str, float, float]]) -> dict[
             deadline = time.perf_counter() + 10
             while gate._waiting < 2 and time.perf_counter() < deadline:
                 time.sleep(0.005)
-        with (gate.evaluating() if name.startswith("e") else gate.measuring()):
+        with gate.evaluating() if name.startswith("e") else gate.measuring():
             start = time.perf_counter() - t0
             time.sleep(hold)
             spans[name] = (start, time.perf_counter() - t0)
@@ -40,8 +40,9 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def test_evaluations_overlap_but_measurements_run_alone():
-    spans = _spans(MeasurementGate(), [("e1", 0, 0.3), ("e2", 0, 0.3), ("m1", 0.1, 0.1), ("m2", 0.1, 0.1),
-                                       ("e3", 0.15, 0.1)])
+    spans = _spans(
+        MeasurementGate(), [("e1", 0, 0.3), ("e2", 0, 0.3), ("m1", 0.1, 0.1), ("m2", 0.1, 0.1), ("e3", 0.15, 0.1)]
+    )
     assert _overlap(spans["e1"], spans["e2"])  # evaluations run together
     for m in ("m1", "m2"):
         assert all(not _overlap(spans[m], spans[o]) for o in spans if o != m), spans

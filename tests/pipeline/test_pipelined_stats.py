@@ -28,8 +28,9 @@ def cnn():
 
 
 def _spec(session: ModelSession, plan: QuantPlan) -> calibrate.StatSpec:
-    return calibrate.stat_spec(session.graph, placement_for(session.graph, plan), histograms=True,
-                               smooth_quant=False, exact_bias=True)
+    return calibrate.stat_spec(
+        session.graph, placement_for(session.graph, plan), histograms=True, smooth_quant=False, exact_bias=True
+    )
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
@@ -131,8 +132,7 @@ def test_stateful_openvino_model_keeps_one_request():
     """Its state lives in the infer request: every batch must run on the same one."""
     from rayq.backends.base import StatRequest
 
-    run = get_backend("openvino").stat_runner(_stateful_model(), [StatRequest("y", ("min", "max"))],
-                                              num_threads=2)
+    run = get_backend("openvino").stat_runner(_stateful_model(), [StatRequest("y", ("min", "max"))], num_threads=2)
     assert getattr(run, "streams", 1) == 1
     maxima = [float(run({"x": np.ones((2, 4), np.float32)})["y"]["max"][0]) for _ in range(3)]
     assert maxima == [1.0, 2.0, 3.0]  # the state carried over from batch to batch

@@ -22,8 +22,9 @@ def _item(sr, seed: int = 0) -> dict:
     return {"audio": np.random.default_rng(seed).normal(size=(64,)).astype(np.float32), "sr": sr}
 
 
-@pytest.mark.parametrize("sr", [np.array(16000), np.array([16000]), np.array([[16000]]), 16000],
-                         ids=["0-d", "(1,)", "(1,1)", "int"])
+@pytest.mark.parametrize(
+    "sr", [np.array(16000), np.array([16000]), np.array([[16000]]), 16000], ids=["0-d", "(1,)", "(1,1)", "int"]
+)
 def test_scalar_input_takes_one_value_of_any_rank(sr):
     feeds = data.to_feeds(_item(sr), SPECS)
     assert feeds["sr"].shape == () and feeds["sr"].dtype == np.int64 and int(feeds["sr"]) == 16000
@@ -42,8 +43,9 @@ def test_onnx_runtime_and_openvino_both_run_the_normalised_scalar():
     feeds = check_feeds(SPECS[::-1], {"audio": np.ones((2, 64), np.float32), "sr": np.array([16000])})
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model=model.SerializeToString(), weights=b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(model=model.SerializeToString(), weights=b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     np.testing.assert_allclose(compiled(feeds)[compiled.outputs[0]], session.run(None, feeds)[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError):
         compiled({"audio": feeds["audio"], "sr": np.array([16000])})

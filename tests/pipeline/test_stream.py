@@ -70,8 +70,12 @@ def test_requested_batch_size_and_slicing():
     with pytest.raises(IndexError):
         stream[4]
     with pytest.raises(rayq.DataError, match="batch_size > 1 needs"):
-        BatchStream(data.as_dataset([np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)]),
-                    [InputSpec("x", (None, None), "float32")], subset_size=None, batch_size=2)
+        BatchStream(
+            data.as_dataset([np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)]),
+            [InputSpec("x", (None, None), "float32")],
+            subset_size=None,
+            batch_size=2,
+        )
 
 
 def test_transform_runs_once_per_item_and_pickles_as_a_list():
@@ -82,8 +86,7 @@ def test_transform_runs_once_per_item_and_pickles_as_a_list():
         return x
 
     arr = np.arange(30, dtype=np.float32).reshape(10, 1, 3)
-    stream = BatchStream(data.as_dataset(rayq.Dataset(list(arr), transform)), SPECS, subset_size=None,
-                         batch_size=None)
+    stream = BatchStream(data.as_dataset(rayq.Dataset(list(arr), transform)), SPECS, subset_size=None, batch_size=None)
     for _ in range(3):
         list(stream)
     assert len(calls) == 10  # the spool replays the feeds: the user's transform is not re-run
@@ -121,8 +124,9 @@ def test_statistics_from_the_stream_are_bit_identical_to_the_list_path():
     with np.load(DIGITS / "calibration.npz") as z:
         calib = z["input"][:40].copy()
     plan = QuantPlan.create()
-    spec = calibrate.stat_spec(backend.graph(model), placement_for(backend.graph(model), plan), histograms=True,
-                               smooth_quant=False)
+    spec = calibrate.stat_spec(
+        backend.graph(model), placement_for(backend.graph(model), plan), histograms=True, smooth_quant=False
+    )
     stream = BatchStream(data.as_dataset(x for x in calib), specs, subset_size=None, batch_size=None)
     batches, _, _ = _list_path(calib, specs, None)
     a = calibrate.collect_local(backend, model, stream, spec).to_arrays()

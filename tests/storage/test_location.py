@@ -20,13 +20,16 @@ def test_local_paths_and_file_uris_resolve_to_the_same_place(tmp_path):
     assert loc.parent().uri == f"file://{tmp_path}/run"
 
 
-@pytest.mark.parametrize("uri, fragment", [
-    ("foo://bucket/run", "cannot open the output location 'foo://bucket/run'"),
-    ("s3:/bucket/run", "missing '/': write s3://"),
-    ("file://relative/run", "cannot open the output location"),
-    ("", "non-empty"),
-    (42, "non-empty"),
-])
+@pytest.mark.parametrize(
+    "uri, fragment",
+    [
+        ("foo://bucket/run", "cannot open the output location 'foo://bucket/run'"),
+        ("s3:/bucket/run", "missing '/': write s3://"),
+        ("file://relative/run", "cannot open the output location"),
+        ("", "non-empty"),
+        (42, "non-empty"),
+    ],
+)
 def test_uris_pyarrow_cannot_open_are_output_errors(uri, fragment):
     with pytest.raises(OutputError) as info:
         resolve(uri)

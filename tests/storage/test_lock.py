@@ -96,8 +96,9 @@ def test_object_store_lock_is_best_effort_but_names_holders_and_takes_over_dead_
         with pytest.raises(OutputError, match="in use by another run"):
             OutputLock(run).acquire()
     assert store.get_file_info(f"bucket/run/{LOCK_NAME}").type == pafs.FileType.NotFound
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     _store_lock(store, {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "then"})
     with OutputLock(run):  # same host, pid gone: taken over
         pass

@@ -22,13 +22,41 @@ ARTIFACTS = ("model.onnx", "trials.parquet", "pareto.parquet", "pareto.png", "co
 
 
 def _result() -> SearchResult:
-    recs = [TrialRecord(i, QuantPlan(fallback=("fc1",) * (i % 2)), 0.9 - 0.01 * i, 0.01 * i, 1.0 + i, 0.01,
-                        "ok", None, i < 2, "seed") for i in range(3)]
+    recs = [
+        TrialRecord(
+            i,
+            QuantPlan(fallback=("fc1",) * (i % 2)),
+            0.9 - 0.01 * i,
+            0.01 * i,
+            1.0 + i,
+            0.01,
+            "ok",
+            None,
+            i < 2,
+            "seed",
+        )
+        for i in range(3)
+    ]
     outcome = DriverOutcome(recs[0], "met", recs, "study", 0.015)
-    return SearchResult(model=mlp(), plan=recs[0].plan, status="met", fp32_metric=0.9, metric=0.9, drop=0.0,
-                        max_drop=0.015, drop_type="absolute", latency_ms=1.0, latency_spread_ms=0.01,
-                        fp32_latency_ms=2.0, target="onnxruntime", trials=outcome.trials_frame(),
-                        pareto=outcome.pareto(), wall_seconds=1.0, cpu_seconds=1.0, study_name="study")
+    return SearchResult(
+        model=mlp(),
+        plan=recs[0].plan,
+        status="met",
+        fp32_metric=0.9,
+        metric=0.9,
+        drop=0.0,
+        max_drop=0.015,
+        drop_type="absolute",
+        latency_ms=1.0,
+        latency_spread_ms=0.01,
+        fp32_latency_ms=2.0,
+        target="onnxruntime",
+        trials=outcome.trials_frame(),
+        pareto=outcome.pareto(),
+        wall_seconds=1.0,
+        cpu_seconds=1.0,
+        study_name="study",
+    )
 
 
 def _fail_on(monkeypatch, name: str) -> None:
@@ -95,8 +123,10 @@ def test_publication_on_an_object_store_uses_hidden_staging_then_moves(tmp_path,
         assert not str(out.staging).startswith(str(tmp_path))
         for name in ("a.bin", "result.json"):
             (out.staging / name).write_bytes(name.encode())
-        assert out.publish(["result.json", "a.bin"]) == {"result.json": "mock://bucket/run/result.json",
-                                                          "a.bin": "mock://bucket/run/a.bin"}
+        assert out.publish(["result.json", "a.bin"]) == {
+            "result.json": "mock://bucket/run/result.json",
+            "a.bin": "mock://bucket/run/a.bin",
+        }
     names = sorted(i.base_name for i in store.get_file_info(pafs.FileSelector("bucket/run")))
     assert names == ["a.bin", "result.json"]
     assert json.loads(b'"' + read_marker(run) + b'"') == "result.json"

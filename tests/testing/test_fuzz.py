@@ -36,8 +36,23 @@ def test_every_op_storage_and_opset_is_reachable():
     assert {c.opset for c in cases} == set(range(MIN_OPSET, MAX_OPSET + 1))
     assert {c.dynamic for c in cases} == {False, True}
     ops = {n.op_type for c in cases for n in c.model.graph.node}
-    assert {"Conv", "ConvTranspose", "Gemm", "Resize", "Gelu", "HardSwish", "LayerNormalization", "Where",
-            "Erf", "GlobalAveragePool", "MaxPool", "AveragePool", "Pad", "Split", "Flatten"} <= ops
+    assert {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "Resize",
+        "Gelu",
+        "HardSwish",
+        "LayerNormalization",
+        "Where",
+        "Erf",
+        "GlobalAveragePool",
+        "MaxPool",
+        "AveragePool",
+        "Pad",
+        "Split",
+        "Flatten",
+    } <= ops
 
 
 def test_same_seed_same_model_and_inputs():

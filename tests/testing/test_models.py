@@ -14,12 +14,12 @@ ov = pytest.importorskip("openvino")
 
 BUILDERS = {
     "resnet_like": lambda: resnet_like(),
-    "resnet_like_deep": lambda: resnet_like(widths=(8, 16, 32), blocks_per_stage=2,
-                                            with_concat=False, num_classes=5, seed=3),
+    "resnet_like_deep": lambda: resnet_like(
+        widths=(8, 16, 32), blocks_per_stage=2, with_concat=False, num_classes=5, seed=3
+    ),
     "resnet50_like": lambda: resnet50_like(input_shape=(3, 64, 64), num_classes=100),
     "transformer_block": lambda: transformer_block(),
-    "transformer_masked": lambda: transformer_block(layers=2, with_attention_mask=True,
-                                                    outlier_channels=2),
+    "transformer_masked": lambda: transformer_block(layers=2, with_attention_mask=True, outlier_channels=2),
     "transformer_vocab": lambda: transformer_block(vocab=50, seq_len=8, hidden=32, heads=2),
     "mlp": lambda: mlp(),
     "mlp_matmul": lambda: mlp(in_features=16, hidden=(32, 32), num_classes=3, op="MatMul"),

@@ -43,15 +43,23 @@ class ItemPool(FakePool):
     def compare_latency(self, plans):
         self.timed.append([p.key() for p in plans if p is not None])
         rounds = (1.0, 1.01, 0.99, 1.0, 1.02)
-        return [Latency(ms, 0.0, ms, 5, "onnxruntime", 1, tuple(ms * r for r in rounds))
-                for ms in (self.fp32_ms if p is None else fake_latency(p) for p in plans)]
+        return [
+            Latency(ms, 0.0, ms, 5, "onnxruntime", 1, tuple(ms * r for r in rounds))
+            for ms in (self.fp32_ms if p is None else fake_latency(p) for p in plans)
+        ]
 
     map_latency = compare_latency
 
 
 def run(early_stop: bool, pool=None, **settings):
-    kw = {"max_drop": 0.03, "n_trials": 40, "seed": 3, "study_name": "s", "early_stop": early_stop,
-          "runoff_seconds": 0.5}
+    kw = {
+        "max_drop": 0.03,
+        "n_trials": 40,
+        "seed": 3,
+        "study_name": "s",
+        "early_stop": early_stop,
+        "runoff_seconds": 0.5,
+    }
     kw.update(settings)
     pool = pool or ItemPool()
     control = AccuracyControl(pool, BASE, OPS, SearchSpace(ranking=OPS), SearchSettings(**kw))
@@ -65,9 +73,14 @@ def test_cannot_beat_needs_enough_strictly_cheaper_incumbents():
     assert not cannot_beat(0.9, [0.1] * 5, 0)
 
 
-@pytest.mark.parametrize("settings", [{"explore": False, "finalists": 1, "n_trials": None},
-                                      {"explore": False, "finalists": 2, "n_trials": None},
-                                      {"explore": True, "n_trials": 40}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"explore": False, "finalists": 1, "n_trials": None},
+        {"explore": False, "finalists": 2, "n_trials": None},
+        {"explore": True, "n_trials": 40},
+    ],
+)
 def test_skipped_candidates_leave_the_answer_and_the_path_unchanged(settings):
     best, status, records, pool = run(True, **settings)
     ref_best, ref_status, ref_records, ref_pool = run(False, **settings)

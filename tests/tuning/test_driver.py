@@ -72,8 +72,9 @@ class FakeEvaluator:
         except RuntimeError as exc:
             return EvalResult.failure(plan, f"validation raised RuntimeError: {exc}")
         drop = fake_drop(plan)
-        return EvalResult(plan.key(), FP32 - drop, drop, fake_latency(plan), 0.05, "ok", eval_seconds=0.01,
-                          fp32_latency_ms=20.0)
+        return EvalResult(
+            plan.key(), FP32 - drop, drop, fake_latency(plan), 0.05, "ok", eval_seconds=0.01, fp32_latency_ms=20.0
+        )
 
     def evaluate(self, plans):
         self.calls.append([p.key() for p in plans])
@@ -185,8 +186,9 @@ def test_trial_left_half_suggested_is_taken_over_with_its_draws(tmp_path):
     """A driver killed between two suggestions of a trial: the rerun draws the rest as it would have."""
     storage = tmp_path / "kill.log"
     driver(FakeEvaluator(), n_trials=4, storage=storage, study_name="k").run()
-    study = optuna.create_study(study_name="k", storage=open_storage(storage), load_if_exists=True,
-                                sampler=TrialSeededSampler("tpe", 7))
+    study = optuna.create_study(
+        study_name="k", storage=open_storage(storage), load_if_exists=True, sampler=TrialSeededSampler("tpe", 7)
+    )
     study.ask().suggest_categorical("preset", list(SPACE.presets))  # then the driver died
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=8, storage=storage, study_name="k").run()
@@ -225,8 +227,11 @@ def test_failed_evaluations_are_recorded_and_search_goes_on():
             return "boom"
         return "nan" if plan.bias_correction == "none" else None
 
-    seeds = [BASE.with_fallback(RANKING[:8]), QuantPlan(activation_estimator="minmax"),
-             QuantPlan(bias_correction="none", fallback=RANKING[:1])]
+    seeds = [
+        BASE.with_fallback(RANKING[:8]),
+        QuantPlan(activation_estimator="minmax"),
+        QuantPlan(bias_correction="none", fallback=RANKING[:1]),
+    ]
     outcome = driver(FakeEvaluator(fail=fail), n_trials=16).run(seeds)
     failed = [r for r in outcome.records if r.status == "failed"]
     assert {r.number for r in failed} >= {1, 2}
@@ -254,8 +259,12 @@ def test_budget_not_met_when_everything_fails():
 
 
 def test_seeds_are_evaluated_first_and_deduplicated():
-    seeds = [BASE.with_fallback(RANKING[:10]), BASE.with_fallback(RANKING[:6]),
-             BASE.with_fallback(RANKING[:6]), BASE.with_fallback(("g0", "g2"))]  # -> top-3
+    seeds = [
+        BASE.with_fallback(RANKING[:10]),
+        BASE.with_fallback(RANKING[:6]),
+        BASE.with_fallback(RANKING[:6]),
+        BASE.with_fallback(("g0", "g2")),
+    ]  # -> top-3
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=8, generation_size=4).run(seeds)
     expected = [BASE.with_fallback(RANKING[:k]) for k in (10, 6, 3)]
@@ -265,8 +274,9 @@ def test_seeds_are_evaluated_first_and_deduplicated():
 
 
 def test_duplicate_plans_are_reused_not_reevaluated():
-    space = SearchSpace(presets=("performance",), estimators=("quantile",), bias_corrections=("fast",),
-                        ranking=("g0", "g1"))
+    space = SearchSpace(
+        presets=("performance",), estimators=("quantile",), bias_corrections=("fast",), ranking=("g0", "g1")
+    )
     fake = FakeEvaluator()
     outcome = driver(fake, n_trials=10, space=space).run()
     assert len(fake.evaluated) == len(set(fake.evaluated)) <= 3
@@ -319,8 +329,18 @@ def test_bad_arguments():
 
 def _rec(number, latency, metric, status="ok"):
     drop = FP32 - metric
-    return TrialRecord(number, BASE.with_fallback(RANKING[:number]), metric, drop, latency, 0.1, status,
-                       None if status == "ok" else "x", drop <= MAX_DROP, "sampler")
+    return TrialRecord(
+        number,
+        BASE.with_fallback(RANKING[:number]),
+        metric,
+        drop,
+        latency,
+        0.1,
+        status,
+        None if status == "ok" else "x",
+        drop <= MAX_DROP,
+        "sampler",
+    )
 
 
 def test_pareto_on_a_hand_made_example():
@@ -341,11 +361,17 @@ def test_pareto_on_a_hand_made_example():
 
 def test_trials_frame_round_trips_through_parquet(tmp_path):
     plan = QuantPlan(model_type="transformer", smooth_quant_alpha=0.5, fallback=("g1", "g0"))
-    records = [_rec(0, 10.0, 0.70), _rec(1, 9.0, 0.79, status="failed"),
-               TrialRecord(2, plan, 0.79, 0.01, 12.0, None, "ok", None, True, "seed", reused=True)]
+    records = [
+        _rec(0, 10.0, 0.70),
+        _rec(1, 9.0, 0.79, status="failed"),
+        TrialRecord(2, plan, 0.79, 0.01, 12.0, None, "ok", None, True, "seed", reused=True),
+    ]
     outcome = driver(FakeEvaluator(fail=lambda p: "boom" if p.preset == "mixed" else None), n_trials=6).run()
-    for frame in (DriverOutcome(None, "met", records).trials_frame(), outcome.trials_frame(),
-                  DriverOutcome(None, "budget not met", []).trials_frame()):
+    for frame in (
+        DriverOutcome(None, "met", records).trials_frame(),
+        outcome.trials_frame(),
+        DriverOutcome(None, "budget not met", []).trials_frame(),
+    ):
         tables.write_parquet(frame, tmp_path / "t.parquet")
         back = tables.read_parquet((tmp_path / "t.parquet").read_bytes())
         pd.testing.assert_frame_equal(back, frame, check_dtype=len(frame) > 0)
@@ -376,11 +402,15 @@ def test_plot_pareto_writes_png(tmp_path):
 
 def test_space_round_trip_and_covering_k():
     space = SearchSpace(smooth_quant_alphas=(None, 0.5), ranking=RANKING, max_fallback=6)
-    plan = QuantPlan(preset="mixed", activation_estimator="quantile", smooth_quant_alpha=0.5,
-                     fallback=RANKING[:4])
+    plan = QuantPlan(preset="mixed", activation_estimator="quantile", smooth_quant_alpha=0.5, fallback=RANKING[:4])
     params = space.to_params(plan)
-    assert params == {"preset": "mixed", "activation_estimator": "quantile", "bias_correction": "fast",
-                      "smooth_quant_alpha": 0.5, "k": 4}
+    assert params == {
+        "preset": "mixed",
+        "activation_estimator": "quantile",
+        "bias_correction": "fast",
+        "smooth_quant_alpha": 0.5,
+        "k": 4,
+    }
     assert space.from_params(params, BASE) == plan
     assert space.to_params(QuantPlan(fallback=("g3",)))["k"] == 4
     with pytest.raises(ConfigError):

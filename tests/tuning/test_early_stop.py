@@ -44,8 +44,18 @@ def short_runoff(monkeypatch):
 
 def _search(task, early_stop: bool, num_workers: int, fn=pair_accuracy, storage=None):
     model, calib, val = task
-    return rayq.search(model, calib, val, fn, max_drop=MAX_DROP, num_workers=num_workers, n_trials=12,
-                       early_stop=early_stop, estimators=("mean_minmax", "minmax"), storage=storage)
+    return rayq.search(
+        model,
+        calib,
+        val,
+        fn,
+        max_drop=MAX_DROP,
+        num_workers=num_workers,
+        n_trials=12,
+        early_stop=early_stop,
+        estimators=("mean_minmax", "minmax"),
+        storage=storage,
+    )
 
 
 def test_hopeless_candidates_stop_early_and_the_answer_is_unchanged(task, short_runoff, ray_cluster, tmp_path):
@@ -58,8 +68,10 @@ def test_hopeless_candidates_stop_early_and_the_answer_is_unchanged(task, short_
     assert f["plan_key"].tolist() == g["plan_key"].tolist()  # the sampler took the same path
     assert not g["early_stopped"].any() and (g["validation_items_saved"] == 0).all()
     # the study keeps what the search saw: partial metrics, items saved, no latency
-    study = optuna.load_study(study_name=stopped.study_name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(journal)))
+    study = optuna.load_study(
+        study_name=stopped.study_name,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal)),
+    )
     early = [t for t in study.trials if t.user_attrs.get("early_stopped")]
     assert len(early) >= 2, [(t.number, t.user_attrs.get("drop")) for t in study.trials]
     for t in early:
@@ -84,8 +96,15 @@ def test_chunked_validation_equals_whole_validation_when_not_stopped(task):
     base = QuantPlan()
     session = ModelSession(model, calib, subset_size=300)
     stats = session.statistics(base, histograms=True, num_workers=1, use_cache=False)
-    ev = CandidateEvaluator(session.backend.name, session.model, stats, val, pair_accuracy,
-                            runtime="onnxruntime", calibration_batches=session.batches)
+    ev = CandidateEvaluator(
+        session.backend.name,
+        session.model,
+        stats,
+        val,
+        pair_accuracy,
+        runtime="onnxruntime",
+        calibration_batches=session.batches,
+    )
     fp32 = ev.fp32_metric()
     loose = EarlyStop(fp32.per_item, fp32.value, max_drop=1.0, seed=5)  # never stops
     chunked = ev.metric(base, stop=loose)
@@ -106,8 +125,10 @@ def test_a_rerun_reads_the_early_stops_back_from_the_study(task, short_runoff, t
     assert again.plan.key() == first.plan.key()
     cols = ["number", "plan_key", "early_stopped", "validation_items_saved", "drop", "feasible"]
     assert again.trials[cols].equals(first.trials[cols])
-    study = optuna.load_study(study_name=again.study_name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(journal)))
+    study = optuna.load_study(
+        study_name=again.study_name,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal)),
+    )
     assert len(study.trials) == 12
     assert sum(bool(t.user_attrs.get("validation_items_saved")) for t in study.trials) >= 2
 
@@ -131,10 +152,22 @@ def test_candidates_that_cannot_beat_the_incumbent_are_skipped_and_the_answer_is
     from pathlib import Path
 
     digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
-    runs = [rayq.search(str(digits / "digits_cnn.onnx"), str(digits / "calibration.npz"),
-                        str(digits / "validation.npz"), true_class_probability_items, max_drop=0.0002,
-                        num_workers=1, n_trials=None, explore=False, finalists=1, early_stop=es, subset_size=64)
-            for es in (True, False)]
+    runs = [
+        rayq.search(
+            str(digits / "digits_cnn.onnx"),
+            str(digits / "calibration.npz"),
+            str(digits / "validation.npz"),
+            true_class_probability_items,
+            max_drop=0.0002,
+            num_workers=1,
+            n_trials=None,
+            explore=False,
+            finalists=1,
+            early_stop=es,
+            subset_size=64,
+        )
+        for es in (True, False)
+    ]
     skipping, whole = runs
     assert skipping.plan.key() == whole.plan.key() and skipping.status == whole.status
     f, g = skipping.trials, whole.trials

@@ -10,9 +10,21 @@ from rayq.tuning.plot import plot_pareto
 
 
 def _frame(rows):
-    return pd.DataFrame([{"number": i, "status": "ok", "feasible": f, "speedup": s, "speedup_low": s - 0.1,
-                          "speedup_high": s + 0.1, "metric": m, "drop": 0.98 - m}
-                         for i, (s, m, f) in enumerate(rows)])
+    return pd.DataFrame(
+        [
+            {
+                "number": i,
+                "status": "ok",
+                "feasible": f,
+                "speedup": s,
+                "speedup_low": s - 0.1,
+                "speedup_high": s + 0.1,
+                "metric": m,
+                "drop": 0.98 - m,
+            }
+            for i, (s, m, f) in enumerate(rows)
+        ]
+    )
 
 
 def _legend(fig):
@@ -37,8 +49,9 @@ def test_accuracy_axis_stops_at_one_and_fp32_is_drawn():
     fig = plot_pareto(frame, pareto_front(frame), max_drop=0.01, fp32_metric=0.98, chosen=1)
     ax = fig.axes[0]
     legend = _legend(fig)
-    assert {"over budget", "within budget", "Pareto front", "chosen (trial 1)", "FP32 (0.98)",
-            "FP32 model"} <= set(legend)
+    assert {"over budget", "within budget", "Pareto front", "chosen (trial 1)", "FP32 (0.98)", "FP32 model"} <= set(
+        legend
+    )
     bottom, top = ax.get_ylim()
     assert top == pytest.approx(1.0) and 0.85 < bottom < 0.90
     fp32_lines = [ln for ln in ax.lines if ln.get_label().startswith("FP32")]

@@ -59,8 +59,10 @@ class FakePool:
         self.scored = 0  # output errors computed (the ranking)
 
     def map_metric(self, plans, indices=None):
-        return [CandidateMetric("fp32" if p is None else p.key(), FP32 if p is None else FP32 - fake_drop(p),
-                                None, 0.01) for p in plans]
+        return [
+            CandidateMetric("fp32" if p is None else p.key(), FP32 if p is None else FP32 - fake_drop(p), None, 0.01)
+            for p in plans
+        ]
 
     def map_output_error(self, plans):
         self.scored += len(plans)
@@ -115,14 +117,18 @@ def test_killed_at_any_moment_the_search_resumes_to_the_same_answer(monkeypatch)
     cuts = sorted({*range(1, len(journal.lines), 4), ranked_at, ranked_at + 1})
     for cut in cuts:
         storage = journal.cut(cut)
-        finished = {t.number: t.user_attrs.get("plan_key") for t in optuna.load_study(
-            study_name="s", storage=storage).get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))}
+        finished = {
+            t.number: t.user_attrs.get("plan_key")
+            for t in optuna.load_study(study_name="s", storage=storage).get_trials(
+                states=(TrialState.COMPLETE, TrialState.FAIL)
+            )
+        }
         pool = FakePool()
         again, resumed, _ = search(storage, pool=pool)
         where = f"cut after {cut} of {len(journal.lines)} operations"
         assert resumed == records and again.plan == best.plan, where
         assert states(storage) == [TrialState.COMPLETE] * 14, where  # nothing waiting or running
-        evaluated = [key for call in pool.timed[:runoff_from[-1]] for key in call]
+        evaluated = [key for call in pool.timed[: runoff_from[-1]] for key in call]
         redo = {r.plan.key() for r in records if r.number not in finished} - set(finished.values())
         assert len(evaluated) == len(set(evaluated)) and set(evaluated) == redo, where
         assert (pool.scored == 0) == (cut >= ranked_at), where  # a stored ranking is never recomputed

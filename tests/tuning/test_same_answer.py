@@ -24,8 +24,20 @@ def in_repo(monkeypatch):
 
 
 def _search(out: Path, *extra: str) -> dict:
-    code = main(["search", "--config", "configs/search_digits.yaml", "--n-trials", "6", "--subset-size", "64",
-                 "--output", str(out), *extra])
+    code = main(
+        [
+            "search",
+            "--config",
+            "configs/search_digits.yaml",
+            "--n-trials",
+            "6",
+            "--subset-size",
+            "64",
+            "--output",
+            str(out),
+            *extra,
+        ]
+    )
     result = json.loads((out / "result.json").read_text())
     assert (code, result["status"]) in ((0, "met"), (3, "no_speedup"))
     return result

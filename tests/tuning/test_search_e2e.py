@@ -47,8 +47,9 @@ def test_unconstrained_int8_is_over_budget(task):
 
 def test_search_returns_model_within_budget(task, tmp_path):
     model, calib, val = task
-    result = rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=1, n_trials=8,
-                         output=str(tmp_path / "run"))
+    result = rayq.search(
+        model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=1, n_trials=8, output=str(tmp_path / "run")
+    )
     assert result.status in WITHIN_BUDGET
     # re-validate the returned model independently on the full validation set
     assert full_accuracy(model, val) - full_accuracy(result.model, val) <= MAX_DROP
@@ -80,9 +81,12 @@ def test_search_returns_model_within_budget(task, tmp_path):
     assert bool(top["fallback"]) == ("Gemm_1" in result.plan.fallback)
     assert top["score"] > 0 and top["score"] == sens["score"].max()
     assert (tmp_path / "run" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
-    study = optuna.load_study(study_name=result.study_name,
-                              storage=optuna.storages.JournalStorage(
-                                  optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
+    study = optuna.load_study(
+        study_name=result.study_name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))
+        ),
+    )
     stored = json.loads(study.user_attrs["rayq.ranking"])
     assert stored["basis"] == "metric"
     assert stored["groups"][0] == {"name": "Gemm_1", "score": pytest.approx(top["score"])}
@@ -93,8 +97,10 @@ def test_search_returns_model_within_budget(task, tmp_path):
 
 def test_one_and_two_workers_give_the_same_plan(task, ray_cluster):
     model, calib, val = task
-    plans = [rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=n, n_trials=6, seed=3).plan
-             for n in (1, 2)]
+    plans = [
+        rayq.search(model, calib, val, accuracy, max_drop=MAX_DROP, num_workers=n, n_trials=6, seed=3).plan
+        for n in (1, 2)
+    ]
     assert plans[0] == plans[1]
 
 
@@ -114,16 +120,37 @@ def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
 
     out = str(tmp_path / "run")
     with pytest.raises(Crash):
-        rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
-                    study_name="resume", early_stop=False)  # one call per validation (no chunks)
-    study = optuna.load_study(study_name="resume", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(f"{out}/study.journal")))
-    done = {t.number: t.user_attrs["plan_key"] for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE}
+        rayq.search(
+            model,
+            calib,
+            val,
+            flaky,
+            max_drop=MAX_DROP,
+            num_workers=1,
+            n_trials=12,
+            output=out,
+            study_name="resume",
+            early_stop=False,
+        )  # one call per validation (no chunks)
+    study = optuna.load_study(
+        study_name="resume",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{out}/study.journal")),
+    )
+    done = {t.number: t.user_attrs["plan_key"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert done, "some trials finished before the crash"
     calls.update(n=0, limit=10**9)
-    result = rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
-                         study_name="resume", early_stop=False)
+    result = rayq.search(
+        model,
+        calib,
+        val,
+        flaky,
+        max_drop=MAX_DROP,
+        num_workers=1,
+        n_trials=12,
+        output=out,
+        study_name="resume",
+        early_stop=False,
+    )
     rows = result.trials.set_index("number")
     for number, key in done.items():
         assert rows.loc[number, "plan_key"] == key
@@ -132,8 +159,9 @@ def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
     assert calls["n"] <= 2 + new_trials
     again = dict(calls)
     calls["n"] = 0
-    rayq.search(model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out,
-                study_name="resume")
+    rayq.search(
+        model, calib, val, flaky, max_drop=MAX_DROP, num_workers=1, n_trials=12, output=out, study_name="resume"
+    )
     assert calls["n"] == 1, f"a finished search re-ran {calls['n'] - 1} validations (first resume: {again})"
 
 
@@ -158,8 +186,7 @@ def test_failing_validation_is_recorded_not_fatal(task):
 
 def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
     model, calib, val = task
-    q = rayq.quantize_with_accuracy_control(model, calib, val, nncf_style_accuracy, max_drop=MAX_DROP,
-                                            num_workers=1)
+    q = rayq.quantize_with_accuracy_control(model, calib, val, nncf_style_accuracy, max_drop=MAX_DROP, num_workers=1)
     assert full_accuracy(model, val) - full_accuracy(q, val) <= MAX_DROP
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0  # a real INT8 model
 
@@ -173,9 +200,28 @@ def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(cap
     from rayq.tuning.result import SearchResult
 
     def result(fallback, status, low, high):
-        return SearchResult(None, QuantPlan(fallback=fallback), status, 0.9, 0.9, 0.0, 0.01, "absolute", 1.0, None,
-                            1.0, "openvino", pd.DataFrame(), pd.DataFrame(), 1.0, 1.0, speedup=(low + high) / 2,
-                            speedup_low=low, speedup_high=high, n_quantizable=4)
+        return SearchResult(
+            None,
+            QuantPlan(fallback=fallback),
+            status,
+            0.9,
+            0.9,
+            0.0,
+            0.01,
+            "absolute",
+            1.0,
+            None,
+            1.0,
+            "openvino",
+            pd.DataFrame(),
+            pd.DataFrame(),
+            1.0,
+            1.0,
+            speedup=(low + high) / 2,
+            speedup_low=low,
+            speedup_high=high,
+            n_quantizable=4,
+        )
 
     with caplog.at_level("WARNING", logger="rayq"):
         _warn_restored(result(("a", "b", "c"), "met", 1.2, 1.4), 4)

@@ -39,8 +39,18 @@ class FakeTimer:
         for p in plans:
             true = self.table[None if p is None else p.fallback]
             per = true * drift * (1.0 + self.noise * self.rng.standard_normal(self.rounds))
-            out.append(Latency(float(np.median(per)), 0.0, float(per.min()), 30, "onnxruntime", 1,
-                               tuple(float(x) for x in per), {"runtime": "onnxruntime"}))
+            out.append(
+                Latency(
+                    float(np.median(per)),
+                    0.0,
+                    float(per.min()),
+                    30,
+                    "onnxruntime",
+                    1,
+                    tuple(float(x) for x in per),
+                    {"runtime": "onnxruntime"},
+                )
+            )
         return out
 
 
@@ -57,8 +67,14 @@ def test_ratio_interval_and_what_faster_means():
 
 
 def test_finalists_exclude_all_fp32_plans_and_group_equal_graphs():
-    records = [rec(0, OPS), rec(1, ("a",)), rec(2, ("a",), activation_estimator="minmax"),
-               rec(3, ()), rec(4, (), drop=0.5, feasible=False), rec(5, ("a", "b"), preset="mixed")]
+    records = [
+        rec(0, OPS),
+        rec(1, ("a",)),
+        rec(2, ("a",), activation_estimator="minmax"),
+        rec(3, ()),
+        rec(4, (), drop=0.5, feasible=False),
+        rec(5, ("a", "b"), preset="mixed"),
+    ]
     got = selection.finalists(records, ops=OPS, base=BASE)
     assert [r.number for r in got] == [3, 1, 5]  # cheapest first; 2 runs the graph of 1; 0 is all FP32
     assert not selection.is_int8(records[0].plan, OPS) and selection.is_int8(records[1].plan, OPS)
@@ -96,8 +112,10 @@ def test_ties_break_on_fewer_fp32_layers_then_simpler_plan_then_hash():
 def test_the_same_records_give_the_same_choice_under_any_noise():
     records = [rec(0, ("a",)), rec(1, ()), rec(2, ("a", "b")), rec(3, ("b",))]
     table = {None: 2.0, ("a",): 1.01, (): 1.0, ("a", "b"): 1.02, ("b",): 0.995}  # all within noise
-    picks = {selection.choose(records, FakeTimer(table, noise=0.02, seed=s), ops=OPS, base=BASE,
-                              max_calls=3).record.number for s in range(6)}
+    picks = {
+        selection.choose(records, FakeTimer(table, noise=0.02, seed=s), ops=OPS, base=BASE, max_calls=3).record.number
+        for s in range(6)
+    }
     assert picks == {1}
 
 
@@ -114,8 +132,7 @@ def test_not_significantly_faster_than_fp32_is_no_speedup_with_the_most_accurate
 
 
 def test_only_all_fp32_within_budget_is_budget_not_met_and_nothing_is_timed():
-    records = [rec(0, OPS, drop=0.0), rec(1, ("a",), drop=0.05, feasible=False),
-               rec(2, (), drop=0.08, feasible=False)]
+    records = [rec(0, OPS, drop=0.0), rec(1, ("a",), drop=0.05, feasible=False), rec(2, (), drop=0.08, feasible=False)]
     timer = FakeTimer({})
     choice = selection.choose(records, timer, ops=OPS, base=BASE)
     assert (choice.status, choice.record.number, timer.calls) == ("budget not met", 1, [])
@@ -139,8 +156,7 @@ def test_runoff_adds_rounds_until_clear_and_stops_at_the_caps():
     assert 1 < len(near.calls) < 12 and choice.clear and choice.status == "met"
     slow = FakeTimer({None: 1.03, (): 1.0}, noise=0.03)
     start = time.monotonic()
-    selection.choose(records, lambda plans: (time.sleep(0.05), slow(plans))[1], ops=OPS, base=BASE,
-                     max_seconds=0.12)
+    selection.choose(records, lambda plans: (time.sleep(0.05), slow(plans))[1], ops=OPS, base=BASE, max_seconds=0.12)
     assert len(slow.calls) <= 4 and time.monotonic() - start < 2.0
 
 
@@ -162,9 +178,10 @@ def test_significantly_slower_finalists_stop_being_timed():
 
 def test_trials_frame_marks_the_chosen_row_and_pareto_uses_speedup():
     # trial 1 was timed in a quiet moment: lower raw latency, but a smaller speed-up over FP32
-    recs = [TrialRecord(0, QuantPlan(fallback=("a",)), 0.9, 0.0, 1.0, None, "ok", None, True, "seed",
-                        fp32_latency_ms=2.0),
-            TrialRecord(1, QuantPlan(), 0.9, 0.0, 0.8, None, "ok", None, True, "seed", fp32_latency_ms=1.2)]
+    recs = [
+        TrialRecord(0, QuantPlan(fallback=("a",)), 0.9, 0.0, 1.0, None, "ok", None, True, "seed", fp32_latency_ms=2.0),
+        TrialRecord(1, QuantPlan(), 0.9, 0.0, 0.8, None, "ok", None, True, "seed", fp32_latency_ms=1.2),
+    ]
     out = DriverOutcome(recs[0], "met", recs)
     frame = out.trials_frame()
     assert frame["chosen"].tolist() == [True, False]

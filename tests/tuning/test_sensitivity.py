@@ -10,17 +10,19 @@ from rayq.tuning.sensitivity import decode_ranking, encode_ranking, plot_sensiti
 
 def test_ranking_is_json_with_scores_and_failures_as_null():
     text = encode_ranking(["fc", "conv1", "conv2"], {"fc": 0.5, "conv1": 0.1, "conv2": -math.inf}, "metric")
-    assert json.loads(text) == {"basis": "metric", "groups": [{"name": "fc", "score": 0.5},
-                                                              {"name": "conv1", "score": 0.1},
-                                                              {"name": "conv2", "score": None}]}
+    assert json.loads(text) == {
+        "basis": "metric",
+        "groups": [{"name": "fc", "score": 0.5}, {"name": "conv1", "score": 0.1}, {"name": "conv2", "score": None}],
+    }
     ranking, scores, basis = decode_ranking(text)
     assert ranking == ["fc", "conv1", "conv2"] and basis == "metric" and math.isnan(scores["conv2"])
     assert decode_ranking(["b", "a"]) == (["b", "a"], {}, None)  # a study of an older rayq
 
 
 def test_sensitivity_plot_bars_follow_the_ranking():
-    frame = sensitivity_frame(["fc", "conv1", "conv2"], {"fc": 0.5, "conv1": 0.1, "conv2": -0.01},
-                              "output_error", fallback=["fc"])
+    frame = sensitivity_frame(
+        ["fc", "conv1", "conv2"], {"fc": 0.5, "conv1": 0.1, "conv2": -0.01}, "output_error", fallback=["fc"]
+    )
     assert frame["rank"].tolist() == [1, 2, 3] and frame["fallback"].tolist() == [True, False, False]
     ax = plot_sensitivity(frame).axes[0]
     bars = ax.patches

@@ -42,8 +42,11 @@ def test_automatic_timeout_is_ten_times_fp32_and_at_least_a_minute():
 
 def test_run_validation_gives_up_after_the_timeout():
     start = time.monotonic()
-    with pytest.raises(ValidationTimedOut, match=r"^timeout: validation function .*never_returns did not return "
-                                                 r"within 0.5 s"):
+    with pytest.raises(
+        ValidationTimedOut,
+        match=r"^timeout: validation function .*never_returns did not return "
+        r"within 0.5 s",
+    ):
         run_validation(never_returns, None, [1, 2], timeout=0.5)
     assert time.monotonic() - start < 5
     assert run_validation(lambda m, items: 0.5, None, [1], timeout=5).value == 0.5
@@ -61,8 +64,17 @@ def _check_search_went_on(result):
 def test_in_process_search_survives_a_hanging_validation(task):
     model, calib, val = task
     start = time.monotonic()
-    result = rayq.search(model, calib, val, pair_accuracy_hanging_on_gemm1, max_drop=0.05, num_workers=1,
-                         n_trials=4, explore=False, validation_timeout=1.0)
+    result = rayq.search(
+        model,
+        calib,
+        val,
+        pair_accuracy_hanging_on_gemm1,
+        max_drop=0.05,
+        num_workers=1,
+        n_trials=4,
+        explore=False,
+        validation_timeout=1.0,
+    )
     _check_search_went_on(result)
     assert time.monotonic() - start < 120
 
@@ -72,8 +84,17 @@ def test_ray_search_kills_and_replaces_the_hanging_worker(task, ray_cluster, mon
     monkeypatch.setattr(evaluator_mod, "TASK_START_GRACE_S", 3.0)
     model, calib, val = task
     start = time.monotonic()
-    result = rayq.search(model, calib, val, pair_accuracy_hanging_on_gemm1, max_drop=0.05, num_workers=2,
-                         n_trials=4, explore=False, validation_timeout=2.0)
+    result = rayq.search(
+        model,
+        calib,
+        val,
+        pair_accuracy_hanging_on_gemm1,
+        max_drop=0.05,
+        num_workers=2,
+        n_trials=4,
+        explore=False,
+        validation_timeout=2.0,
+    )
     _check_search_went_on(result)
     assert "on a Ray worker, which was replaced" in " ".join(result.trials.error.dropna())
     assert time.monotonic() - start < 240
@@ -100,8 +121,9 @@ def _busy_ray_workers(wait_s: float = 10.0) -> list[int]:
 
 def test_quantize_with_accuracy_control_times_out_instead_of_hanging(task):
     model, calib, val = task
-    q = rayq.quantize_with_accuracy_control(model, calib, val, pair_accuracy_hanging_on_gemm1, max_drop=0.01,
-                                            num_workers=1, validation_timeout=1.0)
+    q = rayq.quantize_with_accuracy_control(
+        model, calib, val, pair_accuracy_hanging_on_gemm1, max_drop=0.01, num_workers=1, validation_timeout=1.0
+    )
     assert not any(n.name.startswith("Gemm_1/") for n in q.graph.node)  # the hanging layer stayed FP32
 
 

@@ -48,17 +48,20 @@ class OnnxBackend:
     def inputs(self, model: onnx.ModelProto) -> list[InputSpec]:
         return reader.input_specs(model)
 
-    def stat_runner(self, model: onnx.ModelProto, requests: Sequence[StatRequest], *,
-                    num_threads: int = 0) -> StatRunner:
+    def stat_runner(
+        self, model: onnx.ModelProto, requests: Sequence[StatRequest], *, num_threads: int = 0
+    ) -> StatRunner:
         return instrument.make_stat_runner(model, requests, num_threads=num_threads)
 
     def apply(self, model: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
         return writer.apply_recipe(model, recipe)
 
-    def runner(self, model: onnx.ModelProto, *, runtime: str | None = None, device: str = "CPU",
-               num_threads: int = 0) -> Runner:
-        return runtime_module.make_runner(model, reader.input_specs(model), runtime=runtime or "onnxruntime",
-                                          device=device, num_threads=num_threads)
+    def runner(
+        self, model: onnx.ModelProto, *, runtime: str | None = None, device: str = "CPU", num_threads: int = 0
+    ) -> Runner:
+        return runtime_module.make_runner(
+            model, reader.input_specs(model), runtime=runtime or "onnxruntime", device=device, num_threads=num_threads
+        )
 
     def save(self, model: onnx.ModelProto, path: str) -> list[str]:
         target = Path(path)
@@ -73,8 +76,9 @@ class OnnxBackend:
 
     def to_bytes(self, model: onnx.ModelProto) -> bytes:
         if not reader.fits_in_memory_proto(model):
-            raise BackendError("an ONNX model over 2 GB cannot be serialised in memory; save() it (weights as "
-                               "external data) instead")
+            raise BackendError(
+                "an ONNX model over 2 GB cannot be serialised in memory; save() it (weights as external data) instead"
+            )
         return model.SerializeToString()
 
     def size_bytes(self, model: onnx.ModelProto) -> int:

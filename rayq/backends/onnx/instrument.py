@@ -66,8 +66,9 @@ class _Builder:
         self.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
 
 
-def instrument(proto: onnx.ModelProto,
-               requests: Sequence[StatRequest]) -> tuple[onnx.ModelProto, list[str], frozenset[str]]:
+def instrument(
+    proto: onnx.ModelProto, requests: Sequence[StatRequest]
+) -> tuple[onnx.ModelProto, list[str], frozenset[str]]:
     """Return a copy of ``proto`` with reduction outputs, their names, and the tensors
     whose first dim is only known at run time to be the batch dim or not."""
     _, raw_shapes = reader.build_view(proto)
@@ -80,8 +81,7 @@ def instrument(proto: onnx.ModelProto,
     for req in requests:
         dims = raw_shapes.get(req.tensor)
         if dims is None and any(r.startswith("ch_") for r in req.reductions):
-            raise BackendError(f"cannot collect per-channel statistics for tensor {req.tensor!r}: "
-                               "its rank is unknown")
+            raise BackendError(f"cannot collect per-channel statistics for tensor {req.tensor!r}: its rank is unknown")
         rank = len(dims) if dims is not None else 0  # unknown rank (a Loop output): one value per batch
         batched = dims is not None and rank >= 1 and (dims[0] is None or isinstance(dims[0], str))
         if batched and dims is not None and dims[0] not in batch_syms:

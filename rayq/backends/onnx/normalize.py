@@ -177,8 +177,11 @@ def subgraph_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
 
 def recurrent_ops(graph: onnx.GraphProto) -> list[tuple[str, str]]:
     """``(name, reason)`` for each main-graph LSTM/GRU/RNN (their weights stay FP32)."""
-    return [(node.name or f"{node.op_type}_{i}", RECURRENT_REASON) for i, node in enumerate(graph.node)
-            if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx")]
+    return [
+        (node.name or f"{node.op_type}_{i}", RECURRENT_REASON)
+        for i, node in enumerate(graph.node)
+        if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx")
+    ]
 
 
 def _weighted_in(graph: onnx.GraphProto) -> Iterator[tuple[str, str]]:
@@ -199,8 +202,7 @@ def dequantized(graph: onnx.GraphProto) -> set[str]:
     that read them (graph nodes in topological order)."""
     out: set[str] = set()
     for node in graph.node:
-        if node.op_type == "DequantizeLinear" or (node.op_type in _MOVES_DATA and node.input
-                                                   and node.input[0] in out):
+        if node.op_type == "DequantizeLinear" or (node.op_type in _MOVES_DATA and node.input and node.input[0] in out):
             out.add(node.output[0])
     return out
 
@@ -221,8 +223,9 @@ def fp32_reason(node: onnx.NodeProto, dtypes: dict[str, str], dequantized: set[s
     return None
 
 
-_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                               "Multinomial", "Bernoulli", "Dropout"})
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
+)
 
 
 def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -259,14 +262,23 @@ def fold_constants(proto: onnx.ModelProto) -> None:
     folded, keep = [], []
     for node in graph.node:
         ins = [t for t in node.input if t]
-        foldable = (pure(node) and node.op_type not in _QUANTIZATION_OPS and ins and all(t in known for t in ins)
-                    and not outputs.intersection(node.output) and not has_subgraph(node))
+        foldable = (
+            pure(node)
+            and node.op_type not in _QUANTIZATION_OPS
+            and ins
+            and all(t in known for t in ins)
+            and not outputs.intersection(node.output)
+            and not has_subgraph(node)
+        )
         if foldable:
             try:
                 values = _evaluate(ReferenceEvaluator, proto, node, {t: known[t] for t in ins})
                 names = [o for o in node.output if o]
-                tensors = ([numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
-                           if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values) else None)
+                tensors = (
+                    [numpy_helper.from_array(np.asarray(v), o) for o, v in zip(names, values)]
+                    if all(np.asarray(v).size <= _FOLD_MAX_ELEMENTS for v in values)
+                    else None
+                )
             except Exception as exc:  # an op the reference runtime lacks, an odd dtype: keep the node
                 log.debug("not folding %s: %s", node.name, exc)
                 tensors = None
@@ -286,8 +298,7 @@ def fold_constants(proto: onnx.ModelProto) -> None:
         log.debug("folded %d constant tensors", len(folded))
 
 
-def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
-              values: dict[str, onnx.TensorProto]) -> list:
+def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto, values: dict[str, onnx.TensorProto]) -> list:
     """Run one node on constant inputs (input name -> tensor) with ONNX's reference runtime."""
     inputs = []
     for name, t in values.items():
@@ -297,9 +308,12 @@ def _evaluate(evaluator, proto: onnx.ModelProto, node: onnx.NodeProto,
             t.name = name
         inputs.append(t)
     model = onnx.helper.make_model(
-        onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
-                                                     for o in node.output if o], inputs),
-        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+        onnx.helper.make_graph(
+            [node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None) for o in node.output if o], inputs
+        ),
+        opset_imports=list(proto.opset_import),
+        ir_version=proto.ir_version,
+    )
     return evaluator(model).run(None, {})
 
 

@@ -26,23 +26,47 @@ MIN_OPSET = 13
 _TWO_GB = 2**31 - 1
 
 _META = {
-    "Conv": g.CONV, "ConvTranspose": g.CONV_TRANSPOSE, "MatMul": g.MATMUL, "Gemm": g.MATMUL,
-    "Add": g.ADD, "Mul": g.MUL, "Concat": g.CONCAT, "MaxPool": g.MAX_POOL,
-    "AveragePool": g.AVG_POOL, "GlobalAveragePool": g.AVG_POOL,
-    "Reshape": g.SHAPE, "Transpose": g.SHAPE, "Flatten": g.SHAPE, "Squeeze": g.SHAPE,
-    "Unsqueeze": g.SHAPE, "Softmax": g.SOFTMAX, "LayerNormalization": g.NORM,
-    "BatchNormalization": g.NORM, "InstanceNormalization": g.NORM,
-    "Relu": g.ACTIVATION, "Sigmoid": g.ACTIVATION, "Tanh": g.ACTIVATION, "Gelu": g.ACTIVATION,
-    "Clip": g.ACTIVATION, "LeakyRelu": g.ACTIVATION, "HardSwish": g.ACTIVATION,
-    "HardSigmoid": g.ACTIVATION, "Elu": g.ACTIVATION,
+    "Conv": g.CONV,
+    "ConvTranspose": g.CONV_TRANSPOSE,
+    "MatMul": g.MATMUL,
+    "Gemm": g.MATMUL,
+    "Add": g.ADD,
+    "Mul": g.MUL,
+    "Concat": g.CONCAT,
+    "MaxPool": g.MAX_POOL,
+    "AveragePool": g.AVG_POOL,
+    "GlobalAveragePool": g.AVG_POOL,
+    "Reshape": g.SHAPE,
+    "Transpose": g.SHAPE,
+    "Flatten": g.SHAPE,
+    "Squeeze": g.SHAPE,
+    "Unsqueeze": g.SHAPE,
+    "Softmax": g.SOFTMAX,
+    "LayerNormalization": g.NORM,
+    "BatchNormalization": g.NORM,
+    "InstanceNormalization": g.NORM,
+    "Relu": g.ACTIVATION,
+    "Sigmoid": g.ACTIVATION,
+    "Tanh": g.ACTIVATION,
+    "Gelu": g.ACTIVATION,
+    "Clip": g.ACTIVATION,
+    "LeakyRelu": g.ACTIVATION,
+    "HardSwish": g.ACTIVATION,
+    "HardSigmoid": g.ACTIVATION,
+    "Elu": g.ACTIVATION,
 }
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                          onnx.TensorProto.BFLOAT16})
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 _DTYPES: dict[int, str] = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8",
-    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
     onnx.TensorProto.BFLOAT16: "bfloat16",
 }
 
@@ -103,8 +127,10 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
 
         upgraded = version_converter.convert_version(proto, MIN_OPSET)
         # the converter keeps the IR version: IR 3 would need every initializer as an input
-        upgraded.ir_version = max(upgraded.ir_version, onnx.helper.find_min_ir_version_for(
-            [o for o in upgraded.opset_import if o.domain in ("", "ai.onnx")]))
+        upgraded.ir_version = max(
+            upgraded.ir_version,
+            onnx.helper.find_min_ir_version_for([o for o in upgraded.opset_import if o.domain in ("", "ai.onnx")]),
+        )
         return upgraded
     except Exception as exc:
         raise BackendError(
@@ -183,8 +209,12 @@ def tensor_bytes(t: onnx.TensorProto) -> int:
 def size_bytes(proto: onnx.ModelProto) -> int:
     """Serialised size of ``proto``, from its parts (weights by :func:`tensor_bytes`)."""
     graph = proto.graph
-    return (sum(tensor_bytes(t) for t in graph.initializer) + sum(n.ByteSize() for n in graph.node)
-            + sum(v.ByteSize() for v in (*graph.input, *graph.output, *graph.value_info)) + 4096)
+    return (
+        sum(tensor_bytes(t) for t in graph.initializer)
+        + sum(n.ByteSize() for n in graph.node)
+        + sum(v.ByteSize() for v in (*graph.input, *graph.output, *graph.value_info))
+        + 4096
+    )
 
 
 def fits_in_memory_proto(proto: onnx.ModelProto) -> bool:
@@ -243,12 +273,18 @@ def _reshape_ranks(inferred: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     known = {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     out = []
     for node in inferred.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or (known.get(node.output[0]) is not None \
-                and known[node.output[0]].type.tensor_type.HasField("shape")):
+        if (
+            node.op_type != "Reshape"
+            or len(node.input) < 2
+            or (known.get(node.output[0]) is not None and known[node.output[0]].type.tensor_type.HasField("shape"))
+        ):
             continue
         target = known.get(node.input[1])
-        dims = target.type.tensor_type.shape.dim if target is not None and target.type.tensor_type.HasField("shape") \
+        dims = (
+            target.type.tensor_type.shape.dim
+            if target is not None and target.type.tensor_type.HasField("shape")
             else []
+        )
         data = known.get(node.input[0])
         if len(dims) == 1 and dims[0].HasField("dim_value") and data is not None:
             shape = [f"{node.output[0]}_d{i}" for i in range(dims[0].dim_value)]
@@ -276,15 +312,17 @@ def build_view(proto: onnx.ModelProto) -> tuple[GraphView, dict[str, tuple | Non
         for out in node.output:
             producers[out] = node.name
             info = tensors.get(out, TensorInfo(out, None, "unknown"))
-            tensors[out] = TensorInfo(out, info.shape, info.dtype, out in constants, node.name,
-                                      data_independent=out in independent)
+            tensors[out] = TensorInfo(
+                out, info.shape, info.dtype, out in constants, node.name, data_independent=out in independent
+            )
     nodes, fp32 = _nodes(graph, tensors)
     constant_fn = _ConstantCache(constants)
 
     inits = set(constants)
     inputs = [vi.name for vi in graph.input if vi.name not in inits]
-    view = GraphView(nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=tuple(fp32),
-                     runtime="onnxruntime")
+    view = GraphView(
+        nodes, tensors, inputs, [o.name for o in graph.output], constant_fn, fp32_ops=tuple(fp32), runtime="onnxruntime"
+    )
     return view, raw_shapes
 
 
@@ -328,8 +366,15 @@ def _nodes(graph: onnx.GraphProto, tensors: dict[str, TensorInfo]) -> tuple[list
         if reason is not None and info.meta != g.OTHER:
             if info.meta in g.WEIGHTED:
                 fp32.append((node.name, reason))
-            info = dataclasses.replace(info, meta=g.OTHER, weight_input=None, weight_axis=None,
-                                       weight_in_axis=None, bias_input=None, bias_node=None)
+            info = dataclasses.replace(
+                info,
+                meta=g.OTHER,
+                weight_input=None,
+                weight_axis=None,
+                weight_in_axis=None,
+                bias_input=None,
+                bias_node=None,
+            )
         nodes.append(info)
     return nodes, fp32
 
@@ -353,12 +398,17 @@ def _data_independent(graph: onnx.GraphProto, constants: dict) -> set[str]:
 def _node_info(node: onnx.NodeProto, tensors: dict[str, TensorInfo], graph: onnx.GraphProto) -> NodeInfo:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.type in (1, 2, 3, 7)}
     meta = _META.get(node.op_type, g.OTHER) if node.domain in ("", "ai.onnx") else g.OTHER
-    info: dict[str, Any] = dict(weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None,
-                                bias_node=None)
+    info: dict[str, Any] = dict(
+        weight_input=None, weight_axis=None, weight_in_axis=None, bias_input=None, bias_node=None
+    )
 
     def const(i: int) -> bool:
-        return len(node.input) > i and bool(node.input[i]) and tensors.get(node.input[i]) is not None \
+        return (
+            len(node.input) > i
+            and bool(node.input[i])
+            and tensors.get(node.input[i]) is not None
             and tensors[node.input[i]].is_constant
+        )
 
     if meta in (g.CONV, g.CONV_TRANSPOSE) and const(1):
         out_axis = 0 if meta == g.CONV else 1

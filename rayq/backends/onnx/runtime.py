@@ -20,7 +20,6 @@ from rayq.errors import BackendError, DataError
 log = logging.getLogger(__name__)
 
 
-
 def ort_providers(device: str) -> list[str]:
     """ONNX Runtime providers for ``device`` (``CPU`` or ``GPU``), with CPU fallback."""
     import onnxruntime as ort
@@ -32,8 +31,13 @@ def ort_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "CPU",
-                weights: tuple[list[str], list[onnx.TensorProto]] | None = None):
+def ort_session(
+    proto: onnx.ModelProto,
+    *,
+    num_threads: int = 0,
+    device: str = "CPU",
+    weights: tuple[list[str], list[onnx.TensorProto]] | None = None,
+):
     """Create an ONNX Runtime session (sequential execution, full graph optimization).
 
     ``weights``: ``(names, tensors)`` split off ``proto`` earlier by
@@ -81,8 +85,7 @@ LARGE_WEIGHTS_BYTES = 1 << 30
 _ALIGN = 1 << 16  # weight offsets in that file: page-aligned, so ONNX Runtime can map them
 
 
-def _session_from_files(light: onnx.ModelProto, names: list[str], tensors: list[onnx.TensorProto], opts,
-                        device: str):
+def _session_from_files(light: onnx.ModelProto, names: list[str], tensors: list[onnx.TensorProto], opts, device: str):
     """A session of ``light`` whose weights ``tensors`` are written, one at a time, to a
     temporary file next to it; the folder is removed once the session holds them."""
     import onnxruntime as ort
@@ -117,8 +120,23 @@ def _ort_value(tensor: onnx.TensorProto):
 
 #: Initializers at least this large reach ONNX Runtime as external initializers.
 EXTERNAL_MIN_BYTES = 4096
-_ORT_TYPES = {getattr(onnx.TensorProto, t) for t in ("FLOAT", "FLOAT16", "DOUBLE", "INT8", "UINT8", "INT16",
-                                                     "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL")}
+_ORT_TYPES = {
+    getattr(onnx.TensorProto, t)
+    for t in (
+        "FLOAT",
+        "FLOAT16",
+        "DOUBLE",
+        "INT8",
+        "UINT8",
+        "INT16",
+        "UINT16",
+        "INT32",
+        "UINT32",
+        "INT64",
+        "UINT64",
+        "BOOL",
+    )
+}
 
 
 def split_weights(proto: onnx.ModelProto, *, values: bool = True) -> tuple[onnx.ModelProto, list[str], list]:
@@ -133,9 +151,11 @@ def split_weights(proto: onnx.ModelProto, *, values: bool = True) -> tuple[onnx.
     shape inference; ``proto`` is not modified.
     """
     graph = proto.graph
-    big = {t.name for t in graph.initializer
-           if t.HasField("raw_data") and reader.tensor_bytes(t) >= EXTERNAL_MIN_BYTES
-           and t.data_type in _ORT_TYPES}
+    big = {
+        t.name
+        for t in graph.initializer
+        if t.HasField("raw_data") and reader.tensor_bytes(t) >= EXTERNAL_MIN_BYTES and t.data_type in _ORT_TYPES
+    }
     if not big:
         return proto, [], []
     light = onnx.ModelProto()
@@ -191,8 +211,9 @@ def ov_compiled(proto: onnx.ModelProto, *, num_threads: int = 0, device: str = "
         raise BackendError(f"OpenVINO cannot compile the model: {_first_line(exc)}") from exc
 
 
-def make_runner(proto: onnx.ModelProto, specs: list[InputSpec], *, runtime: str, device: str,
-                num_threads: int) -> Runner:
+def make_runner(
+    proto: onnx.ModelProto, specs: list[InputSpec], *, runtime: str, device: str, num_threads: int
+) -> Runner:
     """A callable running one batch on ``runtime``, returning outputs in graph order."""
     if runtime == "onnxruntime":
         session = ort_session(proto, num_threads=num_threads, device=device)

@@ -136,8 +136,12 @@ class _Writer:
             target, index = add, 1 - list(add.input).index(node.output[0])
         old = self.constant_dims(target.input[index])
         if old is None or int(np.prod(old)) != value.size:
-            log.warning("bias correction of %r skipped: its bias %r is not a constant of %d values",
-                        node_name, target.input[index], value.size)
+            log.warning(
+                "bias correction of %r skipped: its bias %r is not a constant of %d values",
+                node_name,
+                target.input[index],
+                value.size,
+            )
             return
         target.input[index] = self.init(f"{node_name}/rayq_bias", value.astype(np.float32).reshape(old))
 
@@ -174,11 +178,16 @@ class _Writer:
             from rayq.backends.onnx import reader
 
             inferred = reader.infer(self.source)
-            self._ranks = {vi.name: len(vi.type.tensor_type.shape.dim)
-                           for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-                           if vi.type.tensor_type.HasField("shape")}
-        while tensor not in self._ranks and tensor in producers and \
-                producers[tensor].op_type in ("QuantizeLinear", "DequantizeLinear", "Mul"):
+            self._ranks = {
+                vi.name: len(vi.type.tensor_type.shape.dim)
+                for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+                if vi.type.tensor_type.HasField("shape")
+            }
+        while (
+            tensor not in self._ranks
+            and tensor in producers
+            and producers[tensor].op_type in ("QuantizeLinear", "DequantizeLinear", "Mul")
+        ):
             tensor = producers[tensor].input[0]  # back through our Q/DQ (and SmoothQuant Mul)
         return self._ranks.get(tensor)
 
@@ -194,8 +203,11 @@ class _Writer:
         for node in self.graph.node:
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.inits:
                 target, index = node, 2
-            elif node.op_type == "MatMul" and len(consumers.get(node.output[0], ())) == 1 \
-                    and (self.rank(node.input[0], producers) or 0) >= 2:  # ORT fuses MatMul+Add to (Q)Gemm,
+            elif (
+                node.op_type == "MatMul"
+                and len(consumers.get(node.output[0], ())) == 1
+                and (self.rank(node.input[0], producers) or 0) >= 2
+            ):  # ORT fuses MatMul+Add to (Q)Gemm,
                 # an N-D one too (reshaped to 2-D): with a float bias it stays an FP32 Gemm
                 target = consumers[node.output[0]][0]
                 others = [i for i, t in enumerate(target.input) if t != node.output[0]]
@@ -244,7 +256,7 @@ def _activation_zero_point(p: QParams, opset: int) -> np.ndarray:
 
 
 def _same(a: QParams, b: QParams) -> bool:
-    return (a.dtype == b.dtype and np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point))
+    return a.dtype == b.dtype and np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point)
 
 
 def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:

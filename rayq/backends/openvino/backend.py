@@ -50,21 +50,23 @@ class OpenVINOBackend:
     def inputs(self, model: ov.Model) -> list[InputSpec]:
         return reader.input_specs(self.load(model))
 
-    def stat_runner(self, model: ov.Model, requests: Sequence[StatRequest], *,
-                    num_threads: int = 0) -> StatRunner:
+    def stat_runner(self, model: ov.Model, requests: Sequence[StatRequest], *, num_threads: int = 0) -> StatRunner:
         return instrument.make_stat_runner(self.load(model), requests, num_threads=num_threads)
 
     def apply(self, model: ov.Model, recipe: Recipe) -> ov.Model:
         return writer.apply_recipe(self.load(model), recipe)
 
-    def runner(self, model: ov.Model, *, runtime: str | None = None, device: str = "CPU",
-               num_threads: int = 0) -> Runner:
+    def runner(
+        self, model: ov.Model, *, runtime: str | None = None, device: str = "CPU", num_threads: int = 0
+    ) -> Runner:
         model = self.load(model)
-        return ov_runtime.make_runner(model, reader.input_specs(model), runtime=runtime,
-                                      device=device, num_threads=num_threads)
+        return ov_runtime.make_runner(
+            model, reader.input_specs(model), runtime=runtime, device=device, num_threads=num_threads
+        )
 
-    def compiled_model(self, model: ov.Model, *, runtime: str | None = None, device: str = "CPU",
-                       num_threads: int = 0) -> ov.CompiledModel:
+    def compiled_model(
+        self, model: ov.Model, *, runtime: str | None = None, device: str = "CPU", num_threads: int = 0
+    ) -> ov.CompiledModel:
         """The ``openvino.CompiledModel`` a validation function receives, as NNCF passes it."""
         if runtime not in (None, "openvino"):
             raise BackendError(f"OpenVINO models run on OpenVINO only, not {runtime!r}; use runtime='openvino'")

@@ -91,8 +91,9 @@ def instrument(model: ov.Model, requests: Sequence[StatRequest]) -> tuple[ov.Mod
         ch = None
         if req.channel_axis is not None:
             if not -len(shape) <= req.channel_axis < len(shape):
-                raise BackendError(f"channel axis {req.channel_axis} is out of range for "
-                                   f"{req.tensor!r} of rank {len(shape)}")
+                raise BackendError(
+                    f"channel axis {req.channel_axis} is out of range for {req.tensor!r} of rank {len(shape)}"
+                )
             ch = req.channel_axis % len(shape) + (rank - len(shape))
             if ch == 0:
                 raise BackendError(f"channel axis of {req.tensor!r} cannot be the batch axis")
@@ -122,6 +123,7 @@ def make_stat_runner(model: ov.Model, requests: Sequence[StatRequest], *, num_th
     specs = reader.input_specs(model)
     instrumented, keys = instrument(model, requests)
     if not keys:
+
         def run_nothing(feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
             check_feeds(specs, feeds)
             return {}

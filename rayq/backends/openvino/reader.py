@@ -30,28 +30,71 @@ from rayq.core.graph import GraphView, NodeInfo, TensorInfo
 from rayq.errors import BackendError
 
 _META = {
-    "Convolution": g.CONV, "GroupConvolution": g.CONV,
-    "ConvolutionBackpropData": g.CONV_TRANSPOSE, "MatMul": g.MATMUL,
-    "Add": g.ADD, "Multiply": g.MUL, "Concat": g.CONCAT, "MaxPool": g.MAX_POOL,
-    "AvgPool": g.AVG_POOL, "AdaptiveAvgPool": g.AVG_POOL,
-    "Reshape": g.SHAPE, "Transpose": g.SHAPE, "Squeeze": g.SHAPE, "Unsqueeze": g.SHAPE,
-    "Softmax": g.SOFTMAX, "LogSoftmax": g.SOFTMAX,
-    "MVN": g.NORM, "NormalizeL2": g.NORM, "BatchNormInference": g.NORM,
-    "Relu": g.ACTIVATION, "Gelu": g.ACTIVATION, "Sigmoid": g.ACTIVATION,
-    "Clamp": g.ACTIVATION, "Swish": g.ACTIVATION, "HSwish": g.ACTIVATION,
-    "HSigmoid": g.ACTIVATION, "Tanh": g.ACTIVATION, "Elu": g.ACTIVATION,
-    "PRelu": g.ACTIVATION, "Mish": g.ACTIVATION, "SoftPlus": g.ACTIVATION,
+    "Convolution": g.CONV,
+    "GroupConvolution": g.CONV,
+    "ConvolutionBackpropData": g.CONV_TRANSPOSE,
+    "MatMul": g.MATMUL,
+    "Add": g.ADD,
+    "Multiply": g.MUL,
+    "Concat": g.CONCAT,
+    "MaxPool": g.MAX_POOL,
+    "AvgPool": g.AVG_POOL,
+    "AdaptiveAvgPool": g.AVG_POOL,
+    "Reshape": g.SHAPE,
+    "Transpose": g.SHAPE,
+    "Squeeze": g.SHAPE,
+    "Unsqueeze": g.SHAPE,
+    "Softmax": g.SOFTMAX,
+    "LogSoftmax": g.SOFTMAX,
+    "MVN": g.NORM,
+    "NormalizeL2": g.NORM,
+    "BatchNormInference": g.NORM,
+    "Relu": g.ACTIVATION,
+    "Gelu": g.ACTIVATION,
+    "Sigmoid": g.ACTIVATION,
+    "Clamp": g.ACTIVATION,
+    "Swish": g.ACTIVATION,
+    "HSwish": g.ACTIVATION,
+    "HSigmoid": g.ACTIVATION,
+    "Tanh": g.ACTIVATION,
+    "Elu": g.ACTIVATION,
+    "PRelu": g.ACTIVATION,
+    "Mish": g.ACTIVATION,
+    "SoftPlus": g.ACTIVATION,
 }
 #: Ops evaluated at read time when all their inputs are constant.
-_FOLDABLE = frozenset({
-    "Convert", "Multiply", "Subtract", "Add", "Divide", "Negative", "Reshape", "Transpose",
-    "Squeeze", "Unsqueeze", "FakeQuantize", "Concat", "Broadcast",
-})
+_FOLDABLE = frozenset(
+    {
+        "Convert",
+        "Multiply",
+        "Subtract",
+        "Add",
+        "Divide",
+        "Negative",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "FakeQuantize",
+        "Concat",
+        "Broadcast",
+    }
+)
 _HIDDEN = frozenset({"Parameter", "Result", "Constant"})
 _DTYPES = {
-    "f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16",
-    "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8",
-    "u64": "uint64", "u32": "uint32", "u16": "uint16", "u8": "uint8", "boolean": "bool",
+    "f32": "float32",
+    "f16": "float16",
+    "f64": "float64",
+    "bf16": "bfloat16",
+    "i64": "int64",
+    "i32": "int32",
+    "i16": "int16",
+    "i8": "int8",
+    "u64": "uint64",
+    "u32": "uint32",
+    "u16": "uint16",
+    "u8": "uint8",
+    "boolean": "bool",
 }
 
 
@@ -156,8 +199,7 @@ def cloned(model: ov.Model) -> tuple[ov.Model, Index]:
     """A clone of ``model`` and its :class:`Index`, with the same names as ``model``'s."""
     clone = model.clone()
     idx = index(clone)
-    if [op.get_friendly_name() for op in model.get_ordered_ops()] != [
-            op.get_friendly_name() for op in idx.ops]:
+    if [op.get_friendly_name() for op in model.get_ordered_ops()] != [op.get_friendly_name() for op in idx.ops]:
         raise BackendError("OpenVINO reordered the ops of a cloned model; node names would not match")
     return clone, idx
 
@@ -202,8 +244,9 @@ class ConstantEvaluator:
         """The value of constant tensor ``name`` as a numpy array (a copy)."""
         value = self.tensor(name)
         if value.get_element_type().get_type_name() not in _DTYPES:
-            raise BackendError(f"constant {name!r} has element type {value.get_element_type()}, "
-                               "which numpy cannot represent")
+            raise BackendError(
+                f"constant {name!r} has element type {value.get_element_type()}, which numpy cannot represent"
+            )
         return np.array(value.data, copy=True)
 
     def _evaluate(self, name: str) -> ov.Tensor:
@@ -232,26 +275,34 @@ def build_view(model: ov.Model, idx: Index | None = None) -> GraphView:
         op = port.get_node()
         const = name in idx.constant
         producer = None if const or op.get_type_name() == "Parameter" else idx.node_name[op.get_name()]
-        tensors[name] = TensorInfo(name, shape_of(port), dtype_name(port.get_element_type()),
-                                   const, producer)
-    nodes = [_node_info(op, idx, tensors) for op in idx.ops
-             if op.get_type_name() not in _HIDDEN and not _is_folded(op, idx)]
+        tensors[name] = TensorInfo(name, shape_of(port), dtype_name(port.get_element_type()), const, producer)
+    nodes = [
+        _node_info(op, idx, tensors) for op in idx.ops if op.get_type_name() not in _HIDDEN and not _is_folded(op, idx)
+    ]
     inputs = [idx.name_of(p.output(0)) for p in model.get_parameters()]
     outputs = [idx.source(r, 0) for r in model.get_results()]
-    return GraphView(nodes, tensors, inputs, outputs, ConstantEvaluator(idx), fp32_ops=_unplaced(idx),
-                     runtime="openvino")
+    return GraphView(
+        nodes, tensors, inputs, outputs, ConstantEvaluator(idx), fp32_ops=_unplaced(idx), runtime="openvino"
+    )
 
 
 #: Ops whose weights or bodies no rule quantizes, with the reason the summary gives.
-_UNPLACED = {**dict.fromkeys(("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell"),
-                             "recurrent op (LSTM/GRU/RNN): no INT8 form, stays FP32"),
-             **dict.fromkeys(("Loop", "TensorIterator", "If"), "subgraph op: its bodies stay FP32")}
+_UNPLACED = {
+    **dict.fromkeys(
+        ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell"),
+        "recurrent op (LSTM/GRU/RNN): no INT8 form, stays FP32",
+    ),
+    **dict.fromkeys(("Loop", "TensorIterator", "If"), "subgraph op: its bodies stay FP32"),
+}
 
 
 def _unplaced(idx: Index) -> tuple[tuple[str, str], ...]:
     """``(name, reason)`` for the recurrent and subgraph ops of the model."""
-    return tuple((idx.node_name[op.get_name()], _UNPLACED[op.get_type_name()]) for op in idx.ops
-                 if op.get_type_name() in _UNPLACED)
+    return tuple(
+        (idx.node_name[op.get_name()], _UNPLACED[op.get_type_name()])
+        for op in idx.ops
+        if op.get_type_name() in _UNPLACED
+    )
 
 
 def _is_folded(op: Any, idx: Index) -> bool:
@@ -266,8 +317,9 @@ def input_specs(model: ov.Model) -> list[InputSpec]:
         port = param.output(0)
         shape = shape_of(port)
         if shape is None:
-            raise BackendError(f"input {idx.name_of(port)!r} has a dynamic rank; "
-                               "reshape the model to a known rank first")
+            raise BackendError(
+                f"input {idx.name_of(port)!r} has a dynamic rank; reshape the model to a known rank first"
+            )
         specs.append(InputSpec(idx.name_of(port), shape, dtype_name(port.get_element_type())))
     return specs
 
@@ -287,8 +339,9 @@ def _node_info(op: Any, idx: Index, tensors: dict[str, TensorInfo]) -> NodeInfo:
         info = dict(zip(("weight_input", "weight_axis", "weight_in_axis"), weight))
         channels = _out_channels(kind, tensors[inputs[weight[0]]].shape, weight[1])
         bias = _bias_add(op, idx, tensors, kind, channels)
-    return NodeInfo(idx.node_name[op.get_name()], kind, meta, inputs, outputs, bias_node=bias,
-                    attrs=MappingProxyType(attrs), **info)
+    return NodeInfo(
+        idx.node_name[op.get_name()], kind, meta, inputs, outputs, bias_node=bias, attrs=MappingProxyType(attrs), **info
+    )
 
 
 def _attrs(op: Any) -> dict[str, object]:
@@ -296,8 +349,11 @@ def _attrs(op: Any) -> dict[str, object]:
     for key, value in op.get_attributes().items():
         if isinstance(value, (bool, int, float, str)):
             out[key] = value
-        elif isinstance(value, (list, tuple)) and len(value) <= 16 and all(
-                isinstance(v, (bool, int, float, str)) for v in value):
+        elif (
+            isinstance(value, (list, tuple))
+            and len(value) <= 16
+            and all(isinstance(v, (bool, int, float, str)) for v in value)
+        ):
             out[key] = tuple(value)
     if op.get_type_name() == "GroupConvolution":
         shape = op.get_input_partial_shape(1)
@@ -315,8 +371,9 @@ def _spatial_mean(op: Any, idx: Index, inputs: tuple[str, ...]) -> bool:
     return axes.size > 0 and bool(np.all(axes >= 2))
 
 
-def _weight_axes(kind: str, inputs: tuple[str, ...], tensors: dict[str, TensorInfo],
-                 attrs: dict[str, object]) -> tuple[int, int, int] | None:
+def _weight_axes(
+    kind: str, inputs: tuple[str, ...], tensors: dict[str, TensorInfo], attrs: dict[str, object]
+) -> tuple[int, int, int] | None:
     """(weight input, output-channel axis, input-channel axis) of a weighted op.
 
     GroupConvolution weights are ``[G, Cout/G, Cin/G, k...]``: the output-channel axis
@@ -346,8 +403,7 @@ def _out_channels(kind: str, shape: tuple[int | None, ...] | None, axis: int) ->
     return shape[axis]
 
 
-def _bias_add(op: Any, idx: Index, tensors: dict[str, TensorInfo], kind: str,
-              channels: int | None) -> str | None:
+def _bias_add(op: Any, idx: Index, tensors: dict[str, TensorInfo], kind: str, channels: int | None) -> str | None:
     """The single consumer ``Add`` that adds a constant per-output-channel vector."""
     targets = list(op.output(0).get_target_inputs())
     if len(targets) != 1 or channels is None:
@@ -371,5 +427,4 @@ def _bias_shape_ok(shape: tuple[int | None, ...], rank: int, axis: int, channels
     if len(shape) > rank or int(np.prod([d or 0 for d in shape])) != channels:
         return False
     pos = axis - (rank - len(shape))  # the channel axis in the bias's own (right-aligned) axes
-    return all(d == 1 for i, d in enumerate(shape) if i != pos) and (
-        channels == 1 or 0 <= pos < len(shape))
+    return all(d == 1 for i, d in enumerate(shape) if i != pos) and (channels == 1 or 0 <= pos < len(shape))

@@ -42,8 +42,9 @@ def describe(exc: BaseException) -> str:
     return text[:500]
 
 
-def compile_model(model: ov.Model, *, device: str = "CPU", num_threads: int = 0,
-                  throughput: bool = False) -> ov.CompiledModel:
+def compile_model(
+    model: ov.Model, *, device: str = "CPU", num_threads: int = 0, throughput: bool = False
+) -> ov.CompiledModel:
     """Compile ``model`` once on ``device`` (``throughput``: with ``PERFORMANCE_HINT=THROUGHPUT``,
     for several requests in flight; see :class:`RequestPool`).
 
@@ -84,8 +85,9 @@ def int8_saturates(device: str = "CPU") -> bool:
     x = ops.parameter([1, n], np.float32, name="x")
     lo, hi = ops.constant(np.float32(0)), ops.constant(np.float32(255))
     act = ops.fake_quantize(x, lo, hi, lo, hi, 256)
-    weight = ops.multiply(ops.convert(ops.constant(np.full((1, n), 127, np.int8)), "f32"),
-                          ops.constant(np.ones((1, 1), np.float32)))
+    weight = ops.multiply(
+        ops.convert(ops.constant(np.full((1, n), 127, np.int8)), "f32"), ops.constant(np.ones((1, 1), np.float32))
+    )
     probe = ov.Model([ops.matmul(act, weight, False, True)], [x], "rayq_int8_probe")
     out = compile_model(probe, device=device)({"x": np.full((1, n), 255, np.float32)})[0]
     return bool(abs(float(np.asarray(out).ravel()[0]) - 255 * 127 * n) > 0.5)
@@ -149,16 +151,19 @@ class RequestPool:
             self._idle.put(request)
 
 
-def make_runner(model: ov.Model, specs: Sequence[InputSpec], *, runtime: str | None,
-                device: str = "CPU", num_threads: int = 0) -> Runner:
+def make_runner(
+    model: ov.Model, specs: Sequence[InputSpec], *, runtime: str | None, device: str = "CPU", num_threads: int = 0
+) -> Runner:
     """Compile ``model`` once and return ``feeds -> outputs`` (in the model's output order).
 
     Raises:
         BackendError: ``runtime`` is not ``"openvino"``, or the model does not compile.
     """
     if runtime == "onnxruntime":
-        raise BackendError("OpenVINO models run on OpenVINO only; use runtime='openvino' "
-                           "(or quantize the ONNX model to run it on onnxruntime)")
+        raise BackendError(
+            "OpenVINO models run on OpenVINO only; use runtime='openvino' "
+            "(or quantize the ONNX model to run it on onnxruntime)"
+        )
     if runtime not in (None, "openvino"):
         raise BackendError(f"unknown runtime {runtime!r} for an OpenVINO model; use 'openvino'")
     session = Session(compile_model(model, device=device, num_threads=num_threads), specs)

@@ -164,7 +164,7 @@ def from_bytes(data: bytes) -> ov.Model:
     if end + _LENGTH.size + bin_len != len(view):
         raise BackendError("truncated or oversized rayq OpenVINO model (weights)")
     xml = bytes(view[start:end])
-    weights = np.frombuffer(view[end + _LENGTH.size:], dtype=np.uint8).copy()
+    weights = np.frombuffer(view[end + _LENGTH.size :], dtype=np.uint8).copy()
     try:
         return runtime.core().read_model(model=xml, weights=ov.Tensor(weights))
     except Exception as exc:  # openvino raises RuntimeError subclasses

@@ -54,8 +54,20 @@ def apply_recipe(model: ov.Model, recipe: Recipe) -> ov.Model:
 
 #: Ops whose output values are some of their (first) input's values: a tensor on an
 #: integer grid stays on it.
-_MOVES_DATA = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "ShuffleChannels", "StridedSlice",
-                         "Slice", "Split", "VariadicSplit", "MaxPool"})
+_MOVES_DATA = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "ShuffleChannels",
+        "StridedSlice",
+        "Slice",
+        "Split",
+        "VariadicSplit",
+        "MaxPool",
+    }
+)
 
 
 def _same(a: QParams, b: QParams) -> bool:
@@ -80,8 +92,11 @@ def _off_grid(view: Any, activations: tuple[ActivationQuant, ...]) -> list[Activ
                 ins = [i for i, t in enumerate(node.inputs) if t and not view.is_constant(t)]
                 ins = ins if node.op_type == "Concat" else ins[:1]
                 memo[tensor] = bool(ins) and all(
-                    _same(by_edge[(node.name, i)], params) if (node.name, i) in by_edge
-                    else on_grid(node.inputs[i], params, depth + 1) for i in ins)
+                    _same(by_edge[(node.name, i)], params)
+                    if (node.name, i) in by_edge
+                    else on_grid(node.inputs[i], params, depth + 1)
+                    for i in ins
+                )
         return memo[tensor]
 
     out = []
@@ -156,13 +171,11 @@ def _weight(idx: reader.Index, wq: WeightQuant) -> None:
     shape = tuple(old.get_shape())
     values = np.asarray(wq.values)
     if values.shape != shape:
-        raise BackendError(f"weight values for {wq.node!r} have shape {values.shape}, "
-                           f"the model's weight has {shape}")
+        raise BackendError(f"weight values for {wq.node!r} have shape {values.shape}, the model's weight has {shape}")
     if wq.params.dtype not in ("int8", "uint8"):
         raise BackendError(f"weights must be int8 or uint8, got {wq.params.dtype!r}")
     group = inp.get_node().get_type_name() == "GroupConvolution"
-    decompressed = compressed_weight(values.astype(wq.params.dtype), wq.params,
-                                     f"{wq.node}/rayq_weight", group=group)
+    decompressed = compressed_weight(values.astype(wq.params.dtype), wq.params, f"{wq.node}/rayq_weight", group=group)
     if old.get_element_type() != ov.Type.f32:
         decompressed = ops.convert(decompressed, old.get_element_type())
     inp.replace_source_output(decompressed.output(0))
@@ -194,10 +207,10 @@ def _bias(idx: reader.Index, view: Any, node: str, value: np.ndarray) -> None:
             old = add.input_value(i)
             shape = tuple(old.get_shape())
             if value.size != int(np.prod(shape)):
-                raise BackendError(f"new bias of {node!r} has {value.size} values, "
-                                   f"the model's bias has shape {shape}")
-            const = ops.constant(value.astype(old.get_element_type().to_dtype()).reshape(shape),
-                                 name=f"{node}/rayq_bias")
+                raise BackendError(f"new bias of {node!r} has {value.size} values, the model's bias has shape {shape}")
+            const = ops.constant(
+                value.astype(old.get_element_type().to_dtype()).reshape(shape), name=f"{node}/rayq_bias"
+            )
             add.input(i).replace_source_output(const.output(0))
             return
     raise BackendError(f"cannot correct the bias of {node!r}: its Add has no constant input")

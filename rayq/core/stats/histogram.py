@@ -55,8 +55,7 @@ class Histogram:
         """Returns a new histogram with summed counts; ValueError if the edges differ."""
         if (self.lo, self.hi, self.bins) != (other.lo, other.hi, other.bins):
             raise ValueError(
-                f"histogram edges differ: [{self.lo}, {self.hi}]x{self.bins} "
-                f"vs [{other.lo}, {other.hi}]x{other.bins}"
+                f"histogram edges differ: [{self.lo}, {self.hi}]x{self.bins} vs [{other.lo}, {other.hi}]x{other.bins}"
             )
         return Histogram(self.lo, self.hi, self.bins, self.counts + other.counts)
 

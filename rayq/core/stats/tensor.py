@@ -161,8 +161,7 @@ class TensorStatistics:
             raise ValueError(f"cannot merge statistics of {self.name!r} and {other.name!r}")
         if self.n and other.n and self.kinds != other.kinds:
             raise ValueError(
-                f"tensor {self.name!r}: cannot merge reductions {sorted(self.kinds)} "
-                f"with {sorted(other.kinds)}"
+                f"tensor {self.name!r}: cannot merge reductions {sorted(self.kinds)} with {sorted(other.kinds)}"
             )
         if None not in (self.channels, other.channels) and self.channels != other.channels:
             raise ValueError(f"tensor {self.name!r}: channel counts {self.channels} != {other.channels}")

@@ -56,8 +56,16 @@ def test_protocol_and_detection(backend, cnn, tmp_path):
 def test_cnn_metatypes(backend, cnn):
     view = backend.graph(backend.load(cnn))
     metas = {n.op_type: n.meta for n in view.nodes}
-    assert metas == {"Conv": g.CONV, "Relu": g.ACTIVATION, "MaxPool": g.MAX_POOL, "Add": g.ADD,
-                     "Concat": g.CONCAT, "GlobalAveragePool": g.AVG_POOL, "Flatten": g.SHAPE, "Gemm": g.MATMUL}
+    assert metas == {
+        "Conv": g.CONV,
+        "Relu": g.ACTIVATION,
+        "MaxPool": g.MAX_POOL,
+        "Add": g.ADD,
+        "Concat": g.CONCAT,
+        "GlobalAveragePool": g.AVG_POOL,
+        "Flatten": g.SHAPE,
+        "Gemm": g.MATMUL,
+    }
     conv = view.node("Conv_0")
     assert (conv.weight_input, conv.weight_axis, conv.weight_in_axis, conv.bias_input) == (1, 0, 1, 2)
     gemm = view.node("Gemm_0")  # transB=1: weight [out, in]
@@ -152,16 +160,23 @@ def _reshape_model(second_shape):
     """x[batch, 8] -> MatMul -> Reshape[-1, 2, 4] -> Relu -> Reshape(second_shape) -> MatMul:
     shape inference names the reshaped first dims ``unk__*``, not ``batch``."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w1"),
-             numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "s1"),
-             numpy_helper.from_array(np.array(second_shape, np.int64), "s2")]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "s1"),
+        numpy_helper.from_array(np.array(second_shape, np.int64), "s2"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"),
-         helper.make_node("Reshape", ["a", "s1"], ["b"], name="r1"),
-         helper.make_node("Relu", ["b"], ["c"], name="relu"),
-         helper.make_node("Reshape", ["c", "s2"], ["d"], name="r2")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("d", TensorProto.FLOAT, ["n", second_shape[1]])], inits)
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"),
+            helper.make_node("Reshape", ["a", "s1"], ["b"], name="r1"),
+            helper.make_node("Relu", ["b"], ["c"], name="relu"),
+            helper.make_node("Reshape", ["c", "s2"], ["d"], name="r2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, ["n", second_shape[1]])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -170,8 +185,9 @@ def test_stat_runner_reshaped_batch_dim_is_reduced_per_sample(backend):
     that shape inference cannot follow (MiniLM's attention reshapes)."""
     model = backend.load(_reshape_model([-1, 8]))
     x = np.random.default_rng(1).normal(size=(6, 8)).astype(np.float32)
-    got = backend.stat_runner(model, [StatRequest("c", ("min", "max", "ch_mean"), -1),
-                                      StatRequest("d", ("max",))])({"x": x})
+    got = backend.stat_runner(model, [StatRequest("c", ("min", "max", "ch_mean"), -1), StatRequest("d", ("max",))])(
+        {"x": x}
+    )
     c = np.maximum(x @ numpy_helper.to_array(model.graph.initializer[0]), 0).reshape(6, 2, 4)
     np.testing.assert_allclose(got["c"]["max"], c.reshape(6, -1).max(1), rtol=1e-6)
     np.testing.assert_allclose(got["c"]["min"], c.reshape(6, -1).min(1), rtol=1e-6)
@@ -210,10 +226,12 @@ def _single_conv(opset: int = 17) -> onnx.ModelProto:
     w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
     b = (rng.standard_normal(4) * 0.1).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])], "single_conv",
+        [helper.make_node("Conv", ["input", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "single_conv",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 6, 6])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     onnx.checker.check_model(model, full_check=True)
@@ -224,9 +242,14 @@ def _conv_recipe(model, x):
     w = numpy_helper.to_array(model.graph.initializer[0])
     ap = activation_params(float(x.min()), float(x.max()), symmetric=False)
     wp = weight_params(w, 0)
-    return ap, wp, w, Recipe(
-        activations=(ActivationQuant("input", (Edge("conv", 0),), ap),),
-        weights=(WeightQuant("conv", "w", Edge("conv", 1), quantize(w, wp), wp),),
+    return (
+        ap,
+        wp,
+        w,
+        Recipe(
+            activations=(ActivationQuant("input", (Edge("conv", 0),), ap),),
+            weights=(WeightQuant("conv", "w", Edge("conv", 1), quantize(w, wp), wp),),
+        ),
     )
 
 
@@ -294,8 +317,9 @@ def test_opset_11_model_is_upgraded_and_quantized(backend):
     x = np.random.default_rng(2).standard_normal((16, 3, 6, 6)).astype(np.float32)
     q = rayq.quantize(old, x, subset_size=16, num_workers=1, cache=False)
     onnx.checker.check_model(q, full_check=True)
-    assert any(n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
-               for n in q.graph.node)  # per-channel DQ needs opset >= 13
+    assert any(
+        n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute) for n in q.graph.node
+    )  # per-channel DQ needs opset >= 13
     y, yq = _run(old, {"input": x[:4]})[0], _run(q, {"input": x[:4]})[0]
     assert np.mean((y - yq) ** 2) / np.mean(y**2) < 0.01
 
@@ -304,8 +328,14 @@ def test_external_data_model_loads_by_path(backend, cnn, tmp_path):
     path = tmp_path / "model.onnx"
     copy = onnx.ModelProto()
     copy.CopyFrom(cnn)  # onnx.save with external data rewrites the proto it is given
-    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="model.onnx.data", size_threshold=0)
+    onnx.save(
+        copy,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "model.onnx.data").stat().st_size > 50_000
     assert path.stat().st_size < 20_000  # the weights really are outside
     loaded = backend.load(str(path))
@@ -342,15 +372,23 @@ def test_fingerprint_is_stable_and_content_based(backend, cnn):
     import subprocess
     import sys
 
-    code = ("from rayq.backends import get_backend; from rayq.testing.models import resnet_like; "
-            "b = get_backend('onnx'); print(b.fingerprint(b.load(resnet_like(with_concat=True))))")
+    code = (
+        "from rayq.backends import get_backend; from rayq.testing.models import resnet_like; "
+        "b = get_backend('onnx'); print(b.fingerprint(b.load(resnet_like(with_concat=True))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == fp
 
 
-@pytest.mark.parametrize("make", [lambda: resnet_like(with_concat=True),
-                                  lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True),
-                                  lambda: _reshape_model([-1, 8])], ids=["cnn", "transformer", "reshape"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: resnet_like(with_concat=True),
+        lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True),
+        lambda: _reshape_model([-1, 8]),
+    ],
+    ids=["cnn", "transformer", "reshape"],
+)
 def test_shape_inference_without_weights_matches_full_inference(make):
     """Shape inference runs on a weight-free copy (large initializers as typed inputs):
     every shape must equal full inference's, and the size estimate must match ByteSize."""
@@ -373,10 +411,15 @@ def test_weights_computed_from_constants_are_folded_and_quantized(backend):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 8)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Transpose", ["W"], ["Wt"], name="t"),
-         helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])], [numpy_helper.from_array(w, "W")])
+        [
+            helper.make_node("Transpose", ["W"], ["Wt"], name="t"),
+            helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+        [numpy_helper.from_array(w, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     loaded = backend.load(model)
     assert [n.op_type for n in loaded.graph.node] == ["MatMul"]
@@ -395,23 +438,32 @@ def test_folding_keeps_random_ops_graph_outputs_and_ops_it_cannot_run(backend):
     shape = numpy_helper.from_array(np.array([2, 3], np.int64), "shape")
     w = numpy_helper.from_array(np.ones((3, 2), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("RandomNormalLike", ["w"], ["noise"], name="noise"),           # random: kept
-         helper.make_node("Transpose", ["w"], ["wt"], name="wt"),                        # graph output: kept
-         helper.make_node("Reshape", ["w", "shape"], ["w2"], name="reshape"),             # folded
-         helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm"),
-         helper.make_node("Add", ["y", "noise"], ["z"], name="add")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
-         helper.make_tensor_value_info("wt", TensorProto.FLOAT, [2, 3])], [shape, w])
+        [
+            helper.make_node("RandomNormalLike", ["w"], ["noise"], name="noise"),  # random: kept
+            helper.make_node("Transpose", ["w"], ["wt"], name="wt"),  # graph output: kept
+            helper.make_node("Reshape", ["w", "shape"], ["w2"], name="reshape"),  # folded
+            helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm"),
+            helper.make_node("Add", ["y", "noise"], ["z"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("wt", TensorProto.FLOAT, [2, 3]),
+        ],
+        [shape, w],
+    )
     loaded = backend.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [n.name for n in loaded.graph.node] == ["noise", "wt", "mm", "add"]
     inits = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
     assert inits["w2"].shape == (2, 3) and "shape" not in inits and "w" in inits  # w still read by kept nodes
 
 
-@pytest.mark.parametrize("make", [lambda: resnet_like(with_concat=True),
-                                  lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True)],
-                         ids=["cnn", "transformer"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: resnet_like(with_concat=True), lambda: transformer_block(layers=2, vocab=50, with_attention_mask=True)],
+    ids=["cnn", "transformer"],
+)
 def test_sessions_take_large_weights_as_external_initializers(make):
     """ORT sessions get the large weights as values, not inside the serialised model: the
     model shrinks, the caller's proto is untouched, and the FP32 and QDQ sessions compute
@@ -430,8 +482,9 @@ def test_sessions_take_large_weights_as_external_initializers(make):
         moved = sum(reader.tensor_bytes(t) for t in proto.graph.initializer if t.name in names)
         assert len(light.SerializeToString()) <= len(before) - 0.9 * moved
         inline = {t.name for t in light.graph.initializer if t.data_location != TensorProto.EXTERNAL}
-        assert all(reader.tensor_bytes(t) < runtime.EXTERNAL_MIN_BYTES for t in proto.graph.initializer
-                   if t.name in inline)
+        assert all(
+            reader.tensor_bytes(t) < runtime.EXTERNAL_MIN_BYTES for t in proto.graph.initializer if t.name in inline
+        )
         got = runtime.ort_session(proto).run(None, feeds)
         for a, b in zip(got, _run(proto, feeds)):
             np.testing.assert_array_equal(a, b)

@@ -47,17 +47,30 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------
 # Constant nodes
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("attrs, expected", [
-    ({"value": numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))},
-     np.arange(6, dtype=np.float32).reshape(2, 3)),
-    ({"value_float": 0.5}, np.float32(0.5)),
-    ({"value_floats": [1.0, 2.0]}, np.array([1, 2], np.float32)),
-    ({"value_int": 3}, np.int64(3)),
-    ({"value_ints": [-1, 4]}, np.array([-1, 4], np.int64)),
-    ({"sparse_value": helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0, 7.0], np.float32)),
-                                                numpy_helper.from_array(np.array([1, 4], np.int64)), [2, 3])},
-     np.array([[0, 5, 0], [0, 7, 0]], np.float32)),
-], ids=["value", "value_float", "value_floats", "value_int", "value_ints", "sparse_value"])
+@pytest.mark.parametrize(
+    "attrs, expected",
+    [
+        (
+            {"value": numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))},
+            np.arange(6, dtype=np.float32).reshape(2, 3),
+        ),
+        ({"value_float": 0.5}, np.float32(0.5)),
+        ({"value_floats": [1.0, 2.0]}, np.array([1, 2], np.float32)),
+        ({"value_int": 3}, np.int64(3)),
+        ({"value_ints": [-1, 4]}, np.array([-1, 4], np.int64)),
+        (
+            {
+                "sparse_value": helper.make_sparse_tensor(
+                    numpy_helper.from_array(np.array([5.0, 7.0], np.float32)),
+                    numpy_helper.from_array(np.array([1, 4], np.int64)),
+                    [2, 3],
+                )
+            },
+            np.array([[0, 5, 0], [0, 7, 0]], np.float32),
+        ),
+    ],
+    ids=["value", "value_float", "value_floats", "value_int", "value_ints", "sparse_value"],
+)
 def test_constant_value_reads_every_attribute_form(attrs, expected):
     t = normalize.constant_value(helper.make_node("Constant", [], ["c"], **attrs))
     assert t.name == "c"
@@ -102,10 +115,18 @@ def _conv_with_bias(bias_node: onnx.NodeProto | None, bias: str) -> onnx.ModelPr
     """A Conv whose bias is ``bias``, produced by ``bias_node`` (not an initializer)."""
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
     nodes = ([bias_node] if bias_node is not None else []) + [
-        helper.make_node("Conv", ["x", "w", bias], ["y"], name="conv", pads=[1] * 4)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 6, 6]),
-                                           helper.make_tensor_value_info("b_in", T.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 6, 6])], [w])
+        helper.make_node("Conv", ["x", "w", bias], ["y"], name="conv", pads=[1] * 4)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 6, 6]),
+            helper.make_tensor_value_info("b_in", T.FLOAT, [4]),
+        ],
+        [helper.make_tensor_value_info("y", T.FLOAT, [1, 4, 6, 6])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -180,10 +201,15 @@ def test_float16_ops_stay_fp32_and_are_reported(backend, caplog):
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float16), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 4),
-         helper.make_node("Cast", ["c"], ["y"], name="cast", to=T.FLOAT)], "g",
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 4),
+            helper.make_node("Cast", ["c"], ["y"], name="cast", to=T.FLOAT),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", T.FLOAT16, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4, 8, 8])], [w])
+        [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4, 8, 8])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     reason = "computes in float16 (rayq quantizes float32 ops)"
     assert backend.graph(backend.load(model)).fp32_ops == (("conv", reason),)
@@ -202,9 +228,14 @@ def _nested_if() -> onnx.ModelProto:
     an initializer of the main graph that no main-graph node reads."""
     model, _, _ = patterns.if_subgraph()
     if_node = next(n for n in model.graph.node if n.op_type == "If")
-    inner = helper.make_node("If", ["cond"], ["then_out"], name="inner",
-                             then_branch=patterns.branch("deep", "w_deep"),
-                             else_branch=patterns.branch("deep2", "w_then"))
+    inner = helper.make_node(
+        "If",
+        ["cond"],
+        ["then_out"],
+        name="inner",
+        then_branch=patterns.branch("deep", "w_deep"),
+        else_branch=patterns.branch("deep2", "w_then"),
+    )
     then = next(a for a in if_node.attribute if a.name == "then_branch")
     del then.g.node[:]
     then.g.node.append(inner)
@@ -270,8 +301,9 @@ def _constified(model: onnx.ModelProto) -> onnx.ModelProto:
     Paddle2ONNX writes weights."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    consts = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
-              for t in out.graph.initializer]
+    consts = [
+        helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in out.graph.initializer
+    ]
     nodes = list(out.graph.node)
     del out.graph.initializer[:]
     del out.graph.node[:]
@@ -280,10 +312,14 @@ def _constified(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-@pytest.mark.parametrize("make, kwargs", [
-    (lambda: resnet_like(), {}),
-    (lambda: transformer_block(layers=1, vocab=50, with_attention_mask=True), {"model_type": "transformer"}),
-], ids=["cnn", "transformer"])
+@pytest.mark.parametrize(
+    "make, kwargs",
+    [
+        (lambda: resnet_like(), {}),
+        (lambda: transformer_block(layers=1, vocab=50, with_attention_mask=True), {"model_type": "transformer"}),
+    ],
+    ids=["cnn", "transformer"],
+)
 def test_constant_stored_weights_quantize_exactly_like_initializers(make, kwargs):
     model = make()
     items, feeds = random_inputs(model, 16, seed=1), random_inputs(model, 1, batch=2, seed=2)[0]
@@ -293,10 +329,14 @@ def test_constant_stored_weights_quantize_exactly_like_initializers(make, kwargs
         np.testing.assert_array_equal(a, e)
 
 
-@pytest.mark.parametrize("make, kwargs", [
-    (lambda: resnet_like(with_concat=True), {}),
-    (lambda: transformer_block(layers=1, vocab=50), {"model_type": "transformer"}),
-], ids=["cnn", "transformer"])
+@pytest.mark.parametrize(
+    "make, kwargs",
+    [
+        (lambda: resnet_like(with_concat=True), {}),
+        (lambda: transformer_block(layers=1, vocab=50), {"model_type": "transformer"}),
+    ],
+    ids=["cnn", "transformer"],
+)
 def test_quantizing_a_qdq_model_again_leaves_it_alone(make, kwargs):
     """A model that is already QDQ (here rayq's own output) gets no second quantizer:
     not on its DequantizeLinear outputs, nor behind a Reshape/Transpose of them (the

@@ -21,19 +21,27 @@ def _shared_weight_model() -> onnx.ModelProto:
     """Two MatMuls reading one weight; the second one will be kept FP32 (ignored scope)."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm_q"),
-             helper.make_node("Relu", ["a"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w"], ["y"], name="mm_fp32")]
-    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])], [w])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="mm_q"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w"], ["y"], name="mm_fp32"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_a_quantized_weight_still_read_in_fp32_is_kept():
     model = _shared_weight_model()
     x = np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)
-    q = rayq.quantize(model, x, subset_size=32, num_workers=1, cache=False,
-                      ignored_scope=rayq.IgnoredScope(names=["mm_fp32"]))
+    q = rayq.quantize(
+        model, x, subset_size=32, num_workers=1, cache=False, ignored_scope=rayq.IgnoredScope(names=["mm_fp32"])
+    )
     inits = {t.name: t for t in q.graph.initializer}
     assert "w" in inits and inits["w"].data_type == TensorProto.FLOAT  # read by mm_fp32
     assert any(t.data_type == TensorProto.INT8 and tuple(t.dims) == (16, 16) for t in inits.values())

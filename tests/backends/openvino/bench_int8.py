@@ -32,8 +32,11 @@ def _recipe(backend, model, feeds):
     for point, edges in placement.active():
         if point.kind == "activation":
             s = stats[point.tensor]
-            aqs.append(ActivationQuant(point.tensor, edges, activation_params(
-                float(s["min"].min()), float(s["max"].max()), symmetric=True)))
+            aqs.append(
+                ActivationQuant(
+                    point.tensor, edges, activation_params(float(s["min"].min()), float(s["max"].max()), symmetric=True)
+                )
+            )
         else:
             w = view.constant(point.tensor)
             p = weight_params(w, point.axis)
@@ -66,9 +69,13 @@ def main(threads: int = 0) -> None:
     core = ov.Core()
     for name, m in (("fp32", model), ("int8", quantized)):
         compiled = core.compile_model(m, "CPU", config)
-        precisions = sorted({op.get_rt_info()["runtimePrecision"].astype(str)
-                             for op in compiled.get_runtime_model().get_ordered_ops()
-                             if op.get_rt_info()["layerType"].astype(str) == "Convolution"})
+        precisions = sorted(
+            {
+                op.get_rt_info()["runtimePrecision"].astype(str)
+                for op in compiled.get_runtime_model().get_ordered_ops()
+                if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+            }
+        )
         median, spread = _latency(compiled, x)
         print(f"{name}: median {median:.2f} ms (spread {spread:.2f} ms), conv precisions {precisions}")
 

@@ -118,8 +118,11 @@ def test_conv_net_graph(backend, conv_net):
         assert view.constant(conv.weight).ndim == 4
         bias_add = view.node(conv.bias_node)
         assert bias_add.op_type == "Add" and conv.outputs[0] in bias_add.inputs
-    residual = [n for n in view.nodes if n.meta == g.ADD and n.bias_node is None
-                and all(not view.is_constant(t) for t in n.inputs)]
+    residual = [
+        n
+        for n in view.nodes
+        if n.meta == g.ADD and n.bias_node is None and all(not view.is_constant(t) for t in n.inputs)
+    ]
     assert len(residual) == 2
     fc = next(n for n in view.nodes if n.meta == g.MATMUL)
     assert fc.attrs["transpose_b"] is True and (fc.weight_axis, fc.weight_in_axis) == (0, 1)
@@ -227,8 +230,13 @@ def test_stat_runner_static_batch_and_unbatched_tensors(backend):
     flat = ops.relu(ops.reshape(x, ops.constant(np.array([8, 8], np.int64)), False), name="flat")
     model = ov.Model([ops.result(flat)], [x], "static")
     out = backend.graph(model).node("flat").outputs[0]  # the graph output's tensor name
-    run = backend.stat_runner(model, [StatRequest("input", ("min", "ch_max"), channel_axis=-1),
-                                      StatRequest(out, ("max", "ch_mean", "raw"), channel_axis=1)])
+    run = backend.stat_runner(
+        model,
+        [
+            StatRequest("input", ("min", "ch_max"), channel_axis=-1),
+            StatRequest(out, ("max", "ch_mean", "raw"), channel_axis=1),
+        ],
+    )
     feeds = _feeds((4, 8), batch=2)
     stats = run(feeds)
     xin = feeds["input"]
@@ -276,11 +284,13 @@ def test_single_conv_equals_numpy_fake_quant_simulation(backend):
         quantized = backend.apply(model, recipe)
         got = backend.runner(quantized)({"input": x})[0]
         xq = fake_quantize(x, a_params).astype(np.float64)
-        wq = (w_q.astype(np.float64) * w_params.scale.reshape(-1, 1, 1, 1))
+        wq = w_q.astype(np.float64) * w_params.scale.reshape(-1, 1, 1, 1)
         want = _conv2d(xq, wq) + bias.reshape(1, -1, 1, 1)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        assert "u8" in _runtime_precisions(quantized)["Convolution"] or \
-            "i8" in _runtime_precisions(quantized)["Convolution"]
+        assert (
+            "u8" in _runtime_precisions(quantized)["Convolution"]
+            or "i8" in _runtime_precisions(quantized)["Convolution"]
+        )
 
 
 def _conv2d(x, w):
@@ -290,7 +300,7 @@ def _conv2d(x, w):
     out = np.zeros((b, w.shape[0], h, wd))
     for i in range(3):
         for j in range(3):
-            out += np.einsum("bchw,oc->bohw", padded[:, :, i:i + h, j:j + wd], w[:, :, i, j])
+            out += np.einsum("bchw,oc->bohw", padded[:, :, i : i + h, j : j + wd], w[:, :, i, j])
     return out
 
 
@@ -317,8 +327,9 @@ def test_fake_quantize_feeds_only_the_given_edges(backend, conv_net):
     consumers = sorted(n.name for n, _ in view.consumers("relu_2"))
     assert consumers == ["Conv_3/WithoutBiases", "Conv_4/WithoutBiases"]
     params = activation_params(0.0, 4.0, symmetric=True)
-    quantized = backend.apply(conv_net, Recipe((ActivationQuant(
-        "relu_2", (Edge("Conv_3/WithoutBiases", 0),), params),)))
+    quantized = backend.apply(
+        conv_net, Recipe((ActivationQuant("relu_2", (Edge("Conv_3/WithoutBiases", 0),), params),))
+    )
     qview = backend.graph(quantized)
     conv3, conv4 = qview.node("Conv_3/WithoutBiases"), qview.node("Conv_4/WithoutBiases")
     fq = qview.producer(conv3.inputs[0])
@@ -377,8 +388,7 @@ def test_bias_replacement(backend):
     quantized = backend.apply(model, Recipe(biases={"conv": new_bias}))
     ref = backend.runner(model)(feeds)[0]
     got = backend.runner(quantized)(feeds)[0]
-    np.testing.assert_allclose(got - ref, np.broadcast_to((new_bias - bias).reshape(1, -1, 1, 1),
-                                                          ref.shape), atol=1e-5)
+    np.testing.assert_allclose(got - ref, np.broadcast_to((new_bias - bias).reshape(1, -1, 1, 1), ref.shape), atol=1e-5)
     with pytest.raises(BackendError, match="values"):
         backend.apply(model, Recipe(biases={"conv": np.zeros(3, np.float32)}))
 
@@ -395,8 +405,12 @@ def test_apply_rejects_inconsistent_recipes(backend):
         backend.apply(model, Recipe((twice, twice)))
     w_params = weight_params(weight, 0)
     with pytest.raises(BackendError, match="shape"):
-        backend.apply(model, Recipe(weights=(WeightQuant(
-            "conv", "weight:0", Edge("conv", 1), quantize(weight, w_params)[:2], w_params),)))
+        backend.apply(
+            model,
+            Recipe(
+                weights=(WeightQuant("conv", "weight:0", Edge("conv", 1), quantize(weight, w_params)[:2], w_params),)
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- run / save
@@ -415,8 +429,7 @@ def test_runner_rejects_onnxruntime_and_bad_feeds(backend, conv_net):
 
 def test_save_reload_and_bytes_round_trip(backend, transformer, tmp_path):
     feeds = _feeds((8, 32), batch=2)
-    quantized = backend.apply(transformer, _full_recipe(backend, transformer, feeds,
-                                                        model_type="transformer"))
+    quantized = backend.apply(transformer, _full_recipe(backend, transformer, feeds, model_type="transformer"))
     want = backend.runner(quantized)(feeds)[0]
     files = backend.save(quantized, str(tmp_path / "out" / "model.xml"))
     assert [f.rsplit(".", 1)[1] for f in files] == ["xml", "bin"]

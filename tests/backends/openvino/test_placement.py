@@ -31,8 +31,11 @@ def _fake_quantized(model: ov.Model) -> dict[str, list[str]]:
 
 
 def _runtime_precisions(compiled: ov.CompiledModel, layer_type: str) -> list[str]:
-    return [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
-            if op.get_rt_info()["layerType"].astype(str) == layer_type]
+    return [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == layer_type
+    ]
 
 
 def test_squeeze_excitation_branch_convs_run_int8_on_openvino(tmp_path):
@@ -40,8 +43,14 @@ def test_squeeze_excitation_branch_convs_run_int8_on_openvino(tmp_path):
     onnx.save(_se_block(), str(path))
     calib = np.random.default_rng(0).normal(size=(16, 1, 4, 8, 8)).astype(np.float32)
     adv = rayq.AdvancedQuantizationParameters(overflow_fix="enable" if int8_saturates() else "disable")
-    q = rayq.quantize(ov.convert_model(str(path)), rayq.Dataset([{"x": c} for c in calib]), num_workers=1,
-                      subset_size=16, cache=False, advanced_parameters=adv)
+    q = rayq.quantize(
+        ov.convert_model(str(path)),
+        rayq.Dataset([{"x": c} for c in calib]),
+        num_workers=1,
+        subset_size=16,
+        cache=False,
+        advanced_parameters=adv,
+    )
     fq = _fake_quantized(q)
     # the branch Convs read a fake-quantized pooling output and ReLU output
     branch = {name: src for name, src in fq.items() if src in (["ReduceMean"], ["Relu"])}

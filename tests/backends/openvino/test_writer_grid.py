@@ -12,8 +12,11 @@ from tests.e2e.runtimes import run_ort
 
 
 def _fake_quantized_inputs(model: ov.Model) -> list[str]:
-    return [op.input_value(0).get_node().get_type_name() for op in model.get_ordered_ops()
-            if op.get_type_name() == "FakeQuantize"]
+    return [
+        op.input_value(0).get_node().get_type_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "FakeQuantize"
+    ]
 
 
 def test_shuffled_concat_output_is_not_fake_quantized_again(tmp_path):
