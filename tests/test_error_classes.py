@@ -64,7 +64,7 @@ def test_every_error_is_a_rayq_error_with_a_docstring(name):
 
 
 def test_old_import_paths_still_work():
-    from rayq.pipeline.evaluate import ValidationFailed, ValidationTimedOut
+    from rayq.pipeline.validation import ValidationFailed, ValidationTimedOut
 
     assert ValidationFailed is errors.ValidationFailed and ValidationTimedOut is errors.ValidationTimedOut
     assert issubclass(errors.ValidationTimedOut, errors.ValidationFailed)

@@ -17,8 +17,8 @@ from typing import Any
 from rayq.backends.base import Backend
 from rayq.errors import DataError
 from rayq.pipeline import data as data_mod
-from rayq.pipeline.evaluate import run_validation, validation_model
 from rayq.pipeline.latency import Latency, measure_latency
+from rayq.pipeline.validation import run_validation, validation_model
 
 log = logging.getLogger("rayq")
 

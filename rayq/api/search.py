@@ -33,11 +33,11 @@ from rayq.errors import ConfigError, DataError, SearchError
 from rayq.pipeline import data as data_mod
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.candidate import CandidateEvaluator
-from rayq.pipeline.evaluate import ValidationTimeout
 from rayq.pipeline.latency import runtime_settings
+from rayq.pipeline.validation import ValidationTimeout
 from rayq.storage import OutputLock, local_dir_for
 from rayq.tuning.control import AccuracyControl, SearchSettings
-from rayq.tuning.evaluator import DriverOutcome, TrialRecord
+from rayq.tuning.records import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
 from rayq.tuning.selection import Choice
 from rayq.tuning.sensitivity import sensitivity_frame

@@ -19,7 +19,7 @@ sweep wait for each other's measurements), so timings are not disturbed by
 concurrent work on the same cores.
 
 A validation that does not return within the validation timeout
-(:class:`~rayq.pipeline.evaluate.ValidationTimeout`, plus ``TASK_START_GRACE_S``) is a
+(:class:`~rayq.pipeline.validation.ValidationTimeout`, plus ``TASK_START_GRACE_S``) is a
 failed metric with a ``timeout`` error: its task is cancelled with ``force=True``,
 which kills the worker process (Ray starts a new one for the next task), or its
 bound worker is killed and replaced; the other evaluations go on.
@@ -48,8 +48,8 @@ from rayq.distributed.pool import (
 )
 from rayq.errors import ClusterError, ConfigError
 from rayq.pipeline.candidate import CandidateEvaluator, CandidateMetric, observe_fp32
-from rayq.pipeline.evaluate import ValidationTimeout, timeout_message
 from rayq.pipeline.latency import GATE, Latency
+from rayq.pipeline.validation import ValidationTimeout, timeout_message
 
 log = logging.getLogger(__name__)
 

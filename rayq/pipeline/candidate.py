@@ -23,13 +23,6 @@ from rayq.core.plan import QuantPlan
 from rayq.core.stats import StatisticSet
 from rayq.pipeline.build import build_quantized, placement_for
 from rayq.pipeline.calibrate import Batch
-from rayq.pipeline.evaluate import (
-    ValidationFailed,
-    ValidationTimeout,
-    output_nmse,
-    run_validation,
-    validation_model,
-)
 from rayq.pipeline.latency import (
     GATE,
     Latency,
@@ -37,6 +30,13 @@ from rayq.pipeline.latency import (
     summarize,
     time_rounds,
     time_runner,
+)
+from rayq.pipeline.validation import (
+    ValidationFailed,
+    ValidationTimeout,
+    output_nmse,
+    run_validation,
+    validation_model,
 )
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class CandidateEvaluator:
         return model
 
     def compiled(self, model: Any, threads: int) -> Any:
-        """The object ``validation_fn`` receives (see :func:`~rayq.pipeline.evaluate.validation_model`)."""
+        """The object ``validation_fn`` receives (see :func:`~rayq.pipeline.validation.validation_model`)."""
         return validation_model(self.backend, model, runtime=self.runtime, device=self.device, threads=threads)
 
     def _validation_fn(self) -> Callable:

@@ -25,8 +25,8 @@ Example:
 import optuna as _optuna
 
 from rayq.tuning.driver import DriverOutcome, SearchDriver, TrialRecord, open_storage, pareto_front
-from rayq.tuning.evaluator import EvalResult, Evaluator
 from rayq.tuning.plot import plot_pareto
+from rayq.tuning.records import EvalResult, Evaluator
 from rayq.tuning.space import SearchSpace
 
 _optuna.logging.set_verbosity(_optuna.logging.WARNING)

@@ -36,7 +36,7 @@ from rayq.core.speed import Interval, ratio_interval
 from rayq.errors import SearchError
 from rayq.tuning import selection
 from rayq.tuning.driver import SearchDriver, open_storage
-from rayq.tuning.evaluator import EvalResult, TrialRecord
+from rayq.tuning.records import EvalResult, TrialRecord
 from rayq.tuning.sensitivity import decode_ranking, encode_ranking
 from rayq.tuning.space import SearchSpace
 
@@ -84,7 +84,7 @@ class SearchSettings:
 
 
 class PoolEvaluator:
-    """Adapts a pool to the driver's :class:`~rayq.tuning.evaluator.Evaluator`:
+    """Adapts a pool to the driver's :class:`~rayq.tuning.records.Evaluator`:
     metrics in parallel, then the successful ones' latencies timed together with FP32
     (``compare_latency``: interleaved turns on one worker), so every trial carries an
     FP32 latency from its own moment and its speedup does not depend on when it ran.

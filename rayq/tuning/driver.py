@@ -38,7 +38,7 @@ an RDB. Re-running with the same storage and study name resumes exactly:
 Only one driver may run a given study at a time.
 
 Example:
-    >>> from rayq.tuning.evaluator import EvalResult
+    >>> from rayq.tuning.records import EvalResult
     >>> class Fake:
     ...     def evaluate(self, plans):
     ...         return [EvalResult(p.key(), 0.9, 0.01 * (2 - len(p.fallback)), 5.0 + len(p.fallback), 0.1, "ok")
@@ -66,7 +66,7 @@ from rayq.core.accuracy import within_budget
 from rayq.core.cost import fp32_fraction
 from rayq.core.plan import QuantPlan
 from rayq.errors import ConfigError, SearchError
-from rayq.tuning.evaluator import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
+from rayq.tuning.records import DEFAULT_STUDY_NAME, DriverOutcome, EvalResult, Evaluator, TrialRecord, pareto_front
 from rayq.tuning.sampling import SAMPLERS, TrialSeededSampler
 from rayq.tuning.selection import provisional
 from rayq.tuning.space import SearchSpace

@@ -33,7 +33,7 @@ Rules, in order:
 
 Example:
     >>> from rayq.core.plan import QuantPlan
-    >>> from rayq.tuning.evaluator import TrialRecord
+    >>> from rayq.tuning.records import TrialRecord
     >>> recs = [TrialRecord(i, QuantPlan(fallback=fb), 0.9, 0.0, 1.0, None, "ok", None, True, "seed")
     ...         for i, fb in enumerate([("a", "b"), ("a",), ()])]
     >>> provisional(recs, ops=("a", "b"), base=QuantPlan())[0].number
@@ -53,7 +53,7 @@ from typing import Any
 from rayq.core.cost import fp32_fraction
 from rayq.core.plan import QuantPlan
 from rayq.core.speed import SPEEDUP_MARGIN, Interval, ratio_interval
-from rayq.tuning.evaluator import TrialRecord
+from rayq.tuning.records import TrialRecord
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from rayq.errors import OutputError
 from rayq.storage import Location, Publication, read_marker
 from rayq.storage import publish as publish_mod
 from rayq.testing.models import mlp
-from rayq.tuning.evaluator import DriverOutcome, TrialRecord
+from rayq.tuning.records import DriverOutcome, TrialRecord
 from rayq.tuning.result import SearchResult
 
 ARTIFACTS = ("model.onnx", "trials.parquet", "pareto.parquet", "pareto.png", "config.yaml")

@@ -16,7 +16,7 @@ from rayq.api.session import ModelSession
 from rayq.core.early import EarlyStop
 from rayq.core.plan import PRESETS, QuantPlan
 from rayq.pipeline.candidate import CandidateEvaluator
-from rayq.pipeline.evaluate import run_validation
+from rayq.pipeline.validation import run_validation
 from rayq.testing.metrics import pair_accuracy
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 from rayq.tuning import selection

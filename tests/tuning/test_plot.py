@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rayq.tuning.evaluator import pareto_front
 from rayq.tuning.plot import plot_pareto
+from rayq.tuning.records import pareto_front
 
 
 def _frame(rows):

@@ -12,7 +12,7 @@ from rayq.core.plan import QuantPlan
 from rayq.core.speed import Interval, ratio_interval
 from rayq.pipeline.latency import Latency, time_interleaved, time_rounds
 from rayq.tuning import control, selection
-from rayq.tuning.evaluator import DriverOutcome, TrialRecord
+from rayq.tuning.records import DriverOutcome, TrialRecord
 
 OPS = ("a", "b", "c", "d")
 BASE = QuantPlan()

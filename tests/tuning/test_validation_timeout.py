@@ -10,7 +10,7 @@ import pytest
 import rayq
 from rayq.distributed import eval_pool as evaluator_mod
 from rayq.errors import ConfigError, SearchError
-from rayq.pipeline.evaluate import ValidationTimedOut, ValidationTimeout, run_validation
+from rayq.pipeline.validation import ValidationTimedOut, ValidationTimeout, run_validation
 from rayq.testing.metrics import pair_accuracy_hanging_on_gemm1
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 

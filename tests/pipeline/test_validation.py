@@ -7,7 +7,7 @@ import pytest
 
 import rayq
 from rayq.errors import DataError
-from rayq.pipeline.evaluate import run_validation
+from rayq.pipeline.validation import run_validation
 from rayq.testing.models import labeled_inputs, sensitive_mlp
 
 
