@@ -24,13 +24,14 @@ NNCF's quantized models and times are cached (they do not change when rayq does)
 ``PYTHONPATH`` (e.g. an older commit, ``git archive``-d) under another name, and
 ``--also before`` measures those cached models in the same interleaved rounds. ``--diff``
 prints the quantized edges (producer op -> consumer op) on which the tools differ.
-Results go to ``bench/results/zoo.json`` (``--out``; :func:`harness.write_results`'s
-layout, ``results`` = one row per model), rewritten after every model: a row replaces the
-same model's earlier row, the other rows stay. ``--quick`` (resnet18 on ONNX, few items)
-writes under ``bench/.cache/quick/``. Usage::
+With ``--out`` the rows go to that file (:func:`harness.write_results`'s layout,
+``results`` = one row per model), rewritten after every model: a row replaces the same
+model's earlier row, the other rows stay; without it (partial or diagnostic runs) only the
+table is printed. ``--quick`` (resnet18 on ONNX, few items) writes under
+``bench/.cache/quick/``. Usage::
 
     python bench/zoo/compare.py --models densenet121 --diff
-    python bench/zoo/compare.py                                      # the whole zoo
+    python bench/zoo/compare.py --out bench/results/zoo.json        # the whole zoo
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def main() -> None:
         "--out",
         type=pathlib.Path,
         default=None,
-        help="result JSON (default: bench/results/zoo.json; with --quick bench/.cache/quick/)",
+        help="result JSON, e.g. bench/results/zoo.json (default: none, only the table; "
+        "with --quick bench/.cache/quick/zoo.json)",
     )
     ap.add_argument("--quick", action="store_true", help="resnet18 on ONNX, 4 calibration / 2 held-out items")
     ap.add_argument("--cpus", default=None, help="CPU ids this process is pinned to, e.g. 0-1 (default: all of ours)")
@@ -324,16 +326,18 @@ def main() -> None:
         args.models, args.backends, args.calib, args.heldout, args.rounds = "resnet18", "onnx", 4, 2, 1
     cpus = harness.parse_cpus(args.cpus)
     os.sched_setaffinity(0, cpus)
-    out = harness.output_path(args, "zoo")
+    out = harness.output_path(args, "zoo") if args.out or args.quick else None
     env = harness.environment(cpus=cpus)
-    saved = json.loads(out.read_text())["results"] if out.exists() else []
+    saved = json.loads(out.read_text())["results"] if out and out.exists() else []
     results = []
     for m in args.models.split(","):
         results.append(dict(run_model(m, args), machine=machine(), args=vars(args)))
-        # after every model, replacing its earlier row: a run that stops keeps what it measured
-        done = {r["model"] for r in results}
-        rows = [r for r in saved if r["model"] not in done] + results
-        harness.write_results("zoo", rows, env=env, config=vars(args), markdown=table(merged_rows(rows)), out=out)
+        if out:  # after every model, replacing its earlier row: a run that stops keeps what it measured
+            done = {r["model"] for r in results}
+            rows = merged_rows([r for r in saved if r["model"] not in done] + results)
+            harness.write_results("zoo", rows, env=env, config=vars(args), markdown=table(rows), out=out)
+    if not out:
+        print(table(results))
 
 
 def merged(paths: list[str]) -> list[dict]:
