@@ -21,9 +21,13 @@ six timings rotates every round; medians over rounds):
 
 Usage::
 
-    python bench/bench_floor.py --items 300 --size 224 --rounds 3 --out bench/results/floor.json
+    python bench/bench_floor.py --items 300 --size 224 --rounds 3     # -> bench/results/floor.json
+    python bench/bench_floor.py --quick                               # 16 items, 64x64, 1 round
 
-No Ray is started (num_workers=1). The model build needs torch/torchvision (CPU).
+No Ray is started (num_workers=1). The model build needs torch/torchvision (CPU). The
+result is written after every round with :func:`harness.write_results` (``environment``:
+the machine; ``results``: the timings, medians and ratios); ``--cpus`` pins this process
+(and the ``--before`` jobs, run by :func:`harness.run_job`).
 """
 
 from __future__ import annotations
@@ -32,14 +36,13 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
 from collections.abc import Callable
 
+import harness
 import numpy as np
 
 CACHE = pathlib.Path(__file__).resolve().parent / ".cache" / "floor"
@@ -114,20 +117,12 @@ def floor_ov(path: str, items, threads: int) -> float:
 
 
 def floor_ort(path: str, items, threads: int, batch: int = 8) -> float:
-    """One FP32 pass: one ORT session (T intra-op threads), items in batches of ``batch``."""
-    import onnxruntime as ort
-
+    """One FP32 pass: one ORT session (:func:`harness.ort_runner`, T intra-op threads),
+    items in batches of ``batch``."""
     t0 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    run = harness.ort_runner(path, threads)
     for start in range(0, len(items), batch):
-        x = np.concatenate([it["input"] for it in items[start : start + batch]])
-        sess.run(None, {"input": x})
+        run({"input": np.concatenate([it["input"] for it in items[start : start + batch]])})
     return time.perf_counter() - t0
 
 
@@ -136,21 +131,13 @@ def floor_ort_streams(path: str, items, threads: int, batch: int = 8) -> float:
     once (ORT's ``run`` is thread-safe), batches of ``batch``."""
     import threading
 
-    import onnxruntime as ort
-
     t0 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    run = harness.ort_runner(path, 1)
     starts = list(range(0, len(items), batch))
 
     def work(mine):
         for start in mine:
-            sess.run(None, {"input": np.concatenate([it["input"] for it in items[start : start + batch]])})
+            run({"input": np.concatenate([it["input"] for it in items[start : start + batch]])})
 
     pool = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
     for t in pool:
@@ -183,64 +170,32 @@ def nncf_quantize(model_fn: Callable, items) -> float:
 # ---------------------------------------------------------------- driver
 
 
-def _machine() -> dict:
-    try:
-        flags = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), "")
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=pathlib.Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    import nncf
-    import onnxruntime
-    import openvino
-
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "amx": "amx_tile" in flags,
-        "python": platform.python_version(),
-        "rayq_commit": commit,
-        "onnxruntime": onnxruntime.__version__,
-        "openvino": openvino.__version__,
-        "nncf": nncf.__version__,
-    }
-
-
 def rayq_subprocess(pythonpath: str, backend: str, args) -> tuple[float, float]:
-    """``rayq_<backend>`` timed in a fresh process importing rayq from ``pythonpath``
-    (an older commit, for before/after); warm-up there too. Returns (wall s, CPU s)."""
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--job",
-        f"rayq_{backend}",
-        "--items",
-        str(args.items),
-        "--size",
-        str(args.size),
-        "--threads",
-        str(args.threads),
-    ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    wall, cpu = json.loads(out.strip().splitlines()[-1])
-    return wall, cpu
+    """``rayq_<backend>`` timed in a fresh process (:func:`harness.run_job`) importing rayq
+    from ``pythonpath`` (an older commit, for before/after); warm-up there too. Returns
+    (wall s, CPU s) of the timed call."""
+    cmd = [sys.executable, __file__, "--job", f"rayq_{backend}"]
+    cmd += ["--items", str(args.items), "--size", str(args.size), "--threads", str(args.threads)]
+    job = harness.run_job(
+        cmd,
+        log=harness.WORK / "floor" / f"rayqbefore_{backend}.log",
+        timeout=args.job_timeout,
+        cpus=args.cpu_list,
+        env=harness.job_env(pythonpath),
+    )
+    if "error" in job:
+        raise SystemExit(f"rayqbefore_{backend} failed ({job['error']}), see {job['log']}")
+    return job["result"]["wall_s"], job["result"]["cpu_s"]
 
 
 def one_job(args) -> None:
-    """``--job NAME``: warm up, time one job, print ``[wall, cpu]`` (used by rayq_subprocess)."""
+    """``--job NAME``: warm up, time one job, emit its wall and CPU seconds (for rayq_subprocess)."""
     path = str(build_resnet50(args.size))
     tasks(path, make_items(8, args.size), args.threads)[args.job]()
     job = tasks(path, make_items(args.items, args.size), args.threads)[args.job]
     c0 = time.process_time()
     wall = job()
-    print(json.dumps([wall, time.process_time() - c0]))
+    harness.emit({"wall_s": wall, "cpu_s": time.process_time() - c0})
 
 
 def tasks(path: str, items, threads: int) -> dict[str, Callable[[], float]]:
@@ -274,6 +229,7 @@ def run(args) -> dict:
     wall: dict[str, list[float]] = {j: [] for j in names}
     cpu: dict[str, list[float]] = {j: [] for j in names}
     loads = []
+    env = harness.environment(cpus=args.cpu_list)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             if name.startswith("nncf_") and r >= args.nncf_rounds:
@@ -283,12 +239,11 @@ def run(args) -> dict:
             cpu[name].append(c)
             print(f"round {r} {name}: {w:.2f}s wall, {c:.2f}s CPU, load {os.getloadavg()[0]:.1f}", flush=True)
         loads.append(os.getloadavg()[0])
-        if args.out:  # after every round, so an interrupted run leaves its rounds
-            _write(args, path, wall, cpu, loads)
-    return _write(args, path, wall, cpu, loads)
+        _write(args, env, wall, cpu, loads)  # after every round, so an interrupted run leaves its rounds
+    return _write(args, env, wall, cpu, loads)
 
 
-def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
+def _write(args, env: dict, wall: dict, cpu: dict, loads: list) -> dict:
     med = {j: statistics.median(v) for j, v in wall.items() if v}
     med_cpu = {j: statistics.median(v) for j, v in cpu.items() if v}
     result = {
@@ -298,7 +253,6 @@ def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
         "rounds": args.rounds,
         "before": args.before,
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": _machine(),
         "load_1min_after_round": loads,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -307,8 +261,8 @@ def _write(args, path: str, wall: dict, cpu: dict, loads: list) -> dict:
         "ratios": ratios(med),
         "ratios_cpu": ratios(med_cpu),
     }
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    config = {k: v for k, v in vars(args).items() if k != "cpu_list"}
+    harness.write_results("floor", result, env=env, config=config, out=harness.output_path(args, "floor"))
     return result
 
 
@@ -350,7 +304,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nncf-rounds", type=int, default=1 << 30, help="time NNCF in the first N rounds only")
     ap.add_argument("--only", default="", help="comma-separated prefixes of floor_/rayq_/nncf_ job names")
-    ap.add_argument("--out", default="")
     ap.add_argument(
         "--before",
         default="",
@@ -358,9 +311,14 @@ def main() -> None:
         "its quantize is timed too, in subprocesses (jobs rayqbefore_*)",
     )
     ap.add_argument("--job", default="", help=argparse.SUPPRESS)
+    harness.add_common_args(ap)  # --out, --quick, --cpus (this process and the --before jobs), --job-timeout
     args = ap.parse_args()
     if args.job:
         return one_job(args)
+    if args.quick:
+        args.items, args.size, args.rounds = 16, 64, 1
+    args.cpu_list = harness.parse_cpus(args.cpus)
+    os.sched_setaffinity(0, args.cpu_list)
     result = run(args)
     print(
         json.dumps(

@@ -39,7 +39,11 @@ Steps:
    <= 0.4x NNCF's (median of the per-pair ratios); rayq model latency <= NNCF model
    latency on ONNX Runtime and on OpenVINO (medians over the pairs). The validation
    function counts its calls and items (both tools, in every process they use). Markdown
-   table to stdout, everything to ``--out`` (JSON).
+   table to stdout, everything to ``--out`` (JSON, :func:`harness.write_results`'s layout:
+   ``results`` holds the steps' output, ``environment`` the machine of the runs).
+
+Jobs are run by :func:`harness.run_job` (fresh process, pinned, process-group timeout);
+latency is :func:`harness.interleaved_latency` (rayq's own interleaved timing).
 
 Other engineers' work on the same machine shows up as load: the 1-minute load average
 is recorded before and after every job.
@@ -51,16 +55,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+import harness
+
+BENCH = harness.BENCH
 TOOLS = ("nncf", "rayq")
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 MOVEMENT = (
@@ -113,8 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cpus", default=None, help="CPU ids for every job, e.g. 0-1 (default: this process's)")
     ap.add_argument("--steps", default="naive,qwac,measure,report")
     ap.add_argument("--work", type=Path, default=BENCH / ".cache" / "qwac")
-    ap.add_argument("--out", type=Path, default=BENCH / "results" / "qwac.json")
-    ap.add_argument("--job-timeout", type=int, default=7200)
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default: bench/results/qwac.json)")
+    ap.add_argument("--job-timeout", type=float, default=7200, help="seconds before a job is killed")
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -133,13 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.runs < 30:
         ap.error("--runs must be >= 30")
     args.budgets = [float(b) for b in args.budgets.split(",")]
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.cpus:
-        cpus = []
-        for part in args.cpus.split(","):
-            lo, _, hi = part.partition("-")
-            cpus.extend(range(int(lo), int(hi or lo) + 1))
-    args.cpu_list = cpus
+    args.cpu_list = harness.parse_cpus(args.cpus)
+    args.out = harness.output_path(args, "qwac")
     return args
 
 
@@ -277,12 +275,10 @@ def int8_summary(model) -> dict:
 
 
 def _interleaved(runners: dict, feeds, runs: int, warmup: int) -> dict[str, dict]:
-    """Round-robin timing with a rotating order (``ptq_harness``'s), summarised as median/IQR."""
-    from ptq_harness import interleaved_latency
-
+    """:func:`harness.interleaved_latency` (rayq's interleaved timing), summarised as median/IQR."""
     return {
         name: {"median_ms": r["median_ms"], "iqr_ms": r["q3_ms"] - r["q1_ms"], "min_ms": r["min_ms"], "runs": r["runs"]}
-        for name, r in interleaved_latency(runners, feeds, runs=runs, warmup=warmup).items()
+        for name, r in harness.interleaved_latency(runners, feeds, runs=runs, warmup=warmup).items()
     }
 
 
@@ -405,38 +401,24 @@ def run_job(args, job: str, name: str, extra: list[str], env_extra: dict | None 
     if args.model_type:
         cmd += ["--model-type", args.model_type]
     cmd += ["--preset", args.preset or "default"]  # the job's own default is mixed
-    env = dict(
-        os.environ,
-        PYTHONUNBUFFERED="1",
-        RAYQ_PROGRESS="log",
-        PYTHONPATH=os.pathsep.join([str(BENCH), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    job_ = harness.run_job(
+        cmd,
+        log=logs / f"{name}.log",
+        timeout=args.job_timeout,
+        cpus=args.cpu_list,
+        env=harness.job_env(**(env_extra or {})),  # rayq starts its own private local Ray
     )
-    env.pop("RAY_ADDRESS", None)  # rayq must start its own private local Ray
-    env.update(env_extra or {})
-    load_before = _load1()
-    start = time.perf_counter()
-    with open(logs / f"{name}.log", "w") as log:
-        proc = subprocess.run(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-            timeout=args.job_timeout,
-            preexec_fn=lambda: os.sched_setaffinity(0, args.cpu_list),
-        )
-    process_s = time.perf_counter() - start
     meta = {
-        "process_s": process_s,
-        "load1_before": load_before,
-        "load1_after": _load1(),
-        "log": str(logs / f"{name}.log"),
+        "process_s": job_["wall_s"],
+        "process_cpu_s": job_["cpu_s"],
+        "peak_rss_mb": job_["peak_rss_mb"],
+        "load1_before": job_["load1_before"],
+        "load1_after": job_["load1_after"],
+        "log": job_["log"],
     }
-    if proc.returncode != 0 or not result_path.exists():
-        tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-30:]
-        print(f"  FAILED ({proc.returncode}) {name}: see {logs / f'{name}.log'}", flush=True)
-        return {"error": f"exit code {proc.returncode}", "log_tail": tail, **meta}
-    result = {**json.loads(result_path.read_text()), **meta}
+    if "error" in job_:
+        return {"error": job_["error"], "log_tail": job_["log_tail"], **meta}
+    result = {**job_["result"], **meta}
     result_path.write_text(json.dumps(result, indent=2))  # with its process time and load, for --resume
     return result
 
@@ -483,31 +465,23 @@ def _parse_log(path: str, tool: str) -> dict:
 
 
 def environment(args) -> dict:
-    code = (
-        "import json, numpy, onnx, onnxruntime, openvino, ray, nncf, rayq, torch, sklearn, optuna; "
-        "print(json.dumps({m.__name__: getattr(m, '__version__', '?') for m in "
-        "(rayq, nncf, onnxruntime, onnx, openvino, ray, optuna, numpy, torch, sklearn)}))"
+    """:func:`harness.environment` for the CPUs the jobs run on."""
+    return harness.environment(cpus=args.cpu_list)
+
+
+def _load_saved(path: Path) -> dict:
+    """The steps' output of an earlier run (``results`` of a harness result file), with its environment."""
+    saved = json.loads(path.read_text())
+    if saved.get("benchmark") != "qwac":  # written before the harness layout
+        return saved
+    return dict(saved["results"], environment=saved["environment"])
+
+
+def _write(args, res: dict) -> None:
+    results = {k: v for k, v in res.items() if k not in ("environment", "markdown")}
+    harness.write_results(
+        "qwac", results, env=res["environment"], config=vars(args), markdown=res.get("markdown"), out=args.out
     )
-    versions = json.loads(
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)}
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "rayq"], capture_output=True, text=True, cwd=REPO)
-    return {
-        "cpu_model": fields.get("Model name", "?"),
-        "cpus_online": os.cpu_count(),
-        "threads_per_core": fields.get("Thread(s) per core"),
-        "cpus_used": args.cpu_list,
-        "python": platform.python_version(),
-        "versions": versions,
-        "git_commit": git.stdout.strip(),
-        "rayq_tree_dirty": bool(dirty.stdout.strip()),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
 
 
 def _model_path(args, tool: str, budget: float | None, rep: int = 0) -> Path:
@@ -692,9 +666,10 @@ def main(argv=None) -> int:
         fn = job_measure if args.job == "measure" else job_quantize
         result = fn(args)
         args.json.write_text(json.dumps(result, indent=2))
+        harness.emit(result)  # the line harness.run_job reads back
         return 0
     steps = set(args.steps.split(","))
-    res = json.loads(args.out.read_text()) if args.out.exists() and "naive" not in steps else {}
+    res = _load_saved(args.out) if args.out.exists() and "naive" not in steps else {}
     res.update(
         arch=args.arch, budgets=args.budgets, model_type=args.model_type, preset=args.preset, workers=args.workers
     )
@@ -758,8 +733,7 @@ def main(argv=None) -> int:
                     summary["wall_s_all"] = [r["wall_s"] for r in ok]
                 summary["runs"] = rs
                 res["qwac"].setdefault(f"{b:g}", {})[tool] = summary
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(res, indent=2))
+            _write(args, res)
     if "measure" in steps:
         models = {"fp32": args.work / f"{args.arch}.onnx"}
         for tool in TOOLS:
@@ -772,16 +746,8 @@ def main(argv=None) -> int:
             args, "measure", "measure", ["--models", ",".join(f"{k}={v}" for k, v in models.items())]
         )
     if "report" in steps:
-        table = report(res)
-        res["markdown"] = table
-        print(table)
-        env = res["environment"]
-        print(
-            f"\n{env['cpu_model']}, {len(env['cpus_used'])} of {env['cpus_online']} CPUs; "
-            + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
+        res["markdown"] = report(res) + "\n\n" + harness.describe(res["environment"])
+    _write(args, res)  # prints the Markdown
     return 0
 
 

@@ -13,7 +13,8 @@ defaults, plus the model's ``model_type`` (``transformer`` for MiniLM) for both.
   ``tensors``: distinct tensors they quantize;
 - ``nmse``: INT8 vs FP32 (first output) on ``--heldout`` other items (seed 1), same runtime;
 - ``lat``: rayq/NNCF latency ratio (median of each), batch 1, ``--threads`` threads,
-  paired interleaved rounds (:func:`rayq.pipeline.latency.time_interleaved`); the FP32
+  paired interleaved rounds (:func:`harness.interleaved_latency`, rayq's own interleaved
+  timing: ``--rounds`` rounds of ``--warmup`` + ``--block`` calls per model); the FP32
   model takes part in the rounds too (``fp32`` = rayq/FP32);
 - ``quantize_s``: wall time of ``nncf.quantize`` and of ``rayq.quantize(num_workers=1,
   cache=False)`` (loading the model and data excluded), in this process.
@@ -23,7 +24,11 @@ NNCF's quantized models and times are cached (they do not change when rayq does)
 ``PYTHONPATH`` (e.g. an older commit, ``git archive``-d) under another name, and
 ``--also before`` measures those cached models in the same interleaved rounds. ``--diff``
 prints the quantized edges (producer op -> consumer op) on which the tools differ.
-Usage::
+With ``--out`` the rows go to that file (:func:`harness.write_results`'s layout,
+``results`` = one row per model), rewritten after every model: a row replaces the same
+model's earlier row, the other rows stay; without it (partial or diagnostic runs) only the
+table is printed. ``--quick`` (resnet18 on ONNX, few items) writes under
+``bench/.cache/quick/``. Usage::
 
     python bench/zoo/compare.py --models densenet121 --diff
     python bench/zoo/compare.py --out bench/results/zoo.json        # the whole zoo
@@ -44,11 +49,11 @@ import numpy as np
 import onnx
 import openvino as ov
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bench/: the harness
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import harness
 import runners as rt
 from runners import DEFAULT, feeds
-
-from rayq.pipeline.latency import time_interleaved
 
 BACKENDS = ("onnx", "openvino")
 
@@ -186,11 +191,14 @@ def measure(backend: str, files: dict[str, pathlib.Path], fp32: pathlib.Path, he
         return {"errors": errors}
     ref = runs["fp32"][1]
     nmse = {k: rt.nmse(ref, o) for k, (_, o) in runs.items() if k != "fp32"}
-    names = list(runs)
-    times = time_interleaved(
-        [runs[k][0] for k in names], heldout[0], warmup=args.warmup, rounds=args.rounds, block=args.block
+    lat = harness.interleaved_latency(
+        {k: r for k, (r, _) in runs.items()},
+        heldout[0],
+        runs=args.rounds * args.block,
+        warmup=args.warmup,
+        block=args.block,
     )
-    return {"nmse": nmse, "median_ms": {k: float(np.median(t)) for k, t in zip(names, times)}, "errors": errors}
+    return {"nmse": nmse, "median_ms": {k: float(v["median_ms"]) for k, v in lat.items()}, "errors": errors}
 
 
 def run_backend(name: str, backend: str, fp32: pathlib.Path, meta: dict, data: tuple, tags: list, args) -> dict:
@@ -295,7 +303,15 @@ def main() -> None:
     ap.add_argument("--diff", action="store_true")
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--work", default="bench/.cache/zoo")
-    ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help="result JSON, e.g. bench/results/zoo.json (default: none, only the table; "
+        "with --quick bench/.cache/quick/zoo.json)",
+    )
+    ap.add_argument("--quick", action="store_true", help="resnet18 on ONNX, 4 calibration / 2 held-out items")
+    ap.add_argument("--cpus", default=None, help="CPU ids this process is pinned to, e.g. 0-1 (default: all of ours)")
     ap.add_argument(
         "--table",
         nargs="*",
@@ -306,20 +322,32 @@ def main() -> None:
     if args.table is not None:
         print(table(merged(args.table)))
         return
-    out = pathlib.Path(args.out) if args.out else None
+    if args.quick:
+        args.models, args.backends, args.calib, args.heldout, args.rounds = "resnet18", "onnx", 4, 2, 1
+    cpus = harness.parse_cpus(args.cpus)
+    os.sched_setaffinity(0, cpus)
+    out = harness.output_path(args, "zoo") if args.out or args.quick else None
+    env = harness.environment(cpus=cpus)
     saved = json.loads(out.read_text())["results"] if out and out.exists() else []
     results = []
     for m in args.models.split(","):
         results.append(dict(run_model(m, args), machine=machine(), args=vars(args)))
         if out:  # after every model, replacing its earlier row: a run that stops keeps what it measured
             done = {r["model"] for r in results}
-            out.write_text(json.dumps({"results": [r for r in saved if r["model"] not in done] + results}, indent=1))
-    print(table(results))
+            rows = merged_rows([r for r in saved if r["model"] not in done] + results)
+            harness.write_results("zoo", rows, env=env, config=vars(args), markdown=table(rows), out=out)
+    if not out:
+        print(table(results))
 
 
 def merged(paths: list[str]) -> list[dict]:
     """The results of several ``--out`` files, the last one winning per model, in zoo order."""
-    by_model = {r["model"]: r for p in paths for r in json.loads(pathlib.Path(p).read_text())["results"]}
+    return merged_rows([r for p in paths for r in json.loads(pathlib.Path(p).read_text())["results"]])
+
+
+def merged_rows(rows: list[dict]) -> list[dict]:
+    """One row per model (the last one wins), in zoo order."""
+    by_model = {r["model"]: r for r in rows}
     order = {m: i for i, m in enumerate(DEFAULT)}
     return sorted(by_model.values(), key=lambda r: order.get(r["model"], len(order)))
 

@@ -1,14 +1,20 @@
-"""Runtime sessions of the zoo comparison, the same settings for FP32, NNCF and rayq:
-ONNX Runtime (``intra_op_num_threads``, one inter-op thread, sequential, all graph
-optimisations) and OpenVINO CPU (``INFERENCE_NUM_THREADS``, ``LATENCY`` hint, ``f32``
-precision hint). A runner maps feeds to the model's first output. :func:`feeds` makes a
-model's inputs from its spec (``build.py`` writes it next to the model)."""
+"""Runtime sessions of the zoo comparison, the same settings for FP32, NNCF and rayq
+(the harness's :data:`harness.RUNTIMES`): ONNX Runtime (``intra_op_num_threads``, one
+inter-op thread, sequential, all graph optimisations) and OpenVINO CPU
+(``INFERENCE_NUM_THREADS``, ``LATENCY`` hint, ``f32`` precision hint). A runner maps
+feeds to the model's first output. :func:`feeds` makes a model's inputs from its spec
+(``build.py`` writes it next to the model)."""
 
 from __future__ import annotations
 
+import pathlib
+import sys
 from collections.abc import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bench/, for the harness
+import harness
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -34,44 +40,17 @@ DEFAULT = (
 )
 
 
-def ort_runner(path: str, threads: int) -> Runner:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    first = sess.get_outputs()[0].name
-    return lambda feeds: sess.run([first], feeds)[0]
-
-
-def ov_runner(path: str, threads: int) -> Runner:
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
-    request = compiled.create_infer_request()
-    out = compiled.outputs[0]
-    return lambda feeds: np.array(request.infer(feeds)[out])
-
-
-RUNTIMES: dict[str, Callable[[str, int], Runner]] = {"onnx": ort_runner, "openvino": ov_runner}
+#: The harness's runners under the backend names: ONNX Runtime and OpenVINO CPU sessions
+#: with the settings rayq measures with.
+RUNTIMES: dict[str, Callable[[str, int], Runner]] = {"onnx": harness.ort_runner, "openvino": harness.ov_runner}
+nmse = harness.nmse
 
 
 def outputs(run: Runner, inputs: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """First output for every input, stacked along a new axis 0 (as float64)."""
+    """First output for every input, stacked along a new axis 0 (as float64): unlike
+    :func:`harness.outputs` (concatenated along the batch axis) this also holds the zoo's
+    outputs that have no leading batch axis (0-d, time-major, recurrent state)."""
     return np.stack([np.asarray(run(x), dtype=np.float64) for x in inputs])
-
-
-def nmse(ref: np.ndarray, got: np.ndarray) -> float:
-    """Mean over samples of ``||got - ref||^2 / ||ref||^2``."""
-    ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    den = np.maximum((ref**2).sum(1), 1e-30)
-    return float((((got - ref) ** 2).sum(1) / den).mean())
 
 
 def feeds(specs: list[dict], batch: int, seed: int) -> dict[str, np.ndarray]:
