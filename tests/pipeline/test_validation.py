@@ -35,7 +35,7 @@ def test_search_stops_on_wrong_length_per_item_values():
     """The search does not rank layers on misaligned per-item values: it stops, naming the function."""
     model = sensitive_mlp()
     x, y = labeled_inputs(model, 80)
-    with pytest.raises(DataError, match=r"test_evaluate:three_values returned 3 per-item values for 40 items"):
+    with pytest.raises(DataError, match=r"test_validation:three_values returned 3 per-item values for 40 items"):
         rayq.quantize_with_accuracy_control(
             model, x[:40], list(zip(x[40:], y[40:])), three_values, max_drop=0.01, num_workers=1
         )
