@@ -32,8 +32,10 @@ import harness
 
 def _child(args: argparse.Namespace) -> int:
     import rayq
-    from rayq.api.config import load
-    from rayq.api.search import search_from_config
+
+    # the anchor tree may predate rayq/api/ (the modules were top-level before)
+    load = harness.first_attr("rayq.api.config:load", "rayq.config:load")
+    search_from_config = harness.first_attr("rayq.api.search:search_from_config", "rayq.search_api:search_from_config")
 
     work = tempfile.mkdtemp(prefix="rayq-bench-repeat-")
     rayq.init(num_cpus=args.ray_cpus, include_dashboard=False)
@@ -45,7 +47,7 @@ def _child(args: argparse.Namespace) -> int:
         search_from_config(cfg, output=os.path.join(work, f"search{i}"), num_workers=args.ray_cpus)
         searches.append(time.perf_counter() - t)
     if not args.no_sweep:
-        from rayq.api.sweep import run_sweep
+        run_sweep = harness.first_attr("rayq.api.sweep:run_sweep", "rayq.sweep:run_sweep")
 
         sweep = dataclasses.replace(
             load(os.path.join(args.repo, "configs", "sweep.yaml")), output=os.path.join(work, "sweep")
