@@ -16,6 +16,31 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits"
+
+
+def digits_search(out: Path, *, subset_size: int = 64) -> list[str]:
+    """``rayq`` arguments of a short search on the bundled digits example (2 workers,
+    4 trials, quiet), the run the fault tests disturb."""
+    return [
+        "search",
+        str(DIGITS / "digits_cnn.onnx"),
+        "--data",
+        str(DIGITS / "calibration.npz"),
+        "--validation",
+        str(DIGITS / "validation.npz"),
+        "--validation-fn",
+        "examples.digits.metric:accuracy",
+        "-o",
+        str(out),
+        "--num-workers",
+        "2",
+        "--n-trials",
+        "4",
+        "--subset-size",
+        str(subset_size),
+        "-q",
+    ]
 
 
 @pytest.fixture(scope="session")

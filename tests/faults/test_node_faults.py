@@ -16,10 +16,9 @@ import psutil
 import pytest
 from cluster.test_two_node_job import _pgids, _start, local_head, token_env
 
-from .conftest import ROOT, cmdline
+from .conftest import ROOT, cmdline, digits_search
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-DIGITS = ROOT / "examples" / "digits"
 
 
 @pytest.fixture()
@@ -70,30 +69,7 @@ def _kill_node(pgid: int) -> None:
 def test_search_finishes_when_the_worker_node_dies(cluster_with_worker_group, tmp_path, moment):
     address, env, worker_group = cluster_with_worker_group
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "rayq",
-        "search",
-        str(DIGITS / "digits_cnn.onnx"),
-        "--data",
-        str(DIGITS / "calibration.npz"),
-        "--validation",
-        str(DIGITS / "validation.npz"),
-        "--validation-fn",
-        "examples.digits.metric:accuracy",
-        "-o",
-        str(out),
-        "--num-workers",
-        "2",
-        "--n-trials",
-        "4",
-        "--subset-size",
-        "256",
-        "--address",
-        address,
-        "-q",
-    ]
+    args = [sys.executable, "-m", "rayq", *digits_search(out, subset_size=256), "--address", address]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 300

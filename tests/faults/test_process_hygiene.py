@@ -21,36 +21,14 @@ from pathlib import Path
 
 import psutil
 
-from .conftest import ROOT, cmdline, only_rayq_lines, ray_children, rayq_env
+from .conftest import ROOT, cmdline, digits_search, only_rayq_lines, ray_children, rayq_env
 
-DIGITS = ROOT / "examples" / "digits"
 #: a SIGKILLed driver's processes must all be gone within this many seconds
 REAP_BOUND_S = 90.0
 
 
 def _search_args(out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "rayq",
-        "search",
-        str(DIGITS / "digits_cnn.onnx"),
-        "--data",
-        str(DIGITS / "calibration.npz"),
-        "--validation",
-        str(DIGITS / "validation.npz"),
-        "--validation-fn",
-        "examples.digits.metric:accuracy",
-        "-o",
-        str(out),
-        "--num-workers",
-        "2",
-        "--n-trials",
-        "4",
-        "--subset-size",
-        "64",
-        "-q",
-    ]
+    return [sys.executable, "-m", "rayq", *digits_search(out)]
 
 
 class Watcher:

@@ -11,42 +11,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .conftest import ROOT, only_rayq_lines, rayq_env, run_rayq
+from .conftest import digits_search, only_rayq_lines, rayq_env, run_rayq
 
-DIGITS = ROOT / "examples" / "digits"
 SAME = ["number", "status", "source", "feasible", "metric", "drop", "plan_key"]
-
-
-def _search(out) -> list[str]:
-    return [
-        "search",
-        str(DIGITS / "digits_cnn.onnx"),
-        "--data",
-        str(DIGITS / "calibration.npz"),
-        "--validation",
-        str(DIGITS / "validation.npz"),
-        "--validation-fn",
-        "examples.digits.metric:accuracy",
-        "-o",
-        str(out),
-        "--num-workers",
-        "2",
-        "--n-trials",
-        "4",
-        "--subset-size",
-        "64",
-        "-q",
-    ]
 
 
 def test_killed_evaluation_worker_gives_the_same_trials(tmp_path):
     env = rayq_env(tmp_path)
-    killed_run, killed, seen = run_rayq(_search(tmp_path / "killed"), env, kill="ray::evaluate", timeout=600)
+    killed_run, killed, seen = run_rayq(digits_search(tmp_path / "killed"), env, kill="ray::evaluate", timeout=600)
     assert killed_run.returncode in (0, 3), killed_run.stderr[-3000:]  # 3: not significantly faster than FP32
     assert killed, f"no evaluation worker was seen to kill; Ray processes seen: {sorted(seen)}"
     only_rayq_lines(killed_run.stdout, "search")
 
-    clean_run, _, _ = run_rayq(_search(tmp_path / "clean"), env, timeout=600)
+    clean_run, _, _ = run_rayq(digits_search(tmp_path / "clean"), env, timeout=600)
     assert clean_run.returncode in (0, 3), clean_run.stderr[-3000:]
     a = pd.read_parquet(tmp_path / "killed" / "trials.parquet")[SAME]
     b = pd.read_parquet(tmp_path / "clean" / "trials.parquet")[SAME]
