@@ -77,6 +77,19 @@ def build_config(
 BIAS_CORRECTION = {"fast": True, "exact": False, "none": None}
 
 
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    """The optional positional ``MODEL`` of ``rayq quantize`` and ``rayq search`` (a config
+    file may name it instead; "not given" stays distinguishable from any value)."""
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        metavar="MODEL",
+        help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
+        "folder, .keras or .pb, .tflite, .pdmodel",
+    )
+
+
 def add_bias_correction_flags(group: Any) -> None:
     """The three mutually exclusive bias-correction flags of the base plan (dest ``bias_correction``)."""
     bc = group.add_mutually_exclusive_group()

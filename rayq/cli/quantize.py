@@ -24,6 +24,7 @@ from rayq.cli.common import (
     BIAS_CORRECTION,
     UNSET,
     add_bias_correction_flags,
+    add_model_argument,
     build_config,
     file_size,
     mb,
@@ -83,14 +84,7 @@ SCOPE = {"ignored_scope": "names", "ignored_pattern": "patterns", "ignored_type"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS  # "not given" must stay distinguishable from any value
-    p.add_argument(
-        "model",
-        nargs="?",
-        default=u,
-        metavar="MODEL",
-        help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
-        "folder, .keras or .pb, .tflite, .pdmodel",
-    )
+    add_model_argument(p)
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
     io.add_argument(

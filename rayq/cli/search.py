@@ -11,6 +11,7 @@ from rayq.cli.common import (
     BIAS_CORRECTION,
     UNSET,
     add_bias_correction_flags,
+    add_model_argument,
     add_option_flags,
     build_config,
     ray_scope,
@@ -65,14 +66,7 @@ OPTION_FIELDS: dict[str, str] = {}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     u = argparse.SUPPRESS
-    p.add_argument(
-        "model",
-        nargs="?",
-        default=u,
-        metavar="MODEL",
-        help="model path: .onnx, .xml; converted first: TorchScript .pt, TensorFlow SavedModel "
-        "folder, .keras or .pb, .tflite, .pdmodel",
-    )
+    add_model_argument(p)
     p.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); flags override its fields")
     io = p.add_argument_group("data and output")
     io.add_argument("--data", "--calibration", dest="data", default=u, metavar="DATA", help="calibration data")
