@@ -172,12 +172,14 @@ def _quantizable(
         return "Add with a constant operand stays FP32"
     if node.meta == g.CONCAT and len(acts) != len([t for t in node.inputs if t]):
         return "Concat with a non-float or constant operand stays FP32"
+    if node.meta == g.CONCAT and not _feeds_compute(graph, node.outputs[0]):
+        return "Concat whose output only leaves the model (e.g. a state output) stays FP32"
     if node.meta in g.WEIGHTED and node.weight_input is None and len(acts) < 2:
         return "no constant weight that can be quantized per channel (e.g. a MatMul weight that is not 2-D)"
     return None
 
 
-def _feeds_compute(graph: GraphView, tensor: str, ignored: frozenset[str] | set[str]) -> bool:
+def _feeds_compute(graph: GraphView, tensor: str) -> bool:
     """True if ``tensor`` reaches a computing op (not only graph outputs), through
     data-movement ops and Concats. A Concat whose output only leaves the model (a
     recurrent state concatenated into a state output) gains nothing from INT8 inputs:
@@ -189,8 +191,6 @@ def _feeds_compute(graph: GraphView, tensor: str, ignored: frozenset[str] | set[
             continue
         seen.add(t)
         for consumer, _ in graph.consumers(t):
-            if consumer.name in ignored:
-                continue
             if consumer.meta == g.CONCAT or _moves_data(consumer):
                 todo.extend(o for o in consumer.outputs if o)
             else:
@@ -320,8 +320,6 @@ def place(
                 skipped.append((node.name, "ignored scope"))
             continue
         reason = _quantizable(node, graph, model_type, se)
-        if reason is None and node.meta == g.CONCAT and not _feeds_compute(graph, node.outputs[0], ignored):
-            reason = "Concat whose output only leaves the model (e.g. a state output) stays FP32"
         if reason is not None:
             if node.meta in g.WEIGHTED:
                 skipped.append((node.name, reason))
