@@ -129,33 +129,11 @@ def test_sweep_records_failures_and_resumes(tmp_path, in_repo, capsys):
 def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_repo, capsys, monkeypatch):
     """Exit codes follow result.status (pure CLI logic: the search itself is faked)."""
     import rayq.api.search
-    from rayq.core.plan import QuantPlan
-    from rayq.tuning.result import SearchResult
+    from rayq.testing.results import search_result
 
     def fake(cfg, status, low):
-        return SearchResult(
-            None,
-            QuantPlan(fallback=("a",)),
-            status,
-            0.9,
-            0.9,
-            0.0,
-            0.01,
-            "absolute",
-            1.0,
-            None,
-            1.0,
-            "openvino",
-            pd.DataFrame(),
-            pd.DataFrame(),
-            1.0,
-            1.0,
-            speedup=low + 0.05,
-            speedup_low=low,
-            speedup_high=low + 0.1,
-            chosen_trial=4,
-            n_quantizable=10,
-            message=f"because {status}",
+        return search_result(
+            ("a",), status, low=low, high=low + 0.1, chosen_trial=4, n_quantizable=10, message=f"because {status}"
         )
 
     args = [

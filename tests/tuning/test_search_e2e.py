@@ -193,35 +193,11 @@ def test_quantize_with_accuracy_control_accepts_nncf_validation_fn(task):
 
 def test_quantize_with_accuracy_control_warns_when_mostly_fp32_or_not_faster(caplog):
     """NNCF's contract returns the restored model as it is; rayq says what it is."""
-    import pandas as pd
-
     from rayq.api.accuracy_control import _warn_restored
-    from rayq.core.plan import QuantPlan
-    from rayq.tuning.result import SearchResult
+    from rayq.testing.results import search_result
 
     def result(fallback, status, low, high):
-        return SearchResult(
-            None,
-            QuantPlan(fallback=fallback),
-            status,
-            0.9,
-            0.9,
-            0.0,
-            0.01,
-            "absolute",
-            1.0,
-            None,
-            1.0,
-            "openvino",
-            pd.DataFrame(),
-            pd.DataFrame(),
-            1.0,
-            1.0,
-            speedup=(low + high) / 2,
-            speedup_low=low,
-            speedup_high=high,
-            n_quantizable=4,
-        )
+        return search_result(fallback, status, low=low, high=high, n_quantizable=4)
 
     with caplog.at_level("WARNING", logger="rayq"):
         _warn_restored(result(("a", "b", "c"), "met", 1.2, 1.4), 4)
