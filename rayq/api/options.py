@@ -183,11 +183,6 @@ class Execution(Options):
 OPTION_CLASSES: tuple[type[Options], ...] = (SearchSpace, SearchOptions, Execution)
 
 
-def field_names(cls: type[Options]) -> tuple[str, ...]:
-    """The field names of an option class, in declaration order."""
-    return tuple(cls.model_fields)
-
-
 def resolve(
     space: SearchSpace | None,
     options: SearchOptions | None,
