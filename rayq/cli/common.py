@@ -20,7 +20,6 @@ from typing import Any
 
 from rayq.api import config as rayq_config
 from rayq.api.options import OPTION_CLASSES
-from rayq.distributed.cluster import is_connected
 from rayq.errors import ConfigError
 
 log = logging.getLogger("rayq.cli")
@@ -271,7 +270,7 @@ def ray_scope(address: str | None, needed: bool) -> Iterator[None]:
     of ``RAY_ADDRESS``, as inside ``ray job submit``). A Ray that was already
     initialised (a notebook, a test fixture) is left running.
     """
-    was_up = is_connected()
+    was_up = _ray_initialized()
     if needed and address:
         from rayq.distributed.cluster import init
 
@@ -279,7 +278,13 @@ def ray_scope(address: str | None, needed: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if not was_up and is_connected():
+        if not was_up and _ray_initialized():
             from rayq.distributed.cluster import shutdown
 
             shutdown()
+
+
+def _ray_initialized() -> bool:
+    from rayq.distributed.cluster import is_connected
+
+    return is_connected()
