@@ -18,6 +18,11 @@ Candidates (``--arch``), each written to ``--out`` (default ``bench/.cache/qwac`
   classes. 1500 training sentences (the first 300 are the calibration set), 600 held-out
   validation sentences, all generated with seed 0. Inputs ``input_ids`` and
   ``attention_mask`` int64 ``[batch, 32]``.
+- ``outlier``: the bundled digits CNN (``examples/digits``) with an outlier activation
+  channel made on its stem (``rayq.testing.with_outlier_channel``: same FP32 function,
+  top-1 0.98 on the example's 400 validation images). Every INT8 op placement that
+  quantizes the stem's output per tensor loses ~70 points, so both tools must find the
+  layer to keep in FP32: the accuracy-control loop is exercised on a small model.
 - ``vit``, ``mobilenet``, ``mlp``: trained with torch on scikit-learn's bundled *digits*
   (1797 8x8 images; 1200 train, of which the first 300 calibrate, 597 held out).
   Input ``input`` float32 ``[batch, 1, 8, 8]`` in [0, 1]. Their naive INT8 loses less
@@ -48,7 +53,7 @@ SEED = 0
 N_CALIBRATION = 300
 DEFAULT_OUT = Path(__file__).resolve().parent / ".cache" / "qwac"
 DEFAULT_ARCH = "minilm"
-ARCHS = ("minilm", "vit", "mobilenet", "mlp")
+ARCHS = ("minilm", "vit", "mobilenet", "mlp", "outlier")
 BATCH = 100  # validation batch size
 
 # ---------------------------------------------------------------- validation function
@@ -480,6 +485,34 @@ def make_digits(arch: str, out: Path, epochs: int | None = None, threads: int = 
     }
 
 
+def make_outlier(out: Path, threads: int = 2) -> dict:
+    """The bundled digits CNN (``examples/digits``) with an outlier channel made on its
+    stem (``rayq.testing.with_outlier_channel``, gain 300, same FP32 function), and the
+    example's own calibration (300) and validation (400) images."""
+    import onnx
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    from examples.digits.data import MODEL, load_calibration, load_validation
+    from rayq.testing import with_outlier_channel
+
+    consumers = ["/conv2/conv2.0/Conv", "/skip2/Conv"]
+    model = with_outlier_channel(onnx.load(str(MODEL)), "/stem/stem.0/Conv", consumers, gain=300.0)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "outlier.onnx"
+    onnx.save(model, str(path))
+    x_cal, (x_val, y_val) = load_calibration(), load_validation()
+    ort_acc = float((_ort_logits(path, {"input": x_val}, threads).argmax(1) == y_val).mean())
+    np.savez(out / "outlier_data.npz", cal_input=x_cal, val_input=x_val, val_label=y_val)
+    return {
+        "arch": "outlier",
+        "base": "examples/digits/digits_cnn.onnx, outlier channel 0 of /stem/stem.0/Conv x300",
+        "calibration_samples": len(x_cal),
+        "validation_samples": len(x_val),
+        "val_top1_onnxruntime": round(ort_acc, 4),
+    }
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -490,7 +523,12 @@ def _sha(path: Path) -> str:
 def make(arch: str = DEFAULT_ARCH, out: Path = DEFAULT_OUT, epochs: int | None = None, threads: int = 2) -> dict:
     """Make ``arch``; write ``<arch>.onnx``, ``<arch>_data.npz`` and ``<arch>.json``."""
     start = time.perf_counter()
-    summary = make_minilm(out, threads) if arch == "minilm" else make_digits(arch, out, epochs, threads)
+    if arch == "minilm":
+        summary = make_minilm(out, threads)
+    elif arch == "outlier":
+        summary = make_outlier(out, threads)
+    else:
+        summary = make_digits(arch, out, epochs, threads)
     summary.update(
         total_seconds=round(time.perf_counter() - start, 1),
         threads=threads,

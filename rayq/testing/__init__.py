@@ -9,6 +9,6 @@ Example:
     >>> feeds = random_inputs(model, 4, batch=2, seed=1)
 """
 
-from rayq.testing.models import mlp, random_inputs, resnet50_like, resnet_like, transformer_block
+from rayq.testing.models import mlp, random_inputs, resnet50_like, resnet_like, transformer_block, with_outlier_channel
 
-__all__ = ["mlp", "random_inputs", "resnet50_like", "resnet_like", "transformer_block"]
+__all__ = ["mlp", "random_inputs", "resnet50_like", "resnet_like", "transformer_block", "with_outlier_channel"]

@@ -37,6 +37,7 @@ __all__ = [
     "resnet_like",
     "sensitive_mlp",
     "transformer_block",
+    "with_outlier_channel",
 ]
 
 
@@ -478,14 +479,16 @@ def random_inputs(
 def sensitive_mlp(
     *, in_features: int = 16, hidden: int = 32, num_classes: int = 4, outlier_gain: float = 300.0, seed: int = 0
 ) -> onnx.ModelProto:
-    """An MLP whose second layer is genuinely sensitive to INT8 activations.
+    """An MLP that INT8 genuinely hurts, for accuracy-control tests.
 
-    Hidden channel 0 is scaled up by ``outlier_gain`` in the first Gemm and scaled
-    down by the same factor in the second, so the FP32 function is unchanged (ReLU
-    commutes with positive scaling) while one outlier channel dominates the
-    per-tensor activation range of the second Gemm's input: quantizing that input
-    crushes the other channels, and keeping the second Gemm in FP32 repairs it.
-    This is the honest "one layer must stay FP32" case for accuracy-control tests.
+    With the default ``transB=1`` Gemms, the weights of input feature 0 are multiplied
+    by ``outlier_gain`` in every hidden unit, as is hidden unit 0's bias, and class 0's
+    row of the second Gemm by ``1 / outlier_gain``. This is a different function from
+    :func:`mlp`'s (labels come from its own FP32 outputs, :func:`labeled_inputs`): every
+    hidden activation is dominated by one input feature, so INT8 activations and weights
+    lose 2-11 points of top-1, and no plan of the tests' search spaces stays within one
+    point. (An earlier docstring called it a preserved-function outlier channel; that is
+    :func:`with_outlier_channel`, which the tests' expectations were not built on.)
 
     Example:
         >>> m = sensitive_mlp()
@@ -513,6 +516,103 @@ def sensitive_mlp(
     scale(gemms[1], 1, 1.0 / outlier_gain, row=True)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+#: Ops between the two layers of :func:`with_outlier_channel`: they commute with a
+#: positive per-channel scale and keep the channel axis.
+_SCALE_COMMUTING = ("Relu", "MaxPool", "Identity")
+
+
+def with_outlier_channel(
+    model: onnx.ModelProto,
+    producer: str,
+    consumers: str | Sequence[str],
+    *,
+    gain: float = 300.0,
+    channel: int = 0,
+) -> onnx.ModelProto:
+    """A copy of ``model`` with one outlier activation channel and the same FP32 function.
+
+    Output channel ``channel`` of the layer ``producer`` (a ``Conv`` or ``Gemm`` node
+    name) is multiplied by ``gain`` (weights and bias) and the matching input channel of
+    every layer in ``consumers`` by ``1 / gain``. Between them only ops that commute with
+    a positive per-channel scale (:data:`_SCALE_COMMUTING`) may lie, and everything that
+    reads the scaled activations must be one of those ops or a consumer. The FP32
+    outputs are unchanged up to rounding, while the outlier dominates the per-tensor range
+    of the consumers' inputs: quantizing them crushes the other channels, and keeping the
+    consumers in FP32 repairs it. This is how real models' outlier channels hurt INT8,
+    made on purpose and in a known place, for accuracy-control tests and benchmarks.
+
+    Raises:
+        ValueError: the nodes are not Conv/Gemm layers joined that way, a weight is not an
+            initializer, or a consumer is a grouped Conv.
+
+    Example:
+        >>> m = with_outlier_channel(mlp(hidden=(8,), op="Gemm"), "Gemm_0", "Gemm_1", gain=100.0)
+        >>> [n.op_type for n in m.graph.node]
+        ['Gemm', 'Relu', 'Gemm']
+    """
+    if not gain > 0:
+        raise ValueError(f"gain must be positive, got {gain}")
+    wanted = {consumers} if isinstance(consumers, str) else set(consumers)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = {n.name: n for n in out.graph.node}
+    for name in (producer, *sorted(wanted)):
+        if name not in nodes or nodes[name].op_type not in ("Conv", "Gemm"):
+            raise ValueError(f"{name!r} is not a Conv or Gemm node of the model")
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in out.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in out.graph.output}
+    reached: set[str] = set()
+    todo = [nodes[producer].output[0]]
+    while todo:
+        tensor = todo.pop()
+        if tensor in outputs or not readers.get(tensor):
+            raise ValueError(f"{tensor!r} after {producer!r} must be read only by {sorted(wanted)} (or ops between)")
+        for node in readers[tensor]:
+            if node.name in wanted and node.input[0] == tensor:
+                reached.add(node.name)
+            elif node.op_type in _SCALE_COMMUTING:
+                todo.append(node.output[0])
+            elif node.op_type in ("Conv", "Gemm"):
+                raise ValueError(f"{node.name!r} also reads {producer!r}'s output: add it to the consumers")
+            else:
+                raise ValueError(f"{node.op_type} {node.name!r} after {producer!r} does not commute with scaling")
+    if reached != wanted:
+        raise ValueError(f"{sorted(wanted - reached)} do not read {producer!r}'s output")
+    inits = {t.name: t for t in out.graph.initializer}
+
+    def attr(node: onnx.NodeProto, key: str, default: int) -> int:
+        return next((a.i for a in node.attribute if a.name == key), default)
+
+    def scale(node: onnx.NodeProto, index: int, factor: float, axis: int) -> None:
+        if index >= len(node.input) or not node.input[index]:
+            return
+        if node.input[index] not in inits:
+            raise ValueError(f"input {index} of {node.name!r} is not an initializer")
+        tensor = inits[node.input[index]]
+        value = numpy_helper.to_array(tensor).copy()
+        if value.ndim == 0 or value.shape[axis] <= channel:
+            raise ValueError(f"input {index} of {node.name!r} has no channel {channel} on axis {axis}")
+        where: list[slice | int] = [slice(None)] * value.ndim
+        where[axis] = channel
+        value[tuple(where)] *= factor
+        tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor.name))
+
+    p = nodes[producer]
+    # Output channels: Conv weight [out, in, ...]; Gemm B [K, N], or [N, K] with transB.
+    scale(p, 1, gain, 0 if p.op_type == "Conv" or attr(p, "transB", 0) else 1)
+    scale(p, 2, gain, 0)
+    for name in sorted(wanted):
+        c = nodes[name]
+        if c.op_type == "Conv" and attr(c, "group", 1) != 1:
+            raise ValueError(f"{name!r} is a grouped Conv: its input channels are not one weight axis")
+        scale(c, 1, 1.0 / gain, 1 if c.op_type == "Conv" or attr(c, "transB", 0) else 0)
+    onnx.checker.check_model(out, full_check=True)
+    return out
 
 
 def labeled_inputs(model: onnx.ModelProto, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -119,3 +121,76 @@ def test_random_inputs_shapes_and_dtypes():
 def test_random_inputs_rejects_bad_arguments():
     with pytest.raises(DataError):
         random_inputs(mlp(), 1, batch=0)
+
+
+def _outputs(model, feed):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)[0]
+
+
+def _conv_pair(model):
+    """The first Conv -> Relu -> Conv chain of ``model`` (names of the two Convs)."""
+    readers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for n in model.graph.node:
+        if n.op_type != "Conv":
+            continue
+        (relu,) = readers[n.output[0]] if len(readers.get(n.output[0], [])) == 1 else (None,)
+        if relu is not None and relu.op_type == "Relu" and len(readers.get(relu.output[0], [])) == 1:
+            (nxt,) = readers[relu.output[0]]
+            if nxt.op_type == "Conv":
+                return n.name, nxt.name
+    raise AssertionError("no Conv -> Relu -> Conv chain")
+
+
+@pytest.mark.parametrize("kind", ["gemm", "conv", "branches"])
+def test_outlier_channel_keeps_the_fp32_function_and_makes_an_outlier(kind):
+    from rayq.testing import with_outlier_channel
+
+    if kind == "gemm":
+        base = mlp(hidden=(32,), op="Gemm")
+        producer, consumer = "Gemm_0", "Gemm_1"
+    elif kind == "branches":  # the digits CNN's stem feeds a conv and the residual projection
+        base = onnx.load(str(Path(__file__).resolve().parents[2] / "examples/digits/digits_cnn.onnx"))
+        consumers = ["/conv2/conv2.0/Conv", "/skip2/Conv"]
+        model = with_outlier_channel(base, "/stem/stem.0/Conv", consumers, gain=300.0, channel=1)
+        feed = {"input": np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)}
+        np.testing.assert_allclose(_outputs(model, feed), _outputs(base, feed), rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="add it to the consumers"):  # the projection left out
+            with_outlier_channel(base, "/stem/stem.0/Conv", consumers[:1])
+        return
+    else:
+        base = resnet_like(widths=(8, 16), with_concat=False)
+        producer, consumer = _conv_pair(base)
+    model = with_outlier_channel(base, producer, consumer, gain=300.0, channel=1)
+    feed = random_inputs(base, 1, batch=8)[0]
+    np.testing.assert_allclose(_outputs(model, feed), _outputs(base, feed), rtol=1e-4, atol=1e-4)
+
+    # The consumer's input: channel 1 now dominates the per-tensor range.
+    reader = next(n for n in model.graph.node if n.name == consumer)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(reader.input[0]))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    act = np.abs(sess.run([reader.input[0]], feed)[0])
+    per_channel = act.max(axis=tuple(i for i in range(act.ndim) if i != 1))
+    assert per_channel.argmax() == 1
+    assert per_channel[1] > 20 * np.delete(per_channel, 1).max()
+
+
+def test_outlier_channel_rejects_what_it_cannot_scale():
+    from rayq.testing import with_outlier_channel
+
+    base = mlp(hidden=(16, 16), op="Gemm")
+    with pytest.raises(ValueError, match="not a Conv or Gemm"):
+        with_outlier_channel(base, "Relu_0", "Gemm_1")
+    with pytest.raises(ValueError, match="add it to the consumers"):
+        with_outlier_channel(base, "Gemm_0", "Gemm_2")  # Gemm_1 is on the way
+    with pytest.raises(ValueError, match="gain must be positive"):
+        with_outlier_channel(base, "Gemm_0", "Gemm_1", gain=-1.0)
+    with pytest.raises(ValueError, match="do not read"):
+        with_outlier_channel(base, "Gemm_1", ["Gemm_2", "Gemm_0"])
+    with pytest.raises(ValueError, match="no channel 99"):
+        with_outlier_channel(base, "Gemm_0", "Gemm_1", channel=99)
