@@ -195,6 +195,18 @@ def test_rayq_distributed_is_imported_lazily():
     assert not offenders
 
 
+def test_search_does_not_import_plotting_or_sql_until_used():
+    """matplotlib (~0.45 s) is imported when a figure is drawn and sqlalchemy (~0.3 s) when
+    an RDB storage fails to open: a search that writes no plot and uses a journal pays
+    for neither (measured in a fresh interpreter, since this one may have both)."""
+    code = (
+        "import sys, rayq.api.search, rayq.api.accuracy_control, rayq.cli.main; "
+        "print(sorted(m for m in ('matplotlib', 'sqlalchemy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_core_imports_only_numpy_and_itself():
     allowed_roots = {"rayq", "numpy", "__future__"} | set(sys.stdlib_module_names)
     offenders = sorted(

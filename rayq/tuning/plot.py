@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from rayq.core.accuracy import check_drop_type
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ def plot_pareto(
     speed = "speedup" in ok and bool(ok["speedup"].notna().any())
     x = "speedup" if speed else "latency_ms"
     feasible = ok["feasible"].astype(bool)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawing (~0.45 s)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
