@@ -51,7 +51,8 @@ import numpy as np
 
 SEED = 0
 N_CALIBRATION = 300
-DEFAULT_OUT = Path(__file__).resolve().parent / ".cache" / "qwac"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / ".cache" / "qwac"
 DEFAULT_ARCH = "minilm"
 ARCHS = ("minilm", "vit", "mobilenet", "mlp", "outlier")
 BATCH = 100  # validation batch size
@@ -455,19 +456,11 @@ def make_digits(arch: str, out: Path, epochs: int | None = None, threads: int = 
         torch_acc = float((model(torch.from_numpy(x_val)).numpy().argmax(1) == y_val).mean())
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{arch}.onnx"
-    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+    sys.path.insert(0, str(REPO))
+    from examples.digits.make_digits import export  # the bundled digits model's exporter, same settings
+
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 8, 8),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        do_constant_folding=True,
-    )
+    export(model, path)
     ort_acc = float((_ort_logits(path, {"input": x_val}, threads).argmax(1) == y_val).mean())
     if abs(ort_acc - torch_acc) > 1.0 / len(y_val):
         raise SystemExit(f"ONNX Runtime accuracy {ort_acc:.4f} != torch accuracy {torch_acc:.4f}")
@@ -491,8 +484,7 @@ def make_outlier(out: Path, threads: int = 2) -> dict:
     example's own calibration (300) and validation (400) images."""
     import onnx
 
-    repo = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(repo))
+    sys.path.insert(0, str(REPO))
     from examples.digits.data import MODEL, load_calibration, load_validation
     from rayq.testing import with_outlier_channel
 
