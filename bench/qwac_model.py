@@ -478,18 +478,28 @@ def make_digits(arch: str, out: Path, epochs: int | None = None, threads: int = 
     }
 
 
-def make_outlier(out: Path, threads: int = 2) -> dict:
+def outlier_cnn():
     """The bundled digits CNN (``examples/digits``) with an outlier channel made on its
-    stem (``rayq.testing.with_outlier_channel``, gain 300, same FP32 function), and the
-    example's own calibration (300) and validation (400) images."""
+    stem (``rayq.testing.with_outlier_channel``, gain 300, same FP32 function): an
+    ``onnx.ModelProto``. The stem feeds both the first block's conv and its projection."""
     import onnx
 
     sys.path.insert(0, str(REPO))
-    from examples.digits.data import MODEL, load_calibration, load_validation
+    from examples.digits.data import MODEL
     from rayq.testing import with_outlier_channel
 
     consumers = ["/conv2/conv2.0/Conv", "/skip2/Conv"]
-    model = with_outlier_channel(onnx.load(str(MODEL)), "/stem/stem.0/Conv", consumers, gain=300.0)
+    return with_outlier_channel(onnx.load(str(MODEL)), "/stem/stem.0/Conv", consumers, gain=300.0)
+
+
+def make_outlier(out: Path, threads: int = 2) -> dict:
+    """:func:`outlier_cnn` with the example's own calibration (300) and validation (400)
+    images."""
+    import onnx
+
+    model = outlier_cnn()  # puts the repository on sys.path
+    from examples.digits.data import load_calibration, load_validation
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / "outlier.onnx"
     onnx.save(model, str(path))
