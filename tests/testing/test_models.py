@@ -36,10 +36,12 @@ def built(request, tmp_path_factory):
     return model, path
 
 
-def _run_ort(path, feed):
+def _run_ort(model, feed):
+    """The first output on ONNX Runtime; ``model`` is a path or an ``onnx.ModelProto``."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feed)[0]
 
 
@@ -123,11 +125,6 @@ def test_random_inputs_rejects_bad_arguments():
         random_inputs(mlp(), 1, batch=0)
 
 
-def _outputs(model, feed):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)[0]
-
-
 def _conv_pair(model):
     """The first Conv -> Relu -> Conv chain of ``model`` (names of the two Convs)."""
     readers = {}
@@ -157,7 +154,7 @@ def test_outlier_channel_keeps_the_fp32_function_and_makes_an_outlier(kind):
         consumers = ["/conv2/conv2.0/Conv", "/skip2/Conv"]
         model = with_outlier_channel(base, "/stem/stem.0/Conv", consumers, gain=300.0, channel=1)
         feed = {"input": np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)}
-        np.testing.assert_allclose(_outputs(model, feed), _outputs(base, feed), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(_run_ort(model, feed), _run_ort(base, feed), rtol=1e-4, atol=1e-4)
         with pytest.raises(ValueError, match="add it to the consumers"):  # the projection left out
             with_outlier_channel(base, "/stem/stem.0/Conv", consumers[:1])
         return
@@ -166,7 +163,7 @@ def test_outlier_channel_keeps_the_fp32_function_and_makes_an_outlier(kind):
         producer, consumer = _conv_pair(base)
     model = with_outlier_channel(base, producer, consumer, gain=300.0, channel=1)
     feed = random_inputs(base, 1, batch=8)[0]
-    np.testing.assert_allclose(_outputs(model, feed), _outputs(base, feed), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_run_ort(model, feed), _run_ort(base, feed), rtol=1e-4, atol=1e-4)
 
     # The consumer's input: channel 1 now dominates the per-tensor range.
     reader = next(n for n in model.graph.node if n.name == consumer)
