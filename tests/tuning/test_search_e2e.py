@@ -119,8 +119,9 @@ def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
         return accuracy(m, items)
 
     out = str(tmp_path / "run")
-    with pytest.raises(Crash):
-        rayq.search(
+
+    def search():  # the same command both times; one call per validation (no chunks)
+        return rayq.search(
             model,
             calib,
             val,
@@ -131,7 +132,10 @@ def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
             output=out,
             study_name="resume",
             early_stop=False,
-        )  # one call per validation (no chunks)
+        )
+
+    with pytest.raises(Crash):
+        search()
     study = optuna.load_study(
         study_name="resume",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{out}/study.journal")),
@@ -139,18 +143,7 @@ def test_resume_after_crash_does_not_rerun_finished_trials(task, tmp_path):
     done = {t.number: t.user_attrs["plan_key"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert done, "some trials finished before the crash"
     calls.update(n=0, limit=10**9)
-    result = rayq.search(
-        model,
-        calib,
-        val,
-        flaky,
-        max_drop=MAX_DROP,
-        num_workers=1,
-        n_trials=12,
-        output=out,
-        study_name="resume",
-        early_stop=False,
-    )
+    result = search()
     rows = result.trials.set_index("number")
     for number, key in done.items():
         assert rows.loc[number, "plan_key"] == key
