@@ -13,6 +13,17 @@ import pytest
 from rayq.cli.main import main
 
 DIGITS = "examples/digits"
+#: ``rayq search`` on the bundled digits example, by flags
+SEARCH_DIGITS = [
+    "search",
+    f"{DIGITS}/digits_cnn.onnx",
+    "--data",
+    f"{DIGITS}/calibration.npz",
+    "--validation",
+    f"{DIGITS}/validation.npz",
+    "--validation-fn",
+    "examples.digits.metric:accuracy",
+]
 
 
 def _write(path, text: str):
@@ -31,14 +42,7 @@ def test_search_by_flags_writes_artifacts(tmp_path, in_repo, capsys):
     out = tmp_path / "s"
     code = main(
         [
-            "search",
-            f"{DIGITS}/digits_cnn.onnx",
-            "--data",
-            f"{DIGITS}/calibration.npz",
-            "--validation",
-            f"{DIGITS}/validation.npz",
-            "--validation-fn",
-            "examples.digits.metric:accuracy",
+            *SEARCH_DIGITS,
             "--max-drop",
             "0.01",
             "--n-trials",
@@ -136,19 +140,9 @@ def test_search_not_faster_than_fp32_exits_3_with_a_plain_message(tmp_path, in_r
             ("a",), status, low=low, high=low + 0.1, chosen_trial=4, n_quantizable=10, message=f"because {status}"
         )
 
-    args = [
-        "search",
-        f"{DIGITS}/digits_cnn.onnx",
-        "--data",
-        f"{DIGITS}/calibration.npz",
-        "--validation",
-        f"{DIGITS}/validation.npz",
-        "--validation-fn",
-        "examples.digits.metric:accuracy",
-    ]
     for status, low, code in (("no_speedup", 0.95, 3), ("met", 1.2, 0), ("budget not met", 1.2, 3)):
         monkeypatch.setattr(rayq.api.search, "search_from_config", lambda cfg, s=status, lo=low: fake(cfg, s, lo))
-        assert main(args) == code
+        assert main(list(SEARCH_DIGITS)) == code
         printed = capsys.readouterr().out
         assert f"rayq search: {status}" in printed and f"x FP32 (95% CI {low:.2f}-{low + 0.1:.2f})" in printed
         assert "(trial 4)" in printed and "FP32 layers: a (1 of 10)" in printed
