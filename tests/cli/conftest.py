@@ -12,6 +12,17 @@ DIGITS = ROOT / "examples" / "digits"
 MODEL = DIGITS / "digits_cnn.onnx"
 CALIBRATION = DIGITS / "calibration.npz"
 VALIDATION = DIGITS / "validation.npz"
+#: ``rayq search`` on the bundled digits example, by flags (add budget, trials, output)
+SEARCH_DIGITS = (
+    "search",
+    str(MODEL),
+    "--data",
+    str(CALIBRATION),
+    "--validation",
+    str(VALIDATION),
+    "--validation-fn",
+    "examples.digits.metric:accuracy",
+)
 
 
 @pytest.fixture(autouse=True)

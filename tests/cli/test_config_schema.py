@@ -17,7 +17,7 @@ from rayq.cli.main import main
 from rayq.core.plan import AdvancedQuantizationParameters
 from rayq.core.scope import IgnoredScope
 
-from .conftest import CALIBRATION, MODEL, ROOT, VALIDATION, one_error_line
+from .conftest import CALIBRATION, MODEL, ROOT, SEARCH_DIGITS, VALIDATION, one_error_line
 
 Q = f"command: quantize\nmodel: {MODEL}\ncalibration: {CALIBRATION}\noutput: OUT/m.onnx\n"
 S = (
@@ -275,14 +275,7 @@ def test_validation_timeout_flag(tmp_path, capsys, no_work):
     from rayq.cli.search import config_from_args
 
     argv = [
-        "search",
-        str(MODEL),
-        "--data",
-        str(CALIBRATION),
-        "--validation",
-        str(VALIDATION),
-        "--validation-fn",
-        "examples.digits.metric:accuracy",
+        *SEARCH_DIGITS,
         "--validation-timeout",
     ]
     assert config_from_args(build_parser().parse_args([*argv, "2.5"])).validation_timeout == 2.5

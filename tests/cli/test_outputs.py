@@ -17,17 +17,10 @@ import rayq
 from rayq.api import search as search_api
 from rayq.cli.main import main
 
-from .conftest import CALIBRATION, MODEL, ROOT, VALIDATION, one_error_line
+from .conftest import CALIBRATION, MODEL, ROOT, SEARCH_DIGITS, VALIDATION, one_error_line
 
 SEARCH = [
-    "search",
-    str(MODEL),
-    "--data",
-    str(CALIBRATION),
-    "--validation",
-    str(VALIDATION),
-    "--validation-fn",
-    "examples.digits.metric:accuracy",
+    *SEARCH_DIGITS,
     "--n-trials",
     "2",
     "--num-workers",

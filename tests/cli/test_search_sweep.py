@@ -12,18 +12,9 @@ import pytest
 
 from rayq.cli.main import main
 
+from .conftest import SEARCH_DIGITS
+
 DIGITS = "examples/digits"
-#: ``rayq search`` on the bundled digits example, by flags
-SEARCH_DIGITS = [
-    "search",
-    f"{DIGITS}/digits_cnn.onnx",
-    "--data",
-    f"{DIGITS}/calibration.npz",
-    "--validation",
-    f"{DIGITS}/validation.npz",
-    "--validation-fn",
-    "examples.digits.metric:accuracy",
-]
 
 
 def _write(path, text: str):
