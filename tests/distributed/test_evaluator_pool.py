@@ -47,16 +47,8 @@ def problem():
 
 def _pool(problem, **opts) -> RayEvaluatorPool:
     session, _, stats, items, kwargs = problem
-    opts = {"num_workers": 2, "resources": None, **opts}
-    return RayEvaluatorPool(
-        backend_name="onnx",
-        model=session.model,
-        stats=stats,
-        items=items,
-        validation_fn=pair_accuracy,
-        kwargs=kwargs,
-        **opts,
-    )
+    opts = {"num_workers": 2, "resources": None, "validation_fn": pair_accuracy, **opts}
+    return RayEvaluatorPool(backend_name="onnx", model=session.model, stats=stats, items=items, kwargs=kwargs, **opts)
 
 
 def test_ray_pool_matches_local_pool(ray_cluster, problem):
@@ -184,18 +176,8 @@ def test_unserialisable_validation_fn_is_named(ray_cluster, problem):
         with lock:
             return pair_accuracy(model, items)
 
-    session, _, stats, items, kwargs = problem
     with pytest.raises(rayq.ConfigError, match="validation_fn cannot be sent to Ray workers.*num_workers=1"):
-        RayEvaluatorPool(
-            num_workers=2,
-            resources=None,
-            backend_name="onnx",
-            model=session.model,
-            stats=stats,
-            items=items,
-            validation_fn=locked_accuracy,
-            kwargs=kwargs,
-        )
+        _pool(problem, validation_fn=locked_accuracy)
 
 
 def test_fewer_plans_than_workers_get_the_idle_workers_cpus(ray_cluster, problem):
