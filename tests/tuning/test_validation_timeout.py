@@ -60,21 +60,26 @@ def _check_search_went_on(result):
     assert result.status in ("met", "no_speedup") and "Gemm_1" in result.plan.fallback
 
 
-@pytest.mark.timeout(300)
-def test_in_process_search_survives_a_hanging_validation(task):
+def _hanging_search(task, *, num_workers: int, validation_timeout: float):
+    """A short search whose validation hangs on every plan that quantizes ``Gemm_1``."""
     model, calib, val = task
-    start = time.monotonic()
-    result = rayq.search(
+    return rayq.search(
         model,
         calib,
         val,
         pair_accuracy_hanging_on_gemm1,
         max_drop=0.05,
-        num_workers=1,
+        num_workers=num_workers,
         n_trials=4,
         explore=False,
-        validation_timeout=1.0,
+        validation_timeout=validation_timeout,
     )
+
+
+@pytest.mark.timeout(300)
+def test_in_process_search_survives_a_hanging_validation(task):
+    start = time.monotonic()
+    result = _hanging_search(task, num_workers=1, validation_timeout=1.0)
     _check_search_went_on(result)
     assert time.monotonic() - start < 120
 
@@ -82,19 +87,8 @@ def test_in_process_search_survives_a_hanging_validation(task):
 @pytest.mark.timeout(300)  # a worker left hanging would block the search: fail, not hang
 def test_ray_search_kills_and_replaces_the_hanging_worker(task, ray_cluster, monkeypatch):
     monkeypatch.setattr(evaluator_mod, "TASK_START_GRACE_S", 3.0)
-    model, calib, val = task
     start = time.monotonic()
-    result = rayq.search(
-        model,
-        calib,
-        val,
-        pair_accuracy_hanging_on_gemm1,
-        max_drop=0.05,
-        num_workers=2,
-        n_trials=4,
-        explore=False,
-        validation_timeout=2.0,
-    )
+    result = _hanging_search(task, num_workers=2, validation_timeout=2.0)
     _check_search_went_on(result)
     assert "on a Ray worker, which was replaced" in " ".join(result.trials.error.dropna())
     assert time.monotonic() - start < 240
